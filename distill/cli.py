@@ -1,0 +1,161 @@
+"""The `distill` command. Plugins load only inside the commands that need them, so
+`distill --help` stays fast and a broken plugin cannot break it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from distill.errors import DistillError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Synthetic data and teacher-student distillation with per-record provenance.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: DistillError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    until: Annotated[Optional[str], typer.Option(help="Stop before this stage.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    strict_plugins: Annotated[bool, typer.Option(help="Fail if any installed plugin cannot load.")] = False,
+) -> None:
+    """Run (or resume) the pipeline a config describes."""
+    from distill.config import load_config
+    from distill.pipeline import Pipeline
+    from distill.registry import make_registry
+
+    try:
+        loaded = load_config(config)
+        registry = make_registry(strict=strict_plugins or loaded.config.plugins.strict or None)
+        _report_failures(registry)
+        result = Pipeline(loaded, registry, progress=not quiet and sys.stderr.isatty(),
+                          log=lambda m: err.print(m, highlight=False)).run(until=until)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s")
+                   for s in result.stages])
+    out.print(f"output: {result.output}")
+
+
+def _print_stages(rows: list[tuple[str, str, dict[str, int], str]]) -> None:
+    table = Table(title="stages")
+    for col in ("stage", "kind", "in", "generated", "kept", "rejected", "status"):
+        table.add_column(col, justify="right" if col in ("in", "generated", "kept", "rejected") else "left")
+    for stage, kind, t, status in rows:
+        table.add_row(stage, kind, str(t["in"]), str(t["generated"]), str(t["kept"]), str(t["rejected"]), status)
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    output: Annotated[Path, typer.Argument(help="A run's output folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per-stage counts and drop reasons of a run's output; exits 1 if a stage lost records."""
+    from distill.inspect import inspect_output, to_json
+
+    try:
+        reports = inspect_output(output)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        out.print_json(to_json(reports))
+    else:
+        _print_stages([(r.stage, r.kind, r.totals,
+                        ("complete" if r.complete else f"partial ({r.shards} shards)")
+                        + ("" if r.balanced else " LOST RECORDS")) for r in reports])
+        for r in reports:
+            if r.reasons:
+                t = Table(title=f"rejected in {r.stage}")
+                t.add_column("reason")
+                t.add_column("records", justify="right")
+                for reason, n in r.reasons.items():
+                    t.add_row(reason, str(n))
+                out.print(t)
+    if not all(r.balanced for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail if any installed plugin cannot load.")] = False,
+) -> None:
+    """List every plugin: kind, name, package and version, options."""
+    from distill.registry import make_registry
+
+    try:
+        reg = make_registry(strict=strict or None)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    specs = reg.all()
+    if as_json:
+        data = {"plugins": [{"kind": s.kind, "name": s.name, "entry_point": s.plugin, "package": s.package,
+                             "version": s.version, "options": s.options_schema().get("properties", {})}
+                            for s in specs],
+                "failed": [{"plugin": f.plugin, "package": f.package, "error": f.error} for f in reg.failures]}
+        out.print_json(json.dumps(data, default=str))
+        return
+    table = Table(title="distill plugins")
+    for col in ("kind", "name", "package", "version", "options"):
+        table.add_column(col)
+    for s in specs:
+        props = s.options_schema().get("properties", {})
+        opts = ", ".join(f"{k}={_short(v['default'])}" if "default" in v else k for k, v in props.items())
+        table.add_row(s.kind, s.name, s.package or "-", s.version or "-", opts)
+    out.print(table)
+    _report_failures(reg)
+
+
+def _short(value: object, width: int = 24) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _report_failures(reg) -> None:
+    for f in reg.failures:
+        err.print(f"[yellow]warning:[/] plugin {f.plugin!r} ({f.package or 'no package'}) was skipped: "
+                  f"{f.error}", highlight=False)
+
+
+@app.command()
+def schema(name: Annotated[str, typer.Argument(help="record or config")]) -> None:
+    """Print the JSON Schema of records or of the config file."""
+    from distill.schema import SCHEMAS, render
+
+    if name not in SCHEMAS:
+        err.print(f"[bold red]error:[/] unknown schema {name!r}; known: {', '.join(SCHEMAS)}")
+        raise typer.Exit(2)
+    sys.stdout.write(render(name))
+
+
+@app.command()
+def version() -> None:
+    """Print distill's version."""
+    from distill import __version__
+
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The pipeline config: one YAML file, validated by pydantic, errors named by key path.
+
+Secrets come in through `${ENV_VAR}` interpolation. The interpolated values exist only in
+memory: what distill stores (run snapshot, stage hashes) is the raw text with the
+`${...}` placeholders still in it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.config_errors import format_validation_error, suggest
+from distill.errors import ConfigError
+from distill.seeds import SeedSource
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginRef(_Model):
+    """A plugin picked by name, with its options (validated against the plugin's model)."""
+
+    plugin: str = Field(description="Registered plugin name; `distill plugins` lists them.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"plugin": data} if isinstance(data, str) else data
+
+
+class _Stage(_Model):
+    name: str | None = Field(None, description="Unique stage name; defaults to the kind.")
+
+
+class GenerateStage(_Stage):
+    kind: Literal["generate"]
+    task: PluginRef = Field(description="What to ask: `response`, `self-instruct`, ...")
+    teacher: str = Field(description="Key of an entry in `teachers`.")
+    batch_size: int = Field(32, ge=1, description="Records per committed shard.")
+
+
+class FilterStage(_Stage):
+    kind: Literal["filter"]
+    filters: list[PluginRef] = Field(min_length=1)
+    batch_size: int = Field(1000, ge=1)
+
+
+class ExportStage(_Stage):
+    kind: Literal["export"]
+    format: Literal["sft", "preference"] = "sft"
+
+
+Stage = Annotated[Union[GenerateStage, FilterStage, ExportStage], Field(discriminator="kind")]
+
+
+class PluginSettings(_Model):
+    strict: bool = Field(False, description="Fail when any installed plugin cannot be loaded.")
+
+
+class Config(_Model):
+    version: Literal[1] = 1
+    output: Path = Field(description="Output directory; an existing one is resumed.")
+    seed: int = Field(0, description="Run seed: every sampling decision derives from it.")
+    seeds: list[SeedSource] = Field(min_length=1)
+    teachers: dict[str, PluginRef] = Field(default_factory=dict)
+    stages: list[Stage] = Field(min_length=1)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+
+    @field_validator("stages")
+    @classmethod
+    def _name_stages(cls, stages: list[Any]) -> list[Any]:
+        counts: dict[str, int] = {}
+        for s in stages:
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+        seen: set[str] = set()
+        for i, s in enumerate(stages):
+            if s.name is None:
+                s.name = s.kind if counts[s.kind] == 1 else f"{s.kind}-{i}"
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
+                raise ValueError(f"stage name {s.name!r} must be letters, digits, '.', '_' or '-'")
+            if s.name in seen or s.name == "seeds":
+                raise ValueError(f"duplicate stage name {s.name!r}")
+            seen.add(s.name)
+        return stages
+
+    @model_validator(mode="after")
+    def _teachers_exist(self) -> "Config":
+        for i, s in enumerate(self.stages):
+            if isinstance(s, GenerateStage) and s.teacher not in self.teachers:
+                hint = suggest(s.teacher, list(self.teachers))
+                known = ", ".join(sorted(self.teachers)) or "none defined"
+                raise ValueError(f"stages[{i}].teacher: no teacher named {s.teacher!r}{hint} (teachers: {known})")
+        return self
+
+
+class LoadedConfig(BaseModel):
+    config: Config
+    raw: dict[str, Any] = Field(description="Parsed YAML before interpolation: safe to store.")
+    path: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(data: Any, where: str = "") -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string; a missing variable names its key."""
+    if isinstance(data, dict):
+        return {k: interpolate(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, str):
+        def repl(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                if m.group(2) is None:
+                    raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
+                return m.group(2)
+            return value
+        return _ENV.sub(repl, data)
+    return data
+
+
+def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}the config must be a mapping of keys to values (e.g. `output: out/`), got {kind}")
+    raw = data
+    try:
+        config = Config.model_validate(interpolate(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Config, source=path)) from None
+    if path is not None and not config.output.is_absolute():
+        config.output = path.parent / config.output
+    return LoadedConfig(config=config, raw=raw, path=path)
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    return parse_config(data, path)
+
+
+def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, Any]:
+    """Check every plugin reference against the registry; return validated options by path."""
+    cfg = loaded.config
+    refs: list[tuple[str, str, PluginRef]] = [
+        (f"teachers.{k}", "teacher", ref) for k, ref in cfg.teachers.items()
+    ]
+    for i, s in enumerate(cfg.stages):
+        if isinstance(s, GenerateStage):
+            refs.append((f"stages[{i}].task", "task", s.task))
+        elif isinstance(s, FilterStage):
+            refs.extend((f"stages[{i}].filters[{j}]", "filter", f) for j, f in enumerate(s.filters))
+    validated: dict[str, Any] = {}
+    errors: list[str] = []
+    for where, kind, ref in refs:
+        try:
+            spec = registry.get(kind, ref.plugin)
+        except Exception as exc:  # PluginError: unknown name, lists the known ones
+            errors.append(f"{where}.plugin: {exc}")
+            continue
+        try:
+            validated[where] = spec.cls.Options.model_validate(ref.options)
+        except ValidationError as exc:
+            errors.append(format_validation_error(exc, spec.cls.Options, prefix=f"{where}.options",
+                                                  source=None, header=False))
+    if errors:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {e}" for e in errors))
+    return validated
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

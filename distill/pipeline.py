@@ -1,0 +1,223 @@
+"""Running a config: seeds, then each stage in order, each reading the last one's output.
+
+A stage is skipped when its manifest is complete and its digest (its own config plus the
+digest of its input) still matches; it resumes from its last committed shard when it is
+incomplete; it is redone when its config or its input changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill import __version__
+from distill.config import ExportStage, FilterStage, GenerateStage, LoadedConfig, validate_plugin_options
+from distill.errors import ConfigError
+from distill.progress import StageProgress
+from distill.records import Record
+from distill.registry import PluginRegistry
+from distill.stages import StageContext, run_expand, run_export, run_filters, run_map
+from distill.store import RunLock, StageStore, write_json
+from distill.task import ExpandTask, MapTask
+
+
+@dataclass
+class StageResult:
+    stage: str
+    kind: str
+    totals: dict[str, int]
+    reasons: dict[str, int]
+    skipped: bool
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    output: Path
+    stages: list[StageResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _output_digest(store: StageStore) -> str:
+    return _digest([s.sha256.get(s.kept_file) for s in store.manifest.shards])
+
+
+def _file_digest(path: Path) -> str:
+    if path.is_dir():
+        return _digest(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                              for p in path.rglob("*") if p.is_file()))
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return "unreadable"
+    return h.hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, loaded: LoadedConfig, registry: PluginRegistry, *, progress: bool = True,
+                 log=None) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.registry = registry
+        self.progress = progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.options = validate_plugin_options(loaded, registry)
+        self._teachers: dict[str, Any] = {}
+
+    @property
+    def output(self) -> Path:
+        return self.config.output
+
+    def run(self, until: str | None = None) -> RunResult:
+        if until is not None and until not in {"seeds", *(s.name for s in self.config.stages)}:
+            raise ConfigError(f"no stage named {until!r}")
+        result = RunResult(output=self.output)
+        with RunLock(self.output):
+            write_json(self.output / "run.json", {
+                "distill_version": __version__,
+                "config": self.loaded.raw,  # uninterpolated: secrets stay `${VAR}`
+                "plugins": [{"kind": s.kind, "name": s.name, "package": s.package, "version": s.version}
+                            for s in self.registry.all()],
+            })
+            try:
+                store = self._seeds(result)
+                for i, stage in enumerate(self.config.stages):
+                    if until is not None and stage.name == until:
+                        break
+                    store = self._stage(i, stage, store, result)
+            finally:
+                for t in self._teachers.values():
+                    t.close()
+        return result
+
+    def _ctx(self, store: StageStore, bar: StageProgress, result: RunResult) -> StageContext:
+        return StageContext(stage=store.stage, store=store, run_seed=self.config.seed,
+                            notify=self._notify, advance=bar.advance, warnings=result.warnings)
+
+    def _notify(self, stage: str, kept: list[Record], rejected: list[Record]) -> None:
+        reg = self.registry
+        if kept and reg.has_observers("records_generated"):
+            reg.notify("records_generated", stage=stage, records=[r.model_dump(mode="json") for r in kept])
+        if rejected and reg.has_observers("records_dropped"):
+            reg.notify("records_dropped", stage=stage, records=[r.model_dump(mode="json") for r in rejected])
+
+    def _open(self, name: str, kind: str, digest: str, result: RunResult) -> StageStore | None:
+        """Open a stage's store; None when it is complete and current (nothing to do)."""
+        store = StageStore(self.output, name, kind, digest)
+        if store.stale:
+            self.log(f"stage {name!r}: config or input changed since it was written; redoing it")
+        removed = store.clean_debris()
+        if removed and not store.stale:
+            self.log(f"stage {name!r}: removed {len(removed)} uncommitted file(s) from an interrupted run")
+        store.verify()
+        if store.manifest.complete:
+            result.stages.append(self._summary(store, skipped=True, seconds=0.0))
+            return None
+        if store.next_index:
+            self.log(f"stage {name!r}: resuming after {store.next_index} committed shard(s)")
+        return store
+
+    def _finish(self, store: StageStore, result: RunResult, started: float) -> None:
+        totals = store.manifest.totals()
+        if totals["in"] + totals["generated"] != totals["kept"] + totals["rejected"]:
+            raise AssertionError(f"stage {store.stage!r} lost records: {totals}")
+        stats = {"totals": totals, "reasons": dict(store.manifest.reasons())}
+        store.finish(stats)
+        self.registry.notify("stage_finished", stage=store.stage, stats=stats)
+        result.stages.append(self._summary(store, skipped=False, seconds=time.monotonic() - started))
+
+    @staticmethod
+    def _summary(store: StageStore, *, skipped: bool, seconds: float) -> StageResult:
+        return StageResult(store.stage, store.kind, store.manifest.totals(), dict(store.manifest.reasons()),
+                           skipped, seconds)
+
+    def _seeds(self, result: RunResult) -> StageStore:
+        from distill.seeds import load_seeds
+
+        srcs = self.loaded.raw.get("seeds", [])
+        files = [_file_digest(_resolve(self.loaded.base_dir, s.path)) for s in self.config.seeds]
+        digest = _digest("seeds", srcs, files)
+        store = self._open("seeds", "seeds", digest, result)
+        if store is None:
+            return StageStore(self.output, "seeds", "seeds", digest)
+        started = time.monotonic()
+        with StageProgress("seeds", len(self.config.seeds), self.progress) as bar:
+            ctx = self._ctx(store, bar, result)
+            for i, src in enumerate(self.config.seeds):
+                if i < store.next_index:
+                    continue
+                loaded = load_seeds(src, self.loaded.base_dir)
+                for w in loaded.warnings:
+                    self.log(f"warning: {w}")
+                    result.warnings.append(w)
+                ctx.commit(loaded.records, loaded.rejected, inputs=len(loaded.records) + len(loaded.rejected),
+                           meta={"source": str(src.path)})
+                bar.advance(1)
+        self._finish(store, result, started)
+        return store
+
+    def _stage(self, i: int, stage: Any, upstream: StageStore, result: RunResult) -> StageStore:
+        raw_stage = self.loaded.raw["stages"][i]
+        extra = self.loaded.raw.get("teachers", {}).get(stage.teacher) if isinstance(stage, GenerateStage) else None
+        digest = _digest(stage.kind, raw_stage, extra, self.config.seed, _output_digest(upstream))
+        store = self._open(stage.name, stage.kind, digest, result)
+        if store is None:
+            return StageStore(self.output, stage.name, stage.kind, digest)
+        inputs = list(upstream.kept())
+        started = time.monotonic()
+        total = len(inputs)
+        if isinstance(stage, GenerateStage):
+            task = self._make("task", stage.task.plugin, f"stages[{i}].task")
+            if isinstance(task, ExpandTask):
+                total = task.target()
+        with StageProgress(stage.name, total, self.progress) as bar:
+            ctx = self._ctx(store, bar, result)
+            if isinstance(stage, GenerateStage):
+                teacher = self._teacher(stage.teacher)
+                try:
+                    if isinstance(task, MapTask):
+                        run_map(ctx, task, teacher, inputs, stage.batch_size)
+                    elif isinstance(task, ExpandTask):
+                        run_expand(ctx, task, teacher, inputs, stage.batch_size)
+                    else:
+                        raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
+                finally:
+                    task.close()
+            elif isinstance(stage, FilterStage):
+                filters = [self._make("filter", f.plugin, f"stages[{i}].filters[{j}]")
+                           for j, f in enumerate(stage.filters)]
+                try:
+                    run_filters(ctx, filters, inputs, stage.batch_size)
+                finally:
+                    for f in filters:
+                        f.close()
+            elif isinstance(stage, ExportStage):
+                run_export(ctx, stage.format, inputs, self.output / "export" / stage.name)
+        self._finish(store, result, started)
+        return store
+
+    def _make(self, kind: str, name: str, where: str) -> Any:
+        spec = self.registry.get(kind, name)
+        return spec.cls(self.options[where])
+
+    def _teacher(self, key: str) -> Any:
+        if key not in self._teachers:
+            ref = self.config.teachers[key]
+            self._teachers[key] = self._make("teacher", ref.plugin, f"teachers.{key}")
+        return self._teachers[key]
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path

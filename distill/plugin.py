@@ -1,0 +1,57 @@
+"""What every plugin class declares, whatever its kind.
+
+A plugin is a class with a `name` and an `Options` pydantic model; the core validates the
+options from the config and instantiates the class. Nothing heavy is imported to *discover* a
+plugin: heavy imports go inside `__init__` or the methods that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Options(BaseModel):
+    """Base for plugin options: unknown keys are config errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin:
+    #: The name the config uses to pick this plugin.
+    name: ClassVar[str]
+    #: Validated options model; subclasses override it.
+    Options: ClassVar[type[Options]] = Options
+    #: Extra that installs this plugin's optional dependencies, for "pip install" hints.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: Filled by the registry: which entry point and distribution registered the class.
+    plugin_package: ClassVar[str | None] = None
+    plugin_version: ClassVar[str | None] = None
+
+    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
+        self.options = options if options is not None else self.Options(**kwargs)
+
+    def close(self) -> None:
+        """Release engines, files or connections. Called once when the stage ends."""
+
+
+class Ranker(Plugin):
+    """Scores a record's candidates (implementations come with the teachers issue)."""
+
+    def rank(self, records: list[Any]) -> list[Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Trainer(Plugin):
+    """Trains a student on an exported dataset (implementations come with the trainers issue)."""
+
+    def train(self, dataset_path: str, output_dir: str) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Evaluator(Plugin):
+    """Scores a model on held-out prompts."""
+
+    def evaluate(self, model_path: str, records: list[Any]) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError

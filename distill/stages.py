@@ -1,0 +1,237 @@
+"""How each kind of stage turns its input into committed shards.
+
+Every runner follows one rule: a batch is either committed whole (kept + rejected == what
+entered + what was generated) or not at all, and batches are derived deterministically from
+the input and the run seed, so a resumed run redoes exactly the batch that was in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from distill.errors import PluginError
+from distill.filter import Drop, Edit, Filter, Keep
+from distill.licenses import effective_tag
+from distill.records import Message, Record, Source, stable_id
+from distill.store import StageStore
+from distill.task import ExpandTask, MapTask, Reject, Task
+from distill.teacher import ChatRequest, Sample, Teacher
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from the run seed and a position: stable across runs and resumes."""
+    return int(hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass
+class StageContext:
+    stage: str
+    store: StageStore
+    run_seed: int
+    notify: Callable[[str, list[Record], list[Record]], None]
+    advance: Callable[[int], None] = lambda n: None
+    warnings: list[str] = field(default_factory=list)
+
+    def commit(self, kept: list[Record], rejected: list[Record], *, inputs: int, generated: int = 0,
+               meta: dict[str, Any] | None = None) -> None:
+        for r in kept + rejected:
+            r.provenance.license = effective_tag(r)
+        self.store.commit(kept, rejected, inputs=inputs, generated=generated, meta=meta)
+        self.notify(self.stage, kept, rejected)
+
+
+def _drop(record: Record, stage: str, plugin: Task | Filter | None, reason: str) -> Record:
+    record.add_event(stage, "dropped", plugin=plugin.name if plugin else None,
+                     plugin_version=plugin.plugin_version if plugin else None, reason=reason)
+    return record
+
+
+def _call_teacher(teacher: Teacher, requests: list[ChatRequest], where: str) -> list[list[Sample]]:
+    if not requests:
+        return []
+    try:
+        out = teacher.generate(requests)
+    except PluginError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - named, and committed work stays committed
+        raise PluginError(f"teacher plugin {teacher.name!r} failed on {where}: {type(exc).__name__}: {exc}") from exc
+    if len(out) != len(requests):
+        raise PluginError(f"teacher plugin {teacher.name!r} returned {len(out)} results for {len(requests)} requests")
+    return out
+
+
+def run_map(ctx: StageContext, task: MapTask, teacher: Teacher, inputs: list[Record], batch_size: int) -> None:
+    generator = teacher.generator()
+    batches = math.ceil(len(inputs) / batch_size)
+    ctx.advance(ctx.store.next_index * batch_size)
+    for b in range(ctx.store.next_index, batches):
+        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        kept: list[Record] = []
+        rejected: list[Record] = []
+        pending: list[tuple[Record, ChatRequest]] = []
+        for r in chunk:
+            built = _guard(task, "build", lambda: task.build(r), r)
+            if isinstance(built, Reject):
+                rejected.append(_drop(r, ctx.stage, task, built.reason))
+            else:
+                pending.append((r, ChatRequest(messages=built, seed=derive_seed(ctx.run_seed, ctx.stage, r.id))))
+        results = _call_teacher(teacher, [q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")
+        for (r, _), samples in zip(pending, results):
+            g = r.add_generator(generator)
+            out = _guard(task, "apply", lambda: task.apply(r, samples, g), r)
+            if isinstance(out, Reject):
+                rejected.append(_drop(r, ctx.stage, task, out.reason))
+            else:
+                out.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
+                kept.append(out)
+        ctx.commit(kept, rejected, inputs=len(chunk))
+        ctx.advance(len(chunk))
+
+
+def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: list[Record],
+               batch_size: int) -> None:
+    generator = teacher.generator()
+    store = ctx.store
+    if store.next_index == 0:
+        passed = [r.model_copy(deep=True) for r in inputs]
+        if task.keep_inputs:
+            for r in passed:
+                r.add_event(ctx.stage, "kept", plugin=task.name, reason="input passes through")
+            ctx.commit(passed, [], inputs=len(passed), meta={"round": "inputs"})
+        else:
+            for r in passed:
+                _drop(r, ctx.stage, task, "input used as examples only (keep_inputs: false)")
+            ctx.commit([], passed, inputs=len(passed), meta={"round": "inputs"})
+    pool = list(inputs) + [r for r in store.kept() if r.metadata.get("generated_by") == ctx.stage]
+    target = task.target()
+    produced = len(pool) - len(inputs)
+    ctx.advance(produced)
+    max_rounds = 3 * math.ceil(target / batch_size) + 1
+    rnd = store.next_index - 1
+    while produced < target and rnd < max_rounds:
+        rng = random.Random(derive_seed(ctx.run_seed, ctx.stage, "round", rnd))
+        count = min(batch_size, target - produced)
+        proposals = _guard(task, "propose", lambda: task.propose(pool, count, rng), None)
+        requests = [ChatRequest(messages=p.messages, seed=derive_seed(ctx.run_seed, ctx.stage, rnd, j))
+                    for j, p in enumerate(proposals)]
+        results = _call_teacher(teacher, requests, f"round {rnd} of stage {ctx.stage!r}")
+        kept: list[Record] = []
+        rejected: list[Record] = []
+        for j, (p, samples) in enumerate(zip(proposals, results)):
+            sources = _merge_sources(p.parents)
+            for k, sample in enumerate(samples):
+                parsed = _guard(task, "parse", lambda: task.parse(p, sample), None)
+                convs = [] if isinstance(parsed, Reject) else parsed
+                if isinstance(parsed, Reject):
+                    raw = _new_record(ctx, rnd, j, k, 0, [Message(role="assistant", content=sample.text)],
+                                      sources, generator, task)
+                    raw.metadata["raw_output"] = True
+                    rejected.append(_drop(raw, ctx.stage, task, parsed.reason))
+                for m, conv in enumerate(convs):
+                    rec = _new_record(ctx, rnd, j, k, m, conv, sources, generator, task)
+                    verdict = task.accept(pool + kept, conv)
+                    if isinstance(verdict, Reject):
+                        rejected.append(_drop(rec, ctx.stage, task, verdict.reason))
+                    else:
+                        kept.append(rec)
+        ctx.commit(kept, rejected, inputs=0, generated=len(kept) + len(rejected), meta={"round": rnd})
+        pool.extend(kept)
+        produced += len(kept)
+        ctx.advance(len(kept))
+        rnd += 1
+    if produced < target:
+        ctx.warnings.append(f"stage {ctx.stage!r}: produced {produced} of {target} records in {rnd} rounds; "
+                            "the teacher's output was often unusable (see `distill inspect` for reasons)")
+
+
+def _new_record(ctx: StageContext, rnd: int, j: int, k: int, m: int, conv: list[Message],
+                sources: list[Source], generator: Any, task: Task) -> Record:
+    rec = Record(id=stable_id(ctx.stage, ctx.run_seed, rnd, j, k, m, [c.content for c in conv]),
+                 messages=conv, metadata={"generated_by": ctx.stage})
+    rec.provenance.sources = [s.model_copy() for s in sources]
+    rec.add_generator(generator)
+    rec.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
+    return rec
+
+
+def _merge_sources(parents: list[Record]) -> list[Source]:
+    seen: dict[tuple[str, int | None], Source] = {}
+    for p in parents:
+        for s in p.provenance.sources:
+            seen.setdefault((s.dataset, s.row), s)
+    return list(seen.values())
+
+
+def _guard(plugin: Task | Filter, method: str, call: Callable[[], Any], record: Record | None) -> Any:
+    try:
+        return call()
+    except PluginError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        on = f" on record {record.id}" if record is not None else ""
+        raise PluginError(f"{plugin.kind} plugin {plugin.name!r} failed in {method}{on}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+def run_filters(ctx: StageContext, filters: list[Filter], inputs: list[Record], batch_size: int) -> None:
+    store = ctx.store
+    if store.next_index:
+        _restore_filters(filters, list(store.kept()), list(store.rejected()))
+    batches = math.ceil(len(inputs) / batch_size)
+    ctx.advance(min(len(inputs), store.next_index * batch_size))
+    for b in range(store.next_index, batches):
+        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        current, rejected = chunk, []
+        for f in filters:
+            decisions = _guard(f, "filter_batch", lambda: f.filter_batch(current), current[0] if current else None)
+            if len(decisions) != len(current):
+                raise PluginError(f"filter plugin {f.name!r} returned {len(decisions)} decisions for {len(current)} records")
+            survivors = []
+            for r, d in zip(current, decisions):
+                if isinstance(d, Keep):
+                    r.add_event(ctx.stage, "kept", plugin=f.name, plugin_version=f.plugin_version)
+                    survivors.append(r)
+                elif isinstance(d, Drop):
+                    rejected.append(_drop(r, ctx.stage, f, d.reason))
+                elif isinstance(d, Edit):
+                    if d.record.id != r.id:
+                        raise PluginError(f"filter plugin {f.name!r} changed a record's id ({r.id} -> {d.record.id})")
+                    d.record.add_event(ctx.stage, "edited", plugin=f.name, plugin_version=f.plugin_version,
+                                       reason=d.reason)
+                    survivors.append(d.record)
+                else:
+                    raise PluginError(f"filter plugin {f.name!r} returned {d!r}, not Keep, Drop or Edit")
+            current = survivors
+        ctx.commit(current, rejected, inputs=len(chunk))
+        ctx.advance(len(chunk))
+
+
+def _restore_filters(filters: list[Filter], kept: list[Record], rejected: list[Record]) -> None:
+    """Give each filter the records that passed it in committed shards, so its state is whole."""
+    position = {f.name: i for i, f in enumerate(filters)}
+    dropped_at: list[tuple[int, Record]] = []
+    for r in rejected:
+        ev = next((e for e in reversed(r.provenance.events) if e.action == "dropped"), None)
+        dropped_at.append((position.get(ev.plugin or "", -1) if ev else -1, r))
+    for i, f in enumerate(filters):
+        f.restore(kept + [r for at, r in dropped_at if at > i])
+
+
+def run_export(ctx: StageContext, fmt: str, inputs: list[Record], path: Path) -> None:
+    from distill.export import export_records
+
+    if ctx.store.next_index:
+        return
+    chunk = [r.model_copy(deep=True) for r in inputs]
+    result = export_records(chunk, fmt, path)  # type: ignore[arg-type]
+    for r in result.kept:
+        r.add_event(ctx.stage, "kept", reason=f"exported as {fmt}")
+    rejected = [_drop(r, ctx.stage, None, reason) for r, reason in result.rejected]
+    ctx.commit(result.kept, rejected, inputs=len(chunk), meta={"path": str(path), "format": fmt})
+    ctx.advance(len(chunk))

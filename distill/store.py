@@ -1,0 +1,238 @@
+"""Durable stage output: append-only JSONL shards, a manifest, and a lock.
+
+A shard is committed in three steps, each durable before the next: the shard files are
+written to temporary names, flushed and fsync'd; they are renamed into place; the manifest
+that lists them is rewritten the same way. The manifest is the only truth: a shard file it
+does not list is debris from a killed run and is removed on resume, so a killed run loses
+at most the batch in flight and never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel, Field, ValidationError
+
+from distill.errors import StoreError
+from distill.records import Record
+
+MANIFEST = "manifest.json"
+
+
+class ShardInfo(BaseModel):
+    index: int
+    kept_file: str
+    rejected_file: str
+    inputs: int = Field(description="Records that entered the stage in this batch.")
+    generated: int = Field(0, description="New records the stage created in this batch.")
+    kept: int
+    rejected: int
+    reasons: dict[str, int] = Field(default_factory=dict)
+    sha256: dict[str, str] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageManifest(BaseModel):
+    stage: str
+    kind: str
+    hash: str = Field(description="Digest of this stage's config and every stage before it.")
+    shards: list[ShardInfo] = Field(default_factory=list)
+    complete: bool = False
+    started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    finished_at: datetime | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "in": sum(s.inputs for s in self.shards),
+            "generated": sum(s.generated for s in self.shards),
+            "kept": sum(s.kept for s in self.shards),
+            "rejected": sum(s.rejected for s in self.shards),
+        }
+
+    def reasons(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for s in self.shards:
+            c.update(s.reasons)
+        return c
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> str:
+    """Write, fsync, rename, fsync the folder; returns the sha256 of what was written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class StageStore:
+    """One stage's folder: committed shards and the manifest that lists them."""
+
+    def __init__(self, root: Path, stage: str, kind: str, digest: str) -> None:
+        self.dir = root / "stages" / stage
+        self.stage, self.kind, self.digest = stage, kind, digest
+        self.stale = False
+        self.manifest = self._open()
+
+    def _open(self) -> StageManifest:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / MANIFEST
+        if not path.exists():
+            return StageManifest(stage=self.stage, kind=self.kind, hash=self.digest)
+        try:
+            manifest = StageManifest.model_validate_json(path.read_bytes())
+        except (ValidationError, ValueError) as exc:
+            raise StoreError(f"manifest of stage {self.stage!r} is corrupted ({path}): {exc}") from None
+        if manifest.hash != self.digest:  # its config or its input changed: redo it
+            self.stale = bool(manifest.shards)
+            return StageManifest(stage=self.stage, kind=self.kind, hash=self.digest)
+        return manifest
+
+    def clean_debris(self) -> list[str]:
+        """Delete files no committed shard lists: a killed run's batch in flight, or the
+        output of a stale stage (whose old manifest is replaced at the first new commit)."""
+        listed = {MANIFEST}
+        for s in self.manifest.shards:
+            listed.update((s.kept_file, s.rejected_file))
+        removed = []
+        for f in self.dir.iterdir():
+            if f.name not in listed:
+                f.unlink()
+                removed.append(f.name)
+        return removed
+
+    def verify(self) -> None:
+        """Check every committed shard against its digest, so corruption is reported, not read."""
+        for s in self.manifest.shards:
+            for name in (s.kept_file, s.rejected_file):
+                p = self.dir / name
+                if not p.exists():
+                    raise StoreError(f"stage {self.stage!r}: committed shard {name} is missing ({p})")
+                if s.sha256.get(name) and _sha256_file(p) != s.sha256[name]:
+                    raise StoreError(f"stage {self.stage!r}: committed shard {name} is corrupted (digest mismatch)")
+
+    @property
+    def next_index(self) -> int:
+        return len(self.manifest.shards)
+
+    def commit(self, kept: list[Record], rejected: list[Record], *, inputs: int, generated: int = 0,
+               meta: dict[str, Any] | None = None) -> ShardInfo:
+        if inputs + generated != len(kept) + len(rejected):
+            raise StoreError(
+                f"stage {self.stage!r} would lose records: {inputs} in + {generated} generated "
+                f"!= {len(kept)} kept + {len(rejected)} rejected"
+            )
+        i = self.next_index
+        names = (f"kept-{i:05d}.jsonl", f"rejected-{i:05d}.jsonl")
+        digests = {}
+        for name, recs in zip(names, (kept, rejected)):
+            data = "".join(r.model_dump_json() + "\n" for r in recs).encode()
+            digests[name] = atomic_write(self.dir / name, data)
+        reasons = Counter(_reason(r) for r in rejected)
+        info = ShardInfo(index=i, kept_file=names[0], rejected_file=names[1], inputs=inputs,
+                         generated=generated, kept=len(kept), rejected=len(rejected),
+                         reasons=dict(reasons), sha256=digests, meta=meta or {})
+        self.manifest.shards.append(info)
+        self._write_manifest()
+        return info
+
+    def finish(self, stats: dict[str, Any] | None = None) -> None:
+        self.manifest.complete = True
+        self.manifest.finished_at = datetime.now(timezone.utc)
+        self.manifest.stats = stats or {}
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        atomic_write(self.dir / MANIFEST, self.manifest.model_dump_json(indent=1).encode())
+
+    def kept(self) -> Iterator[Record]:
+        yield from read_shards(self.dir, [s.kept_file for s in self.manifest.shards])
+
+    def rejected(self) -> Iterator[Record]:
+        yield from read_shards(self.dir, [s.rejected_file for s in self.manifest.shards])
+
+
+def _reason(record: Record) -> str:
+    for e in reversed(record.provenance.events):
+        if e.action == "dropped":
+            key = _reason_key(e.reason or "unspecified")
+            return f"{e.plugin}: {key}" if e.plugin else key
+    return "unspecified"
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons for counting: `line 7: invalid JSON: ...` counts as `invalid JSON`."""
+    parts = reason.split(": ")
+    if len(parts) > 1 and (parts[0].startswith("line ") or parts[0].startswith("row ")):
+        parts = parts[1:]
+    return parts[0][:120]
+
+
+def read_shards(folder: Path, names: list[str]) -> Iterator[Record]:
+    for name in names:
+        with open(folder / name, "rb") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    yield Record.model_validate_json(line)
+                except ValidationError as exc:
+                    raise StoreError(f"{folder / name} line {n}: not a valid record: {exc.errors()[0]['msg']}") from None
+
+
+class RunLock:
+    """An exclusive lock on an output folder: two runs never write one output."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another distill run (pid {holder}) is writing {self.path.parent}; "
+                             "wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=1, default=str).encode())

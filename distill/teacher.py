@@ -1,0 +1,86 @@
+"""The teacher interface: chat requests in, sampled completions out."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distill.plugin import Options, Plugin
+from distill.records import Generator, Message
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message]
+    #: Samples wanted for this request; None means the teacher's configured `n`.
+    n: int | None = None
+    #: Seed for this request, derived by the core from the run seed so a resumed batch
+    #: samples exactly what the killed one would have.
+    seed: int | None = None
+
+
+class Sample(BaseModel):
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int | None = None
+
+
+class ModelInfo(BaseModel):
+    """Enough about the model to check its terms later: id, exact weights, license."""
+
+    model: str
+    revision: str | None = None
+    file_hash: str | None = None
+    license: str = "LicenseRef-Unspecified"
+
+
+class Usage(BaseModel):
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Teacher(Plugin):
+    """Turns chat requests into completions. Subclasses implement `generate` and `model_info`."""
+
+    kind: ClassVar[str] = "teacher"
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.usage = Usage()
+
+    def model_info(self) -> ModelInfo:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def sampling(self) -> dict[str, Any]:
+        """Sampling parameters that go into provenance (and the cache key)."""
+        return {}
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:  # pragma: no cover
+        """One list of samples per request, in request order."""
+        raise NotImplementedError
+
+    def generator(self, role: str = "generator") -> Generator:
+        info = self.model_info()
+        return Generator(
+            role=role,  # type: ignore[arg-type]
+            plugin=self.name,
+            plugin_version=self.plugin_version,
+            model=info.model,
+            revision=info.revision,
+            file_hash=info.file_hash,
+            license=info.license,
+            sampling=self.sampling(),
+        )
+
+
+class SamplingOptions(Options):
+    """Sampling options shared by teachers, so configs read the same whatever the engine."""
+
+    n: int = Field(1, ge=1, description="Samples per request.")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, description="Most new tokens per sample.")
+    seed: int = Field(0, description="Base seed; the core derives one per request.")
