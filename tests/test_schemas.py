@@ -1,0 +1,30 @@
+"""The checked-in JSON Schemas match the pydantic models they are generated from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.schema import SCHEMAS, render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_checked_in_schema_is_current(name):
+    path = ROOT / "schemas" / f"{name}.schema.json"
+    assert path.read_text() == render(name), (
+        f"{path} is out of date: run `distill schema {name} > schemas/{name}.schema.json`")
+
+
+def test_record_schema_validates_a_real_record():
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is an optional test dependency")
+    from distill.records import Generator, Message, Record, Source
+
+    r = Record(id="x", messages=[Message(role="user", content="hi")])
+    r.provenance.sources.append(Source(dataset="d", row=1, license="MIT"))
+    r.provenance.generators.append(Generator(plugin="t", model="m", license="MIT"))
+    r.add_event("seeds", "loaded")
+    jsonschema.validate(json.loads(r.to_json()), json.loads(render("record")))
