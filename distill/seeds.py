@@ -161,17 +161,17 @@ def _jsonl_rows(path: Path, fields: _Fields) -> Generator[Row, None, None]:
             if not data.strip():
                 continue
             try:
-                text = data.decode("utf-8")
+                text = data.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 yield n, _Reject(f"invalid UTF-8: byte {exc.start}: {exc.reason}"), _lossy(data)
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield n, _Reject(f"invalid JSON: {exc.msg} (column {exc.colno})"), text.rstrip("\r\n")
+                yield n, _Reject(f"invalid JSON: {exc.msg} (column {exc.colno})"), text
                 continue
             if not isinstance(value, dict):
-                yield n, _Reject(f"not a JSON object: got {_json_type(value)}"), text.rstrip("\r\n")
+                yield n, _Reject(f"not a JSON object: got {_json_type(value)}"), text
                 continue
             yield n, value, text
 
