@@ -117,7 +117,7 @@ def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: li
     while produced < target and rnd < max_rounds:
         rng = random.Random(derive_seed(ctx.run_seed, ctx.stage, "round", rnd))
         count = min(batch_size, target - produced)
-        proposals = _guard(task, "propose", lambda: task.propose(pool, count, rng), None)
+        proposals = _guard(task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}")
         requests = [ChatRequest(messages=p.messages, seed=derive_seed(ctx.run_seed, ctx.stage, rnd, j))
                     for j, p in enumerate(proposals)]
         results = _call_teacher(teacher, requests, f"round {rnd} of stage {ctx.stage!r}")
@@ -126,7 +126,7 @@ def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: li
         for j, (p, samples) in enumerate(zip(proposals, results)):
             sources = _merge_sources(p.parents)
             for k, sample in enumerate(samples):
-                parsed = _guard(task, "parse", lambda: task.parse(p, sample), None)
+                parsed = _guard(task, "parse", lambda: task.parse(p, sample), f"round {rnd} of stage {ctx.stage!r}")
                 convs = [] if isinstance(parsed, Reject) else parsed
                 if isinstance(parsed, Reject):
                     raw = _new_record(ctx, rnd, j, k, 0, [Message(role="assistant", content=sample.text)],
@@ -168,13 +168,13 @@ def _merge_sources(parents: list[Record]) -> list[Source]:
     return list(seen.values())
 
 
-def _guard(plugin: Task | Filter, method: str, call: Callable[[], Any], record: Record | None) -> Any:
+def _guard(plugin: Task | Filter, method: str, call: Callable[[], Any], on: Record | str | None) -> Any:
     try:
         return call()
     except PluginError:
         raise
     except Exception as exc:  # noqa: BLE001
-        on = f" on record {record.id}" if record is not None else ""
+        on = f" on record {on.id}" if isinstance(on, Record) else (f" on {on}" if on else "")
         raise PluginError(f"{plugin.kind} plugin {plugin.name!r} failed in {method}{on}: "
                           f"{type(exc).__name__}: {exc}") from exc
 
@@ -189,7 +189,8 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: list[Record], 
         chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
         current, rejected = chunk, []
         for f in filters:
-            decisions = _guard(f, "filter_batch", lambda: f.filter_batch(current), current[0] if current else None)
+            where = f"batch {b} of stage {ctx.stage!r}" + (f" (records {current[0].id}..{current[-1].id})" if current else "")
+            decisions = _guard(f, "filter_batch", lambda: f.filter_batch(current), where)
             if len(decisions) != len(current):
                 raise PluginError(f"filter plugin {f.name!r} returned {len(decisions)} decisions for {len(current)} records")
             survivors = []

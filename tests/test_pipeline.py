@@ -107,7 +107,8 @@ def test_teacher_crash_is_named_keeps_committed_work_and_resumes_without_duplica
 def test_filter_crash_is_named(tmp_path):
     cfg = config_dict(tmp_path)
     cfg["stages"][2]["filters"].append("crashing")
-    with pytest.raises(PluginError, match="filter plugin 'crashing' failed in filter_batch"):
+    with pytest.raises(PluginError, match="filter plugin 'crashing' failed in filter_batch on batch 0 of stage "
+                                          "'clean' \\(records .*\\): ValueError: boom"):
         pipeline(cfg).run()
     assert (tmp_path / "out/stages/responses/manifest.json").exists()
 
