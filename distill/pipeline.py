@@ -17,7 +17,8 @@ from typing import Any
 
 from distill import __version__
 from distill.config import ExportStage, FilterStage, GenerateStage, LoadedConfig, validate_plugin_options
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DistillError, PluginError
+from distill.plugin import PluginContext
 from distill.progress import StageProgress
 from distill.records import Record
 from distill.registry import PluginRegistry
@@ -180,12 +181,12 @@ class Pipeline:
         total = len(inputs)
         if isinstance(stage, GenerateStage):
             task = self._make("task", stage.task.plugin, f"stages[{i}].task")
+            teacher = self._teacher(stage.teacher)  # loads its engine before the bar starts
             if isinstance(task, ExpandTask):
                 total = task.target()
         with StageProgress(stage.name, total, self.progress) as bar:
             ctx = self._ctx(store, bar, result)
             if isinstance(stage, GenerateStage):
-                teacher = self._teacher(stage.teacher)
                 try:
                     if isinstance(task, MapTask):
                         run_map(ctx, task, teacher, inputs, stage.batch_size)
@@ -210,7 +211,14 @@ class Pipeline:
 
     def _make(self, kind: str, name: str, where: str) -> Any:
         spec = self.registry.get(kind, name)
-        return spec.cls(self.options[where])
+        plugin = spec.cls(self.options[where])
+        try:
+            plugin.setup(PluginContext(base_dir=self.loaded.base_dir, progress=self.progress))
+        except DistillError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - named, never a bare traceback
+            raise PluginError(f"{kind} plugin {name!r} ({where}) failed to start: {type(exc).__name__}: {exc}") from exc
+        return plugin
 
     def _teacher(self, key: str) -> Any:
         if key not in self._teachers:

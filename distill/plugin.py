@@ -7,6 +7,8 @@ plugin: heavy imports go inside `__init__` or the methods that need them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -16,6 +18,16 @@ class Options(BaseModel):
     """Base for plugin options: unknown keys are config errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the core tells a plugin about the run it is part of."""
+
+    #: The config file's folder: relative paths in options resolve against it.
+    base_dir: Path
+    #: Whether long work may show progress (off under --quiet and when stderr is no terminal).
+    progress: bool = True
 
 
 class Plugin:
@@ -31,6 +43,11 @@ class Plugin:
 
     def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
         self.options = options if options is not None else self.Options(**kwargs)
+
+    def setup(self, context: PluginContext) -> None:
+        """Called by the core once, before the stage's work and its progress bar: resolve
+        relative paths and load engines here, so their own progress does not fight the bar."""
+        self.context = context
 
     def close(self) -> None:
         """Release engines, files or connections. Called once when the stage ends."""

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
+from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
 
 EMBEDDED = "embedded"
@@ -70,6 +71,18 @@ class TransformersTeacher(Teacher):
         self._device: str | None = None
         self._eos: list[int] = []
         self._info: ModelInfo | None = None
+        self._progress = True
+
+    def setup(self, context: PluginContext) -> None:
+        """Resolve a relative model folder against the config's folder, and load the model
+        now, so conversion and loading happen before the stage's progress bar starts."""
+        super().setup(context)
+        self._progress = context.progress
+        if not self._is_embedded():
+            path = Path(self.options.model).expanduser()
+            if not path.is_absolute():
+                self.options.model = str(context.base_dir / path)
+        self._load()
 
     # -- what the model is ---------------------------------------------------------------
 
@@ -81,7 +94,7 @@ class TransformersTeacher(Teacher):
         if self._is_embedded():
             from distill.embedded import ensure_converted
 
-            return ensure_converted(progress=True)
+            return ensure_converted(progress=self._progress)
         path = Path(self.options.model).expanduser()
         if not path.is_dir():
             raise PluginError(f"transformers teacher: model folder {path} does not exist "

@@ -154,3 +154,18 @@ def test_the_embedded_model_answers_a_question(embedded_model_dir):
     assert "Paris" in sample.text
     assert sample.finish_reason == "stop" and sample.completion_tokens < 40
     teacher.close()
+
+
+def test_setup_resolves_a_relative_model_folder_against_the_config_and_loads_it(tmp_path, tiny_model_dir):
+    from distill.plugin import PluginContext
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    teacher = TransformersTeacher(model="models/tiny", max_tokens=2, temperature=0.0)
+    teacher.setup(PluginContext(base_dir=tmp_path, progress=False))
+    assert teacher.options.model == str(tmp_path / "models" / "tiny")
+    assert teacher._model is not None  # loaded before any stage bar starts
+    assert teacher.model_info().model == "distill-tiny-llama"
+    teacher.close()
+    with pytest.raises(PluginError, match=str(tmp_path / "nope")):
+        TransformersTeacher(model="nope").setup(PluginContext(base_dir=tmp_path, progress=False))
