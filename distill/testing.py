@@ -60,3 +60,33 @@ def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None) -> P
     write_marker(path, model=TINY_MODEL_ID, license=TINY_MODEL_LICENSE,
                  description="random weights for tests; SmolLM2 tokenizer and chat template")
     return path
+
+
+def make_record(prompt: str, response: str | None = None, *, id: str | None = None,
+                dataset: str = "test-seeds", license: str = "CC0-1.0", row: int = 0,
+                candidates: list[tuple[str, float | None]] | None = None):
+    """A record as the seeds stage would make it, for testing filters and tasks by hand.
+
+    Its provenance is complete (source, a `loaded` event, an effective license tag), so a
+    plugin under test sees what it would see in a real run.
+    """
+    from distill.licenses import effective_tag
+    from distill.records import Candidate, Message, Record, Source, stable_id
+
+    messages = [Message(role="user", content=prompt)]
+    if response is not None:
+        messages.append(Message(role="assistant", content=response))
+    record = Record(id=id or stable_id("test", dataset, row, prompt, response), messages=messages,
+                    candidates=[Candidate(content=c, score=s) for c, s in candidates or []])
+    record.provenance.sources.append(Source(dataset=dataset, row=row, license=license))
+    record.add_event("seeds", "loaded")
+    record.provenance.license = effective_tag(record)
+    return record
+
+
+def run_filter(filter_plugin, records: list) -> list:
+    """Apply a filter plugin to records the way a filter stage does; returns its decisions."""
+    decisions = filter_plugin.filter_batch(records)
+    if len(decisions) != len(records):
+        raise AssertionError(f"{filter_plugin.name} returned {len(decisions)} decisions for {len(records)} records")
+    return decisions
