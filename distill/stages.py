@@ -102,7 +102,8 @@ def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: li
         passed = [r.model_copy(deep=True) for r in inputs]
         if task.keep_inputs:
             for r in passed:
-                r.add_event(ctx.stage, "kept", plugin=task.name, reason="input passes through")
+                r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version,
+                            reason="input passes through")
             ctx.commit(passed, [], inputs=len(passed), meta={"round": "inputs"})
         else:
             for r in passed:

@@ -120,27 +120,28 @@ class SelfInstructTask(ExpandTask):
 
     def parse(self, proposal: Proposal, sample: Sample) -> list[list[Message]] | Reject:
         o = self.options
-        lines = [ln for ln in sample.text.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in sample.text.splitlines() if ln.strip()]
         if not lines:
-            return Reject("unparseable: empty output")
+            return Reject("empty output")
         numbered = [m.group(1) for m in map(_NUMBERED.match, lines) if m]
-        items = numbered if numbered else [lines[0].strip()]
+        # Without a list, the first line that is not a preamble ("Here are some requests:").
+        items = numbered or [ln for ln in lines if not ln.endswith(":")][:1]
+        if not items:
+            return Reject("no instruction found: only preamble lines")
         examples = {_normalise(self._instruction(p)) for p in proposal.parents}
         out, reasons = [], []
         for item in items[: o.per_prompt]:
             text = _PREFIX.sub("", item).strip().strip('"').strip()
             words = len(text.split())
             if words < o.min_words:
-                reasons.append(f"unparseable: too short ({words} words < {o.min_words})")
+                reasons.append(f"too short: {words} words < {o.min_words}")
             elif words > o.max_words:
-                reasons.append(f"unparseable: too long ({words} words > {o.max_words})")
+                reasons.append(f"too long: {words} words > {o.max_words}")
             elif _normalise(text) in examples:
-                reasons.append("unparseable: copied a few-shot example")
+                reasons.append("copied a few-shot example")
             else:
                 out.append([Message(role="user", content=text)])
-        if out:
-            return out
-        return Reject(reasons[0] if reasons else "unparseable: no instruction found")
+        return out if out else Reject(reasons[0])
 
     def accept(self, pool: list[Record], messages: list[Message]) -> Reject | None:
         text = _normalise(messages[-1].content)

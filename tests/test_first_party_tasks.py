@@ -54,8 +54,12 @@ def test_self_instruct_parsing():
     assert [c[0].content for c in got] == ["How do I change my Wi-Fi name?", "Why is it slow?"]
     assert t.parse(p, Sample(text="How can I see connected devices?\nMore text"))[0][0].content == \
         "How can I see connected devices?"
-    assert t.parse(p, Sample(text="")) == Reject("unparseable: empty output")
-    assert t.parse(p, Sample(text="1. Ok")) == Reject("unparseable: too short (1 words < 3)")
-    assert t.parse(p, Sample(text="1. how do I reset my router")) == Reject("unparseable: copied a few-shot example")
+    assert t.parse(p, Sample(text="Here is a new request:\nHow can I hide my network name?"))[0][0].content == \
+        "How can I hide my network name?"
+    assert t.parse(p, Sample(text="")) == Reject("empty output")
+    assert t.parse(p, Sample(text="Here's a revised version of the requests:")) == \
+        Reject("no instruction found: only preamble lines")
+    assert t.parse(p, Sample(text="1. Ok")) == Reject("too short: 1 words < 3")
+    assert t.parse(p, Sample(text="1. how do I reset my router")) == Reject("copied a few-shot example")
     assert t.accept([parent], [Message(role="user", content="HOW do I reset my router!")]) == \
         Reject("duplicate: same instruction already in the pool")
