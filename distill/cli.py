@@ -46,6 +46,9 @@ def run(
     except DistillError as exc:
         _fail(exc)
         return
+    except KeyboardInterrupt:
+        err.print("interrupted: committed shards are kept; run the same command again to resume")
+        raise typer.Exit(130) from None
     _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s")
                    for s in result.stages])
     out.print(f"output: {result.output}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from distill import __version__
 from distill.config import ExportStage, FilterStage, GenerateStage, LoadedConfig, validate_plugin_options
-from distill.errors import ConfigError, DistillError, PluginError
+from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.plugin import PluginContext
 from distill.progress import StageProgress
 from distill.records import Record
@@ -85,6 +85,10 @@ class Pipeline:
         if until is not None and until not in {"seeds", *(s.name for s in self.config.stages)}:
             raise ConfigError(f"no stage named {until!r}")
         result = RunResult(output=self.output)
+        try:
+            self._check_writable()
+        except OSError as exc:
+            raise StoreError(f"cannot write the output folder {self.output}: {exc.strerror or exc}") from None
         with RunLock(self.output):
             write_json(self.output / "run.json", {
                 "distill_version": __version__,
@@ -103,6 +107,12 @@ class Pipeline:
                     t.close()
         return result
 
+    def _check_writable(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        probe = self.output / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+
     def _ctx(self, store: StageStore, bar: StageProgress, result: RunResult) -> StageContext:
         return StageContext(stage=store.stage, store=store, run_seed=self.config.seed,
                             notify=self._notify, advance=bar.advance, warnings=result.warnings)
@@ -118,7 +128,8 @@ class Pipeline:
         """Open a stage's store; None when it is complete and current (nothing to do)."""
         store = StageStore(self.output, name, kind, digest)
         if store.stale:
-            self.log(f"stage {name!r}: config or input changed since it was written; redoing it")
+            self.log(f"stage {name!r}: config or input changed since it was written; redoing it "
+                     f"(its old output is kept in {store.moved_to})")
         removed = store.clean_debris()
         if removed and not store.stale:
             self.log(f"stage {name!r}: removed {len(removed)} uncommitted file(s) from an interrupted run")

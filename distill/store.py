@@ -99,6 +99,7 @@ class StageStore:
         self.dir = root / "stages" / stage
         self.stage, self.kind, self.digest = stage, kind, digest
         self.stale = False
+        self.moved_to: Path | None = None
         self.manifest = self._open()
 
     def _open(self) -> StageManifest:
@@ -112,12 +113,23 @@ class StageStore:
             raise StoreError(f"manifest of stage {self.stage!r} is corrupted ({path}): {exc}") from None
         if manifest.hash != self.digest:  # its config or its input changed: redo it
             self.stale = bool(manifest.shards)
+            if self.stale:
+                self.moved_to = self._move_aside()
+                self.dir.mkdir(parents=True, exist_ok=True)
             return StageManifest(stage=self.stage, kind=self.kind, hash=self.digest)
         return manifest
 
+    def _move_aside(self) -> Path:
+        """Keep a stale stage's output under `stale/` rather than deleting it: it may hold
+        generations someone paid for."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        dest = self.dir.parent.parent / "stale" / f"{self.stage}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.dir, dest)
+        return dest
+
     def clean_debris(self) -> list[str]:
-        """Delete files no committed shard lists: a killed run's batch in flight, or the
-        output of a stale stage (whose old manifest is replaced at the first new commit)."""
+        """Delete files no committed shard lists: a killed run's batch in flight."""
         listed = {MANIFEST}
         for s in self.manifest.shards:
             listed.update((s.kept_file, s.rejected_file))

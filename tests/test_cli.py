@@ -92,3 +92,11 @@ def test_schema_command_prints_json():
     r = distill("schema", "record")
     assert r.returncode == 0 and json.loads(r.stdout)["title"] == "distill record"
     assert distill("schema", "nope").returncode == 2
+
+
+def test_an_unwritable_output_is_a_clear_error(tmp_path):
+    cfg = _config(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    cfg["output"] = "blocker/out"
+    r = distill("run", str(dump(tmp_path, cfg)))
+    assert r.returncode == 1 and "cannot write the output folder" in r.stderr and "Traceback" not in r.stderr

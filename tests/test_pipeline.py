@@ -79,6 +79,8 @@ def test_changing_a_later_stage_redoes_only_that_stage(tmp_path):
         "seeds": True, "instructions": True, "responses": True, "clean": False, "sft": False}
     after, _ = _records(tmp_path / "out", "responses")
     assert [r.id for r in after] == [r.id for r in before]
+    stale = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "out" / "stale").iterdir())
+    assert stale == ["clean", "sft"]
 
 
 def test_teacher_crash_is_named_keeps_committed_work_and_resumes_without_duplicates(tmp_path):

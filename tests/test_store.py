@@ -72,8 +72,10 @@ def test_a_changed_digest_means_the_stage_is_redone(tmp_path):
     s.finish()
     again = StageStore(tmp_path, "s", "filter", "h2")
     assert again.stale and again.next_index == 0 and not again.manifest.complete
-    again.clean_debris()
-    assert sorted(p.name for p in again.dir.iterdir()) == ["manifest.json"]
+    assert list(again.dir.iterdir()) == []
+    # the old output is moved aside, not deleted: it may hold generations someone paid for
+    assert again.moved_to.parent == tmp_path / "stale"
+    assert (again.moved_to / "kept-00000.jsonl").read_text() == _rec(1).model_dump_json() + "\n"
     again.commit([_rec(9)], [], inputs=1)
     assert [r.id for r in StageStore(tmp_path, "s", "filter", "h2").kept()] == ["r9"]
 
@@ -106,3 +108,10 @@ def test_manifest_is_plain_json(tmp_path):
     s.commit([_rec(1)], [], inputs=1)
     data = json.loads((s.dir / "manifest.json").read_text())
     assert data["shards"][0]["sha256"]["kept-00000.jsonl"]
+
+
+def test_a_stage_that_never_committed_is_not_moved_aside(tmp_path):
+    s = StageStore(tmp_path, "s", "filter", "h1")
+    s._write_manifest()  # started, killed before its first commit
+    again = StageStore(tmp_path, "s", "filter", "h2")
+    assert not again.stale and again.moved_to is None and not (tmp_path / "stale").exists()
