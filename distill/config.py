@@ -47,6 +47,13 @@ class GenerateStage(_Stage):
     batch_size: int = Field(32, ge=1, description="Records per committed shard.")
 
 
+class RankStage(_Stage):
+    kind: Literal["rank"]
+    ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
+    teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
+    batch_size: int = Field(32, ge=1)
+
+
 class FilterStage(_Stage):
     kind: Literal["filter"]
     filters: list[PluginRef] = Field(min_length=1)
@@ -58,7 +65,13 @@ class ExportStage(_Stage):
     format: Literal["sft", "preference"] = "sft"
 
 
-Stage = Annotated[Union[GenerateStage, FilterStage, ExportStage], Field(discriminator="kind")]
+Stage = Annotated[Union[GenerateStage, RankStage, FilterStage, ExportStage], Field(discriminator="kind")]
+
+
+class CacheSettings(_Model):
+    enabled: bool = Field(True, description="Look every teacher request up before making it.")
+    path: Path | None = Field(None, description="SQLite file; default ~/.cache/distill/requests.sqlite "
+                                                "($DISTILL_CACHE_DIR moves it). Shared by runs and teachers.")
 
 
 class PluginSettings(_Model):
@@ -73,6 +86,7 @@ class Config(_Model):
     teachers: dict[str, PluginRef] = Field(default_factory=dict)
     stages: list[Stage] = Field(min_length=1)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("stages")
     @classmethod
@@ -94,7 +108,7 @@ class Config(_Model):
     @model_validator(mode="after")
     def _teachers_exist(self) -> "Config":
         for i, s in enumerate(self.stages):
-            if isinstance(s, GenerateStage) and s.teacher not in self.teachers:
+            if isinstance(s, (GenerateStage, RankStage)) and s.teacher is not None and s.teacher not in self.teachers:
                 hint = suggest(s.teacher, list(self.teachers))
                 known = ", ".join(sorted(self.teachers)) or "none defined"
                 raise ValueError(f"stages[{i}].teacher: no teacher named {s.teacher!r}{hint} (teachers: {known})")
@@ -144,6 +158,8 @@ def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
         raise ConfigError(format_validation_error(exc, Config, source=path)) from None
     if path is not None and not config.output.is_absolute():
         config.output = path.parent / config.output
+    if path is not None and config.cache.path is not None and not config.cache.path.is_absolute():
+        config.cache.path = path.parent / config.cache.path
     return LoadedConfig(config=config, raw=raw, path=path)
 
 
@@ -174,6 +190,8 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
     for i, s in enumerate(cfg.stages):
         if isinstance(s, GenerateStage):
             refs.append((f"stages[{i}].task", "task", s.task))
+        elif isinstance(s, RankStage):
+            refs.append((f"stages[{i}].ranker", "ranker", s.ranker))
         elif isinstance(s, FilterStage):
             refs.extend((f"stages[{i}].filters[{j}]", "filter", f) for j, f in enumerate(s.filters))
     validated: dict[str, Any] = {}
@@ -189,6 +207,11 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         except ValidationError as exc:
             errors.append(format_validation_error(exc, spec.cls.Options, prefix=f"{where}.options",
                                                   source=None, header=False))
+    for i, s in enumerate(cfg.stages):
+        if isinstance(s, RankStage) and s.teacher is None and f"stages[{i}].ranker" in validated:
+            if getattr(registry.get("ranker", s.ranker.plugin).cls, "needs_judge", False):
+                errors.append(f"stages[{i}].teacher: ranker {s.ranker.plugin!r} needs a judge model; "
+                              "name one of `teachers`")
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {e}" for e in errors))
     return validated

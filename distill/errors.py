@@ -17,6 +17,11 @@ class PluginError(DistillError):
     """A plugin failed to load, register or run; the message names the plugin."""
 
 
+class TeacherUnavailable(PluginError):
+    """A teacher gave up (circuit breaker open, budget spent): the stage stops cleanly,
+    committed work is kept, and a later run resumes."""
+
+
 class StoreError(DistillError):
     """The output directory is locked, corrupted or unwritable."""
 

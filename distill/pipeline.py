@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from distill import __version__
-from distill.config import ExportStage, FilterStage, GenerateStage, LoadedConfig, validate_plugin_options
+from distill.config import (ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
+                            validate_plugin_options)
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.plugin import PluginContext
+from distill.calls import TeacherCaller
 from distill.progress import StageProgress
 from distill.records import Record
 from distill.registry import PluginRegistry
-from distill.stages import StageContext, run_expand, run_export, run_filters, run_map
+from distill.ranker import Judge
+from distill.stages import StageContext, run_expand, run_export, run_filters, run_map, run_rank
 from distill.store import RunLock, StageStore, write_json
 from distill.task import ExpandTask, MapTask
 
@@ -76,6 +79,7 @@ class Pipeline:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.options = validate_plugin_options(loaded, registry)
         self._teachers: dict[str, Any] = {}
+        self._cache: Any = None
 
     @property
     def output(self) -> Path:
@@ -105,7 +109,16 @@ class Pipeline:
             finally:
                 for t in self._teachers.values():
                     t.close()
+                if self._cache is not None:
+                    self._cache.close()
         return result
+
+    def _request_cache(self) -> Any:
+        if self._cache is None and self.config.cache.enabled:
+            from distill.cache import RequestCache, default_cache_path
+
+            self._cache = RequestCache(self.config.cache.path or default_cache_path())
+        return self._cache
 
     def _check_writable(self) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -141,11 +154,14 @@ class Pipeline:
             self.log(f"stage {name!r}: resuming after {store.next_index} committed shard(s)")
         return store
 
-    def _finish(self, store: StageStore, result: RunResult, started: float) -> None:
+    def _finish(self, store: StageStore, result: RunResult, started: float,
+                calls: dict[str, Any] | None = None) -> None:
         totals = store.manifest.totals()
         if totals["in"] + totals["generated"] != totals["kept"] + totals["rejected"]:
             raise AssertionError(f"stage {store.stage!r} lost records: {totals}")
-        stats = {"totals": totals, "reasons": dict(store.manifest.reasons())}
+        stats: dict[str, Any] = {"totals": totals, "reasons": dict(store.manifest.reasons())}
+        if calls is not None:
+            stats["calls"] = calls
         store.finish(stats)
         self.registry.notify("stage_finished", stage=store.stage, stats=stats)
         result.stages.append(self._summary(store, skipped=False, seconds=time.monotonic() - started))
@@ -182,7 +198,8 @@ class Pipeline:
 
     def _stage(self, i: int, stage: Any, upstream: StageStore, result: RunResult) -> StageStore:
         raw_stage = self.loaded.raw["stages"][i]
-        extra = self.loaded.raw.get("teachers", {}).get(stage.teacher) if isinstance(stage, GenerateStage) else None
+        teacher_key = getattr(stage, "teacher", None)
+        extra = self.loaded.raw.get("teachers", {}).get(teacher_key) if teacher_key else None
         digest = _digest(stage.kind, raw_stage, extra, self.config.seed, _output_digest(upstream))
         store = self._open(stage.name, stage.kind, digest, result)
         if store is None:
@@ -195,18 +212,32 @@ class Pipeline:
             teacher = self._teacher(stage.teacher)  # loads its engine before the bar starts
             if isinstance(task, ExpandTask):
                 total = task.target()
+        elif isinstance(stage, RankStage) and stage.teacher is not None:
+            teacher = self._teacher(stage.teacher)
+        caller = None
         with StageProgress(stage.name, total, self.progress) as bar:
             ctx = self._ctx(store, bar, result)
             if isinstance(stage, GenerateStage):
+                caller = TeacherCaller(teacher, self._request_cache(), on_progress=bar.calls)
                 try:
                     if isinstance(task, MapTask):
-                        run_map(ctx, task, teacher, inputs, stage.batch_size)
+                        run_map(ctx, task, caller, inputs, stage.batch_size)
                     elif isinstance(task, ExpandTask):
-                        run_expand(ctx, task, teacher, inputs, stage.batch_size)
+                        run_expand(ctx, task, caller, inputs, stage.batch_size)
                     else:
                         raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
                 finally:
                     task.close()
+            elif isinstance(stage, RankStage):
+                ranker = self._make("ranker", stage.ranker.plugin, f"stages[{i}].ranker")
+                judge = None
+                if stage.teacher is not None:
+                    caller = TeacherCaller(teacher, self._request_cache(), on_progress=bar.calls)
+                    judge = Judge(caller, f"stage {stage.name!r}")
+                try:
+                    run_rank(ctx, ranker, judge, inputs, stage.batch_size)
+                finally:
+                    ranker.close()
             elif isinstance(stage, FilterStage):
                 filters = [self._make("filter", f.plugin, f"stages[{i}].filters[{j}]")
                            for j, f in enumerate(stage.filters)]
@@ -217,7 +248,7 @@ class Pipeline:
                         f.close()
             elif isinstance(stage, ExportStage):
                 run_export(ctx, stage.format, inputs, self.output / "export" / stage.name)
-        self._finish(store, result, started)
+        self._finish(store, result, started, caller.stats.as_dict() if caller else None)
         return store
 
     def _make(self, kind: str, name: str, where: str) -> Any:

@@ -28,6 +28,9 @@ class PluginContext:
     base_dir: Path
     #: Whether long work may show progress (off under --quiet and when stderr is no terminal).
     progress: bool = True
+    #: A folder of the run's output that belongs to this plugin instance and survives resume
+    #: (a teacher's spent budget, say). None outside a pipeline run.
+    state_dir: Path | None = None
 
 
 class Plugin:
@@ -51,13 +54,6 @@ class Plugin:
 
     def close(self) -> None:
         """Release engines, files or connections. Called once when the stage ends."""
-
-
-class Ranker(Plugin):
-    """Scores a record's candidates (implementations come with the teachers issue)."""
-
-    def rank(self, records: list[Any]) -> list[Any]:  # pragma: no cover - interface
-        raise NotImplementedError
 
 
 class Trainer(Plugin):

@@ -20,6 +20,23 @@ class _Rate(TextColumn):
         return Text(f"{speed:,.1f} rec/s" if speed else "", style="progress.data.speed")
 
 
+class _Calls(TextColumn):
+    """Teacher throughput and cache hit rate, for generation stages."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task):  # type: ignore[override]
+        from rich.text import Text
+
+        calls = task.fields.get("calls")
+        if not calls or not calls.requests:
+            return Text("")
+        secs = max(task.elapsed or 0.0, 1e-9)
+        return Text(f"{calls.requests / secs:,.1f} req/s {calls.completion_tokens / secs:,.0f} tok/s "
+                    f"cache {calls.hit_rate:.0%}", style="progress.data.speed")
+
+
 class StageProgress:
     """One bar per stage; silent when disabled (tests, --quiet)."""
 
@@ -33,7 +50,7 @@ class StageProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TaskProgressColumn(), _Rate(), TimeElapsedColumn(), TimeRemainingColumn(),
+                TaskProgressColumn(), _Rate(), _Calls(), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=False,
             )
             self._progress.start()
@@ -43,6 +60,10 @@ class StageProgress:
     def advance(self, n: int) -> None:
         if self._progress is not None and self._task is not None and n:
             self._progress.advance(self._task, n)
+
+    def calls(self, stats: object) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, calls=stats)
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         if self._progress is not None:

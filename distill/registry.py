@@ -37,7 +37,8 @@ KINDS: dict[str, str] = {
 
 def _base_for(kind: str) -> type:
     from distill.filter import Filter
-    from distill.plugin import Evaluator, Ranker, Trainer
+    from distill.plugin import Evaluator, Trainer
+    from distill.ranker import Ranker
     from distill.task import Task
     from distill.teacher import Teacher
 

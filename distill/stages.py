@@ -11,17 +11,19 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.calls import CallStats, TeacherCaller
 from distill.errors import PluginError
 from distill.filter import Drop, Edit, Filter, Keep
 from distill.licenses import effective_tag
+from distill.ranker import Judge, Ranker, candidates_of
 from distill.records import Message, Record, Source, stable_id
 from distill.store import StageStore
 from distill.task import ExpandTask, MapTask, Reject, Task
-from distill.teacher import ChatRequest, Sample, Teacher
+from distill.teacher import ChatRequest
 
 
 def derive_seed(*parts: Any) -> int:
@@ -52,26 +54,17 @@ def _drop(record: Record, stage: str, plugin: Task | Filter | None, reason: str)
     return record
 
 
-def _call_teacher(teacher: Teacher, requests: list[ChatRequest], where: str) -> list[list[Sample]]:
-    if not requests:
-        return []
-    try:
-        out = teacher.generate(requests)
-    except PluginError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - named, and committed work stays committed
-        raise PluginError(f"teacher plugin {teacher.name!r} failed on {where}: {type(exc).__name__}: {exc}") from exc
-    if len(out) != len(requests):
-        raise PluginError(f"teacher plugin {teacher.name!r} returned {len(out)} results for {len(requests)} requests")
-    return out
+def _call_meta(caller: TeacherCaller, before: CallStats) -> dict[str, Any]:
+    return {"requests": caller.stats.requests - before.requests, "cache_hits": caller.stats.hits - before.hits}
 
 
-def run_map(ctx: StageContext, task: MapTask, teacher: Teacher, inputs: list[Record], batch_size: int) -> None:
-    generator = teacher.generator()
+def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: list[Record], batch_size: int) -> None:
+    generator = caller.teacher.generator()
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(ctx.store.next_index * batch_size)
     for b in range(ctx.store.next_index, batches):
         chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        before = replace(caller.stats)
         kept: list[Record] = []
         rejected: list[Record] = []
         pending: list[tuple[Record, ChatRequest]] = []
@@ -81,7 +74,7 @@ def run_map(ctx: StageContext, task: MapTask, teacher: Teacher, inputs: list[Rec
                 rejected.append(_drop(r, ctx.stage, task, built.reason))
             else:
                 pending.append((r, ChatRequest(messages=built, seed=derive_seed(ctx.run_seed, ctx.stage, r.id))))
-        results = _call_teacher(teacher, [q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")
+        results = caller([q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")
         for (r, _), samples in zip(pending, results):
             g = r.add_generator(generator)
             out = _guard(task, "apply", lambda: task.apply(r, samples, g), r)
@@ -90,13 +83,13 @@ def run_map(ctx: StageContext, task: MapTask, teacher: Teacher, inputs: list[Rec
             else:
                 out.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
                 kept.append(out)
-        ctx.commit(kept, rejected, inputs=len(chunk))
+        ctx.commit(kept, rejected, inputs=len(chunk), meta=_call_meta(caller, before))
         ctx.advance(len(chunk))
 
 
-def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: list[Record],
+def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, inputs: list[Record],
                batch_size: int) -> None:
-    generator = teacher.generator()
+    generator = caller.teacher.generator()
     store = ctx.store
     if store.next_index == 0:
         passed = [r.model_copy(deep=True) for r in inputs]
@@ -118,10 +111,11 @@ def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: li
     while produced < target and rnd < max_rounds:
         rng = random.Random(derive_seed(ctx.run_seed, ctx.stage, "round", rnd))
         count = min(batch_size, target - produced)
+        before = replace(caller.stats)
         proposals = _guard(task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}")
         requests = [ChatRequest(messages=p.messages, seed=derive_seed(ctx.run_seed, ctx.stage, rnd, j))
                     for j, p in enumerate(proposals)]
-        results = _call_teacher(teacher, requests, f"round {rnd} of stage {ctx.stage!r}")
+        results = caller(requests, f"round {rnd} of stage {ctx.stage!r}")
         kept: list[Record] = []
         rejected: list[Record] = []
         for j, (p, samples) in enumerate(zip(proposals, results)):
@@ -141,7 +135,8 @@ def run_expand(ctx: StageContext, task: ExpandTask, teacher: Teacher, inputs: li
                         rejected.append(_drop(rec, ctx.stage, task, verdict.reason))
                     else:
                         kept.append(rec)
-        ctx.commit(kept, rejected, inputs=0, generated=len(kept) + len(rejected), meta={"round": rnd})
+        ctx.commit(kept, rejected, inputs=0, generated=len(kept) + len(rejected),
+                   meta={"round": rnd, **_call_meta(caller, before)})
         pool.extend(kept)
         produced += len(kept)
         ctx.advance(len(kept))
@@ -169,7 +164,7 @@ def _merge_sources(parents: list[Record]) -> list[Source]:
     return list(seen.values())
 
 
-def _guard(plugin: Task | Filter, method: str, call: Callable[[], Any], on: Record | str | None) -> Any:
+def _guard(plugin: Task | Filter | Ranker, method: str, call: Callable[[], Any], on: Record | str | None) -> Any:
     try:
         return call()
     except PluginError:
@@ -237,3 +232,43 @@ def run_export(ctx: StageContext, fmt: str, inputs: list[Record], path: Path) ->
     rejected = [_drop(r, ctx.stage, None, reason) for r, reason in result.rejected]
     ctx.commit(result.kept, rejected, inputs=len(chunk), meta={"path": str(path), "format": fmt})
     ctx.advance(len(chunk))
+
+
+def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: list[Record], batch_size: int) -> None:
+    judge_gen = judge.caller.teacher.generator(role="judge") if judge is not None else None
+    batches = math.ceil(len(inputs) / batch_size)
+    ctx.advance(min(len(inputs), ctx.store.next_index * batch_size))
+    for b in range(ctx.store.next_index, batches):
+        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        before = replace(judge.caller.stats) if judge is not None else None
+        kept: list[Record] = []
+        rejected: list[Record] = []
+        rankable = [r for r in chunk if candidates_of(r)]
+        for r in chunk:
+            if not candidates_of(r):
+                rejected.append(_drop(r, ctx.stage, ranker, "nothing to rank: no answer or candidates"))
+        where = f"batch {b} of stage {ctx.stage!r}"
+        verdicts = _guard(ranker, "score_batch", lambda: ranker.score_batch(rankable, judge), where)
+        if len(verdicts) != len(rankable):
+            raise PluginError(f"ranker plugin {ranker.name!r} returned {len(verdicts)} results for {len(rankable)} records")
+        for r, v in zip(rankable, verdicts):
+            if isinstance(v, Reject):
+                rejected.append(_drop(r, ctx.stage, ranker, v.reason))
+                continue
+            cands = candidates_of(r)
+            if len(v) != len(cands):
+                raise PluginError(f"ranker plugin {ranker.name!r} gave {len(v)} scores for {len(cands)} candidates "
+                                  f"of record {r.id}")
+            r.candidates = [c.model_copy(update={"score": float(s)}) for c, s in zip(cands, v)]
+            best = max(r.candidates, key=lambda c: c.score)  # type: ignore[arg-type,return-value]
+            if r.messages and r.messages[-1].role == "assistant":
+                r.messages[-1] = r.messages[-1].model_copy(update={"content": best.content})
+            if judge_gen is not None:
+                r.add_generator(judge_gen)
+            pref = r.preference()
+            detail = f"best {best.score:g} of {len(r.candidates)}" + (f", margin {pref.margin:g}" if pref else "")
+            r.add_event(ctx.stage, "ranked", plugin=ranker.name, plugin_version=ranker.plugin_version, reason=detail)
+            kept.append(r)
+        meta = _call_meta(judge.caller, before) if judge is not None and before is not None else {}
+        ctx.commit(kept, rejected, inputs=len(chunk), meta=meta)
+        ctx.advance(len(chunk))

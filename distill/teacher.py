@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,12 +19,18 @@ class ChatRequest(BaseModel):
     #: Seed for this request, derived by the core from the run seed so a resumed batch
     #: samples exactly what the killed one would have.
     seed: int | None = None
+    #: Structured output: `{"type": "json_schema", "json_schema": {...}}` as in the OpenAI API.
+    #: Teachers that cannot enforce it still receive it and the task validates the answer.
+    response_format: dict[str, Any] | None = None
 
 
 class Sample(BaseModel):
     text: str
     finish_reason: str | None = None
     completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+    #: Log-probability of each generated token, where the engine offers them.
+    logprobs: list[float] | None = None
 
 
 class ModelInfo(BaseModel):
@@ -61,6 +67,15 @@ class Teacher(Plugin):
     def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:  # pragma: no cover
         """One list of samples per request, in request order."""
         raise NotImplementedError
+
+    def iter_generate(self, requests: list[ChatRequest]) -> Iterator[tuple[int, list[Sample]]]:
+        """Yield (request index, samples) as each request completes, in any order.
+
+        The core caches each result the moment it is yielded, so when a batch fails halfway
+        the requests that did complete are never paid for again. Teachers that finish
+        requests one by one (API clients) override this; batch engines keep the default.
+        """
+        yield from enumerate(self.generate(requests))
 
     def generator(self, role: str = "generator") -> Generator:
         info = self.model_info()

@@ -15,16 +15,19 @@ TINY_MODEL_ID = "distill-tiny-llama"
 TINY_MODEL_LICENSE = "Apache-2.0"
 
 
-def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None) -> Path:
+def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None,
+               head: str = "causal-lm") -> Path:
     """Write a tiny random Llama (6.6 M params, ~26 MB) into `path` and return `path`.
 
     The tokenizer and chat template are SmolLM2's, taken from the converted embedded model
     (converting it first if needed), so prompts are formatted as in production. Weights are
     random but reproducible: the same `seed` gives the same file on the same torch version.
     A `distill-model.json` declares its id and license, as a user's own folder would.
+    `head="reward"` gives a one-logit sequence-classification model, as a reward model is.
     """
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                              LlamaForSequenceClassification)
 
     from distill.embedded import ensure_converted, write_marker
 
@@ -36,17 +39,22 @@ def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None) -> P
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
     )
-    config.architectures = ["LlamaForCausalLM"]
+    if head not in ("causal-lm", "reward"):
+        raise ValueError(f"head must be 'causal-lm' or 'reward', not {head!r}")
+    reward = head == "reward"
+    config.architectures = ["LlamaForSequenceClassification" if reward else "LlamaForCausalLM"]
+    config.num_labels = 1
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32).eval()
+        model = (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).to(torch.float32).eval()
     finally:
         torch.random.set_rng_state(state)  # do not disturb the caller's random stream
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+    if not reward:
+        model.generation_config = GenerationConfig(
+            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -57,7 +65,7 @@ def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None) -> P
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    write_marker(path, model=TINY_MODEL_ID, license=TINY_MODEL_LICENSE,
+    write_marker(path, model=TINY_MODEL_ID + ("-reward" if reward else ""), license=TINY_MODEL_LICENSE,
                  description="random weights for tests; SmolLM2 tokenizer and chat template")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 from pydantic import SecretStr
 
@@ -42,10 +43,19 @@ class EchoTeacher(Teacher):
             samples = []
             for k in range(r.n or self.options.n):
                 h = hashlib.sha256(f"{last}|{r.seed}|{k}".encode()).hexdigest()[:8]
-                if self.options.style == "instructions":
+                if self.options.style == "judge":  # a judge that likes longer answers, in JSON
+                    content = r.messages[-1].content
+                    if "Answer A:" in content:
+                        a = content.split("Answer A:")[1].split("Answer B:")[0]
+                        b = content.split("Answer B:")[1].split("Reply with")[0]
+                        text = json.dumps({"winner": "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"})
+                    else:
+                        answer = content.split("Answer:")[1].split("Reply with")[0]
+                        text = json.dumps({"score": min(10, max(1, len(answer.split())))})
+                elif self.options.style == "instructions":
                     text = f"1. Explain how to configure router feature number {h} step by step"
                 else:
-                    text = f"Answer {h}: " + " ".join(last.split()[:5])
+                    text = f"Answer {h}: " + " ".join(last.split()[:5]) + " and more" * k
                 samples.append(Sample(text=text, finish_reason="stop", completion_tokens=len(text.split())))
             out.append(samples)
         return out

@@ -18,6 +18,7 @@ def _config(tmp_path) -> dict:
     seeds = write_seeds(tmp_path)
     return {
         "output": "out",
+        "cache": {"path": "requests.sqlite"},
         "seeds": [{"path": seeds.name, "license": "CC0-1.0"}],
         "stages": [
             {"kind": "filter", "filters": [{"plugin": "length", "options": {"field": "prompt", "min_words": 8}},

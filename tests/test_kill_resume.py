@@ -31,6 +31,7 @@ def _write(folder: Path, model_dir: Path) -> Path:
         f.write("{broken json\n")
     cfg = {
         "output": "out",
+        "cache": {"enabled": False},  # resume alone must reproduce the batch in flight
         "seed": 3,
         "seeds": [{"path": "seeds.jsonl", "license": "CC0-1.0"}],
         "teachers": {"tiny": {"plugin": "transformers",

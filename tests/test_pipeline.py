@@ -148,3 +148,27 @@ def test_seed_without_license_is_unspecified_and_warns(tmp_path):
     assert any("license" in w for w in result.warnings)
     kept, _ = _records(tmp_path / "out", "seeds")
     assert all(r.provenance.license.use == "unspecified" for r in kept)
+
+
+def test_a_redone_stage_with_the_same_requests_is_answered_from_the_cache(tmp_path):
+    cfg = config_dict(tmp_path)
+    pipeline(cfg).run()
+    first, _ = _records(tmp_path / "out", "responses")
+    cfg["stages"][1]["batch_size"] = 5  # redoes the stage, but every request is the same
+    result = pipeline(cfg).run()
+    assert {s.stage: s.skipped for s in result.stages}["responses"] is False
+    assert EchoTeacher.calls == []  # zero teacher calls
+    again, _ = _records(tmp_path / "out", "responses")
+    assert [r.messages for r in again] == [r.messages for r in first]
+    m = json.loads((tmp_path / "out/stages/responses/manifest.json").read_text())
+    assert m["stats"]["calls"]["cache_hits"] == m["stats"]["calls"]["requests"] == len(first)
+    assert m["stats"]["calls"]["teacher_calls"] == 0
+
+
+def test_with_the_cache_off_every_request_reaches_the_teacher(tmp_path):
+    cfg = config_dict(tmp_path, cache={"enabled": False})
+    pipeline(cfg).run()
+    cfg["stages"][1]["batch_size"] = 5
+    pipeline(cfg).run()
+    assert sum(EchoTeacher.calls) > 0
+    assert not (tmp_path / "requests.sqlite").exists()

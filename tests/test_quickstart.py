@@ -22,6 +22,8 @@ def test_quickstart_runs_end_to_end_with_provenance_on_every_record(tmp_path, em
     datasets = pytest.importorskip("datasets", reason="the export needs the `datasets` extra")
     work = tmp_path / "quickstart"
     shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("out"))
+    with open(work / "config.yaml", "a") as f:  # a cache of its own: the run must really generate
+        f.write("\ncache: {path: requests.sqlite}\n")
     r = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(work / "config.yaml"), "--quiet"],
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr

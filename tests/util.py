@@ -37,6 +37,7 @@ def config_dict(folder: Path, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "output": str(folder / "out"),
         "seed": 7,
+        "cache": {"path": str(folder / "requests.sqlite")},
         "seeds": [{"path": str(seeds), "license": "CC0-1.0", "name": "acme-seeds"}],
         "teachers": {
             "writer": {"plugin": "echo", "options": {"n": 2}},

@@ -1,0 +1,47 @@
+"""Rankers score a record's candidates; the core does everything else.
+
+A ranker returns one score per candidate (or a rejection). The core writes the scores,
+makes the best candidate the record's answer, records any judge model in provenance like
+any generator, and `Record.preference()` derives the chosen/rejected pair and its margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from distill.plugin import Plugin
+from distill.records import Candidate, Record
+from distill.task import Reject
+
+if TYPE_CHECKING:
+    from distill.calls import TeacherCaller
+
+
+@dataclass
+class Judge:
+    """A teacher lent to a ranker: its calls go through the core's cache like any other."""
+
+    caller: TeacherCaller
+    where: str
+
+    def ask(self, requests):  # type: ignore[no-untyped-def]
+        return self.caller(requests, self.where)
+
+
+def candidates_of(record: Record) -> list[Candidate]:
+    """The record's candidates, or its single answer as the only candidate."""
+    if record.candidates:
+        return record.candidates
+    answer = record.response()
+    return [Candidate(content=answer)] if answer is not None else []
+
+
+class Ranker(Plugin):
+    kind: ClassVar[str] = "ranker"
+    #: Rankers that need a judge model say so; the config must then name a teacher.
+    needs_judge: ClassVar[bool] = False
+
+    def score_batch(self, records: list[Record], judge: Judge | None) -> list[list[float] | Reject]:
+        """One score per candidate (in `candidates_of` order), or a Reject, per record."""
+        raise NotImplementedError  # pragma: no cover
