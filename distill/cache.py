@@ -23,12 +23,13 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distill.embedded import default_cache_dir
-from distill.errors import StoreError
+from distill.cache_diff import _ABSENT, MissExplanation, _diff_paths, _field_diff, _flatten
+from distill.errors import PluginError, StoreError
 from distill.teacher import ChatRequest, Sample
 
 CACHE_FILE = "requests.sqlite"
@@ -37,7 +38,6 @@ FORMAT = 1
 MAX_MISSES = 1000
 #: Most candidate rows `explain` compares a miss with: the recent ones are the likely cause.
 SCAN_LIMIT = 5000
-CLIP = 80
 BUSY_TIMEOUT_MS = 60_000
 IDENTITY_FIELDS = ("plugin", "model", "revision", "file_hash")
 
@@ -72,7 +72,8 @@ def _reject_secrets(obj: Any, where: str) -> None:
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
     for k, v in items:
         if isinstance(k, str) and _SECRET.search(k):
-            raise ValueError(f"{where}.{k} looks like a secret; it must never go into a cache key")
+            raise PluginError(f"{where}.{k} looks like a secret; it must never go into a cache key "
+                              f"(a teacher's sampling() is stored in clear text)")
         _reject_secrets(v, f"{where}.{k}")
 
 
@@ -83,7 +84,7 @@ def key_parts(identity: dict[str, Any], sampling: dict[str, Any], request: ChatR
     file_hash), its sampling parameters and the request. The parts are stored in the cache
     file in clear text, so callers must never add secrets (API keys, tokens, auth headers) or
     anything that does not change the answer (endpoint URLs, timeouts): a key that looks like
-    a secret is refused.
+    a secret is refused with a PluginError, a bug in the teacher plugin that must not be hidden.
     """
     parts = {
         "teacher": {f: identity.get(f) for f in IDENTITY_FIELDS},
@@ -95,8 +96,7 @@ def key_parts(identity: dict[str, Any], sampling: dict[str, Any], request: ChatR
             "response_format": request.response_format,
         },
     }
-    _reject_secrets(parts["teacher"], "teacher")
-    _reject_secrets(sampling, "sampling")
+    _reject_secrets(sampling, f"teacher plugin {identity.get('plugin')!r}: sampling")
     # A JSON round trip with sorted keys: tuples become lists, and the dict compares and
     # prints exactly like what is stored.
     return json.loads(_canonical(parts))
@@ -115,76 +115,6 @@ class CacheStats(BaseModel):
     #: Misses kept for `explain` (the most recent MAX_MISSES).
     misses: int
     models: dict[str, int]
-
-
-class FieldDiff(BaseModel):
-    path: str
-    change: Literal["changed", "added", "removed"]
-    cached: Any = None
-    new: Any = None
-
-
-class MissExplanation(BaseModel):
-    key: str
-    model: str | None
-    #: When the miss was recorded; None for `explain_key`.
-    time: float | None = None
-    nearest_key: str | None = None
-    nearest_model: str | None = None
-    differences: list[FieldDiff] = []
-    note: str | None = None
-
-
-_ABSENT = object()
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted paths to leaves, the way a user reads a config: `request.messages[1].content`."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict) and obj:
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list) and obj:
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}[{i}]"))
-    else:
-        out[prefix] = obj
-    return out
-
-
-def _leaf_eq(a: Any, b: Any) -> bool:
-    # 256 and 256.0, or 1 and true, hash to different keys, so they must show as different.
-    return a is b or (type(a) is type(b) and a == b)
-
-
-def _diff_paths(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [p for p in sorted(old.keys() | new.keys())
-            if not _leaf_eq(old.get(p, _ABSENT), new.get(p, _ABSENT))]
-
-
-def _clip(a: str, b: str) -> tuple[str, str]:
-    """Long strings shown around their first difference: their shared start explains nothing."""
-    if len(a) <= CLIP and len(b) <= CLIP:
-        return a, b
-    common = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        common += 1
-    start = max(0, common - 20)
-
-    def one(s: str) -> str:
-        part = s[start:start + CLIP]
-        return ("…" if start else "") + part + ("…" if start + CLIP < len(s) else "")
-    return one(a), one(b)
-
-
-def _field_diff(path: str, old: Any, new: Any) -> FieldDiff:
-    clipped = _clip(old if isinstance(old, str) else "", new if isinstance(new, str) else "")
-    cached, fresh = (c if isinstance(v, str) else None if v is _ABSENT else v
-                     for c, v in zip(clipped, (old, new)))
-    change = "added" if old is _ABSENT else "removed" if new is _ABSENT else "changed"
-    return FieldDiff(path=path, change=change, cached=cached, new=fresh)
 
 
 class _Candidate(NamedTuple):
@@ -234,6 +164,7 @@ class RequestCache:
                 raise self._corrupt("; ".join(map(str, rows[:3])))
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
+            self._durable = True
         with self._write():
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -255,10 +186,17 @@ class RequestCache:
             raise self._corrupt(str(exc)) from exc
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self, durable: bool = True) -> Iterator[None]:
         """BEGIN IMMEDIATE: take the write lock up front, where the busy timeout applies, instead
-        of upgrading a read transaction, which SQLite refuses at once with "database is locked"."""
+        of upgrading a read transaction, which SQLite refuses at once with "database is locked".
+
+        Only results are fsync'd on commit; hit counts and misses survive a crash of the process
+        (WAL) but not of the machine, which spares a cached rerun one fsync per lookup.
+        """
         with self._lock, self._errors():
+            if durable != self._durable:
+                self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -286,7 +224,7 @@ class RequestCache:
         unique = list(dict.fromkeys(keys))
         found: dict[str, list[Sample]] = {}
         now = time.time()
-        with self._write():
+        with self._write(durable=False):
             for i in range(0, len(unique), 900):  # under SQLite's bound-parameter limit
                 chunk = unique[i:i + 900]
                 marks = ",".join("?" * len(chunk))
@@ -312,7 +250,7 @@ class RequestCache:
         if not misses:
             return
         now = time.time()
-        with self._write():
+        with self._write(durable=False):
             for key, parts in misses:
                 self._db.execute("DELETE FROM misses WHERE key = ?", (key,))
                 self._db.execute("INSERT INTO misses (key, model, parts, time) VALUES (?, ?, ?, ?)",
@@ -346,7 +284,12 @@ class RequestCache:
 
     def explain_key(self, parts: dict[str, Any]) -> MissExplanation:
         """Why these parts miss (or hit) against the cache as it is now."""
-        return self._explain(cache_key(parts), parts, None, {})
+        key, model = cache_key(parts), _model_of(parts)
+        with self._lock, self._errors():
+            if self._db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone():
+                return MissExplanation(key=key, model=model, nearest_key=key, nearest_model=model,
+                                       note="this request is cached: it hits")
+        return self._explain(key, parts, None, {})
 
     def _pool(self, key: str, parts: dict[str, Any], model: str | None, when: float | None,
               recent: dict[str, list[_Candidate]]) -> list[_Candidate]:
@@ -373,10 +316,6 @@ class RequestCache:
                  recent: dict[str, list[_Candidate]]) -> MissExplanation:
         model = _model_of(parts)
         result = MissExplanation(key=key, model=model, time=when)
-        if when is None and self._has(key):
-            result.nearest_key, result.nearest_model = key, model
-            result.note = "this request is cached: it hits"
-            return result
         flat = _flatten(parts)
         pool = self._pool(key, parts, model, when, recent) if model is not None else []
         if not pool:
@@ -400,10 +339,6 @@ class RequestCache:
         result.differences = [_field_diff(p, best.flat.get(p, _ABSENT), flat.get(p, _ABSENT))
                               for p in best_paths]
         return result
-
-    def _has(self, key: str) -> bool:
-        with self._lock, self._errors():
-            return self._db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone() is not None
 
     def close(self) -> None:
         with self._lock:

@@ -71,8 +71,7 @@ class TeacherCaller:
     def _generate(self, requests: list[ChatRequest], missing: list[int], results: list[Any],
                   keys: list[str], parts: list[dict[str, Any]], where: str) -> None:
         if self.cache is not None:
-            for i in missing:
-                self.cache.record_miss(keys[i], parts[i])
+            self.cache.record_misses([(keys[i], parts[i]) for i in missing])
         sub = [requests[i] for i in missing]
         started = time.monotonic()
         done = 0

@@ -160,5 +160,14 @@ def main() -> None:
     app()
 
 
+def _mount() -> None:
+    from distill.cache_cli import cache_app
+
+    app.add_typer(cache_app, name="cache", help="What the request cache holds, and why lookups missed.")
+
+
+_mount()
+
+
 if __name__ == "__main__":
     main()
