@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -255,7 +256,8 @@ class Pipeline:
         spec = self.registry.get(kind, name)
         plugin = spec.cls(self.options[where])
         try:
-            plugin.setup(PluginContext(base_dir=self.loaded.base_dir, progress=self.progress))
+            state = self.output / "state" / re.sub(r"[^A-Za-z0-9_.-]+", "_", where)
+            plugin.setup(PluginContext(base_dir=self.loaded.base_dir, progress=self.progress, state_dir=state))
         except DistillError:
             raise
         except Exception as exc:  # noqa: BLE001 - named, never a bare traceback

@@ -1,0 +1,397 @@
+"""A teacher behind any OpenAI-compatible chat API: OpenAI itself, a vLLM or llama.cpp server.
+
+Remote calls fail in ways local ones do not, so this teacher owns its retries rather than
+trusting the client's: it needs to count failures for a circuit breaker, pace requests to a
+rate limit, charge a budget that survives resume, and hand back each result the moment it
+arrives so that the core caches it before anything else can go wrong. Requests run on one
+long-lived asyncio loop in a background thread (the HTTP connections stay open across
+batches); `iter_generate` is a plain generator fed from it through a queue.
+
+The API key is read from the environment variable that `api_key_env` names, at setup. It is
+never an option, and every message this module raises is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from distill.errors import PluginError, TeacherUnavailable
+from distill.hookspecs import hookimpl
+from distill.plugin import PluginContext
+from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
+from distill_plugins._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay, derive_seed,
+                                          TokenEstimator, error_message, retry_after_seconds)
+
+OPENAI_URL = "https://api.openai.com/v1"
+_SAMPLING_FIELDS = {"n", "temperature", "top_p", "max_tokens", "seed"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way that a later attempt may not: 429, 5xx, timeout, torn body."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _RequestFailed(Exception):
+    """A request used up its retries; the batch goes on, the breaker counts it."""
+
+
+class OpenAITeacher(Teacher):
+    """Samples completions from an OpenAI-compatible `/chat/completions` endpoint."""
+
+    name = "openai"
+    requires = ("api",)
+
+    class Options(SamplingOptions):
+        model: str = Field(description="Model id as the server names it.")
+        base_url: str | None = Field(None, description="API root, e.g. http://127.0.0.1:8000/v1; "
+                                                       "default: OpenAI's.")
+        api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable that "
+                                 "holds the key (never the key itself). May be unset for a local base_url.")
+        license: str | None = Field(None, description="SPDX or LicenseRef of the model's terms. Default: "
+                                    "LicenseRef-OpenAI-Terms for OpenAI, else LicenseRef-Unspecified.")
+        revision: str | None = Field(None, description="Model snapshot, recorded in provenance.")
+        concurrency: int = Field(8, ge=1, description="Requests in progress at once (retries keep their slot).")
+        requests_per_minute: float | None = Field(None, gt=0)
+        tokens_per_minute: float | None = Field(None, gt=0, description="Estimated from prompt length and "
+                                                "max_tokens, corrected with the usage the server reports.")
+        max_retries: int = Field(6, ge=0, description="Retries per request after the first attempt.")
+        timeout: float = Field(60.0, gt=0, description="Seconds per attempt.")
+        backoff_base: float = Field(0.5, gt=0, description="First back-off bound in seconds (full jitter).")
+        backoff_max: float = Field(30.0, gt=0)
+        circuit_breaker: int = Field(20, ge=1, description="Give up after this many consecutive requests "
+                                     "failed all their retries.")
+        max_total_tokens: int | None = Field(None, ge=1, description="Stop once this many tokens (prompt + "
+                                             "completion) were spent, across resumes.")
+        max_cost_usd: float | None = Field(None, gt=0, description="Stop once this much was spent, across "
+                                           "resumes; needs the prices.")
+        price_per_1k_prompt: float | None = Field(None, ge=0)
+        price_per_1k_completion: float | None = Field(None, ge=0)
+        logprobs: bool = Field(False, description="Ask for each generated token's log-probability.")
+        use_response_format: bool = Field(True, description="Send a request's response_format; dropped "
+                                          "automatically if the server rejects it.")
+
+        @field_validator("api_key_env")
+        @classmethod
+        def _is_a_name(cls, value: str) -> str:
+            if not _ENV_NAME.match(value):
+                # Never echo the value: the likeliest mistake is pasting the key itself here.
+                raise ValueError("must be the NAME of an environment variable (letters, digits, _), "
+                                 "not the key itself")
+            return value
+
+        @model_validator(mode="after")
+        def _prices_for_cost(self) -> "OpenAITeacher.Options":
+            if self.max_cost_usd is not None and (self.price_per_1k_prompt is None
+                                                  or self.price_per_1k_completion is None):
+                raise ValueError("max_cost_usd needs price_per_1k_prompt and price_per_1k_completion")
+            return self
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self._key: str | None = None
+        self._client: Any = None
+        self._runner: LoopThread | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._budget: Budget | None = None
+        self._rpm = TokenBucket(self.options.requests_per_minute) if self.options.requests_per_minute else None
+        self._tpm = TokenBucket(self.options.tokens_per_minute) if self.options.tokens_per_minute else None
+        self._estimator = TokenEstimator()
+        self._paused_until = 0.0
+        self._failures = 0  # consecutive requests that used up their retries
+        self._rng = random.Random()
+        self._send_response_format = self.options.use_response_format
+        self._n_supported = True
+
+    def __repr__(self) -> str:
+        return f"OpenAITeacher(model={self.options.model!r}, host={self._host()!r})"
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _host(self) -> str:
+        """Host (and port) only: a URL may carry credentials, which must not reach messages."""
+        parts = urlsplit(self.options.base_url or OPENAI_URL)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
+
+    def model_info(self) -> ModelInfo:
+        opts = self.options
+        license = opts.license
+        if license is None:
+            official = opts.base_url is None or "openai" in self._host().lower()
+            license = "LicenseRef-OpenAI-Terms" if official else "LicenseRef-Unspecified"
+        return ModelInfo(model=opts.model, revision=opts.revision, file_hash=None, license=license)
+
+    def sampling(self) -> dict[str, Any]:
+        out = self.options.model_dump(include=_SAMPLING_FIELDS)
+        if self.options.logprobs:  # samples then carry logprobs: cached ones without must not match
+            out["logprobs"] = True
+        return out
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def setup(self, context: PluginContext) -> None:
+        """Read the key and the spent budget now, so a missing key stops the run before its
+        stage starts rather than on the first batch."""
+        super().setup(context)
+        self._read_key()
+        # A spent budget is only reported when a request would be sent: a resumed stage whose
+        # remaining requests are all in the cache still completes.
+        self._budget = self._new_budget(context)
+
+    def _new_budget(self, context: PluginContext | None) -> Budget:
+        o = self.options
+        return Budget(context.state_dir if context else None, max_total_tokens=o.max_total_tokens,
+                      max_cost_usd=o.max_cost_usd, price_per_1k_prompt=o.price_per_1k_prompt,
+                      price_per_1k_completion=o.price_per_1k_completion)
+
+    def _read_key(self) -> None:
+        env = self.options.api_key_env
+        key = os.environ.get(env)
+        if not key:
+            if self.options.base_url is None:
+                raise PluginError(f"openai teacher: the environment variable {env} is not set; export your "
+                                  "API key there (or set `api_key_env` to the variable that holds it)")
+            key = "EMPTY"  # a local server without authentication still wants the header
+        self._key = key
+
+    def _scrub(self, text: str) -> str:
+        key = self._key
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
+    def _start(self) -> LoopThread:
+        if self._runner is not None:
+            return self._runner
+        if self._key is None:
+            self._read_key()
+        if self._budget is None:
+            self._budget = self._new_budget(getattr(self, "context", None))
+        try:
+            import openai
+        except ImportError as exc:
+            raise PluginError("openai teacher needs the openai client: pip install 'distill[api]'") from exc
+        runner = LoopThread("distill-openai")
+
+        async def make() -> None:  # the client's connection pool belongs to this loop
+            self._client = openai.AsyncOpenAI(api_key=self._key, base_url=self.options.base_url or OPENAI_URL,
+                                              max_retries=0, timeout=self.options.timeout)
+            self._sem = asyncio.Semaphore(self.options.concurrency)
+
+        runner.run(make())
+        self._runner = runner
+        return runner
+
+    def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        if self._client is not None:
+            try:
+                runner.run(self._client.close(), timeout=10)
+            except Exception:  # noqa: BLE001 - closing is best effort; the loop goes anyway
+                pass
+        runner.stop()
+        self._client = self._sem = None
+
+    # -- generating ------------------------------------------------------------------------
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:
+        results: list[list[Sample]] = [[] for _ in requests]
+        for i, samples in self.iter_generate(requests):
+            results[i] = samples
+        return results
+
+    def iter_generate(self, requests: list[ChatRequest]) -> Iterator[tuple[int, list[Sample]]]:
+        """Yield each request's samples as it completes; when the batch fails, everything that
+        completed before has been yielded by the time the error is raised."""
+        if not requests:
+            return
+        yield from self._start().stream(lambda emit: self._run_batch(requests, emit))
+
+    async def _run_batch(self, requests: list[ChatRequest], emit: Callable[[Any], None]) -> None:
+        tasks = [asyncio.create_task(self._request(i, r)) for i, r in enumerate(requests)]
+        emitted: set[int] = set()
+        failed: list[_RequestFailed] = []
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    i, samples = await next_done
+                except _RequestFailed as exc:
+                    failed.append(exc)
+                    continue
+                emitted.add(i)
+                emit((i, samples))
+        finally:  # after a fatal error: cancel the rest, but hand over whatever still finished
+            for task in tasks:
+                task.cancel()
+            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+                if isinstance(outcome, tuple) and outcome[0] not in emitted:
+                    emitted.add(outcome[0])
+                    emit(outcome)
+        if failed:
+            raise TeacherUnavailable(f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} "
+                                     f"requests failed after {self.options.max_retries + 1} attempts each; "
+                                     f"last error: {failed[-1]}")
+
+    async def _request(self, i: int, req: ChatRequest) -> tuple[int, list[Sample]]:
+        n = req.n or self.options.n
+        seed = req.seed if req.seed is not None else self.options.seed
+        assert self._sem is not None
+        async with self._sem:  # held through back-off too, so a dead server sees few requests
+            return i, await self._samples_for(req, n, seed)
+
+    async def _samples_for(self, req: ChatRequest, n: int, seed: int) -> list[Sample]:
+        samples: list[Sample] = []
+        if n == 1 or self._n_supported:
+            samples = await self._call(req, n, seed)
+            if len(samples) < n:
+                self._n_supported = False  # remembered: later requests go one sample at a time
+        while len(samples) < n:  # the server ignores `n`: one request per missing sample
+            k = len(samples)
+            samples.extend(await self._call(req, 1, seed if k == 0 else derive_seed(seed, k)))
+        self.usage.requests += 1
+        return samples[:n]
+
+    def _kwargs(self, req: ChatRequest, n: int, seed: int) -> dict[str, Any]:
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "model": o.model, "messages": [{"role": m.role, "content": m.content} for m in req.messages],
+            "temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens, "seed": seed,
+        }
+        if n > 1:
+            kwargs["n"] = n
+        if o.logprobs:
+            kwargs["logprobs"] = True
+        if req.response_format is not None and self._send_response_format:
+            kwargs["response_format"] = req.response_format
+        return kwargs
+
+    async def _call(self, req: ChatRequest, n: int, seed: int) -> list[Sample]:
+        """One API call with retries; counts toward the breaker only once its retries are spent."""
+        o = self.options
+        estimate, raw = self._estimator.estimate(req.messages, o.max_tokens, n)
+        last = "no attempt made"
+        attempt = 0
+        while attempt <= o.max_retries:
+            kwargs = self._kwargs(req, n, seed)
+            try:
+                samples = await self._attempt(kwargs, estimate, raw)
+            except _Retryable as exc:
+                last = str(exc)
+                delay = exc.retry_after
+                if delay is None:
+                    delay = backoff_delay(attempt, o.backoff_base, o.backoff_max, self._rng)
+                else:  # the server said when: everyone waits, not just this request
+                    self._paused_until = max(self._paused_until, self._loop_time() + delay)
+                attempt += 1
+                if attempt <= o.max_retries:
+                    await asyncio.sleep(delay)
+                continue
+            except _FormatRejected:
+                continue  # retried at once without response_format; not a failed attempt
+            self._failures = 0
+            return samples
+        self._failures += 1
+        if self._failures >= o.circuit_breaker:
+            raise TeacherUnavailable(
+                f"openai teacher ({self._host()}, model {o.model!r}): circuit breaker open after "
+                f"{self._failures} consecutive requests failed {o.max_retries + 1} attempts each; last error: {last}")
+        raise _RequestFailed(last)
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _attempt(self, kwargs: dict[str, Any], estimate: int, raw: float) -> list[Sample]:
+        import openai
+
+        assert self._budget is not None
+        wait = self._paused_until - self._loop_time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self._rpm:
+            await self._rpm.acquire(1)
+        if self._tpm:
+            await self._tpm.acquire(estimate)
+        reason = await self._budget.reserve(estimate)
+        if reason:
+            raise TeacherUnavailable(f"openai teacher ({self._host()}): {reason}")
+        try:
+            response = await asyncio.wait_for(self._client.chat.completions.create(**kwargs),
+                                              self.options.timeout + 1)
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, kwargs) from None
+        except (openai.APIConnectionError, asyncio.TimeoutError) as exc:  # incl. APITimeoutError
+            cause = exc.__cause__
+            detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+            raise _Retryable(self._scrub(f"{type(exc).__name__}: {str(exc) or 'timed out'}{detail}")) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as exc:
+            raise _Retryable(f"malformed response body ({type(exc).__name__})") from None
+        finally:
+            self._budget.release(estimate)
+        return self._samples(response, estimate, raw)
+
+    def _status_error(self, exc: Any, kwargs: dict[str, Any]) -> Exception:
+        code = exc.status_code
+        message = self._scrub(error_message(exc))
+        if code in (408, 409, 429) or code >= 500:
+            return _Retryable(f"HTTP {code}: {message}", retry_after_seconds(exc.response.headers))
+        if code == 400 and "response_format" in kwargs and re.search(r"response_format|json_schema|guided|"
+                                                                     r"structured", message, re.I):
+            self._send_response_format = False
+            return _FormatRejected()
+        where = f"openai teacher ({self._host()}, model {self.options.model!r})"
+        if code == 401:
+            return PluginError(f"{where}: the API key in ${self.options.api_key_env} was rejected (HTTP 401)")
+        if code == 403:
+            return PluginError(f"{where}: access denied (HTTP 403): {message}")
+        if code == 404:
+            return PluginError(f"{where}: not found (HTTP 404), check `model` and `base_url`: {message}")
+        return PluginError(f"{where}: request rejected (HTTP {code}): {message}")
+
+    def _samples(self, response: Any, estimate: int, raw: float) -> list[Sample]:
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:  # a non-JSON body comes back as a str
+            raise _Retryable(f"malformed response (no choices in a {type(response).__name__})")
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
+        per_choice = apportion(completion, [len(t) for t in texts])
+        samples = []
+        for choice, text, counted in zip(choices, texts, per_choice):
+            logprobs = None
+            content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
+            if content is not None:
+                logprobs = [float(t.logprob) for t in content]
+                counted = len(logprobs)
+            samples.append(Sample(text=text, finish_reason=choice.finish_reason, completion_tokens=counted,
+                                  prompt_tokens=prompt or None, logprobs=logprobs))
+        self.usage.prompt_tokens += prompt
+        self.usage.completion_tokens += completion
+        assert self._budget is not None
+        self._budget.add(prompt, completion)
+        self._estimator.observe(raw, prompt)
+        if self._tpm:
+            self._tpm.correct(prompt + completion - estimate)
+        return samples
+
+
+class _FormatRejected(Exception):
+    """The server refused `response_format`; the same request goes again without it."""
+
+
+@hookimpl
+def register_teachers(register: Any) -> None:
+    register(OpenAITeacher)
