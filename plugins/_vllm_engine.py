@@ -60,14 +60,17 @@ class Engine:
         """Generate; when the engine refuses a structured-output schema, find which, drop
         those constraints (the task still validates the answers) and generate again."""
         try:
-            return self._chat(conversations, specs), set()
-        except Exception as exc:  # noqa: BLE001 - re-raised below unless a schema caused it
-            refused = self._refused(conversations, specs)
-            if not refused:
-                raise PluginError(f"vllm teacher: generation failed: {type(exc).__name__}: {exc}") from exc
-        specs = [{k: v for k, v in s.items() if k != "structured"}
-                 if json.dumps(s.get("structured"), sort_keys=True) in refused else s for s in specs]
-        return self._chat(conversations, specs), refused
+            try:
+                return self._chat(conversations, specs), set()
+            except Exception as exc:  # noqa: BLE001 - re-raised below unless a schema caused it
+                refused = self._refused(conversations, specs) if "Dead" not in type(exc).__name__ else set()
+                if not refused:
+                    raise
+            specs = [{k: v for k, v in s.items() if k != "structured"}
+                     if json.dumps(s.get("structured"), sort_keys=True) in refused else s for s in specs]
+            return self._chat(conversations, specs), refused
+        except Exception as exc:  # noqa: BLE001 - whatever vLLM raised, as this plugin's error
+            raise PluginError(f"vllm teacher: generation failed: {type(exc).__name__}: {exc}") from exc
 
     def _refused(self, conversations: list[list[dict[str, str]]], specs: list[dict[str, Any]]) -> set[str]:
         """Probe each distinct constraint alone with one token: which ones vLLM rejects."""
@@ -80,7 +83,9 @@ class Engine:
             probed.add(key)
             try:
                 self._chat([conv], [{**spec, "n": 1, "max_tokens": 1}])
-            except Exception:  # noqa: BLE001 - a refusal is exactly what is probed for
+            except Exception as exc:  # noqa: BLE001 - a refusal is exactly what is probed for
+                if "Dead" in type(exc).__name__:  # the engine died: no schema is to blame
+                    raise
                 refused.add(key)
         return refused
 

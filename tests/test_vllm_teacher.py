@@ -49,7 +49,11 @@ def require_vllm() -> None:
 def engine_processes() -> list[str]:
     import psutil
 
-    return [p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")]
+    # The API tests' session-wide vLLM server (a child of this process too) is not ours.
+    servers = [p for p in psutil.Process().children() if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())]
+    theirs = {q.pid for s in servers for q in s.children(recursive=True)}
+    return [p.name() for p in psutil.Process().children(recursive=True)
+            if p.name().startswith("VLLM") and p.pid not in theirs]
 
 
 @pytest.fixture(scope="module")
