@@ -73,8 +73,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> str:
-    """Write, fsync, rename, fsync the folder; returns the sha256 of what was written."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write, fsync, rename, fsync the folder; returns the sha256 of what was written.
+
+    The temporary name carries the pid, so processes writing the same file at once (the
+    embedded model's hash memo) never write into each other's temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
