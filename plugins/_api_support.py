@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
-import hashlib
 import json
 import math
 import os
@@ -242,12 +241,6 @@ class Budget:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def derive_seed(seed: int, k: int) -> int:
-    """The seed of sample k when samples go as separate requests (a server that ignores `n`)."""
-    digest = hashlib.sha256(json.dumps([seed, k]).encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
 
 
 def apportion(total: int, weights: list[int]) -> list[int | None]:

@@ -25,13 +25,13 @@ from pydantic import Field, field_validator, model_validator
 
 from distill.errors import PluginError, TeacherUnavailable
 from distill.hookspecs import hookimpl
+from distill.models import SAMPLING_FIELDS, derive_seed
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
-from distill_plugins._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay, derive_seed,
+from distill_plugins._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,
                                           TokenEstimator, error_message, retry_after_seconds)
 
 OPENAI_URL = "https://api.openai.com/v1"
-_SAMPLING_FIELDS = {"n", "temperature", "top_p", "max_tokens", "seed"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -134,7 +134,7 @@ class OpenAITeacher(Teacher):
         return ModelInfo(model=opts.model, revision=opts.revision, file_hash=None, license=license)
 
     def sampling(self) -> dict[str, Any]:
-        out = self.options.model_dump(include=_SAMPLING_FIELDS)
+        out = self.options.model_dump(include=SAMPLING_FIELDS)
         if self.options.logprobs:  # samples then carry logprobs: cached ones without must not match
             out["logprobs"] = True
         return out
@@ -259,7 +259,7 @@ class OpenAITeacher(Teacher):
                 self._n_supported = False  # remembered: later requests go one sample at a time
         while len(samples) < n:  # the server ignores `n`: one request per missing sample
             k = len(samples)
-            samples.extend(await self._call(req, 1, seed if k == 0 else derive_seed(seed, k)))
+            samples.extend(await self._call(req, 1, seed if k == 0 else derive_seed(seed, k, bits=31)))
         self.usage.requests += 1
         return samples[:n]
 

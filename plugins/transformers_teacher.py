@@ -20,8 +20,6 @@ Temperature 0 is greedy decoding, and ignores seeds.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,19 +27,10 @@ from pydantic import Field
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
+from distill.models import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
+                            resolve_model_path)
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
-
-EMBEDDED = "embedded"
-UNSPECIFIED = "LicenseRef-Unspecified"
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
-_SAMPLING_FIELDS = {"n", "temperature", "top_p", "max_tokens", "seed"}
-
-
-def _derive(*parts: Any) -> int:
-    """A 63-bit seed from its parts, stable across processes (unlike `hash`)."""
-    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
-    return int(digest[:16], 16) & 0x7FFFFFFFFFFFFFFF
 
 
 class TransformersTeacher(Teacher):
@@ -80,68 +69,22 @@ class TransformersTeacher(Teacher):
         answer, so a run served from the cache never pays for loading them."""
         super().setup(context)
         self._progress = context.progress
-        if self._is_embedded():
-            self._folder()
-        else:
-            path = Path(self.options.model).expanduser()
-            if not path.is_absolute():
-                self.options.model = str(context.base_dir / path)
-            self._folder()  # a missing folder is reported now, not mid-stage
+        self.options.model = resolve_model_path(self.options.model, context.base_dir)
+        self._folder()  # a missing folder is reported now, not mid-stage
 
     # -- what the model is ---------------------------------------------------------------
 
-    def _is_embedded(self) -> bool:
-        return self.options.model == EMBEDDED
-
     def _folder(self) -> Path:
-        """The local folder, checked; the embedded model is converted (once) on first need."""
-        if self._is_embedded():
-            from distill.embedded import ensure_converted
-
-            return ensure_converted(progress=self._progress)
-        path = Path(self.options.model).expanduser()
-        if not path.is_dir():
-            raise PluginError(f"transformers teacher: model folder {path} does not exist "
-                              f"(set `model` to 'embedded' or to a local model folder)")
-        if not (path / "config.json").is_file():
-            raise PluginError(f"transformers teacher: {path} is not a transformers model folder "
-                              f"(no config.json)")
-        return path
+        return local_model_folder(self.options.model, self.name, self._progress)
 
     def model_info(self) -> ModelInfo:
-        """Id, revision, weight hash and license, without loading the weights."""
-        if self._info is not None:
-            return self._info
-        from distill.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, embedded_revision, file_hash,
-                                      gguf_path, read_marker)
-
-        if self._is_embedded():
-            # The GGUF file is what was published and licensed; the fp32 folder derives from it.
-            self._info = ModelInfo(model=EMBEDDED_MODEL_ID, revision=self.options.revision or embedded_revision(),
-                                   file_hash=file_hash(gguf_path()),
-                                   license=self.options.license or EMBEDDED_LICENSE)
-            return self._info
-        folder = self._folder()
-        marker = read_marker(folder) or {}
-        weights = _weight_files(folder)
-        if not weights:
-            raise PluginError(f"transformers teacher: no weight files (*.safetensors, *.bin) in {folder}")
-        digests = [(w.name, file_hash(w)) for w in weights]
-        if len(digests) == 1:
-            digest = digests[0][1]
-        else:  # sharded: the hash of a sha256sum-style manifest, so any changed shard shows
-            manifest = "".join(f"{d}  {n}\n" for n, d in digests)
-            digest = hashlib.sha256(manifest.encode()).hexdigest()
-        self._info = ModelInfo(
-            model=str(marker.get("model") or folder.resolve().name),
-            revision=self.options.revision or _str_or_none(marker.get("revision")),
-            file_hash=digest,
-            license=self.options.license or _str_or_none(marker.get("license")) or UNSPECIFIED,
-        )
+        if self._info is None:
+            o = self.options
+            self._info = model_identity(o.model, self.name, o.license, o.revision, self._progress)
         return self._info
 
     def sampling(self) -> dict[str, Any]:
-        return self.options.model_dump(include=_SAMPLING_FIELDS)
+        return self.options.model_dump(include=SAMPLING_FIELDS)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -212,9 +155,9 @@ class TransformersTeacher(Teacher):
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             ids = tok(text, add_special_tokens=False)["input_ids"]
             prompt_tokens += len(ids)
-            base = req.seed if req.seed is not None else _derive(opts.seed, messages)
+            base = req.seed if req.seed is not None else derive_seed(opts.seed, messages)
             for k in range(req.n or opts.n):
-                rows.append((i, k, ids, _derive(base, k)))
+                rows.append((i, k, ids, derive_seed(base, k)))
         results: list[list[Sample | None]] = [[None] * (r.n or opts.n) for r in requests]
         order = sorted(range(len(rows)), key=lambda j: -len(rows[j][2]))  # less padding
         for start in range(0, len(order), opts.batch_size):
@@ -303,18 +246,6 @@ class _RowSampler:
         choice = torch.from_numpy(np.argmax(logits + gumbel, axis=-1)).to(scores.device)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, choice.unsqueeze(1), 0.0)
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    for pattern in _WEIGHT_PATTERNS:
-        found = sorted(p for p in folder.glob(pattern) if p.is_file())
-        if found:
-            return found
-    return []
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 @hookimpl

@@ -30,11 +30,11 @@ from pydantic import Field, model_validator
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
+from distill.models import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
+                            resolve_model_path)
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
 from distill_plugins._vllm_engine import INSTALL_HINT, Engine, Replicas
-from distill_plugins.transformers_teacher import (EMBEDDED, TransformersTeacher, _derive,
-                                                  _SAMPLING_FIELDS, _weight_files)
 
 ENV_KVCACHE = "VLLM_CPU_KVCACHE_SPACE"
 ENV_OMP_BIND = "VLLM_CPU_OMP_THREADS_BIND"
@@ -101,42 +101,23 @@ class VLLMTeacher(Teacher):
         now, so its ~35 s start-up happens before the stage's progress bar."""
         super().setup(context)
         self._progress = context.progress
-        if self.options.model != EMBEDDED:
-            path = Path(self.options.model).expanduser()
-            if not path.is_absolute():
-                self.options.model = str(context.base_dir / path)
+        self.options.model = resolve_model_path(self.options.model, context.base_dir)
         self._start()
 
     # -- what the model is ---------------------------------------------------------------
 
     def _folder(self) -> Path:
-        if self.options.model == EMBEDDED:
-            from distill.embedded import ensure_converted
-
-            return ensure_converted(progress=self._progress)
-        path = Path(self.options.model).expanduser()
-        if not path.is_dir():
-            raise PluginError(f"vllm teacher: model folder {path} does not exist "
-                              f"(set `model` to 'embedded' or to a local model folder)")
-        if not (path / "config.json").is_file():
-            raise PluginError(f"vllm teacher: {path} is not a Hugging Face model folder (no config.json)")
-        if not _weight_files(path):
-            raise PluginError(f"vllm teacher: no weight files (*.safetensors, *.bin) in {path}")
-        return path
+        return local_model_folder(self.options.model, self.name, self._progress)
 
     def model_info(self) -> ModelInfo:
-        """The same identity the transformers teacher records for the same folder, so a
-        dataset's provenance names the weights, not the engine that ran them."""
+        """The identity every local teacher records for these weights (`distill.models`)."""
         if self._info is None:
-            if self.options.model != EMBEDDED:
-                self._folder()  # this plugin's own message for a missing folder
-            opts = self.options
-            self._info = TransformersTeacher(model=opts.model, license=opts.license,
-                                             revision=opts.revision).model_info()
+            o = self.options
+            self._info = model_identity(o.model, self.name, o.license, o.revision, self._progress)
         return self._info
 
     def sampling(self) -> dict[str, Any]:
-        return self.options.model_dump(include=_SAMPLING_FIELDS)
+        return self.options.model_dump(include=SAMPLING_FIELDS)
 
     # -- the engine ------------------------------------------------------------------------
 
@@ -207,7 +188,7 @@ class VLLMTeacher(Teacher):
         spec: dict[str, Any] = {
             "n": request.n or opts.n, "temperature": opts.temperature, "top_p": opts.top_p,
             "max_tokens": opts.max_tokens, "logprobs": 0 if opts.logprobs else None,
-            "seed": _derive("vllm", request.seed if request.seed is not None else _derive(opts.seed, conversation)),
+            "seed": derive_seed("vllm", request.seed if request.seed is not None else derive_seed(opts.seed, conversation)),
         }
         constraint = _constraint(request.response_format)
         if constraint is not None and json.dumps(constraint, sort_keys=True) not in self._refused_schemas:
