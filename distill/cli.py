@@ -83,13 +83,14 @@ def inspect(
                         ("complete" if r.complete else f"partial ({r.shards} shards)")
                         + ("" if r.balanced else " LOST RECORDS")) for r in reports])
         for r in reports:
-            if r.reasons:
-                t = Table(title=f"rejected in {r.stage}")
-                t.add_column("reason")
-                t.add_column("records", justify="right")
-                for reason, n in r.reasons.items():
-                    t.add_row(reason, str(n))
-                out.print(t)
+            for title, counts in ((f"rejected in {r.stage}", r.reasons), (f"edited in {r.stage}", r.edits)):
+                if counts:
+                    t = Table(title=title)
+                    t.add_column("plugin: reason")
+                    t.add_column("records", justify="right")
+                    for reason, n in counts.items():
+                        t.add_row(reason, str(n))
+                    out.print(t)
     if not all(r.balanced for r in reports):
         raise typer.Exit(1)
 

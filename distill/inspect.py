@@ -18,6 +18,7 @@ class StageReport:
     shards: int
     totals: dict[str, int]
     reasons: dict[str, int]
+    edits: dict[str, int] = field(default_factory=dict)
     balanced: bool = field(default=True)
 
 
@@ -40,7 +41,7 @@ def inspect_output(root: Path) -> list[StageReport]:
     for m in manifests:
         t = m.totals()
         reports.append(StageReport(m.stage, m.kind, m.complete, len(m.shards), t,
-                                   dict(m.reasons().most_common()),
+                                   dict(m.reasons().most_common()), dict(m.edits().most_common()),
                                    t["in"] + t["generated"] == t["kept"] + t["rejected"]))
     return reports
 

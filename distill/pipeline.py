@@ -80,6 +80,8 @@ class Pipeline:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.options = validate_plugin_options(loaded, registry)
         self._teachers: dict[str, Any] = {}
+        self._seed_store: StageStore | None = None
+        self._seed_cache: list[Record] | None = None
         self._cache: Any = None
 
     @property
@@ -102,7 +104,7 @@ class Pipeline:
                             for s in self.registry.all()],
             })
             try:
-                store = self._seeds(result)
+                store = self._seed_store = self._seeds(result)
                 for i, stage in enumerate(self.config.stages):
                     if until is not None and stage.name == until:
                         break
@@ -257,12 +259,19 @@ class Pipeline:
         plugin = spec.cls(self.options[where])
         try:
             state = self.output / "state" / re.sub(r"[^A-Za-z0-9_.-]+", "_", where)
-            plugin.setup(PluginContext(base_dir=self.loaded.base_dir, progress=self.progress, state_dir=state))
+            plugin.setup(PluginContext(base_dir=self.loaded.base_dir, progress=self.progress, state_dir=state,
+                                       seeds=self._seed_records))
         except DistillError:
             raise
         except Exception as exc:  # noqa: BLE001 - named, never a bare traceback
             raise PluginError(f"{kind} plugin {name!r} ({where}) failed to start: {type(exc).__name__}: {exc}") from exc
         return plugin
+
+    def _seed_records(self) -> list[Record]:
+        """Read once, on first request: most stages never ask."""
+        if self._seed_cache is None:
+            self._seed_cache = list(self._seed_store.kept()) if self._seed_store is not None else []
+        return [r.model_copy(deep=True) for r in self._seed_cache]
 
     def _teacher(self, key: str) -> Any:
         if key not in self._teachers:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from distill.records import Record
 
 
 class Options(BaseModel):
@@ -31,6 +34,9 @@ class PluginContext:
     #: A folder of the run's output that belongs to this plugin instance and survives resume
     #: (a teacher's spent budget, say). None outside a pipeline run.
     state_dir: Path | None = None
+    #: The run's seed records as loaded (before any stage), for plugins that compare with
+    #: them: dedup against the seed set, self-instruct novelty. None outside a pipeline run.
+    seeds: Callable[[], list[Record]] | None = None
 
 
 class Plugin:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distill.calls import CallStats, TeacherCaller
-from distill.errors import PluginError
+from distill.errors import ConfigError, PluginError
 from distill.filter import Drop, Edit, Filter, Keep
 from distill.licenses import effective_tag
 from distill.ranker import Judge, Ranker, candidates_of
@@ -177,6 +177,13 @@ def _guard(plugin: Task | Filter | Ranker, method: str, call: Callable[[], Any],
 
 def run_filters(ctx: StageContext, filters: list[Filter], inputs: list[Record], batch_size: int) -> None:
     store = ctx.store
+    for i, f in enumerate(filters):
+        if f.needs_whole_input():
+            if i:
+                raise ConfigError(f"stage {ctx.stage!r}: filter {f.name!r} (as configured) chooses among all of the "
+                                  f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
+                                  f"move it first, or into a stage of its own after the others")
+            _guard(f, "prepare", lambda: f.prepare(inputs), f"stage {ctx.stage!r}")
     if store.next_index:
         _restore_filters(filters, list(store.kept()), list(store.rejected()))
     batches = math.ceil(len(inputs) / batch_size)

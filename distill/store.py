@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, Field, ValidationError
 
 from distill.errors import StoreError
-from distill.records import Record
+from distill.records import Event, Record
 
 MANIFEST = "manifest.json"
 
@@ -35,6 +35,7 @@ class ShardInfo(BaseModel):
     kept: int
     rejected: int
     reasons: dict[str, int] = Field(default_factory=dict)
+    edits: dict[str, int] = Field(default_factory=dict, description="Kept records changed here, by reason.")
     sha256: dict[str, str] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -61,6 +62,12 @@ class StageManifest(BaseModel):
         c: Counter[str] = Counter()
         for s in self.shards:
             c.update(s.reasons)
+        return c
+
+    def edits(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for s in self.shards:
+            c.update(s.edits)
         return c
 
 
@@ -171,9 +178,11 @@ class StageStore:
             data = "".join(r.model_dump_json() + "\n" for r in recs).encode()
             digests[name] = atomic_write(self.dir / name, data)
         reasons = Counter(_reason(r) for r in rejected)
+        edits = Counter(_label(e) for r in kept for e in r.provenance.events
+                        if e.action == "edited" and e.stage == self.stage)
         info = ShardInfo(index=i, kept_file=names[0], rejected_file=names[1], inputs=inputs,
                          generated=generated, kept=len(kept), rejected=len(rejected),
-                         reasons=dict(reasons), sha256=digests, meta=meta or {})
+                         reasons=dict(reasons), edits=dict(edits), sha256=digests, meta=meta or {})
         self.manifest.shards.append(info)
         self._write_manifest()
         return info
@@ -197,9 +206,13 @@ class StageStore:
 def _reason(record: Record) -> str:
     for e in reversed(record.provenance.events):
         if e.action == "dropped":
-            key = _reason_key(e.reason or "unspecified")
-            return f"{e.plugin}: {key}" if e.plugin else key
+            return _label(e)
     return "unspecified"
+
+
+def _label(event: Event) -> str:
+    key = _reason_key(event.reason or "unspecified")
+    return f"{event.plugin}: {key}" if event.plugin else key
 
 
 def _reason_key(reason: str) -> str:
