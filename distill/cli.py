@@ -139,8 +139,8 @@ def _report_failures(reg) -> None:
 
 
 @app.command()
-def schema(name: Annotated[str, typer.Argument(help="record or config")]) -> None:
-    """Print the JSON Schema of records or of the config file."""
+def schema(name: Annotated[str, typer.Argument(help="record, config or licenses")]) -> None:
+    """Print the JSON Schema of records, of the config file or of the license registry."""
     from distill.schema import SCHEMAS, render
 
     if name not in SCHEMAS:
@@ -162,9 +162,11 @@ def main() -> None:
 
 
 def _mount() -> None:
+    from distill.audit_cli import audit_command
     from distill.cache_cli import cache_app
 
     app.add_typer(cache_app, name="cache", help="What the request cache holds, and why lookups missed.")
+    app.command(name="audit")(audit_command)
 
 
 _mount()

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.config_errors import format_validation_error, suggest
 from distill.errors import ConfigError
+from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
+from distill.release import ReleaseSettings
 from distill.seeds import SeedSource
 
 
@@ -87,6 +89,15 @@ class Config(_Model):
     stages: list[Stage] = Field(min_length=1)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    licenses: dict[str, LicenseOverride] = Field(
+        default_factory=dict, description="Extend or override the license registry: an id (SPDX or "
+        "LicenseRef-...) and the fields to set; a new id needs `use`.")
+    models: list[ModelRule] = Field(
+        default_factory=list, description="Which terms models are under, by glob on the model id; tried "
+        "before the registry's rules, after a teacher's own `license:` option.")
+    release: ReleaseSettings = Field(
+        default_factory=ReleaseSettings, description="The release policy the cards written at export are "
+        "audited against; `distill audit` flags override it.")
 
     @field_validator("stages")
     @classmethod
@@ -104,6 +115,27 @@ class Config(_Model):
                 raise ValueError(f"duplicate stage name {s.name!r}")
             seen.add(s.name)
         return stages
+
+    @field_validator("licenses")
+    @classmethod
+    def _license_entries(cls, licenses: dict[str, LicenseOverride]) -> dict[str, LicenseOverride]:
+        try:
+            builtin_registry().with_overrides(licenses)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("licenses.")) from None
+        return licenses
+
+    @field_validator("models")
+    @classmethod
+    def _model_licenses(cls, models: list[ModelRule]) -> list[ModelRule]:
+        from distill.licenses import normalize
+
+        for i, rule in enumerate(models):
+            try:
+                rule.license = normalize(rule.license)
+            except ConfigError as exc:
+                raise ValueError(f"models[{i}].license: {exc}") from None
+        return models
 
     @model_validator(mode="after")
     def _teachers_exist(self) -> "Config":
@@ -123,6 +155,10 @@ class LoadedConfig(BaseModel):
     @property
     def base_dir(self) -> Path:
         return self.path.parent if self.path else Path.cwd()
+
+    def license_registry(self) -> Registry:
+        """The built-in license registry with this config's `licenses:` entries merged in."""
+        return builtin_registry().with_overrides(self.config.licenses)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -152,8 +188,11 @@ def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}the config must be a mapping of keys to values (e.g. `output: out/`), got {kind}")
     raw = data
+    data = interpolate(data)
     try:
-        config = Config.model_validate(interpolate(data))
+        # The config's own license ids must be known while its seeds and models are checked.
+        with active(_license_registry(data.get("licenses"))):
+            config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Config, source=path)) from None
     if path is not None and not config.output.is_absolute():
@@ -161,6 +200,18 @@ def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
     if path is not None and config.cache.path is not None and not config.cache.path.is_absolute():
         config.cache.path = path.parent / config.cache.path
     return LoadedConfig(config=config, raw=raw, path=path)
+
+
+def _license_registry(section: Any) -> Registry:
+    """The registry a config's `licenses:` section makes; a malformed section is reported by
+    the full validation that follows, under its own key path."""
+    if not section:
+        return builtin_registry()
+    try:
+        overrides = {str(k): LicenseOverride.model_validate(v) for k, v in dict(section).items()}
+        return builtin_registry().with_overrides(overrides)
+    except (TypeError, ValueError, ConfigError):
+        return builtin_registry()
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -196,6 +247,7 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
             refs.extend((f"stages[{i}].filters[{j}]", "filter", f) for j, f in enumerate(s.filters))
     validated: dict[str, Any] = {}
     errors: list[str] = []
+    licenses = loaded.license_registry()
     for where, kind, ref in refs:
         try:
             spec = registry.get(kind, ref.plugin)
@@ -207,6 +259,13 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         except ValidationError as exc:
             errors.append(format_validation_error(exc, spec.cls.Options, prefix=f"{where}.options",
                                                   source=None, header=False))
+            continue
+        declared = getattr(validated[where], "license", None)
+        if kind == "teacher" and isinstance(declared, str):
+            try:
+                licenses.normalize(declared)
+            except ConfigError as exc:
+                errors.append(f"{where}.options.license: {exc}")
     for i, s in enumerate(cfg.stages):
         if isinstance(s, RankStage) and s.teacher is None and f"stages[{i}].ranker" in validated:
             if getattr(registry.get("ranker", s.ranker.plugin).cls, "needs_judge", False):

@@ -47,6 +47,11 @@ def register_evaluators(register: Register) -> None:
 
 
 @hookspec
+def register_audit_rules(register: Register) -> None:
+    """Register AuditRule classes (`distill.audit.AuditRule`): an organisation's own release policy."""
+
+
+@hookspec
 def records_generated(stage: str, records: list[dict[str, Any]]) -> None:
     """A committed batch of records a stage generated or kept."""
 

@@ -20,6 +20,8 @@ from distill import __version__
 from distill.config import (ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
                             validate_plugin_options)
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
+from distill.licenses import active
+from distill.model_terms import Terms, resolve_terms, unknown_warning
 from distill.plugin import PluginContext
 from distill.calls import TeacherCaller
 from distill.progress import StageProgress
@@ -79,7 +81,13 @@ class Pipeline:
         self.progress = progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.options = validate_plugin_options(loaded, registry)
+        #: The built-in license registry with the config's `licenses:` entries: in effect for the run.
+        self.licenses = loaded.license_registry()
+        self._rules = self._audit_rules()
         self._teachers: dict[str, Any] = {}
+        #: Resolved terms of each started teacher, by `id()` of the instance.
+        self._terms: dict[int, Terms] = {}
+        self._warnings: list[str] = []
         self._seed_store: StageStore | None = None
         self._seed_cache: list[Record] | None = None
         self._cache: Any = None
@@ -92,11 +100,12 @@ class Pipeline:
         if until is not None and until not in {"seeds", *(s.name for s in self.config.stages)}:
             raise ConfigError(f"no stage named {until!r}")
         result = RunResult(output=self.output)
+        self._warnings = result.warnings
         try:
             self._check_writable()
         except OSError as exc:
             raise StoreError(f"cannot write the output folder {self.output}: {exc.strerror or exc}") from None
-        with RunLock(self.output):
+        with RunLock(self.output), active(self.licenses):
             write_json(self.output / "run.json", {
                 "distill_version": __version__,
                 "config": self.loaded.raw,  # uninterpolated: secrets stay `${VAR}`
@@ -131,7 +140,8 @@ class Pipeline:
 
     def _ctx(self, store: StageStore, bar: StageProgress, result: RunResult) -> StageContext:
         return StageContext(stage=store.stage, store=store, run_seed=self.config.seed,
-                            notify=self._notify, advance=bar.advance, warnings=result.warnings)
+                            notify=self._notify, advance=bar.advance, warnings=result.warnings,
+                            terms=self._license_of)
 
     def _notify(self, stage: str, kept: list[Record], rejected: list[Record]) -> None:
         reg = self.registry
@@ -179,7 +189,8 @@ class Pipeline:
 
         srcs = self.loaded.raw.get("seeds", [])
         files = [_file_digest(_resolve(self.loaded.base_dir, s.path)) for s in self.config.seeds]
-        digest = _digest("seeds", srcs, files)
+        licenses = self.loaded.raw.get("licenses")  # they change every record's tag
+        digest = _digest("seeds", srcs, files, *(["licenses", licenses] if licenses else []))
         store = self._open("seeds", "seeds", digest, result)
         if store is None:
             return StageStore(self.output, "seeds", "seeds", digest)
@@ -203,10 +214,17 @@ class Pipeline:
         raw_stage = self.loaded.raw["stages"][i]
         teacher_key = getattr(stage, "teacher", None)
         extra = self.loaded.raw.get("teachers", {}).get(teacher_key) if teacher_key else None
-        digest = _digest(stage.kind, raw_stage, extra, self.config.seed, _output_digest(upstream))
+        # Both change the license tags a stage stamps (the models: its teacher's terms).
+        models = self.loaded.raw.get("models") if teacher_key else None
+        licenses = self.loaded.raw.get("licenses")
+        digest = _digest(stage.kind, raw_stage, extra, self.config.seed, _output_digest(upstream),
+                         *(["models", models] if models else []), *(["licenses", licenses] if licenses else []))
         store = self._open(stage.name, stage.kind, digest, result)
         if store is None:
-            return StageStore(self.output, stage.name, stage.kind, digest)
+            store = StageStore(self.output, stage.name, stage.kind, digest)
+            if isinstance(stage, ExportStage):
+                self._cards(stage, store, result)
+            return store
         inputs = list(upstream.kept())
         started = time.monotonic()
         total = len(inputs)
@@ -252,7 +270,44 @@ class Pipeline:
             elif isinstance(stage, ExportStage):
                 run_export(ctx, stage.format, inputs, self.output / "export" / stage.name)
         self._finish(store, result, started, caller.stats.as_dict() if caller else None)
+        if isinstance(stage, ExportStage):
+            self._cards(stage, store, result)
         return store
+
+    def _audit_rules(self) -> list[Any]:
+        """Built-in and plugin audit rules, checked at start so a typo in `release:` fails early."""
+        from distill.audit import check_ack_rules
+        from distill.audit_rules import make_rules
+
+        rules = make_rules(self.registry, self.config.release.rules)
+        check_ack_rules(self.config.release.acknowledge, [r.name for r in rules])
+        return rules
+
+    def _cards(self, stage: ExportStage, store: StageStore, result: RunResult) -> None:
+        """Audit the export against the config's `release:` policy and write its cards.
+
+        Done even when the stage itself is current: the policy is not part of the stage's
+        digest, and the cards must show the audit of the policy as configured now."""
+        from distill.audit import audit
+        from distill.cards import write_dataset_cards
+
+        path = self.output / "export" / stage.name
+        if not path.is_dir():
+            return
+        release = self.config.release
+        if release.name is None:
+            release = release.model_copy(update={"name": stage.name})
+        records = list(store.kept())
+        report = audit(records, release, self.licenses, self._rules,
+                       target=f"export/{stage.name}", stage=stage.name, models=self.config.models)
+        write_dataset_cards(path, release.name or stage.name, records, report, self.licenses, stage.format)
+        if report.exit_code:
+            counts = report.counts()
+            msg = (f"export {stage.name!r}: the license audit for a {release.use} release of {release.what} is "
+                   f"{report.verdict} ({counts['blocking']} blocking, {counts['acknowledge']} to acknowledge); "
+                   f"see {path / 'README.md'} or run `distill audit {self.output}`")
+            self.log(f"warning: {msg}")
+            result.warnings.append(msg)
 
     def _make(self, kind: str, name: str, where: str) -> Any:
         spec = self.registry.get(kind, name)
@@ -276,8 +331,23 @@ class Pipeline:
     def _teacher(self, key: str) -> Any:
         if key not in self._teachers:
             ref = self.config.teachers[key]
-            self._teachers[key] = self._make("teacher", ref.plugin, f"teachers.{key}")
+            teacher = self._make("teacher", ref.plugin, f"teachers.{key}")
+            self._teachers[key] = teacher
+            info = teacher.model_info()
+            terms = resolve_terms(key=key, plugin=teacher.name, options=teacher.options, reported=info.license,
+                                  model=info.model, config_models=self.config.models, reg=self.licenses,
+                                  base_dir=self.loaded.base_dir)
+            self._terms[id(teacher)] = terms
+            if not terms.known:
+                msg = unknown_warning(key, teacher.name, info.model)
+                self.log(f"warning: {msg}")
+                self._warnings.append(msg)
         return self._teachers[key]
+
+    def _license_of(self, teacher: Any) -> str | None:
+        """The terms resolved for a started teacher (None: use what it reports)."""
+        terms = self._terms.get(id(teacher))
+        return terms.license if terms is not None else None
 
 
 def _resolve(base: Path, path: Path) -> Path:

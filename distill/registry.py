@@ -32,10 +32,12 @@ KINDS: dict[str, str] = {
     "filter": "register_filters",
     "trainer": "register_trainers",
     "evaluator": "register_evaluators",
+    "audit-rule": "register_audit_rules",
 }
 
 
 def _base_for(kind: str) -> type:
+    from distill.audit import AuditRule
     from distill.filter import Filter
     from distill.plugin import Evaluator, Trainer
     from distill.ranker import Ranker
@@ -43,7 +45,7 @@ def _base_for(kind: str) -> type:
     from distill.teacher import Teacher
 
     return {"teacher": Teacher, "task": Task, "ranker": Ranker, "filter": Filter,
-            "trainer": Trainer, "evaluator": Evaluator}[kind]
+            "trainer": Trainer, "evaluator": Evaluator, "audit-rule": AuditRule}[kind]
 
 
 @dataclass

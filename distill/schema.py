@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SCHEMAS = ("record", "config")
+SCHEMAS = ("record", "config", "licenses")
 
 
 def schema(name: str) -> dict[str, Any]:
@@ -24,6 +24,11 @@ def schema(name: str) -> dict[str, Any]:
 
         out = Config.model_json_schema()
         out["title"] = "distill config"
+    elif name == "licenses":
+        from distill.licenses import Registry
+
+        out = Registry.model_json_schema()
+        out["title"] = "distill license registry"
     else:
         raise ValueError(f"unknown schema {name!r}; known: {', '.join(SCHEMAS)}")
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"

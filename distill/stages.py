@@ -20,7 +20,7 @@ from distill.errors import ConfigError, PluginError
 from distill.filter import Drop, Edit, Filter, Keep
 from distill.licenses import effective_tag
 from distill.ranker import Judge, Ranker, candidates_of
-from distill.records import Message, Record, Source, stable_id
+from distill.records import Generator, Message, Record, Source, stable_id
 from distill.store import StageStore
 from distill.task import ExpandTask, MapTask, Reject, Task
 from distill.teacher import ChatRequest
@@ -39,6 +39,14 @@ class StageContext:
     notify: Callable[[str, list[Record], list[Record]], None]
     advance: Callable[[int], None] = lambda n: None
     warnings: list[str] = field(default_factory=list)
+    #: The terms the core resolved for a teacher (see distill.model_terms); None: what it reports.
+    terms: Callable[[Any], str | None] = lambda teacher: None
+
+    def generator(self, teacher: Any, role: str = "generator") -> Generator:
+        """The teacher's provenance entry, carrying the terms the core resolved for it."""
+        g = teacher.generator(role=role)
+        license = self.terms(teacher)
+        return g if license is None or license == g.license else g.model_copy(update={"license": license})
 
     def commit(self, kept: list[Record], rejected: list[Record], *, inputs: int, generated: int = 0,
                meta: dict[str, Any] | None = None) -> None:
@@ -59,7 +67,7 @@ def _call_meta(caller: TeacherCaller, before: CallStats) -> dict[str, Any]:
 
 
 def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: list[Record], batch_size: int) -> None:
-    generator = caller.teacher.generator()
+    generator = ctx.generator(caller.teacher)
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(ctx.store.next_index * batch_size)
     for b in range(ctx.store.next_index, batches):
@@ -89,7 +97,7 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: lis
 
 def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, inputs: list[Record],
                batch_size: int) -> None:
-    generator = caller.teacher.generator()
+    generator = ctx.generator(caller.teacher)
     store = ctx.store
     if store.next_index == 0:
         passed = [r.model_copy(deep=True) for r in inputs]
@@ -242,7 +250,7 @@ def run_export(ctx: StageContext, fmt: str, inputs: list[Record], path: Path) ->
 
 
 def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: list[Record], batch_size: int) -> None:
-    judge_gen = judge.caller.teacher.generator(role="judge") if judge is not None else None
+    judge_gen = ctx.generator(judge.caller.teacher, role="judge") if judge is not None else None
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), ctx.store.next_index * batch_size))
     for b in range(ctx.store.next_index, batches):
