@@ -53,6 +53,14 @@ def test_quickstart_runs_end_to_end_with_provenance_on_every_record(tmp_path, em
     row = ds[0]
     assert row["messages"][-1]["role"] == "assistant" and row["messages"][0]["role"] == "user"
 
+    for card in ("README.md", "croissant.json", "NOTICE"):
+        assert (out / "export" / "sft" / card).is_file(), card
+    audit = subprocess.run([sys.executable, "-m", "distill.cli", "audit", str(out), "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads(audit.stdout)
+    assert "acme-support" in json.dumps(report) and "CC0-1.0" in json.dumps(report)
+
     again = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(work / "config.yaml"), "--quiet"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("cached") == 5, again.stdout
