@@ -9,7 +9,6 @@ from pydantic import SecretStr
 
 from distill.filter import Filter
 from distill.hookspecs import hookimpl
-from distill.plugin import Options
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
 
 
