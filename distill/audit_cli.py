@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as _e
 from rich.table import Table
 
 from distill.errors import ConfigError, DistillError
@@ -67,7 +68,7 @@ def audit_command(
         if output is not None:
             _save(report, output)
     except DistillError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_e(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     from distill.audit_report import to_json, to_markdown
 
@@ -116,7 +117,7 @@ def _run(path, use, release, name, base_model, base_model_license, monthly_users
         cli_acks = [parse_ack(a) for a in acks]
         plugins = make_registry()
         for f in plugins.failures:
-            err.print(f"[yellow]warning:[/] plugin {f.plugin!r} was skipped: {f.error}", highlight=False)
+            err.print(f"[yellow]warning:[/] plugin {_e(repr(f.plugin))} was skipped: {_e(f.error)}", highlight=False)
         rules = make_rules(plugins, settings_release.rules)
         report = audit(target.records, settings_release, settings.registry, rules, target=str(path),
                        kind=target.kind, stage=target.stage, models=settings.models, cli_acks=cli_acks,
@@ -166,8 +167,9 @@ def _print(report: AuditReport) -> None:
     from distill.audit_report import VERDICT_TEXT, explain, summary
 
     style = _VERDICT_STYLE[report.verdict]
-    out.print(f"License audit: {summary(report)} — {report.records} records of {report.target}"
-              + (f" (stage {report.stage})" if report.stage else ""), highlight=False)
+    # Names, reasons and messages quote user input: printed as text, never as rich markup.
+    out.print(_e(f"License audit: {summary(report)} — {report.records} records of {report.target}"
+                 + (f" (stage {report.stage})" if report.stage else "")), highlight=False)
     out.print(f"effective license: {report.license.expression} (use: {report.license.use})", highlight=False)
     if report.findings:
         t = Table(title="findings")
@@ -177,24 +179,24 @@ def _print(report: AuditReport) -> None:
             status = ("acknowledged: " + f.acknowledged.reason if f.acknowledged else
                       "NEEDS ACK" if f.severity == "acknowledge" else "BLOCKING" if f.severity == "blocking" else "")
             msg = f.message + (f" Fix: {f.fix}." if f.fix else "")
-            t.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", f.rule, f.license or "-", str(f.records),
-                      ", ".join(f.examples[:3]) or "-", msg, status)
+            t.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", _e(f.rule), _e(f.license or "-"), str(f.records),
+                      _e(", ".join(f.examples[:3]) or "-"), _e(msg), _e(status))
         out.print(t)
     t = Table(title="licenses")
     for col in ("license", "use", "records", "from"):
         t.add_column(col, justify="right" if col == "records" else "left", overflow="fold")
     for u in report.licenses:
-        t.add_row(u.license, u.use, str(u.records), "; ".join(c.describe() for c in u.contributors))
+        t.add_row(_e(u.license), u.use, str(u.records), _e("; ".join(c.describe() for c in u.contributors)))
     out.print(t)
     if report.acknowledgements:
         t = Table(title="acknowledgements (recorded)")
         for col in ("rule", "license", "reason", "given in", "findings"):
             t.add_column(col, overflow="fold")
         for a in report.acknowledgements:
-            t.add_row(a.rule, a.license or "any", a.reason, a.source, str(a.matched))
+            t.add_row(_e(a.rule), _e(a.license or "any"), _e(a.reason), _e(a.source), str(a.matched))
         out.print(t)
     for w in report.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {_e(w)}", highlight=False, soft_wrap=True)
     out.print(f"[{style}]verdict: {report.verdict}[/] — {VERDICT_TEXT[report.verdict]}", highlight=False)
-    out.print(f"why: {explain(report)}", highlight=False)
+    out.print(_e(f"why: {explain(report)}"), highlight=False)
     out.print(f"[dim]{report.disclaimer}[/]", highlight=False)

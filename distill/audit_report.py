@@ -6,6 +6,7 @@ exactly what `distill audit` said, acknowledgements and their reasons included.
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
@@ -55,8 +56,15 @@ def summary(report: AuditReport) -> str:
     return f"{r.use} release of {what}{name}"
 
 
+def _text(text: Any) -> str:
+    """Text for Markdown outside tables: escaped, so a name is never taken as HTML."""
+    return html.escape(str(text), quote=False)
+
+
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text for a Markdown table cell: Markdown is rendered as HTML (on the Hub, on GitHub), so
+    names and reasons from configs and records are escaped, never taken as markup."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _status(f: Finding) -> str:
@@ -69,9 +77,9 @@ def to_markdown(report: AuditReport, level: int = 1) -> str:
     """The report as Markdown; `level` is the heading level of its title (cards nest it)."""
     h = "#" * level
     counts = report.counts()
-    lines = [f"{h} License audit: {summary(report)}", "",
+    lines = [f"{h} License audit: {_text(summary(report))}", "",
              f"**Verdict: {report.verdict}** ({VERDICT_TEXT[report.verdict]}); exit code {report.exit_code}.", "",
-             f"Why: {explain(report)}", "",
+             f"Why: {_text(explain(report))}", "",
              f"> {report.disclaimer}", "",
              f"- audited: {report.kind} `{report.target}`" + (f", stage `{report.stage}`" if report.stage else "")
              + f", {report.records} records",
@@ -80,7 +88,7 @@ def to_markdown(report: AuditReport, level: int = 1) -> str:
              f"{counts['info']} informational",
              f"- license registry version {report.registry_version}"]
     if report.base_model_license:
-        lines.append(f"- base model: {report.release.base_model or '-'} (`{report.base_model_license}`)")
+        lines.append(f"- base model: {_text(report.release.base_model or '-')} (`{report.base_model_license}`)")
     lines += ["", f"{h}# Findings", ""]
     if report.findings:
         lines += ["| severity | rule | license | records | examples | finding | status |",
@@ -104,5 +112,5 @@ def to_markdown(report: AuditReport, level: int = 1) -> str:
     else:
         lines.append("None given.")
     if report.warnings:
-        lines += ["", f"{h}# Warnings", ""] + [f"- {w}" for w in report.warnings]
+        lines += ["", f"{h}# Warnings", ""] + [f"- {_text(w)}" for w in report.warnings]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ names another file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,6 +133,8 @@ def _dataset(root: Path, stage: str | None, config: dict[str, Any] | None) -> Ta
         if not (exports or present):
             raise StoreError(f"{root} has no committed stage to audit")
         stage = (exports or present)[-1][0]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage):  # a name, never a path out of `root`
+        raise StoreError(f"{stage!r} is not a stage name (letters, digits, '.', '_' or '-')")
     chosen = next((p for p in stages if p[0] == stage), None)
     manifest_path = root / "stages" / stage / MANIFEST
     if not manifest_path.is_file():

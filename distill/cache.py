@@ -181,7 +181,9 @@ class RequestCache:
         try:
             yield
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, ...
-            raise StoreError(f"the request cache {self.path} failed: {exc}") from exc
+            raise StoreError(f"the request cache {self.path} failed: {exc}. Results it already holds are kept "
+                             f"(if the disk is full or the file unwritable, fix that); then run the same command "
+                             f"again to resume") from exc
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(str(exc)) from exc
 

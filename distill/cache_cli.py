@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -34,7 +35,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -78,7 +79,7 @@ def stats(cache: CacheOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         typer.echo(s.model_dump_json(indent=2))
         return
-    table = Table(title=f"request cache {s.path}")
+    table = Table(title=Text(f"request cache {s.path}"))
     table.add_column("")
     table.add_column("", justify="right")
     for name, value in (("entries", str(s.entries)), ("size", _size(s.size_bytes)),
@@ -90,7 +91,7 @@ def stats(cache: CacheOption = None, as_json: JsonOption = False) -> None:
         models.add_column("model")
         models.add_column("entries", justify="right")
         for model, n in s.models.items():
-            models.add_row(model, str(n))
+            models.add_row(Text(model), str(n))
         out.print(models)
 
 

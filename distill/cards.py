@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from distill.audit import DISCLAIMER, AuditReport
-from distill.audit_report import summary, to_markdown
+from distill.audit_report import _cell, _text, summary, to_markdown
 from distill.licenses import Registry
 from distill.records import LicenseTag, Record
 from distill.store import atomic_write
@@ -109,7 +109,7 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         "size_categories": [_size_category(len(records))],
         "tags": sorted({"synthetic", "distill", "distillation"}),
     }
-    lines = [_front_matter(meta), f"# {name}", "",
+    lines = [_front_matter(meta), f"# {_text(name)}", "",
              f"Synthetic {fmt} dataset made with distill: {len(records)} records, each with its own provenance "
              "(sources, every model that wrote or judged it, every stage's decision) and license tag.", "",
              f"> {DISCLAIMER}", "", "## License", "",
@@ -122,10 +122,10 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         lines.append(f"- a model trained on it must have a name beginning: {', '.join(sorted(tag.name_prefixes))}")
     lines.append("- notices: see `NOTICE`")
     lines += ["", "## Sources", "", "| dataset | license | records |", "|---|---|---:|"]
-    lines += [f"| {d} | `{lic}` | {n} |" for (d, lic), n in sorted(prov.sources.items())] or ["| - | - | 0 |"]
+    lines += [f"| {_cell(d)} | `{lic}` | {n} |" for (d, lic), n in sorted(prov.sources.items())] or ["| - | - | 0 |"]
     lines += ["", "## Models", "", "| role | plugin | model | revision | license | records |",
               "|---|---|---|---|---|---:|"]
-    lines += [f"| {role} | {plugin} | {model} | {rev} | `{lic}` | {n} |"
+    lines += [f"| {role} | {_cell(plugin)} | {_cell(model)} | {_cell(rev)} | `{lic}` | {n} |"
               for (role, plugin, model, rev, lic), n in sorted(prov.models.items())] or ["| - | - | - | - | - | 0 |"]
     lines += ["", to_markdown(report, level=2)]
     return "\n".join(lines)
@@ -243,6 +243,8 @@ def write_dataset_cards(path: Path, name: str, records: list[Record], report: Au
             indent=2, sort_keys=True) + "\n",
     }
     for file, text in texts.items():
+        for debris in path.glob(f".{file}.*.tmp"):  # left by a run killed while it wrote this card
+            debris.unlink(missing_ok=True)
         atomic_write(path / file, text.encode())
     return [path / f for f in texts]
 
@@ -263,12 +265,12 @@ def model_card(name: str, dataset_tags: Iterable[LicenseTag], base_model: str | 
     if datasets:
         meta["datasets"] = sorted(set(datasets))
     prefixes = sorted(tag.name_prefixes)
-    lines = [_front_matter(meta), f"# {name}", "",
+    lines = [_front_matter(meta), f"# {_text(name)}", "",
              "A student model distilled with distill. Its license combines the terms of every dataset it was "
              "trained on (their sources, and every model that wrote or judged them) and of its base model.", "",
              f"> {DISCLAIMER}", "", "## License", "",
              f"- effective license: `{tag.expression}`", f"- use: {tag.use}",
-             f"- base model: {base_model or 'not declared'} (`{base_model_license or 'not declared'}`)"]
+             f"- base model: {_text(base_model or 'not declared')} (`{base_model_license or 'not declared'}`)"]
     if tag.restrictions:
         lines.append(f"- restrictions passed on: {', '.join(sorted(tag.restrictions))}")
     for p in prefixes:

@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from distill.errors import DistillError
+from distill.errors import DistillError, scrub
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Synthetic data and teacher-student distillation with per-record provenance.")
@@ -21,7 +22,8 @@ err = Console(stderr=True)
 
 
 def _fail(exc: DistillError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    # The message quotes user input (paths, values, names): never rich markup.
+    err.print(f"[bold red]error:[/] {escape(scrub(str(exc)))}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -42,16 +44,23 @@ def run(
         registry = make_registry(strict=strict_plugins or loaded.config.plugins.strict or None)
         _report_failures(registry)
         result = Pipeline(loaded, registry, progress=not quiet and sys.stderr.isatty(),
-                          log=lambda m: err.print(m, highlight=False)).run(until=until)
+                          log=lambda m: err.print(scrub(m), markup=False, highlight=False)).run(until=until)
     except DistillError as exc:
         _fail(exc)
+        return
+    except OSError as exc:  # the disk filled up, a folder became read-only: not a bug, say what and where
+        from distill.errors import StoreError
+        from distill.store import write_failure
+
+        where = Path(exc.filename) if getattr(exc, "filename", None) else config
+        _fail(StoreError(write_failure(where, exc)))
         return
     except KeyboardInterrupt:
         err.print("interrupted: committed shards are kept; run the same command again to resume")
         raise typer.Exit(130) from None
     _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s")
                    for s in result.stages])
-    out.print(f"output: {result.output}")
+    out.print(f"output: {result.output}", markup=False, highlight=False)
 
 
 def _print_stages(rows: list[tuple[str, str, dict[str, int], str]]) -> None:
@@ -68,7 +77,7 @@ def inspect(
     output: Annotated[Path, typer.Argument(help="A run's output folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per-stage counts and drop reasons of a run's output; exits 1 if a stage lost records."""
+    """Per-stage counts and drop reasons of a run's output; exits 1 if records were lost or damaged."""
     from distill.inspect import inspect_output, to_json
 
     try:
@@ -81,7 +90,8 @@ def inspect(
     else:
         _print_stages([(r.stage, r.kind, r.totals,
                         ("complete" if r.complete else f"partial ({r.shards} shards)")
-                        + ("" if r.balanced else " LOST RECORDS")) for r in reports])
+                        + ("" if r.balanced else " LOST RECORDS") + (" DAMAGED" if r.damaged else ""))
+                       for r in reports])
         for r in reports:
             for title, counts in ((f"rejected in {r.stage}", r.reasons), (f"edited in {r.stage}", r.edits)):
                 if counts:
@@ -89,10 +99,39 @@ def inspect(
                     t.add_column("plugin: reason")
                     t.add_column("records", justify="right")
                     for reason, n in counts.items():
-                        t.add_row(reason, str(n))
+                        t.add_row(escape(reason), str(n))
                     out.print(t)
-    if not all(r.balanced for r in reports):
+    damaged = [r for r in reports if r.damaged]
+    for r in damaged:
+        err.print(f"[bold red]error:[/] stage {escape(repr(r.stage))}: {escape(r.damaged)}", highlight=False)
+    if damaged:
+        from distill.store import repair_hint
+
+        err.print(repair_hint(output), markup=False, highlight=False)
+    if damaged or not all(r.balanced for r in reports):
         raise typer.Exit(1)
+
+
+@app.command()
+def repair(output: Annotated[Path, typer.Argument(help="A run's output folder.")]) -> None:
+    """Set damaged stage files aside (under OUT/damaged/) so the next run redoes only them."""
+    from distill.store import repair as repair_output
+
+    try:
+        done = repair_output(output)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        from distill.errors import StoreError
+        from distill.store import write_failure
+
+        _fail(StoreError(write_failure(Path(exc.filename or output), exc, "repair")))
+        return
+    for line in done:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    out.print("nothing to repair: every committed shard matches its manifest" if not done
+              else "run the pipeline again to redo what was set aside", highlight=False)
 
 
 @app.command()
@@ -134,8 +173,8 @@ def _short(value: object, width: int = 24) -> str:
 
 def _report_failures(reg) -> None:
     for f in reg.failures:
-        err.print(f"[yellow]warning:[/] plugin {f.plugin!r} ({f.package or 'no package'}) was skipped: "
-                  f"{f.error}", highlight=False)
+        err.print(f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} ({escape(f.package or 'no package')}) "
+                  f"was skipped: {escape(f.error)}", highlight=False)
 
 
 @app.command()
@@ -144,7 +183,7 @@ def schema(name: Annotated[str, typer.Argument(help="record, config or licenses"
     from distill.schema import SCHEMAS, render
 
     if name not in SCHEMAS:
-        err.print(f"[bold red]error:[/] unknown schema {name!r}; known: {', '.join(SCHEMAS)}")
+        err.print(f"[bold red]error:[/] unknown schema {escape(repr(name))}; known: {', '.join(SCHEMAS)}")
         raise typer.Exit(2)
     sys.stdout.write(render(name))
 

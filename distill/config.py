@@ -182,19 +182,52 @@ def interpolate(data: Any, where: str = "") -> Any:
     return data
 
 
+#: Shorter interpolated values are not secrets, and redacting them would garble messages.
+_MIN_SECRET = 6
+
+
+def interpolated_values(data: Any) -> dict[str, str]:
+    """The values `${VAR}` placeholders in `data` resolve to, each with its placeholder: what
+    an error message must show instead of the value (the value may be a key)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str):
+            for m in _ENV.finditer(node):
+                value = os.environ.get(m.group(1))
+                if value is not None and len(value) >= _MIN_SECRET:
+                    found[value] = "${" + m.group(1) + "}"
+
+    walk(data)
+    return found
+
+
+def redact(text: str, values: dict[str, str]) -> str:
+    for value, placeholder in sorted(values.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(value, placeholder)
+    return text
+
+
 def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}the config must be a mapping of keys to values (e.g. `output: out/`), got {kind}")
+    _check_shape(data, f"{path}: " if path else "")
     raw = data
     data = interpolate(data)
     try:
         # The config's own license ids must be known while its seeds and models are checked.
         with active(_license_registry(data.get("licenses"))):
             config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, Config, source=path)) from None
+    except ValidationError as exc:  # it may quote a value that came from the environment: a key
+        raise ConfigError(redact(format_validation_error(exc, Config, source=path), interpolated_values(raw))) from None
     if path is not None and not config.output.is_absolute():
         config.output = path.parent / config.output
     if path is not None and config.cache.path is not None and not config.cache.path.is_absolute():
@@ -229,7 +262,54 @@ def load_config(path: str | Path) -> LoadedConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # a value the YAML constructors refuse, e.g. an integer of 5,000 digits
+        raise ConfigError(f"{path}: invalid YAML: {str(exc).split(';')[0]}") from None
     return parse_config(data, path)
+
+
+#: A config is small: deeper nesting or more values than this is a mistake or an attack
+#: (YAML aliases can make a few lines expand into billions of values, or refer to themselves).
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
+
+def _check_shape(data: Any, where: str) -> None:
+    """Refuse what YAML allows but no config needs, before anything walks the data: alias
+    cycles, alias expansion past MAX_VALUES values, nesting past MAX_DEPTH, NUL characters."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def walk(node: Any, at: str, depth: int) -> int:
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise ConfigError(f"{where}{at or '(top level)'}: contains a NUL character")
+            return 1
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in sizes:  # an alias of something already measured: count it again, walk it once
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise ConfigError(f"{where}{at or '(top level)'}: refers to itself (a YAML alias inside its own anchor)")
+        if depth >= MAX_DEPTH:
+            raise ConfigError(f"{where}{at or '(top level)'}: nested more than {MAX_DEPTH} levels deep")
+        open_.add(id(node))
+        total = 1
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if isinstance(k, str) and "\x00" in k:
+                raise ConfigError(f"{where}{at or '(top level)'}: a key contains a NUL character")
+            total += walk(v, f"{at}.{k}" if isinstance(node, dict) and at else
+                          (str(k) if isinstance(node, dict) else f"{at}[{k}]"), depth + 1)
+            if total > MAX_VALUES:
+                raise ConfigError(f"{where}the config expands to more than {MAX_VALUES:,} values "
+                                  "(YAML aliases repeating a large anchor?)")
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    walk(data, "", 0)
 
 
 def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, Any]:
@@ -272,7 +352,8 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
                 errors.append(f"stages[{i}].teacher: ranker {s.ranker.plugin!r} needs a judge model; "
                               "name one of `teachers`")
     if errors:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  {e}" for e in errors))
+        raise ConfigError(redact("invalid config:\n" + "\n".join(f"  {e}" for e in errors),
+                                 interpolated_values(loaded.raw)))
     return validated
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill.errors import StoreError
-from distill.store import MANIFEST, StageManifest
+from distill.store import MANIFEST, StageManifest, first_damaged_shard, manifest_problem, repair_hint
 
 
 @dataclass
@@ -20,9 +20,12 @@ class StageReport:
     reasons: dict[str, int]
     edits: dict[str, int] = field(default_factory=dict)
     balanced: bool = field(default=True)
+    #: What is wrong with its committed files (a missing or corrupted shard); None when intact.
+    damaged: str | None = None
 
 
-def inspect_output(root: Path) -> list[StageReport]:
+def inspect_output(root: Path, *, verify: bool = True) -> list[StageReport]:
+    """Per-stage reports; `verify` also checks every committed shard against its digest."""
     stages_dir = root / "stages"
     if not stages_dir.is_dir():
         raise StoreError(f"{root} is not a distill output folder (no stages/ inside)")
@@ -33,16 +36,19 @@ def inspect_output(root: Path) -> list[StageReport]:
         if not p.exists():
             continue
         try:
-            manifests.append(StageManifest.model_validate_json(p.read_bytes()))
+            manifests.append((d, StageManifest.model_validate_json(p.read_bytes())))
         except ValueError as exc:
-            raise StoreError(f"manifest of stage {d.name!r} is corrupted ({p}): {exc}") from None
-    manifests.sort(key=lambda m: (order.get(m.stage, len(order)), m.started_at))
+            raise StoreError(f"manifest of stage {d.name!r} is corrupted ({p}): {manifest_problem(exc)}. "
+                             f"{repair_hint(root)}") from None
+    manifests.sort(key=lambda dm: (order.get(dm[1].stage, len(order)), dm[1].started_at))
     reports = []
-    for m in manifests:
+    for d, m in manifests:
         t = m.totals()
+        damage = first_damaged_shard(d, m) if verify else None
         reports.append(StageReport(m.stage, m.kind, m.complete, len(m.shards), t,
                                    dict(m.reasons().most_common()), dict(m.edits().most_common()),
-                                   t["in"] + t["generated"] == t["kept"] + t["rejected"]))
+                                   t["in"] + t["generated"] == t["kept"] + t["rejected"],
+                                   f"shard {damage[1]} {damage[2]}" if damage else None))
     return reports
 
 

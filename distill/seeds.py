@@ -167,8 +167,8 @@ def _jsonl_rows(path: Path, fields: _Fields) -> Generator[Row, None, None]:
                 continue
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield n, _Reject(f"invalid JSON: {exc.msg} (column {exc.colno})"), text
+            except (ValueError, RecursionError) as exc:
+                yield n, _Reject(f"invalid JSON: {_json_problem(exc)}"), text
                 continue
             if not isinstance(value, dict):
                 yield n, _Reject(f"not a JSON object: got {_json_type(value)}"), text
@@ -296,8 +296,8 @@ def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields,
     if prompt_key == "messages" and isinstance(value, str):
         try:  # CSV cells hold a messages list as JSON text
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise _Reject(f"invalid messages list: not JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:
+            raise _Reject(f"invalid messages list: not JSON ({_json_problem(exc)})") from None
     if isinstance(value, list):
         messages = _messages(value, system, response)
     elif isinstance(value, str):
@@ -332,7 +332,20 @@ def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields,
                               events=[Event(stage="seeds", action="loaded")]),
     )
     record.provenance.license = effective_tag(record)
+    try:  # what cannot be written as UTF-8 JSON would fail the commit of every good row with it
+        record.model_dump_json()
+    except ValueError:
+        raise _Reject("invalid text: a \\uD800-\\uDFFF escape that is half a surrogate pair, not a character") from None
     return record
+
+
+def _json_problem(exc: Exception) -> str:
+    """One line for what json.loads refused: syntax, nesting past the recursion limit, a huge number."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";")[0]
 
 
 def _text(row: dict[str, Any], key: str | None, what: str) -> str | None:

@@ -13,17 +13,21 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from distill.errors import StoreError
 from distill.records import Event, Record
 
 MANIFEST = "manifest.json"
+#: Where `repair` puts what it takes out of a stage: never deleted, someone may have paid for it.
+DAMAGED = "damaged"
+_SHARD_NAME = re.compile(r"(kept|rejected)-\d{5,}\.jsonl")
 
 
 class ShardInfo(BaseModel):
@@ -38,6 +42,14 @@ class ShardInfo(BaseModel):
     edits: dict[str, int] = Field(default_factory=dict, description="Kept records changed here, by reason.")
     sha256: dict[str, str] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kept_file", "rejected_file")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # A manifest names files inside its own folder, nothing else (no `../`, no absolute path).
+        if not _SHARD_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a shard file name")
+        return name
 
 
 class StageManifest(BaseModel):
@@ -85,11 +97,18 @@ def atomic_write(path: Path, data: bytes) -> str:
     The temporary name carries the pid, so processes writing the same file at once (the
     embedded model's hash memo) never write into each other's temporary file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # a full disk must not stay full of half-written temporary files
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     _fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
 
@@ -120,7 +139,8 @@ class StageStore:
         try:
             manifest = StageManifest.model_validate_json(path.read_bytes())
         except (ValidationError, ValueError) as exc:
-            raise StoreError(f"manifest of stage {self.stage!r} is corrupted ({path}): {exc}") from None
+            raise StoreError(f"manifest of stage {self.stage!r} is corrupted ({path}): {manifest_problem(exc)}. "
+                             f"{repair_hint(self.dir.parent.parent)}") from None
         if manifest.hash != self.digest:  # its config or its input changed: redo it
             self.stale = bool(manifest.shards)
             if self.stale:
@@ -152,13 +172,11 @@ class StageStore:
 
     def verify(self) -> None:
         """Check every committed shard against its digest, so corruption is reported, not read."""
-        for s in self.manifest.shards:
-            for name in (s.kept_file, s.rejected_file):
-                p = self.dir / name
-                if not p.exists():
-                    raise StoreError(f"stage {self.stage!r}: committed shard {name} is missing ({p})")
-                if s.sha256.get(name) and _sha256_file(p) != s.sha256[name]:
-                    raise StoreError(f"stage {self.stage!r}: committed shard {name} is corrupted (digest mismatch)")
+        damage = first_damaged_shard(self.dir, self.manifest)
+        if damage is not None:
+            i, name, why = damage
+            raise StoreError(f"stage {self.stage!r}: committed shard {name} {why} ({self.dir / name}). "
+                             f"{repair_hint(self.dir.parent.parent)}")
 
     @property
     def next_index(self) -> int:
@@ -176,7 +194,7 @@ class StageStore:
         digests = {}
         for name, recs in zip(names, (kept, rejected)):
             data = "".join(r.model_dump_json() + "\n" for r in recs).encode()
-            digests[name] = atomic_write(self.dir / name, data)
+            digests[name] = self._write(name, data)
         reasons = Counter(_reason(r) for r in rejected)
         edits = Counter(_label(e) for r in kept for e in r.provenance.events
                         if e.action == "edited" and e.stage == self.stage)
@@ -184,17 +202,32 @@ class StageStore:
                          generated=generated, kept=len(kept), rejected=len(rejected),
                          reasons=dict(reasons), edits=dict(edits), sha256=digests, meta=meta or {})
         self.manifest.shards.append(info)
-        self._write_manifest()
+        try:
+            self._write_manifest()
+        except StoreError:
+            self.manifest.shards.pop()  # not committed: the files it named are debris
+            raise
         return info
 
     def finish(self, stats: dict[str, Any] | None = None) -> None:
+        before = self.manifest.model_copy()
         self.manifest.complete = True
         self.manifest.finished_at = datetime.now(timezone.utc)
         self.manifest.stats = stats or {}
-        self._write_manifest()
+        try:
+            self._write_manifest()
+        except StoreError:
+            self.manifest = before
+            raise
 
     def _write_manifest(self) -> None:
-        atomic_write(self.dir / MANIFEST, self.manifest.model_dump_json(indent=1).encode())
+        self._write(MANIFEST, self.manifest.model_dump_json(indent=1).encode())
+
+    def _write(self, name: str, data: bytes) -> str:
+        try:
+            return atomic_write(self.dir / name, data)
+        except OSError as exc:
+            raise StoreError(write_failure(self.dir / name, exc, f"stage {self.stage!r}")) from None
 
     def kept(self) -> Iterator[Record]:
         yield from read_shards(self.dir, [s.kept_file for s in self.manifest.shards])
@@ -233,6 +266,92 @@ def read_shards(folder: Path, names: list[str]) -> Iterator[Record]:
                     raise StoreError(f"{folder / name} line {n}: not a valid record: {exc.errors()[0]['msg']}") from None
 
 
+def first_damaged_shard(folder: Path, manifest: StageManifest) -> tuple[int, str, str] | None:
+    """(index, file, what is wrong) of the first committed shard that is missing or damaged."""
+    for i, s in enumerate(manifest.shards):
+        for name in (s.kept_file, s.rejected_file):
+            p = folder / name
+            if not p.is_file():
+                return i, name, "is missing"
+            if s.sha256.get(name):
+                if _sha256_file(p) != s.sha256[name]:
+                    return i, name, "is corrupted (its digest does not match the manifest)"
+            else:  # written before shards had digests: at least every line must be a record
+                try:
+                    for _ in read_shards(folder, [name]):
+                        pass
+                except StoreError as exc:
+                    return i, name, f"is corrupted ({exc})"
+    return None
+
+
+def write_failure(path: Path, exc: OSError, who: str = "distill") -> str:
+    """The message for a write the file system refused (full, read-only, no permission)."""
+    return (f"{who}: cannot write {path}: {exc.strerror or exc}. Everything committed before is kept; "
+            f"free some space or make the folder writable, then run the same command again to resume")
+
+
+def manifest_problem(exc: Exception) -> str:
+    """What is wrong with an unreadable manifest, in one line."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        e = exc.errors()[0]
+        where = ".".join(str(p) for p in e["loc"])
+        return f"{where}: {e['msg']}" if where else e["msg"]
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def repair_hint(root: Path) -> str:
+    return (f"Run `distill repair {root}` to set the damaged part aside (under {root / DAMAGED}); the next "
+            "run redoes only that, and the teacher calls it already made come from the request cache")
+
+
+def repair(root: Path) -> list[str]:
+    """Set aside what `verify` and the manifests' parsing reject, so that the next run redoes it.
+
+    A stage whose manifest cannot be read is moved whole to `damaged/`. A stage with a missing
+    or damaged shard keeps every shard before it; that shard and the ones after it (they were
+    computed from what came before) move to `damaged/`, and its manifest is cut back to the
+    good shards and marked incomplete, so a run resumes it from there. Nothing is deleted."""
+    stages = root / "stages"
+    if not stages.is_dir():
+        raise StoreError(f"{root} is not a distill output folder (no stages/ inside)")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    done: list[str] = []
+    with RunLock(root):
+        for d in sorted(p for p in stages.iterdir() if p.is_dir()):
+            path = d / MANIFEST
+            if not path.exists():
+                continue
+            dest = root / DAMAGED / f"{d.name}-{stamp}"
+            try:
+                manifest = StageManifest.model_validate_json(path.read_bytes())
+            except (ValidationError, ValueError) as exc:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(d, dest)
+                done.append(f"stage {d.name!r}: its manifest is unreadable ({manifest_problem(exc)}); moved the stage "
+                            f"to {dest}; the next run redoes it")
+                continue
+            damage = first_damaged_shard(d, manifest)
+            if damage is None:
+                continue
+            index, name, why = damage
+            dest.mkdir(parents=True, exist_ok=True)
+            moved = manifest.shards[index:]
+            atomic_write(dest / MANIFEST, path.read_bytes())  # the manifest as it was, for the record
+            for s in moved:
+                for f in (s.kept_file, s.rejected_file):
+                    if (d / f).exists():
+                        os.replace(d / f, dest / f)
+            manifest.shards = manifest.shards[:index]
+            manifest.complete, manifest.finished_at, manifest.stats = False, None, {}
+            atomic_write(path, manifest.model_dump_json(indent=1).encode())
+            _fsync_dir(dest)
+            done.append(f"stage {d.name!r}: shard {name} {why}; moved it and the {len(moved) - 1} shard(s) after it "
+                        f"to {dest}, kept the {index} before it; the next run redoes the rest")
+    return done
+
+
 class RunLock:
     """An exclusive lock on an output folder: two runs never write one output."""
 
@@ -263,4 +382,7 @@ class RunLock:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=1, default=str).encode())
+    try:
+        atomic_write(path, json.dumps(data, indent=1, default=str).encode())
+    except OSError as exc:
+        raise StoreError(write_failure(path, exc)) from None

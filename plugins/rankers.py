@@ -242,7 +242,8 @@ class RewardModelRanker(Ranker):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             self._tok = AutoTokenizer.from_pretrained(str(path))
-            self._model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+            self._model = AutoModelForSequenceClassification.from_pretrained(  # never a pickled checkpoint
+                str(path), dtype=torch.float32, use_safetensors=True).eval()
         except Exception as exc:  # noqa: BLE001
             raise PluginError(f"reward-model ranker: could not load {path}: {type(exc).__name__}: {exc}") from exc
         if self._tok.pad_token is None:

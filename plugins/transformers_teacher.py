@@ -114,7 +114,8 @@ class TransformersTeacher(Teacher):
         hf_logging.disable_progress_bar()  # a bar per load would interleave with the stage's bar
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            # safetensors only: a pickled checkpoint (*.bin, *.pt) can run code when loaded.
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
         except Exception as exc:  # noqa: BLE001 - whatever the cause, name the folder
             raise PluginError(f"transformers teacher: could not load the model in {folder}: "
                               f"{type(exc).__name__}: {exc}") from exc

@@ -137,6 +137,8 @@ class VLLMTeacher(Teacher):
             "tensor_parallel_size": opts.tensor_parallel_size,
             "enforce_eager": on_cpu if opts.enforce_eager is None else opts.enforce_eager,
             "seed": opts.seed,
+            # safetensors only: a pickled checkpoint (*.bin, *.pt) can run code when loaded.
+            "load_format": "safetensors",
         }
         if opts.max_model_len is not None:
             args["max_model_len"] = opts.max_model_len
