@@ -22,12 +22,11 @@ import yaml
 from distill.audit import DISCLAIMER, AuditReport
 from distill.audit_report import _cell, _text, summary, to_markdown
 from distill.licenses import Registry
+from distill.lineage import DATASET_SIDECAR
 from distill.records import LicenseTag, Record
 from distill.store import atomic_write
 
 CARD_FILES = ("README.md", "croissant.json", "NOTICE")
-#: The dataset's tag for tools that read the folder without its records (a trainer's lineage).
-DATASET_SIDECAR = "distill-dataset.json"
 _CROISSANT_CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
     "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",

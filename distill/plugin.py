@@ -62,15 +62,17 @@ class Plugin:
         """Release engines, files or connections. Called once when the stage ends."""
 
 
-class Trainer(Plugin):
-    """Trains a student on an exported dataset (implementations come with the trainers issue)."""
-
-    def train(self, dataset_path: str, output_dir: str) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
-
-
 class Evaluator(Plugin):
     """Scores a model on held-out prompts."""
 
     def evaluate(self, model_path: str, records: list[Any]) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
+
+
+def __getattr__(name: str) -> Any:
+    """`Trainer` lives in `distill.trainer` (it imports this module); re-exported lazily."""
+    if name == "Trainer":
+        from distill.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,401 @@
+"""Trainers: what a trainer plugin receives and returns.
+
+A trainer plugin (registered with `register_trainers`) fine-tunes a student on exported
+datasets: `train(job) -> TrainResult`. The core owns what every training run must have, so no
+trainer can forget it: precision and gradient checkpointing chosen from the machine
+(`plan_hardware`), resume from the last *complete* checkpoint, a finished step that is not
+trained twice (`distill.training.train_chain`), and the student's lineage and card
+(`distill.lineage`). Nothing here imports torch or TRL at module level.
+
+`python -m distill.trainer job.json` runs a chain from a JSON job file, also under
+`accelerate launch` (see `distill.training`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from distill.errors import PluginError
+from distill.plugin import Options, Plugin
+from distill.records import LicenseTag
+
+#: TRL config fields distill sets itself; `trl_args` may not override them.
+MANAGED_TRL_ARGS = frozenset({"output_dir", "resume_from_checkpoint"})
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "distill-train.json"
+
+
+# ----------------------------------------------------------------------------- options
+
+
+class LoraOptions(Options):
+    """A LoRA adapter through PEFT instead of full fine-tuning (`lora: {}` for the defaults)."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear", description="Module names, or 'all-linear'.")
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: load the frozen base quantised (needs bitsandbytes and a CUDA GPU).")
+
+
+class TrainOptions(Options):
+    """Options every trainer shares. A trainer's own Options subclass names its TRL config
+    class in `trl_config`; `trl_args` may set any field of that class, and no other."""
+
+    trl_config: ClassVar[str] = ""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1 runs `epochs`.")
+    batch_size: int = Field(8, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float | None = Field(None, gt=0, description="Default: the TRL trainer's own.")
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto' chooses from the machine (never from library defaults).")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="'auto' turns it on only when the model would not fit in memory otherwise.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a killed run resumes from the last.")
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept while training.")
+    keep_checkpoints: bool = Field(False, description="Keep checkpoints after the step finished.")
+    logging_steps: int = Field(10, ge=1)
+    lora: LoraOptions | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    merge: bool | None = Field(None, description="With lora: also write merged full weights in `merged/` "
+                                                 "(default: the trainer's choice).")
+    trl_args: dict[str, Any] = Field(default_factory=dict,
+                                     description="Any other field of the TRL config class, passed as is.")
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_shorthand(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @field_validator("trl_args")
+    @classmethod
+    def _known_trl_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_trl_args(cls.trl_config, value)
+        return value
+
+
+def trl_config_fields(config: str) -> set[str] | None:
+    """Field names of `trl.<config>` in the installed TRL, or None when TRL is not installed."""
+    import importlib.util
+
+    if not config or importlib.util.find_spec("trl") is None:
+        return None
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(import_trl(config))}
+
+
+def check_trl_args(config: str, args: dict[str, Any]) -> None:
+    """Raise ValueError naming each key the installed TRL's `config` class does not accept."""
+    if not args:
+        return
+    managed = sorted(k for k in args if k in MANAGED_TRL_ARGS)
+    if managed:
+        raise ValueError(f"{', '.join(managed)}: set by distill, not in trl_args")
+    fields = trl_config_fields(config)
+    if fields is None:
+        return  # checked again when training, where missing TRL is the error
+    problems = []
+    for key in args:
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{key!r} is not an option of {config} in TRL {_trl_version()}{hint}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def import_trl(name: str | None = None) -> Any:
+    """`trl`, or `trl.<name>` (TRL's modules load lazily, on first attribute access)."""
+    import warnings
+
+    with warnings.catch_warnings():  # TRL warns at import about any vLLM version it has not tested
+        warnings.filterwarnings("ignore", message=".*TRL currently supports vLLM.*")
+        import trl
+
+        return getattr(trl, name) if name else trl
+
+
+def _trl_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("trl")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """An exported dataset folder (`datasets.save_to_disk`). `license` is the combined tag of
+    the records exported into it; without one, a `distill-dataset.json` in the folder is read,
+    and failing that the data counts as unspecified."""
+
+    path: Path
+    name: str | None = None
+    license: LicenseTag | None = None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What `plan_hardware` chose and why; recorded in the student's lineage."""
+
+    device: str
+    description: str
+    precision: str
+    gradient_checkpointing: bool
+    reasons: tuple[str, ...] = ()
+    #: Training processes (`accelerate launch --num_processes N` sets WORLD_SIZE).
+    processes: int = 1
+
+    def trl_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"use_cpu": self.device == "cpu", "bf16": self.precision == "bf16",
+                                "fp16": self.precision == "fp16",
+                                "gradient_checkpointing": self.gradient_checkpointing}
+        if self.device == "cpu":
+            args["dataloader_pin_memory"] = False
+        if self.processes > 1:  # every parameter of a causal LM is used: skip DDP's extra graph walk
+            args["ddp_find_unused_parameters"] = False
+        return args
+
+
+@dataclass
+class TrainJob:
+    """Everything a trainer needs for one step."""
+
+    #: Model folder to start from: a full model, or an adapter folder (merged when loaded).
+    student: Path
+    datasets: list[DatasetRef]
+    #: The step's output folder: the trained weights (or adapter) go here, at its top level.
+    output_dir: Path
+    hardware: Hardware
+    #: The last complete checkpoint of a killed run of this very step, or None.
+    resume_from: Path | None = None
+    #: Earlier steps' outputs by step name, for options that name one (a reward model, a teacher).
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / CHECKPOINTS
+
+
+@dataclass
+class TrainResult:
+    #: The folder a later step or an evaluator loads (full weights, or the adapter).
+    model_path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    global_step: int = 0
+    adapter: bool = False
+    merged_path: Path | None = None
+    resumed_from: str | None = None
+    #: Other models whose outputs shaped the student: (role, folder), e.g. ("teacher", path).
+    influences: list[tuple[str, str]] = field(default_factory=list)
+    #: True when the step had finished in an earlier run and was not trained again.
+    skipped: bool = False
+    #: Filled by the chain: the hardware plan the step ran with.
+    hardware: Hardware | None = None
+
+
+class Trainer(Plugin):
+    """Trains a student on exported datasets; `train` writes its weights into `job.output_dir`."""
+
+    Options: ClassVar[type[Options]] = TrainOptions
+    requires = ("train",)
+    #: Export formats the trainer reads: "sft" (messages), "preference" (prompt/chosen/rejected).
+    formats: ClassVar[tuple[str, ...]] = ("sft",)
+    #: What it produces: "causal-lm", or "reward" (a one-logit sequence classifier).
+    produces: ClassVar[str] = "causal-lm"
+
+    def train(self, job: TrainJob) -> TrainResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class TrainStep:
+    trainer: Trainer
+    datasets: list[DatasetRef]
+    name: str
+    #: None: the previous step's output (the chain's student for the first step); the name of
+    #: an earlier step; or a model folder / "embedded".
+    student: str | None = None
+
+
+# ----------------------------------------------------------------------------- hardware
+
+_BYTES_FULL = 16    # fp32 weights + gradients + two Adam moments, per parameter
+_BYTES_ADAPTER = 4  # frozen fp32 weights; the adapter's own state is negligible
+
+
+def plan_hardware(precision: str = "auto", gradient_checkpointing: bool | str = "auto", *,
+                  params: int | None = None, adapter: bool = False) -> Hardware:
+    """Precision and gradient checkpointing for this machine, with the reasons."""
+    import torch
+
+    reasons: list[str] = []
+    if torch.cuda.is_available():
+        device, description = "cuda", torch.cuda.get_device_name(0)
+        memory = torch.cuda.get_device_properties(0).total_memory
+        bf16 = torch.cuda.is_bf16_supported()
+        auto = "bf16" if bf16 else "fp16"
+        why = "CUDA GPU with bf16 support" if bf16 else "CUDA GPU without bf16: fp16 with loss scaling"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device, description, memory, auto = "mps", "Apple GPU (MPS)", _system_memory(), "fp32"
+        why = "MPS: fp32 (mixed precision is not reliably faster there)"
+    else:
+        native = _cpu_bf16()
+        device, memory = "cpu", _system_memory()
+        description = f"CPU, {os.cpu_count()} cores" + (f", {'/'.join(native)}" if native else ", no bf16 instructions")
+        if native:
+            auto = "bf16"
+            why = (f"the CPU computes in bf16 natively ({'/'.join(native)}); a LoRA SFT step of SmolLM2-135M "
+                   "measured ~2x faster in bf16 than in fp32 on such a CPU")
+        else:
+            auto = "fp32"
+            why = ("the CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated, and a LoRA "
+                   "SFT step measured 7-19x slower in bf16 than in fp32 on such CPUs")
+    if precision == "auto":
+        chosen = auto
+        reasons.append(f"precision {chosen}: {why}")
+    else:
+        chosen = precision
+        reasons.append(f"precision {chosen}: set in the options")
+    if gradient_checkpointing == "auto":
+        need = params * (_BYTES_ADAPTER if adapter else _BYTES_FULL) if params else None
+        gc = bool(need and memory and need > 0.5 * memory)
+        if need and memory:
+            gib = f"~{need / 2**30:.2f} GiB of {memory / 2**30:.0f} GiB"
+            reasons.append(f"gradient checkpointing {'on' if gc else 'off'}: weights and optimizer state need "
+                           f"{gib}" + (", so activations are recomputed to fit" if gc else
+                                       "; recomputing activations would only cost time"))
+        else:
+            reasons.append("gradient checkpointing off: model size unknown")
+    else:
+        gc = bool(gradient_checkpointing)
+        reasons.append(f"gradient checkpointing {'on' if gc else 'off'}: set in the options")
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return Hardware(device=device, description=description, precision=chosen, gradient_checkpointing=gc,
+                    reasons=tuple(reasons), processes=processes)
+
+
+def _cpu_bf16() -> list[str]:
+    """The CPU's native bf16 instruction sets that torch may use (none when its ISA is capped)."""
+    capped = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2") or \
+        os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith(("SSE", "AVX2", "AVX_"))
+    return [] if capped else [f for f in ("amx_bf16", "avx512_bf16") if f in _cpu_flags()]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _system_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_params(folder: Path) -> int | None:
+    """Parameter count from the weight files' size and the config's dtype (no loading)."""
+    from distill.models import weight_files
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+    files = [w for w in weight_files(folder) if w.suffix == ".safetensors"]
+    return sum(w.stat().st_size for w in files) // size if files else None
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest *complete* checkpoint (its trainer_state.json is written last), or None."""
+    if not checkpoint_dir.is_dir():
+        return None
+    done = [p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+            and (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def drop_incomplete_checkpoints(checkpoint_dir: Path, keep: Path | None) -> None:
+    """Remove checkpoints newer than `keep` that a kill left half-written."""
+    floor = int(keep.name.split("-")[-1]) if keep is not None else -1
+    for p in checkpoint_dir.glob("checkpoint-*"):
+        step = p.name.split("-")[-1]
+        if step.isdigit() and int(step) > floor and not (p / "trainer_state.json").is_file():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _barrier() -> None:
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def resolve_student(model: str, base_dir: Path, who: str, role: str = "student") -> Path:
+    """A model folder (full weights or a PEFT adapter) or "embedded"; clear errors otherwise."""
+    from distill.models import EMBEDDED, weight_files
+
+    if model == EMBEDDED:
+        from distill.embedded import ensure_converted
+
+        return ensure_converted(progress=False)
+    path = Path(model).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_dir():
+        raise PluginError(f"{who} trainer: {role} model folder {path} does not exist "
+                          f"(set `{role}` to a local model folder or 'embedded')")
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise PluginError(f"{who} trainer: {path} is not a Hugging Face model folder "
+                          "(no config.json or adapter_config.json)")
+    if not weight_files(path):
+        raise PluginError(f"{who} trainer: no weight files (*.safetensors, *.bin) in {role} folder {path}")
+    return path
+
+
+def __getattr__(name: str) -> Any:
+    """`train_chain` and the job runner live in `distill.training` (they import this module)."""
+    if name in ("train_chain", "run_job", "Job", "JobStep"):
+        import distill.training
+
+        return getattr(distill.training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":  # `python -m distill.trainer job.json`, also under `accelerate launch`
+    from distill.training import main
+
+    sys.exit(main())
