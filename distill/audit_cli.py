@@ -136,8 +136,12 @@ def _record(report: AuditReport, target: Target) -> None:
 
     r = report.release
     if target.kind == "student":
-        # README.md is the trainer's model card (distill.cards.model_card can carry a report);
-        # the audit goes beside it.
+        if (target.root / "distill-model.json").is_file():  # trained by distill: its card shows the audit
+            from distill.train_stage import record_student_audit
+
+            record_student_audit(target.root, report, target.settings.registry)
+            return
+        # A student trained elsewhere: its README.md is not ours, so the audit goes beside it.
         carded = report.model_copy(update={"target": "."})
         atomic_write(target.root / "audit.json", to_json(carded).encode())
         atomic_write(target.root / "AUDIT.md", to_markdown(carded).encode())

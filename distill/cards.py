@@ -3,7 +3,7 @@
 Every exported dataset gets three files beside its data: a Hugging Face dataset card
 (`README.md`, YAML front matter the Hub reads), a Croissant JSON-LD file with PROV-O
 provenance (`croissant.json`) and a `NOTICE` that collects every required notice. A student
-gets a model card from `model_card`. All of it is derived from the records' provenance and
+gets a model card from `distill.model_card`. All of it is derived from the records' provenance and
 the audit report, sorted, with no timestamps: the same data always gives the same bytes.
 Nothing secret reaches a card: only dataset names, model ids, plugin names and licenses.
 """
@@ -246,38 +246,3 @@ def write_dataset_cards(path: Path, name: str, records: list[Record], report: Au
             debris.unlink(missing_ok=True)
         atomic_write(path / file, text.encode())
     return [path / f for f in texts]
-
-
-def model_card(name: str, dataset_tags: Iterable[LicenseTag], base_model: str | None,
-               base_model_license: str | None, registry: Registry, *, datasets: Iterable[str] = (),
-               report: AuditReport | None = None) -> str:
-    """A student's Hugging Face model card: it inherits its datasets' tags and its base model's terms."""
-    from distill.licenses import active, student_tag
-
-    with active(registry):
-        tag = student_tag(dataset_tags, base_model_license)
-    meta: dict[str, Any] = {**hf_license_fields(tag, registry), "license_expression": tag.expression,
-                            "tags": sorted({"distill", "distillation", "synthetic-data"})}
-    if base_model:
-        meta["base_model"] = base_model
-        meta["base_model_relation"] = "finetune"
-    if datasets:
-        meta["datasets"] = sorted(set(datasets))
-    prefixes = sorted(tag.name_prefixes)
-    lines = [_front_matter(meta), f"# {_text(name)}", "",
-             "A student model distilled with distill. Its license combines the terms of every dataset it was "
-             "trained on (their sources, and every model that wrote or judged them) and of its base model.", "",
-             f"> {DISCLAIMER}", "", "## License", "",
-             f"- effective license: `{tag.expression}`", f"- use: {tag.use}",
-             f"- base model: {_text(base_model or 'not declared')} (`{base_model_license or 'not declared'}`)"]
-    if tag.restrictions:
-        lines.append(f"- restrictions passed on: {', '.join(sorted(tag.restrictions))}")
-    for p in prefixes:
-        ok = re.sub(r"[\s_\-]+", " ", name.rsplit("/", 1)[-1]).lower().startswith(re.sub(r"[\s_\-]+", " ", p).lower())
-        lines.append(f"- required name prefix {p!r}: {'present' if ok else 'MISSING'}")
-    lines += ["", "## Notices", ""] + ([f"- {n}" for n in sorted(tag.notices)] or ["None required."])
-    if tag.unknown:
-        lines += ["", f"Unknown to the license registry: {', '.join(sorted(tag.unknown))}."]
-    if report is not None:
-        lines += ["", to_markdown(report, level=2)]
-    return "\n".join(lines) + "\n"

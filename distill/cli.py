@@ -60,6 +60,16 @@ def run(
         raise typer.Exit(130) from None
     _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s")
                    for s in result.stages])
+    if result.students:
+        table = Table(title="students")
+        for col in ("stage", "step", "trainer steps", "status", "model", "audit"):
+            table.add_column(col)
+        for st in result.students:
+            for n, (step, r) in enumerate(st.steps):
+                last = n == len(st.steps) - 1
+                table.add_row(escape(st.stage), escape(step), str(r.global_step), "cached" if r.skipped else "trained",
+                              escape(str(r.model_path)), st.verdict if last else "")
+        out.print(table)
     out.print(f"output: {result.output}", markup=False, highlight=False)
 
 

@@ -67,7 +67,59 @@ class ExportStage(_Stage):
     format: Literal["sft", "preference"] = "sft"
 
 
-Stage = Annotated[Union[GenerateStage, RankStage, FilterStage, ExportStage], Field(discriminator="kind")]
+class TrainStep(_Model):
+    """One trainer run; a stage's steps form a chain, each starting from the previous output."""
+
+    name: str | None = Field(None, description="Step name (its output folder); defaults to the trainer's name.")
+    trainer: str = Field(description="Registered trainer plugin: `sft`, `reward-model`, `dpo`, `grpo`, "
+                                     "`distillation`, ...")
+    data: list[str] = Field(min_length=1, description="Export stages, by name, whose datasets it trains on.")
+    student: str | None = Field(None, description="Where it starts: an earlier step's name, a local model "
+                                                  "folder or 'embedded'; default: the previous step's output.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class TrainStage(_Stage):
+    kind: Literal["train"]
+    student: str = Field("embedded", description="The base model: a local model folder (safetensors) or "
+                                                 "'embedded'.")
+    student_license: str | None = Field(None, description="The base model's terms (SPDX), when its folder "
+                                                          "does not declare them.")
+    model_name: str | None = Field(None, description="The student's release name, checked against required "
+                                                     "name prefixes; default: `release.name`, else the stage name.")
+    steps: list[TrainStep] = Field(min_length=1)
+    processes: int = Field(1, ge=1, description="Training processes; above 1 the steps run under "
+                                                "`accelerate launch` (DDP; FSDP or DeepSpeed via accelerate_args).")
+    accelerate_args: list[str] = Field(default_factory=list, description="Extra `accelerate launch` arguments, "
+                                       "e.g. ['--config_file', 'fsdp.yaml'].")
+
+    @field_validator("steps")
+    @classmethod
+    def _name_steps(cls, steps: list[TrainStep]) -> list[TrainStep]:
+        counts: dict[str, int] = {}
+        for s in steps:
+            counts[s.trainer] = counts.get(s.trainer, 0) + 1
+        for j, s in enumerate(steps):
+            if s.name is None:
+                s.name = s.trainer if counts[s.trainer] == 1 else f"{s.trainer}-{j}"
+        seen: set[str] = set()
+        for j, s in enumerate(steps):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
+                raise ValueError(f"step name {s.name!r} must be letters, digits, '.', '_' or '-'")
+            if s.name in seen:
+                raise ValueError(f"duplicate step name {s.name!r}")
+            if s.student is not None and s.student in {t.name for t in steps[j:]}:
+                raise ValueError(f"step {s.name!r} starts from {s.student!r}, which is not an earlier step")
+            seen.add(s.name)
+        return steps
+
+
+Stage = Annotated[Union[GenerateStage, RankStage, FilterStage, ExportStage, TrainStage], Field(discriminator="kind")]
 
 
 class CacheSettings(_Model):
@@ -325,14 +377,17 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
             refs.append((f"stages[{i}].ranker", "ranker", s.ranker))
         elif isinstance(s, FilterStage):
             refs.extend((f"stages[{i}].filters[{j}]", "filter", f) for j, f in enumerate(s.filters))
+        elif isinstance(s, TrainStage):
+            refs.extend((f"stages[{i}].steps[{j}]", "trainer", PluginRef(plugin=t.trainer, options=t.options))
+                        for j, t in enumerate(s.steps))
     validated: dict[str, Any] = {}
-    errors: list[str] = []
+    errors: list[str] = _train_data_errors(cfg, registry)
     licenses = loaded.license_registry()
     for where, kind, ref in refs:
         try:
             spec = registry.get(kind, ref.plugin)
         except Exception as exc:  # PluginError: unknown name, lists the known ones
-            errors.append(f"{where}.plugin: {exc}")
+            errors.append(f"{where}.{'trainer' if kind == 'trainer' else 'plugin'}: {exc}")
             continue
         try:
             validated[where] = spec.cls.Options.model_validate(ref.options)
@@ -347,6 +402,11 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
             except ConfigError as exc:
                 errors.append(f"{where}.options.license: {exc}")
     for i, s in enumerate(cfg.stages):
+        if isinstance(s, TrainStage) and s.student_license:
+            try:
+                licenses.normalize(s.student_license)
+            except ConfigError as exc:
+                errors.append(f"stages[{i}].student_license: {exc}")
         if isinstance(s, RankStage) and s.teacher is None and f"stages[{i}].ranker" in validated:
             if getattr(registry.get("ranker", s.ranker.plugin).cls, "needs_judge", False):
                 errors.append(f"stages[{i}].teacher: ranker {s.ranker.plugin!r} needs a judge model; "
@@ -355,6 +415,32 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         raise ConfigError(redact("invalid config:\n" + "\n".join(f"  {e}" for e in errors),
                                  interpolated_values(loaded.raw)))
     return validated
+
+
+def _train_data_errors(cfg: Config, registry: Any) -> list[str]:
+    """A train step reads exports made earlier in the same run, in a format its trainer reads."""
+    errors: list[str] = []
+    exports: dict[str, str] = {}
+    for i, s in enumerate(cfg.stages):
+        if isinstance(s, ExportStage):
+            exports[s.name] = s.format
+        if not isinstance(s, TrainStage):
+            continue
+        for j, step in enumerate(s.steps):
+            try:
+                formats = registry.get("trainer", step.trainer).cls.formats
+            except Exception:  # noqa: BLE001 - the unknown trainer is reported with the plugin checks
+                formats = None
+            for k, name in enumerate(step.data):
+                where = f"stages[{i}].steps[{j}].data[{k}]"
+                if name not in exports:
+                    known = ", ".join(repr(e) for e in exports) or "none"
+                    errors.append(f"{where}: {name!r} is not an export stage before this one "
+                                  f"(export stages so far: {known}){suggest(name, list(exports))}")
+                elif formats is not None and exports[name] not in formats:
+                    errors.append(f"{where}: the {step.trainer} trainer reads {' or '.join(formats)} exports; "
+                                  f"{name!r} is a {exports[name]} export")
+    return errors
 
 
 def dump_yaml(data: Any) -> str:

@@ -7,7 +7,7 @@ Every step of `distill.trainer.train_chain` writes, next to the student's weight
   trainer and library versions, its options, the hardware plan, metrics, the models that shaped
   the student (a distillation teacher, a reward model), the full inherited license tag, and the
   earlier steps.
-- `README.md`: a plain model card with the same facts.
+- `README.md`: the model card (`distill.model_card`), audited once the run audits the student.
 
 The student's license combines the tag of the model it started from (a distill-trained parent
 carries its own combined tag), the tags of its datasets, and those of any teacher or reward
@@ -176,10 +176,12 @@ def write(out: Path, result: TrainResult, step: TrainStep, inputs: dict[str, Any
         "license_tag": tag.model_dump(mode="json"),
         "lineage": list(student.get("lineage") or []) + [entry],
     }
-    card = student_card(marker)
+    from distill.licenses import registry
+    from distill.model_card import write_student_cards
+
     for folder in [out] + ([result.merged_path] if result.merged_path is not None else []):
-        atomic_write(folder / "README.md", card.encode())
         atomic_write(folder / MARKER, (json.dumps(marker, indent=2, default=str) + "\n").encode())
+        write_student_cards(folder, marker, registry())
     return marker
 
 
@@ -208,62 +210,3 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-def student_card(marker: dict[str, Any]) -> str:
-    """A plain Markdown model card from a lineage marker."""
-    tag = LicenseTag.model_validate(marker["license_tag"])
-    base, parent = marker["base_model"], marker["parent"]
-    kind = {"adapter": "LoRA adapter (PEFT)", "reward-model": "reward model (sequence classification, one logit)",
-            "model": "full model"}[marker["kind"]]
-    keys = tag.expression.split(" AND ")
-    spdx = keys[0].lower() if len(keys) == 1 and not keys[0].startswith("LicenseRef-") and " " not in keys[0] else None
-    lines = [
-        "---", f"license: {spdx}" if spdx else f"license: other\nlicense_name: {tag.expression}",
-        f"base_model: {base['id']}",
-        "tags: [distill, trl]", "---", "",
-        f"# {marker['model']}", "",
-        f"A {kind} trained by distill's `{marker['trainer']['name']}` trainer, starting from "
-        f"`{parent['id']}`.", "",
-        "## License", "",
-        f"- Inherited license expression: `{tag.expression}` (from the base model, every dataset and every "
-        "model whose outputs trained it)",
-        f"- Use: {tag.use}",
-        f"- Attribution required: {'yes' if tag.attribution else 'no'}",
-        f"- Share-alike: {'yes' if tag.share_alike else 'no'}",
-    ]
-    if tag.restrictions:
-        lines.append(f"- Restrictions: {', '.join(tag.restrictions)}")
-    if tag.name_prefixes:
-        lines.append(f"- The model's name must start with: {', '.join(tag.name_prefixes)}")
-    if tag.unknown:
-        lines.append(f"- Licenses distill does not know (treated as most restrictive): {', '.join(tag.unknown)}")
-    for notice in tag.notices:
-        lines.append(f"- Notice: {notice}")
-    lines += ["", "## Base model", "",
-              f"- `{base['id']}` (revision {base.get('revision') or 'n/a'}, weights sha256 `{base['file_hash']}`, "
-              f"license `{base['license']}`)", "", "## Datasets", ""]
-    for d in marker["datasets"]:
-        declared = "" if d.get("license_declared") else " (not declared: counted as unspecified)"
-        lines.append(f"- `{d['name']}`: {d['rows']} rows, `{d['path']}`, sha256 `{d['digest'][:16]}...`, "
-                     f"license `{d['license_tag']['expression']}`{declared}")
-    if marker["influences"]:
-        lines += ["", "## Models whose outputs trained it", ""]
-        lines += [f"- {i['role']}: `{i['id']}` (license `{i.get('license')}`)" for i in marker["influences"]]
-    lines += ["", "## Training", "", f"- Steps in this run: {marker['global_step']}"
-              + (f" (resumed from `{Path(marker['resumed_from']).name}`)" if marker.get("resumed_from") else "")]
-    hw = marker.get("hardware") or {}
-    if hw:
-        procs = f" x {hw['processes']} processes" if hw.get("processes", 1) > 1 else ""
-        lines.append(f"- Hardware: {hw.get('description')}{procs}; precision {hw.get('precision')}, gradient "
-                     f"checkpointing {'on' if hw.get('gradient_checkpointing') else 'off'}")
-        lines += [f"  - {r}" for r in hw.get("reasons", [])]
-    libs = ", ".join(f"{k} {v}" for k, v in marker["trainer"]["libraries"].items())
-    lines += [f"- Libraries: {libs}", "", "Options:", "", "```json",
-              json.dumps(marker["options"], indent=2, default=str), "```", "", "## Metrics", ""]
-    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in marker["metrics"].items()]
-    if len(marker["lineage"]) > 1:
-        lines += ["", "## Lineage", ""]
-        lines += [f"{n}. `{e['step']}` ({e['trainer']}) -> `{e['model']}`, {e['global_step']} steps"
-                  for n, e in enumerate(marker["lineage"], 1)]
-    return "\n".join(lines) + "\n"

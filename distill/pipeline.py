@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import __version__
-from distill.config import (ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
+from distill.config import (ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage, TrainStage,
                             validate_plugin_options)
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.licenses import active
@@ -48,6 +48,8 @@ class RunResult:
     output: Path
     stages: list[StageResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: One per train stage (distill.train_stage.StudentResult).
+    students: list[Any] = field(default_factory=list)
 
 
 def _digest(*parts: Any) -> str:
@@ -211,6 +213,11 @@ class Pipeline:
         return store
 
     def _stage(self, i: int, stage: Any, upstream: StageStore, result: RunResult) -> StageStore:
+        if isinstance(stage, TrainStage):  # trains on the exports; the records pass on unchanged
+            from distill.train_stage import run_train_stage
+
+            result.students.append(run_train_stage(self, i, stage))
+            return upstream
         raw_stage = self.loaded.raw["stages"][i]
         teacher_key = getattr(stage, "teacher", None)
         extra = self.loaded.raw.get("teachers", {}).get(teacher_key) if teacher_key else None

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from distill.config_errors import format_validation_error
-from distill.errors import ConfigError, StoreError
+from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.plugin import Options, PluginContext
 from distill.records import LicenseTag
 from distill.trainer import (CHECKPOINTS, STATE_FILE, DatasetRef, TrainJob, TrainOptions, TrainResult, TrainStep,
@@ -113,7 +113,13 @@ def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path],
                              params=estimate_params(start), adapter=options.lora is not None)
     job = TrainJob(student=start, datasets=step.datasets, output_dir=out, hardware=hardware,
                    resume_from=resume, outputs=dict(outputs))
-    result = step.trainer.train(job)
+    try:
+        result = step.trainer.train(job)
+    except DistillError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - named, with the step; the checkpoints stay for a resume
+        raise PluginError(f"trainer plugin {step.trainer.name!r} (step {step.name!r}) failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
     result.resumed_from = str(resume) if resume is not None else None
     result.hardware = hardware
     return result
@@ -182,7 +188,7 @@ def run_job(job: Job, base_dir: Path, registry: Any = None) -> list[TrainResult]
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m distill.trainer job.json`: run a chain; prints the results as JSON lines."""
-    from distill.errors import DistillError
+    from distill.errors import scrub
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -190,11 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args[0])
     try:
-        job = Job.model_validate_json(path.read_text())
+        from distill.config import interpolate
+
+        # A job file written by a run holds `${VAR}` placeholders, never secrets: resolved here.
+        job = Job.model_validate(interpolate(json.loads(path.read_text())))
         results = run_job(job, path.resolve().parent)
     except DistillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
+    except (OSError, ValueError) as exc:  # unreadable file, not JSON, not a job
+        print(scrub(f"error: job file {path}: {exc}"), file=sys.stderr)
+        return 2
     if is_main_process():
         for r in results:
             print(json.dumps({"model_path": str(r.model_path), "global_step": r.global_step,

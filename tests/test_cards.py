@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from distill.audit import audit
 from distill.audit_rules import make_rules
 from distill.audit_target import STUDENT_MANIFEST
-from distill.cards import CARD_FILES, croissant, dataset_card, model_card, notice, write_dataset_cards
+from distill.cards import CARD_FILES, croissant, dataset_card, notice, write_dataset_cards
 from distill.licenses import builtin_registry, tag_for
+from distill.model_card import model_card
 from distill.records import Generator
 from distill.release import Acknowledgement, ReleaseSettings
 from distill.testing import make_record
