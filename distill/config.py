@@ -10,116 +10,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from distill.config_errors import format_validation_error, suggest
+from distill.config_stages import (  # noqa: F401 - re-exported: the config's public names
+    Contender, EvaluateStage, ExportStage, FilterStage, GenerateStage, PluginRef, RankStage, Stage, TrainStage,
+    TrainStep, _Model, stage_ref_errors)
 from distill.errors import ConfigError
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
 from distill.release import ReleaseSettings
 from distill.seeds import SeedSource
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PluginRef(_Model):
-    """A plugin picked by name, with its options (validated against the plugin's model)."""
-
-    plugin: str = Field(description="Registered plugin name; `distill plugins` lists them.")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"plugin": data} if isinstance(data, str) else data
-
-
-class _Stage(_Model):
-    name: str | None = Field(None, description="Unique stage name; defaults to the kind.")
-
-
-class GenerateStage(_Stage):
-    kind: Literal["generate"]
-    task: PluginRef = Field(description="What to ask: `response`, `self-instruct`, ...")
-    teacher: str = Field(description="Key of an entry in `teachers`.")
-    batch_size: int = Field(32, ge=1, description="Records per committed shard.")
-
-
-class RankStage(_Stage):
-    kind: Literal["rank"]
-    ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
-    teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
-    batch_size: int = Field(32, ge=1)
-
-
-class FilterStage(_Stage):
-    kind: Literal["filter"]
-    filters: list[PluginRef] = Field(min_length=1)
-    batch_size: int = Field(1000, ge=1)
-
-
-class ExportStage(_Stage):
-    kind: Literal["export"]
-    format: Literal["sft", "preference"] = "sft"
-
-
-class TrainStep(_Model):
-    """One trainer run; a stage's steps form a chain, each starting from the previous output."""
-
-    name: str | None = Field(None, description="Step name (its output folder); defaults to the trainer's name.")
-    trainer: str = Field(description="Registered trainer plugin: `sft`, `reward-model`, `dpo`, `grpo`, "
-                                     "`distillation`, ...")
-    data: list[str] = Field(min_length=1, description="Export stages, by name, whose datasets it trains on.")
-    student: str | None = Field(None, description="Where it starts: an earlier step's name, a local model "
-                                                  "folder or 'embedded'; default: the previous step's output.")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _one(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-
-class TrainStage(_Stage):
-    kind: Literal["train"]
-    student: str = Field("embedded", description="The base model: a local model folder (safetensors) or "
-                                                 "'embedded'.")
-    student_license: str | None = Field(None, description="The base model's terms (SPDX), when its folder "
-                                                          "does not declare them.")
-    model_name: str | None = Field(None, description="The student's release name, checked against required "
-                                                     "name prefixes; default: `release.name`, else the stage name.")
-    steps: list[TrainStep] = Field(min_length=1)
-    processes: int = Field(1, ge=1, description="Training processes; above 1 the steps run under "
-                                                "`accelerate launch` (DDP; FSDP or DeepSpeed via accelerate_args).")
-    accelerate_args: list[str] = Field(default_factory=list, description="Extra `accelerate launch` arguments, "
-                                       "e.g. ['--config_file', 'fsdp.yaml'].")
-
-    @field_validator("steps")
-    @classmethod
-    def _name_steps(cls, steps: list[TrainStep]) -> list[TrainStep]:
-        counts: dict[str, int] = {}
-        for s in steps:
-            counts[s.trainer] = counts.get(s.trainer, 0) + 1
-        for j, s in enumerate(steps):
-            if s.name is None:
-                s.name = s.trainer if counts[s.trainer] == 1 else f"{s.trainer}-{j}"
-        seen: set[str] = set()
-        for j, s in enumerate(steps):
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
-                raise ValueError(f"step name {s.name!r} must be letters, digits, '.', '_' or '-'")
-            if s.name in seen:
-                raise ValueError(f"duplicate step name {s.name!r}")
-            if s.student is not None and s.student in {t.name for t in steps[j:]}:
-                raise ValueError(f"step {s.name!r} starts from {s.student!r}, which is not an earlier step")
-            seen.add(s.name)
-        return steps
-
-
-Stage = Annotated[Union[GenerateStage, RankStage, FilterStage, ExportStage, TrainStage], Field(discriminator="kind")]
 
 
 class CacheSettings(_Model):
@@ -192,10 +95,16 @@ class Config(_Model):
     @model_validator(mode="after")
     def _teachers_exist(self) -> "Config":
         for i, s in enumerate(self.stages):
-            if isinstance(s, (GenerateStage, RankStage)) and s.teacher is not None and s.teacher not in self.teachers:
-                hint = suggest(s.teacher, list(self.teachers))
-                known = ", ".join(sorted(self.teachers)) or "none defined"
-                raise ValueError(f"stages[{i}].teacher: no teacher named {s.teacher!r}{hint} (teachers: {known})")
+            wanted: list[tuple[str, str | None]] = []
+            if isinstance(s, (GenerateStage, RankStage)):
+                wanted.append((f"stages[{i}].teacher", s.teacher))
+            elif isinstance(s, EvaluateStage):
+                wanted.extend((f"stages[{i}].contenders[{j}].teacher", c.teacher) for j, c in enumerate(s.contenders))
+            for where, key in wanted:
+                if key is not None and key not in self.teachers:
+                    hint = suggest(key, list(self.teachers))
+                    known = ", ".join(sorted(self.teachers)) or "none defined"
+                    raise ValueError(f"{where}: no teacher named {key!r}{hint} (teachers: {known})")
         return self
 
 
@@ -380,8 +289,10 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         elif isinstance(s, TrainStage):
             refs.extend((f"stages[{i}].steps[{j}]", "trainer", PluginRef(plugin=t.trainer, options=t.options))
                         for j, t in enumerate(s.steps))
+        elif isinstance(s, EvaluateStage):
+            refs.extend((f"stages[{i}].evaluators[{j}]", "evaluator", e) for j, e in enumerate(s.evaluators))
     validated: dict[str, Any] = {}
-    errors: list[str] = _train_data_errors(cfg, registry)
+    errors: list[str] = stage_ref_errors(cfg, registry)
     licenses = loaded.license_registry()
     for where, kind, ref in refs:
         try:
@@ -415,32 +326,6 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         raise ConfigError(redact("invalid config:\n" + "\n".join(f"  {e}" for e in errors),
                                  interpolated_values(loaded.raw)))
     return validated
-
-
-def _train_data_errors(cfg: Config, registry: Any) -> list[str]:
-    """A train step reads exports made earlier in the same run, in a format its trainer reads."""
-    errors: list[str] = []
-    exports: dict[str, str] = {}
-    for i, s in enumerate(cfg.stages):
-        if isinstance(s, ExportStage):
-            exports[s.name] = s.format
-        if not isinstance(s, TrainStage):
-            continue
-        for j, step in enumerate(s.steps):
-            try:
-                formats = registry.get("trainer", step.trainer).cls.formats
-            except Exception:  # noqa: BLE001 - the unknown trainer is reported with the plugin checks
-                formats = None
-            for k, name in enumerate(step.data):
-                where = f"stages[{i}].steps[{j}].data[{k}]"
-                if name not in exports:
-                    known = ", ".join(repr(e) for e in exports) or "none"
-                    errors.append(f"{where}: {name!r} is not an export stage before this one "
-                                  f"(export stages so far: {known}){suggest(name, list(exports))}")
-                elif formats is not None and exports[name] not in formats:
-                    errors.append(f"{where}: the {step.trainer} trainer reads {' or '.join(formats)} exports; "
-                                  f"{name!r} is a {exports[name]} export")
-    return errors
 
 
 def dump_yaml(data: Any) -> str:

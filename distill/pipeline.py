@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from distill import __version__
-from distill.config import (ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage, TrainStage,
-                            validate_plugin_options)
+from distill.config import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
+                            TrainStage, validate_plugin_options)
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.licenses import active
 from distill.model_terms import Terms, resolve_terms, unknown_warning
@@ -50,6 +50,8 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     #: One per train stage (distill.train_stage.StudentResult).
     students: list[Any] = field(default_factory=list)
+    #: One per evaluate stage (distill.eval_stage.EvalResult).
+    evaluations: list[Any] = field(default_factory=list)
 
 
 def _digest(*parts: Any) -> str:
@@ -217,6 +219,11 @@ class Pipeline:
             from distill.train_stage import run_train_stage
 
             result.students.append(run_train_stage(self, i, stage))
+            return upstream
+        if isinstance(stage, EvaluateStage):  # scores models on held-out data; the records pass on unchanged
+            from distill.eval_stage import run_evaluate_stage
+
+            result.evaluations.append(run_evaluate_stage(self, i, stage, result.students))
             return upstream
         raw_stage = self.loaded.raw["stages"][i]
         teacher_key = getattr(stage, "teacher", None)

@@ -62,17 +62,14 @@ class Plugin:
         """Release engines, files or connections. Called once when the stage ends."""
 
 
-class Evaluator(Plugin):
-    """Scores a model on held-out prompts."""
-
-    def evaluate(self, model_path: str, records: list[Any]) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
-
-
 def __getattr__(name: str) -> Any:
-    """`Trainer` lives in `distill.trainer` (it imports this module); re-exported lazily."""
+    """`Trainer` and `Evaluator` live in their own modules (which import this one); re-exported lazily."""
     if name == "Trainer":
         from distill.trainer import Trainer
 
         return Trainer
+    if name == "Evaluator":
+        from distill.evaluator import Evaluator
+
+        return Evaluator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

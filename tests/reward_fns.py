@@ -7,3 +7,12 @@ def prefers_short(prompt, response, penalty=1.0):
 
 def acme_rubric(prompt, response):
     return 1.0 if response.startswith("Acme Support:") else 0.0
+
+
+def tagged_rubric(prompt, response, tags):
+    """Passes an answer only on an on-topic question: checks the item's tags reach the rubric."""
+    return 1.0 if response.startswith("Answer") and tags.get("topic") == "on" else 0.0
+
+
+def broken_rubric(prompt, response):
+    raise ValueError("rubric bug")
