@@ -71,6 +71,20 @@ def run(
                               escape(str(r.model_path)), st.verdict if last else "")
         out.print(table)
     out.print(f"output: {result.output}", markup=False, highlight=False)
+    _write_report(result.output)
+
+
+def _write_report(output: Path) -> None:
+    """The run's HTML report; a failure here is a warning: the run itself succeeded."""
+    try:
+        from distill.report import write_report
+
+        path = write_report(output)
+    except Exception as exc:  # noqa: BLE001 - whatever broke the report, the data is committed
+        err.print(f"[yellow]warning:[/] could not write the report: {escape(scrub(f'{type(exc).__name__}: {exc}'))}"
+                  f" (retry with `distill report {escape(str(output))}`)", highlight=False, soft_wrap=True)
+        return
+    out.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_stages(rows: list[tuple[str, str, dict[str, int], str]]) -> None:
@@ -120,6 +134,25 @@ def inspect(
         err.print(repair_hint(output), markup=False, highlight=False)
     if damaged or not all(r.balanced for r in reports):
         raise typer.Exit(1)
+
+
+@app.command()
+def report(output: Annotated[Path, typer.Argument(help="A run's output folder.")]) -> None:
+    """Write OUT/report.html: data funnel, training curves, evaluations, audits and sample records
+    of a run, in one self-contained HTML file; prints its path. Exits 2 if OUT is not a run's output."""
+    from distill.report import write_report
+
+    try:
+        path = write_report(output)
+    except DistillError as exc:
+        err.print(f"[bold red]error:[/] {escape(scrub(str(exc)))}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a read-only or full disk: say where, never a traceback
+        where = exc.filename or output / "report.html"
+        err.print(f"[bold red]error:[/] cannot write {escape(str(where))}: {escape(exc.strerror or str(exc))}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    out.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
