@@ -137,7 +137,7 @@ def make_registry(
     for kind, hook in KINDS.items():
         for impl in getattr(pm.hook, hook).get_hookimpls():
             package, version = origins.get(impl.plugin_name, (None, None))
-            register = _registrar(reg, kind, impl.plugin_name, package, version)
+            register = _registrar(reg, kind, impl.plugin_name, package, version, strict)
             try:
                 impl.function(register=register)
             except PluginError:
@@ -181,19 +181,27 @@ def _fail(reg: PluginRegistry, strict: bool, plugin: str, package: str | None, e
     reg.failures.append(LoadFailure(plugin, package, error))
 
 
-def _registrar(reg: PluginRegistry, kind: str, plugin: str, package: str | None, version: str | None):
+def _registrar(reg: PluginRegistry, kind: str, plugin: str, package: str | None, version: str | None,
+               strict: bool):
     base = _base_for(kind)
 
     def register(cls: type) -> None:
-        where = f"plugin {plugin!r}"
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise PluginError(f"{where} registered {cls!r} as a {kind}, but it is not a {base.__name__} subclass")
+        """A class of the wrong shape is reported like a plugin that fails to import (fatal only
+        under strict loading), so one plugin's mistake cannot take `distill plugins` down with it.
+        A duplicate name stays an error: which of the two a config means cannot be guessed."""
+        problem = None
         name = getattr(cls, "name", None)
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"{where} registered {cls.__name__} without a `name` class attribute")
         opts = getattr(cls, "Options", None)
-        if not (isinstance(opts, type) and issubclass(opts, BaseOptions)):
-            raise PluginError(f"{where}: {cls.__name__}.Options must subclass distill.plugin.Options")
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            problem = f"registered {cls!r} as a {kind}, but it is not a {base.__name__} subclass"
+        elif not isinstance(name, str) or not name:
+            problem = f"registered {cls.__name__} without a `name` class attribute"
+        elif not (isinstance(opts, type) and issubclass(opts, BaseOptions)):
+            problem = f"{cls.__name__}.Options must subclass distill.plugin.Options"
+        if problem is not None:
+            _fail(reg, strict, plugin, package, problem)
+            return
+        assert isinstance(name, str)
         existing = reg.specs[kind].get(name)
         if existing is not None:
             raise PluginError(

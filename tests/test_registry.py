@@ -39,8 +39,11 @@ def test_registering_something_that_is_not_a_plugin_names_the_plugin():
         def register_filters(self, register):
             register(object)
 
-    with pytest.raises(PluginError, match="plugin 'bad' registered .* not a Filter subclass"):
-        make_registry(entry_points=False, extra=[("bad", Bad())])
+    reg = make_registry(entry_points=False, extra=[("bad", Bad()), ("fake", FakePlugins())])
+    assert [(f.plugin, "not a Filter subclass" in f.error) for f in reg.failures] == [("bad", True)]
+    assert reg.get("teacher", "echo")  # the other plugins still load
+    with pytest.raises(PluginError, match="plugin 'bad' .*registered .* not a Filter subclass"):
+        make_registry(entry_points=False, extra=[("bad", Bad())], strict=True)
 
 
 def test_a_misspelled_hook_is_an_error_not_silence():
