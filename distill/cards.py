@@ -26,7 +26,7 @@ from distill.lineage import DATASET_SIDECAR
 from distill.records import LicenseTag, Record
 from distill.store import atomic_write
 
-CARD_FILES = ("README.md", "croissant.json", "NOTICE")
+CARD_FILES = ("README.md", "croissant.json", "NOTICE", "audit.json")
 _CROISSANT_CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
     "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
@@ -227,7 +227,9 @@ def _data_files(path: Path) -> list[tuple[str, str, int]]:
 
 def write_dataset_cards(path: Path, name: str, records: list[Record], report: AuditReport, registry: Registry,
                         fmt: str = "sft") -> list[Path]:
-    """Write README.md, croissant.json and NOTICE into an exported dataset's folder."""
+    """Write README.md, croissant.json, NOTICE and the audit (audit.json, as `distill audit --json`
+    prints it) into an exported dataset's folder."""
+    from distill.audit_report import to_json
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     texts = {
@@ -240,6 +242,7 @@ def write_dataset_cards(path: Path, name: str, records: list[Record], report: Au
             "license_tag": report.license.model_dump(mode="json"), "registry_version": report.registry_version,
             "audit": {"use": report.release.use, "what": report.release.what, "verdict": report.verdict}},
             indent=2, sort_keys=True) + "\n",
+        "audit.json": to_json(report.model_copy(update={"target": "."})),  # no local paths in what is published
     }
     for file, text in texts.items():
         for debris in path.glob(f".{file}.*.tmp"):  # left by a run killed while it wrote this card

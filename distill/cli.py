@@ -204,7 +204,7 @@ def plugins(
     for s in specs:
         props = s.options_schema().get("properties", {})
         opts = ", ".join(f"{k}={_short(v['default'])}" if "default" in v else k for k, v in props.items())
-        table.add_row(s.kind, s.name, s.package or "-", s.version or "-", opts)
+        table.add_row(*(escape(v) for v in (s.kind, s.name, s.package or "-", s.version or "-", opts)))
     out.print(table)
     _report_failures(reg)
 

@@ -138,7 +138,7 @@ class Contender(_Model):
 
 class EvaluateStage(_Stage):
     """Held-out questions answered by every contender, scored by every evaluator. Records pass
-    through unchanged; the results go to `OUT/<stage>/eval.json`."""
+    through unchanged; the results go to `OUT/eval/<stage>/eval.json`."""
 
     kind: Literal["evaluate"]
     data: SeedSource = Field(description="The held-out set, read like a seed file (`path`, fields, "

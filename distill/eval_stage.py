@@ -1,7 +1,7 @@
 """The `evaluate` stage: every contender answers the held-out set, every evaluator scores them.
 
 Answers go through the request cache like any teacher call, so a re-run (or a resumed run)
-pays for none of them again. The stage is done when `OUT/<stage>/eval.json` exists with the
+pays for none of them again. The stage is done when `OUT/eval/<stage>/eval.json` exists with the
 stage's current digest: its config, the held-out file, the teachers it uses and each
 student's lineage marker (a retrained student changes it). Records pass through unchanged.
 """
@@ -41,7 +41,7 @@ def run_evaluate_stage(p: "Pipeline", i: int, stage: "EvaluateStage", students: 
     from distill.seeds import load_seeds
 
     started = time.monotonic()
-    folder = p.output / str(stage.name)
+    folder = p.output / "eval" / str(stage.name)
     path = folder / EVAL_FILE
     load = load_seeds(stage.data, p.loaded.base_dir)
     for w in load.warnings:
@@ -215,7 +215,7 @@ def _engine(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str |
 def _merged(p: "Pipeline", stage: "EvaluateStage", name: str, adapter: Path) -> Path:
     from distill_plugins._train_common import load_model, load_tokenizer  # the trainers' own loader
 
-    out = p.output / str(stage.name) / "merged" / name
+    out = p.output / "eval" / str(stage.name) / "merged" / name
     stamp = hashlib.sha256((adapter / "adapter_config.json").read_bytes()
                            + (adapter / "distill-model.json").read_bytes() if (adapter / "distill-model.json").is_file()
                            else b"").hexdigest()[:16]

@@ -40,7 +40,7 @@ _LIBRARIES = ("trl", "peft", "transformers", "torch", "accelerate", "datasets")
 
 #: Files distill writes beside an export's data: rewritten whenever the release policy changes,
 #: which must not make a finished training step look trained on other data.
-CARD_FILES = frozenset({"README.md", "croissant.json", "NOTICE", DATASET_SIDECAR})
+CARD_FILES = frozenset({"README.md", "croissant.json", "NOTICE", "audit.json", "AUDIT.md", DATASET_SIDECAR})
 
 
 def dataset_digest(path: Path) -> str:

@@ -198,7 +198,7 @@ def _audits(root: Path, funnel: list[Any], problems: list[str]) -> list[AuditEnt
 
 def _saved_audit(path: Path, root: Path, kind: str, how: str, problems: list[str]) -> AuditEntry:
     rel = path.relative_to(root).as_posix()
-    where = rel.rsplit("/", 1)[0] if kind == "student" else None
+    where = rel.rsplit("/", 1)[0] if kind in ("student", "dataset") else None
     try:
         from distill.audit import AuditReport
 

@@ -1,4 +1,4 @@
-"""The report's evaluation part: reading `OUT/<stage>/eval.json`, which an `evaluate` stage writes.
+"""The report's evaluation part: reading `OUT/eval/<stage>/eval.json`, which an `evaluate` stage writes.
 
 The file is read leniently (unknown keys ignored, missing ones defaulted) because it is
 another stage's output and may grow: the report shows what it understands, and a file it
@@ -103,8 +103,8 @@ class _EvalFile(_Loose):
 
 
 def _eval_files(root: Path, order: dict[str, int]) -> list[Path]:
-    """`OUT/<stage>/eval.json` (also looked for under `OUT/stages/<stage>/`), in config order."""
-    found = {p.resolve(): p for pattern in (f"*/{EVAL_FILE}", f"stages/*/{EVAL_FILE}") for p in root.glob(pattern)}
+    """`OUT/eval/<stage>/eval.json`, in config order."""
+    found = {p.resolve(): p for p in root.glob(f"eval/*/{EVAL_FILE}")}
     return sorted(found.values(), key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name, str(p)))
 
 

@@ -71,6 +71,23 @@ def test_plugins_lists_first_party_plugins():
     assert {("task", "response"), ("task", "self-instruct"), ("filter", "length"), ("filter", "exact-dedup")} <= names
 
 
+def test_the_plugins_table_shows_option_defaults_in_brackets_as_text(tmp_path):
+    import os
+
+    site = tmp_path / "site"
+    (site / "maskplug-0.1.dist-info").mkdir(parents=True)
+    (site / "maskplug-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: maskplug\nVersion: 0.1\n")
+    (site / "maskplug-0.1.dist-info" / "entry_points.txt").write_text("[distill]\nmask = maskplug_mod\n")
+    (site / "maskplug_mod.py").write_text(
+        "from distill.filter import Filter, Keep\nfrom distill.hookspecs import hookimpl\nfrom distill.plugin import Options\n"
+        "class Mask(Filter):\n    name = 'mask-it'\n    class Options(Options):\n        mask_with: str = '[blocked]'\n"
+        "    def check(self, record):\n        return Keep()\n"
+        "@hookimpl\ndef register_filters(register):\n    register(Mask)\n")
+    r = distill("plugins", env={**os.environ, "PYTHONPATH": str(site), "COLUMNS": "400"})
+    assert r.returncode == 0, r.stderr
+    assert "mask_with='[blocked]'" in r.stdout  # rich would read `[blocked]` as markup and drop it
+
+
 def test_a_broken_third_party_plugin_does_not_break_the_cli(tmp_path):
     import os
 

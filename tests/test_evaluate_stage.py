@@ -62,8 +62,8 @@ def _errors(cfg) -> str:
 def test_every_contender_answers_every_item_and_every_evaluator_scores(tmp_path):
     result = pipeline(_cfg(tmp_path, bad_line=True)).run()
     [ev] = result.evaluations
-    doc = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
-    assert ev.path == tmp_path / "out" / "eval" / "eval.json" and not ev.skipped
+    doc = json.loads((tmp_path / "out" / "eval" / "eval" / "eval.json").read_text())
+    assert ev.path == tmp_path / "out" / "eval" / "eval" / "eval.json" and not ev.skipped
     assert [c["name"] for c in doc["contenders"]] == ["short", "long"]
     assert [c["system_prompt"] for c in doc["contenders"]] == [True, False]
     assert len(doc["items"]) == 4 and doc["rejected"] and "line 2" in doc["rejected"][0]["where"]

@@ -120,7 +120,7 @@ def write_eval(out: Path, stage: str = "evaluate", worst: bool = True) -> Path:
                   for i in range(4)],
         "worst": {"rubric": {"student": ["e0", "e3"]}} if worst else {},
     }
-    path = out / stage / "eval.json"
+    path = out / "eval" / stage / "eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
@@ -227,13 +227,13 @@ def test_without_matplotlib_the_tables_stay(run_out, monkeypatch):
 def test_missing_and_unreadable_parts_are_named_not_fatal(run_out, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run_out, out)
-    (out / "evaluate" / "eval.json").write_text('{"metrics": [{"scores": {}}]}')  # a metric without a name
+    (out / "eval" / "evaluate" / "eval.json").write_text('{"metrics": [{"scores": {}}]}')  # a metric without a name
     log = out / "models" / "student" / "sft" / "training_log.json"
     log.parent.mkdir(parents=True)
     log.write_text("{not json")
     page = Page(write_report(out).read_text(encoding="utf-8"))
     assert page.order == SECTIONS
-    assert "evaluate/eval.json cannot be read: metrics.0.name: Field required" in page.text["evaluation"]
+    assert "eval/evaluate/eval.json cannot be read: metrics.0.name: Field required" in page.text["evaluation"]
     assert "student / sft: training_log.json: cannot be read" in page.text["training"]
     assert ["student", "sft", "–", "–"] == page.rows["training"][1][:4]
     assert "Parts of this output could not be read" in (out / "report.html").read_text()
@@ -255,7 +255,7 @@ def test_a_run_with_nothing_exported_says_so(tmp_path):
 
 def test_worst_cases_are_ranked_when_the_file_lists_none(tmp_path):
     write_eval(tmp_path, worst=False)
-    ev = _EvalFile.model_validate_json((tmp_path / "evaluate" / "eval.json").read_bytes())
+    ev = _EvalFile.model_validate_json((tmp_path / "eval" / "evaluate" / "eval.json").read_bytes())
     cases = _worst(ev)
     # rubric: the student (the only student contender) lowest first, ties in file order
     assert [(c.metric, c.contender, c.id, c.score) for c in cases] == [
