@@ -22,7 +22,7 @@ from distill.licenses import effective_tag
 from distill.ranker import Judge, Ranker, candidates_of
 from distill.records import Generator, Message, Record, Source, stable_id
 from distill.store import StageStore
-from distill.task import ExpandTask, MapTask, Reject, Task
+from distill.task import ExpandTask, MapTask, PassThrough, Reject, Task
 from distill.teacher import ChatRequest
 
 
@@ -80,6 +80,9 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: lis
             built = _guard(task, "build", lambda: task.build(r), r)
             if isinstance(built, Reject):
                 rejected.append(_drop(r, ctx.stage, task, built.reason))
+            elif isinstance(built, PassThrough):
+                r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason)
+                kept.append(r)
             else:
                 pending.append((r, ChatRequest(messages=built, seed=derive_seed(ctx.run_seed, ctx.stage, r.id))))
         results = caller([q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")

@@ -24,6 +24,14 @@ class Reject:
     reason: str
 
 
+@dataclass(frozen=True)
+class PassThrough:
+    """A map task's verdict that an input needs no teacher call (it is already answered, say):
+    the record is kept unchanged, with the reason in its events."""
+
+    reason: str
+
+
 @dataclass
 class Proposal:
     """A prompt for the teacher in an expand task, with the records it was built from."""
@@ -37,8 +45,8 @@ class Task(Plugin):
 
 
 class MapTask(Task):
-    def build(self, record: Record) -> list[Message] | Reject:
-        """The messages to send for this record, or a rejection of the input."""
+    def build(self, record: Record) -> list[Message] | Reject | PassThrough:
+        """The messages to send for this record, a rejection of the input, or a pass-through."""
         raise NotImplementedError  # pragma: no cover
 
     def apply(self, record: Record, samples: list[Sample], generator: int) -> Record | Reject:

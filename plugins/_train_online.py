@@ -95,7 +95,7 @@ class GRPOTrainer(Trainer):
         from distill_plugins.rankers import load_callable
 
         if isinstance(ref, str):
-            return ref, load_callable(ref)
+            return ref, load_callable(ref, self.context.base_dir)
         from distill.registry import make_registry
 
         spec = make_registry().get("ranker", ref.plugin)

@@ -91,8 +91,16 @@ class Engine:
 
     def _chat(self, conversations: list[list[dict[str, str]]], specs: list[dict[str, Any]]) -> list[list[Sample]]:
         params = [_sampling_params(s) for s in specs]
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)
-        return [_samples(o) for o in outputs]
+        results: list[list[Sample]] = [[] for _ in conversations]
+        for prefill in (False, True):  # a conversation ending in an assistant message is continued
+            idx = [i for i, c in enumerate(conversations) if (bool(c) and c[-1]["role"] == "assistant") == prefill]
+            if not idx:
+                continue
+            outputs = self.llm.chat([conversations[i] for i in idx], [params[i] for i in idx], use_tqdm=False,
+                                    add_generation_prompt=not prefill, continue_final_message=prefill)
+            for i, o in zip(idx, outputs):
+                results[i] = _samples(o)
+        return results
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

@@ -13,7 +13,7 @@ from pydantic import Field
 from distill.errors import ConfigError, PluginError
 from distill.evaluator import Contender, EvalContext, EvalItem, EvalScores, Evaluator
 from distill.hookspecs import hookimpl
-from distill.plugin import Options
+from distill.plugin import Options, PluginContext
 from distill.records import Message
 from distill.teacher import ChatRequest
 from distill_plugins.rankers import PAIR_PROMPT, JudgeRanker, load_callable
@@ -32,12 +32,13 @@ class RubricEvaluator(Evaluator):
     description = "mean score of the task rubric (a reward function), 0 to 1 for a pass/fail rubric"
 
     class Options(Options):
-        function: str = Field(description="'package.module:function' to call.")
+        function: str = Field(description="'package.module:function' or 'path/to/file.py:function' "
+                                          "(relative to the config) to call.")
         kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for it.")
 
-    def __init__(self, options: Any = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self._fn = load_callable(self.options.function)
+    def setup(self, context: PluginContext) -> None:
+        super().setup(context)
+        self._fn = load_callable(self.options.function, context.base_dir)
         params = inspect.signature(self._fn).parameters.values()
         #: Rubrics that care what the question is about (on- or off-topic) take the item's tags.
         self._tags = any(p.name == "tags" or p.kind is p.VAR_KEYWORD for p in params)

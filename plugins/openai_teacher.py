@@ -275,6 +275,10 @@ class OpenAITeacher(Teacher):
             kwargs["logprobs"] = True
         if req.response_format is not None and self._send_response_format:
             kwargs["response_format"] = req.response_format
+        if req.messages and req.messages[-1].role == "assistant":
+            # Continue the final assistant message (a task's answer prefix): vLLM's and SGLang's
+            # servers take these; an API without prefill rejects the request, which names the field.
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         return kwargs
 
     async def _call(self, req: ChatRequest, n: int, seed: int) -> list[Sample]:

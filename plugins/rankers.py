@@ -6,6 +6,7 @@ import importlib
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
@@ -21,20 +22,55 @@ from distill.teacher import ChatRequest
 RewardFn = Callable[..., float]
 
 
-def load_callable(spec: str) -> RewardFn:
-    """`package.module:function`, named explicitly in the config (nothing is discovered)."""
+def load_callable(spec: str, base_dir: Path | None = None) -> RewardFn:
+    """`package.module:function`, or `path/to/file.py:function` (relative to the config's folder),
+    named explicitly in the config: nothing is discovered."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise PluginError(f"reward function {spec!r} must be written 'package.module:function'")
+        raise PluginError(f"reward function {spec!r} must be written 'package.module:function' or "
+                          "'path/to/file.py:function'")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _module_from_file(module_name, base_dir) if module_name.endswith(".py") \
+            else importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise PluginError(f"cannot load reward function {spec!r}: {exc}") from None
+    except (ImportError, AttributeError, OSError, SyntaxError) as exc:
+        raise PluginError(f"cannot load reward function {spec!r}: {type(exc).__name__}: {exc}") from None
     if not callable(obj):
         raise PluginError(f"reward function {spec!r} is not callable")
     return obj
+
+
+def is_file_spec(spec: str) -> bool:
+    return spec.partition(":")[0].endswith(".py")
+
+
+def _module_from_file(path_text: str, base_dir: Path | None) -> Any:
+    """A config's own reward file, loaded under a name derived from its path (two configs' `rubric.py`
+    stay apart); importing it again returns the same module."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    path = Path(path_text).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    path = path.resolve()
+    name = f"distill_user_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.is_file():
+        raise ImportError(f"no file {path}")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 class RewardFunctionRanker(Ranker):
@@ -47,14 +83,21 @@ class RewardFunctionRanker(Ranker):
     name = "reward-function"
 
     class Options(Options):
-        function: str | None = Field(None, description="'package.module:function' to call.")
+        function: str | None = Field(None, description="'package.module:function' or 'path/to/file.py:function' (relative to the config) to call.")
         kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for it.")
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        self._fn: RewardFn | None = load_callable(self.options.function) if self.options.function else None
-        if self._fn is None and type(self).reward is RewardFunctionRanker.reward:
+        f = self.options.function
+        # A file is found relative to the config's folder, which setup() brings.
+        self._fn: RewardFn | None = load_callable(f) if f and not is_file_spec(f) else None
+        if f is None and type(self).reward is RewardFunctionRanker.reward:
             raise PluginError("reward-function ranker: set `function: package.module:function`")
+
+    def setup(self, context: PluginContext) -> None:
+        super().setup(context)
+        if self.options.function and is_file_spec(self.options.function):
+            self._fn = load_callable(self.options.function, context.base_dir)
 
     def reward(self, prompt: list[dict[str, str]], response: str) -> float:
         assert self._fn is not None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Literal
 
 from pydantic import Field
 
 from distill.hookspecs import hookimpl
 from distill.plugin import Options
 from distill.records import Candidate, Message, Record
-from distill.task import ExpandTask, MapTask, Proposal, Reject
+from distill.task import ExpandTask, MapTask, PassThrough, Proposal, Reject
 from distill.teacher import Sample
 
 
@@ -25,19 +26,29 @@ class ResponseTask(MapTask):
             False, description="Keep the teacher's system prompt in the output. Off by default: the "
                                "student should learn the behaviour without being told.")
         min_chars: int = Field(1, ge=0, description="Shorter answers count as empty.")
+        prefix: str | None = Field(None, description="Start every answer with this text: the teacher continues "
+                                   "it (assistant prefill; local engines and vLLM servers support it). A small "
+                                   "teacher that ignores a format rule in the system prompt follows it this way.")
+        answered: Literal["regenerate", "keep"] = Field(
+            "regenerate", description="What to do with records that already end in an answer (seeds with "
+                                      "responses): ask the teacher again, or keep their answer unchanged.")
 
-    def build(self, record: Record) -> list[Message] | Reject:
+    def build(self, record: Record) -> list[Message] | Reject | PassThrough:
         prompt = record.prompt()
         if not any(m.role == "user" and m.content.strip() for m in prompt):
             return Reject("no user message to answer")
+        if self.options.answered == "keep" and record.response():
+            return PassThrough("already answered (answered: keep)")
         if self.options.system_prompt:
             prompt = [Message(role="system", content=self.options.system_prompt)] + [
                 m for m in prompt if m.role != "system"]
+        if self.options.prefix:
+            prompt = prompt + [Message(role="assistant", content=self.options.prefix)]
         return prompt
 
     def apply(self, record: Record, samples: list[Sample], generator: int) -> Record | Reject:
-        texts = [s.text.strip() for s in samples]
-        usable = [i for i, t in enumerate(texts) if len(t) >= max(1, self.options.min_chars)]
+        texts = [self._answer(s.text) for s in samples]
+        usable = [i for i, s in enumerate(samples) if len(s.text.strip()) >= max(1, self.options.min_chars)]
         if not usable:
             return Reject("empty response")
         prompt = record.prompt()
@@ -52,6 +63,16 @@ class ResponseTask(MapTask):
                                            finish_reason=samples[i].finish_reason) for i in usable]
         record.metadata["finish_reason"] = samples[first].finish_reason
         return record
+
+    def _answer(self, text: str) -> str:
+        """The engine returns what follows the prefix; the answer is both. An engine that echoes the
+        prefix back is not prefixed twice."""
+        prefix = self.options.prefix
+        if not prefix:
+            return text.strip()
+        if text.lstrip().startswith(prefix):
+            return text.strip()
+        return (prefix + (text if text[:1].isspace() or not text else " " + text)).strip()
 
 
 DEFAULT_PROMPT = (

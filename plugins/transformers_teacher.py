@@ -153,7 +153,9 @@ class TransformersTeacher(Teacher):
         prompt_tokens = 0
         for i, req in enumerate(requests):
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prefill = messages[-1]["role"] == "assistant"  # continue a task's answer prefix
+            text = tok.apply_chat_template(messages, add_generation_prompt=not prefill,
+                                           continue_final_message=prefill, tokenize=False)
             ids = tok(text, add_special_tokens=False)["input_ids"]
             prompt_tokens += len(ids)
             base = req.seed if req.seed is not None else derive_seed(opts.seed, messages)

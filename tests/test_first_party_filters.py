@@ -42,3 +42,17 @@ def test_exact_dedup_restores_its_state_on_resume():
 def test_make_record_has_full_provenance():
     r = make_record("q", "a", license="CC-BY-NC-4.0")
     assert r.provenance.license.use == "non-commercial" and r.provenance.events[0].action == "loaded"
+
+
+def test_min_score_drops_what_no_candidate_passed_and_pairs_without_a_margin():
+    from distill_plugins.scores import ScoreFilter
+
+    recs = [make_record("q", "a", candidates=[("good", 1.0), ("bad", 0.0)]),
+            make_record("q", "a", candidates=[("meh", 0.5), ("bad", 0.0)]),
+            make_record("q", "a", candidates=[("good", 1.0), ("also good", 1.0)]),
+            make_record("q", "a seed answer")]
+    assert run_filter(ScoreFilter(min_score=1.0), recs) == [
+        KEEP, Drop("low score: best of 2 is 0.5, below 1"), KEEP, Drop("unranked: no scored candidates")]
+    assert run_filter(ScoreFilter(min_score=1.0, min_margin=0.5, unscored="keep"), recs) == [
+        KEEP, Drop("low score: best of 2 is 0.5, below 1"),
+        Drop("small margin: best 1 and worst 1 differ by less than 0.5"), KEEP]

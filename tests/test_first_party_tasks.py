@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from distill.records import Message
-from distill.task import Proposal, Reject
+from distill.task import PassThrough, Proposal, Reject
 from distill.teacher import Sample
 from distill.testing import make_record
 from distill_plugins.tasks import ResponseTask, SelfInstructTask
@@ -30,6 +30,27 @@ def test_response_task_rejections():
     t = ResponseTask()
     assert t.build(make_record("   ")) == Reject("no user message to answer")
     assert t.apply(make_record("q"), [Sample(text=" "), Sample(text="")], 0) == Reject("empty response")
+
+
+def test_response_task_prefix_is_continued_and_kept_once():
+    t = ResponseTask(system_prompt="S", prefix="Acme Support:")
+    rec = make_record("How do I reset it?")
+    sent = t.build(rec)
+    assert [(m.role, m.content) for m in sent][-1] == ("assistant", "Acme Support:")
+    out = t.apply(rec, [Sample(text=" Hold the button."), Sample(text="Acme Support: Unplug it."),
+                        Sample(text="Press reset."), Sample(text="  ")], 0)
+    # continued, echoed by the engine, glued without a space, empty continuation dropped
+    assert [c.content for c in out.candidates] == ["Acme Support: Hold the button.", "Acme Support: Unplug it.",
+                                                   "Acme Support: Press reset."]
+    assert [m.role for m in out.messages] == ["user", "assistant"]  # the prefix is the answer's, not a turn
+    assert t.apply(make_record("q"), [Sample(text=" ")], 0) == Reject("empty response")
+
+
+def test_response_task_keeps_answers_it_is_told_to_keep():
+    keep = ResponseTask(answered="keep")
+    assert keep.build(make_record("q", "a seed answer")) == PassThrough("already answered (answered: keep)")
+    assert isinstance(keep.build(make_record("q")), list)  # unanswered ones still go to the teacher
+    assert isinstance(ResponseTask().build(make_record("q", "a seed answer")), list)
 
 
 def test_self_instruct_prompts_mix_seed_and_generated_examples():

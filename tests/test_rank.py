@@ -132,3 +132,18 @@ def test_reward_model_ranker_scores_with_a_real_sequence_classifier(tiny_reward_
     rm.close()
     with pytest.raises(PluginError, match="not a transformers model folder"):
         RewardModelRanker(model="nope").setup(PluginContext(base_dir=tmp_path, progress=False))
+
+
+def test_a_reward_function_can_live_in_a_file_beside_the_config(tmp_path):
+    from distill.plugin import PluginContext
+    from distill_plugins.rankers import load_callable
+
+    (tmp_path / "rubric.py").write_text("def score(prompt, response):\n    return float(len(response))\n")
+    ranker = RewardFunctionRanker(function="rubric.py:score")
+    ranker.setup(PluginContext(base_dir=tmp_path))
+    assert ranker.reward([{"role": "user", "content": "q"}], "abcd") == 4.0
+    with pytest.raises(PluginError, match=r"cannot load reward function 'missing.py:score': ImportError: no file"):
+        load_callable("missing.py:score", tmp_path)
+    (tmp_path / "broken.py").write_text("def score(:\n")
+    with pytest.raises(PluginError, match="SyntaxError"):
+        load_callable("broken.py:score", tmp_path)

@@ -169,3 +169,21 @@ def test_setup_resolves_a_relative_model_folder_against_the_config(tmp_path, tin
     teacher.close()
     with pytest.raises(PluginError, match=str(tmp_path / "nope")):
         TransformersTeacher(model="nope").setup(PluginContext(base_dir=tmp_path, progress=False))
+
+
+def test_a_final_assistant_message_is_continued_not_answered_anew(tiny_model_dir):
+    """An answer prefix (the response task's `prefix`) is prefilled: the prompt ends inside the
+    assistant turn, so it is longer than the plain prompt by exactly the prefix's tokens."""
+    from transformers import AutoTokenizer
+
+    teacher = TransformersTeacher(model=str(tiny_model_dir), n=1, max_tokens=4, temperature=1.0)
+    plain = ChatRequest(messages=[Message(role="user", content="Hi")], seed=1, n=1)
+    prefilled = ChatRequest(messages=[Message(role="user", content="Hi"),
+                                      Message(role="assistant", content="Acme Support:")], seed=1, n=1)
+    teacher.generate([plain])
+    before = teacher.usage.prompt_tokens
+    (b,) = teacher.generate([prefilled])
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert teacher.usage.prompt_tokens - 2 * before == len(tok("Acme Support:", add_special_tokens=False).input_ids)
+    assert not b[0].text.startswith("Acme Support:")  # the engine returns the continuation only
+    teacher.close()

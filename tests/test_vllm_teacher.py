@@ -220,3 +220,18 @@ def test_close_stops_every_engine_process(teacher):
     teacher.close()
     assert engine_processes() == []
     teacher.close()  # twice is harmless
+
+
+def test_a_final_assistant_message_is_continued_not_answered_anew(teacher):
+    """An answer prefix (the response task's `prefix`) is prefilled: the prompt ends inside the
+    assistant turn, so it is longer than the plain prompt by exactly the prefix's tokens."""
+    from transformers import AutoTokenizer
+
+    folder = teacher.options.model
+    plain = ChatRequest(messages=[Message(role="user", content="Hi")], seed=1, n=1)
+    prefilled = ChatRequest(messages=[Message(role="user", content="Hi"),
+                                      Message(role="assistant", content="Acme Support:")], seed=1, n=1)
+    a, b = teacher.generate([plain, prefilled])
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert b[0].prompt_tokens - a[0].prompt_tokens == len(tok("Acme Support:", add_special_tokens=False).input_ids)
+    assert not b[0].text.startswith("Acme Support:")  # the engine returns the continuation only
