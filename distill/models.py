@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from distill.errors import PluginError
 from distill.licenses import UNSPECIFIED
@@ -100,3 +101,27 @@ def model_identity(model: str, plugin: str, license: str | None = None, revision
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+@contextmanager
+def library_bars_off() -> Iterator[None]:
+    """transformers' weight-loading and datasets' map bars, a dozen per step, say nothing a user
+    needs and bury the stage table; the training bar (TRL's own, off with `disable_tqdm`) stays."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - the trainers need it
+        datasets = None
+    hf_on = hf_logging.is_progress_bar_enabled()
+    ds_on = datasets is not None and not datasets.utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if ds_on:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hf_on:
+            hf_logging.enable_progress_bar()
+        if ds_on:
+            datasets.enable_progress_bars()

@@ -2,7 +2,8 @@
 
 The stage writes no shards: its durable state is the chain's (`distill.training`): a finished
 step is recognised by its fingerprint and not trained again, a killed one resumes from its
-last complete checkpoint. Output goes to `OUT/models/<stage>/<step>/`. With `processes` above
+last complete checkpoint, one trained on other data or settings (its upstream stages changed)
+is moved to `OUT/stale/models/` and trained again. Output goes to `OUT/models/<stage>/<step>/`. With `processes` above
 1 the chain runs under `accelerate launch` from a job file that holds the config's raw
 `${VAR}` placeholders, never their values (the launched processes resolve them from the
 environment they inherit).
@@ -56,7 +57,7 @@ def job_for(p: "Pipeline", i: int, stage: "TrainStage", raw: bool = False) -> An
         steps.append(JobStep(name=s.name, trainer=s.trainer, options=options, datasets=datasets, student=s.student))
     student_license = p.licenses.normalize(stage.student_license) if stage.student_license else None
     return Job(student=stage.student, output=(p.output / "models" / stage.name).resolve(), name=model_name(p, stage),
-               student_license=student_license, steps=steps)
+               student_license=student_license, steps=steps, stale_dir=(p.output / "stale" / "models").resolve())
 
 
 def model_name(p: "Pipeline", stage: "TrainStage") -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from distill.config_errors import format_validation_error
+from distill.models import library_bars_off
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.plugin import Options, PluginContext
 from distill.records import LicenseTag
@@ -33,9 +34,12 @@ from distill.trainer import (CHECKPOINTS, STATE_FILE, DatasetRef, TrainJob, Trai
 
 
 def train_chain(steps: list[TrainStep], student: str, output_dir: Path, context: PluginContext, *,
-                name: str | None = None, student_license: str | None = None) -> list[TrainResult]:
+                name: str | None = None, student_license: str | None = None,
+                stale_dir: Path | None = None) -> list[TrainResult]:
     """Run `steps` in order into `output_dir/<step name>/`; a step finished in an earlier run is
-    skipped, a killed one resumes from its last complete checkpoint."""
+    skipped, a killed one resumes from its last complete checkpoint. A step folder holding a run
+    with other settings, data or student is refused, or, given `stale_dir` (a pipeline's, whose
+    upstream stages changed), moved there like any stale stage output: never deleted."""
     from distill import lineage
 
     output_dir = Path(output_dir)
@@ -54,10 +58,13 @@ def train_chain(steps: list[TrainStep], student: str, output_dir: Path, context:
             start = outputs[ref]
         else:
             start = resolve_student(ref, context.base_dir, who)
+        start = _full_weights(start, who)
         out = output_dir / step.name
         step.trainer.setup(context)
         try:
             summary = lineage.step_inputs(step, start, student_license=student_license)
+            if stale_dir is not None:
+                _set_aside_if_stale(out, summary["fingerprint"], stale_dir / f"{output_dir.name}.{step.name}")
             done = _finished(out, summary["fingerprint"])
             if done is not None:
                 result = done
@@ -76,6 +83,31 @@ def train_chain(steps: list[TrainStep], student: str, output_dir: Path, context:
         results.append(result)
         outputs[step.name] = previous = result.model_path
     return results
+
+
+def _full_weights(start: Path, who: str) -> Path:
+    """A causal-LM adapter is started from merged into its base (see `merged_folder`)."""
+    config = start / "adapter_config.json"
+    if start.is_dir() and config.is_file() and not (start / "config.json").is_file():
+        if json.loads(config.read_text()).get("task_type") == "CAUSAL_LM":
+            from distill_plugins._train_common import merged_folder
+
+            if is_main_process():
+                merged_folder(start, who)
+            _barrier()
+            return start / "merged"
+    return start
+
+
+def _set_aside_if_stale(out: Path, fingerprint: str, dest_prefix: Path) -> None:
+    from datetime import datetime, timezone
+
+    state = _read_json(out / STATE_FILE)
+    if state is not None and state.get("fingerprint") != fingerprint and is_main_process():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        dest_prefix.parent.mkdir(parents=True, exist_ok=True)
+        out.replace(dest_prefix.with_name(f"{dest_prefix.name}-{stamp}"))
+    _barrier()
 
 
 def _finished(out: Path, fingerprint: str) -> TrainResult | None:
@@ -114,7 +146,8 @@ def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path],
     job = TrainJob(student=start, datasets=step.datasets, output_dir=out, hardware=hardware,
                    resume_from=resume, outputs=dict(outputs))
     try:
-        result = step.trainer.train(job)
+        with library_bars_off():
+            result = step.trainer.train(job)
     except DistillError:
         raise
     except Exception as exc:  # noqa: BLE001 - named, with the step; the checkpoints stay for a resume
@@ -155,6 +188,8 @@ class Job(Options):
     output: Path
     name: str | None = None
     student_license: str | None = None
+    #: Where a step folder from a run with other inputs goes (a pipeline's `OUT/stale/`); None refuses it.
+    stale_dir: Path | None = None
     dataset_licenses: dict[str, LicenseTag] = Field(default_factory=dict, description="By dataset path.")
     steps: list[JobStep] = Field(min_length=1)
 
@@ -183,7 +218,7 @@ def run_job(job: Job, base_dir: Path, registry: Any = None) -> list[TrainResult]
         steps.append(TrainStep(trainer=cls(options), datasets=refs, name=s.name, student=s.student))
     out = job.output if job.output.is_absolute() else base_dir / job.output
     return train_chain(steps, job.student, out, PluginContext(base_dir=base_dir, progress=False),
-                       name=job.name, student_license=job.student_license)
+                       name=job.name, student_license=job.student_license, stale_dir=job.stale_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

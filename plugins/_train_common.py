@@ -278,3 +278,25 @@ def finish(trl_trainer: Any, job: TrainJob, output: Any, options: TrainOptions, 
     # A merged folder is what later steps, the reward-model ranker and teachers load.
     return TrainResult(model_path=merged_path or out, metrics=metrics, global_step=int(trl_trainer.state.global_step),
                        adapter=adapter, merged_path=merged_path, influences=list(influences or []))
+
+
+def merged_folder(adapter: Path, who: str) -> Path:
+    """`adapter/merged`, written once: full weights of a causal-LM adapter merged into its base.
+
+    A step that starts from an adapter must train on top of the merged weights, or the adapter
+    it saves names the original base and loading it drops everything the earlier step learned."""
+    import shutil
+
+    out = adapter / "merged"
+    if (out / "config.json").is_file():
+        return out
+    model = load_model(adapter, who, role="previous step's")
+    tmp = adapter / f".merged-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    load_tokenizer(adapter, who, role="previous step's").save_pretrained(str(tmp))
+    for name in ("distill-model.json",):  # the merged weights carry the same lineage and terms
+        if (adapter / name).is_file():
+            shutil.copyfile(adapter / name, tmp / name)
+    tmp.replace(out)
+    return out

@@ -173,6 +173,24 @@ def test_a_run_trains_under_accelerate_with_two_processes(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
+def test_a_student_of_changed_data_is_set_aside_and_trained_again(tmp_path, tiny_model_dir):
+    _need_train()
+    cfg = _cfg(tmp_path, tiny_model_dir, steps=[{"trainer": "sft", "data": "sft",
+                                                 "options": {**FAST, "max_steps": 2}}])
+    first = pipeline(cfg).run().students[0]
+    out = tmp_path / "out"
+    old = json.loads((out / "models" / "student" / "sft" / "distill-model.json").read_text())
+    cfg["stages"][0]["task"]["options"]["num_instructions"] = 3  # fewer questions, so another export
+    again = pipeline(cfg).run().students[0]
+    assert not again.steps[0][1].skipped and first.path == again.path
+    [aside] = (out / "stale" / "models").iterdir()
+    assert aside.name.startswith("student.sft-")
+    assert json.loads((aside / "distill-model.json").read_text())["fingerprint"] == old["fingerprint"]
+    new = json.loads((out / "models" / "student" / "sft" / "distill-model.json").read_text())
+    assert new["fingerprint"] != old["fingerprint"]
+
+
+@pytest.mark.slow
 def test_a_trainer_crash_is_named_and_the_data_stays(tmp_path, tiny_model_dir):
     _need_train()
     from distill.errors import PluginError

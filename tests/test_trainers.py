@@ -252,6 +252,24 @@ def test_sft_then_dpo_chain_with_lineage_card_and_license(tmp_path, data, tiny_m
 
 
 @pytest.mark.slow
+def test_an_adapter_chain_trains_on_top_of_the_earlier_adapter(tmp_path, data, tiny_model_dir):
+    """LoRA SFT then LoRA DPO: the DPO adapter must sit on the SFT-merged weights, or loading
+    it would silently drop everything SFT taught."""
+    import torch
+    from safetensors.torch import load_file
+
+    steps = [TrainStep(SFTTrainer(**FAST, max_steps=3, lora={"r": 8}), [data["sft"]], "sft"),
+             TrainStep(DPOTrainer(**FAST, max_steps=1, lora={"r": 8}), [data["pref"]], "dpo")]
+    sft, dpo = train_chain(steps, str(tiny_model_dir), tmp_path / "out", _ctx(tmp_path))
+    merged = sft.model_path / "merged"
+    base = json.loads((dpo.model_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base).resolve() == merged.resolve() and (merged / "config.json").is_file()
+    assert json.loads((dpo.model_path / "distill-model.json").read_text())["parent"]["path"] == str(merged.resolve())
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(merged / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)  # SFT is in the base of DPO
+
+
+@pytest.mark.slow
 def test_reward_model_feeds_the_ranker_and_grpo(tmp_path, data, tiny_model_dir):
     # The reward model starts from an SFT LoRA adapter and is a LoRA itself, merged by default.
     sft = TrainStep(SFTTrainer(**FAST, max_steps=2, lora={"r": 8}), [data["sft"]], "sft")
