@@ -221,9 +221,12 @@ def _merged(p: "Pipeline", stage: "EvaluateStage", name: str, adapter: Path) -> 
                            else b"").hexdigest()[:16]
     if (out / "distill-merged.json").is_file() and json.loads((out / "distill-merged.json").read_text()).get("stamp") == stamp:
         return out
-    model = load_model(adapter, f"evaluate stage {stage.name!r}", role=f"contender {name!r}")
-    model.save_pretrained(str(out))
-    load_tokenizer(adapter, f"evaluate stage {stage.name!r}", role=f"contender {name!r}").save_pretrained(str(out))
+    from distill.models import library_bars_off
+
+    with library_bars_off():
+        model = load_model(adapter, f"evaluate stage {stage.name!r}", role=f"contender {name!r}")
+        model.save_pretrained(str(out))
+        load_tokenizer(adapter, f"evaluate stage {stage.name!r}", role=f"contender {name!r}").save_pretrained(str(out))
     for f in ("distill-model.json",):
         if (adapter / f).is_file():
             (out / f).write_bytes((adapter / f).read_bytes())

@@ -152,9 +152,12 @@ class PerplexityEvaluator(Evaluator):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from distill.models import library_bars_off
+
         assert c.model_path is not None
-        tok = AutoTokenizer.from_pretrained(str(c.model_path))
-        model = AutoModelForCausalLM.from_pretrained(str(c.model_path), dtype=torch.float32, use_safetensors=True)
+        with library_bars_off():
+            tok = AutoTokenizer.from_pretrained(str(c.model_path))
+            model = AutoModelForCausalLM.from_pretrained(str(c.model_path), dtype=torch.float32, use_safetensors=True)
         model.eval()
         rows = [self._tokens(tok, c, it) for it in items]
         nll: list[float] = []

@@ -1,11 +1,20 @@
-"""The README's pipeline, as shipped, with the real embedded model (SmolLM2-135M-Instruct)."""
+"""The README's quickstart, as shipped, with the real embedded model (SmolLM2-135M-Instruct):
+data, ranking, filters, a trained student, its evaluation against the base model and the
+prompted teacher, the audit, the cards and the report, in one `distill run`.
+
+This is the project's promise in one test: the student, answering *without* the system
+prompt, must follow the task's rubric on held-out questions far better than the base model
+and better than the teacher that wrote its data with the prompt.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,51 +25,71 @@ from distill.store import read_shards
 pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+STAGES = ["seeds", "questions", "new-questions", "answers", "ranked", "clean", "sft", "prefs"]
 
 
-def test_quickstart_runs_end_to_end_with_provenance_on_every_record(tmp_path, embedded_model_dir):
-    datasets = pytest.importorskip("datasets", reason="the export needs the `datasets` extra")
+def _run(config: Path, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_model_dir):
+    for module in ("datasets", "trl", "peft"):
+        pytest.importorskip(module, reason=f"the quickstart trains a student: pip install 'distill[train]' ({module})")
     work = tmp_path / "quickstart"
     shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("out"))
     with open(work / "config.yaml", "a") as f:  # a cache of its own: the run must really generate
         f.write("\ncache: {path: requests.sqlite}\n")
-    r = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(work / "config.yaml"), "--quiet"],
-                       capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr
+    started = time.monotonic()
+    r = _run(work / "config.yaml", 1500)
+    seconds = time.monotonic() - started
+    assert r.returncode == 0, r.stderr[-3000:]
     out = work / "out"
+    assert re.search(r"report: .*report\.html", r.stdout)
 
     reports = {rep.stage: rep for rep in inspect_output(out)}
-    assert list(reports) == ["seeds", "questions", "answers", "clean", "sft"]
+    assert list(reports) == STAGES
     for rep in reports.values():
         assert rep.complete and rep.balanced, rep
-    assert reports["questions"].totals["generated"] >= 16
+    assert reports["questions"].totals["generated"] > 0 and reports["clean"].totals["rejected"] > 0
 
-    for stage in reports:
+    seeds = sum(1 for _ in open(work / "seeds.jsonl"))
+    for stage in ("clean", "sft"):
         d = out / "stages" / stage
         m = json.loads((d / "manifest.json").read_text())
         for rec in read_shards(d, [s["kept_file"] for s in m["shards"]]):
             p = rec.provenance
             assert p.sources and all(s.license == "CC0-1.0" for s in p.sources)
-            assert p.events and p.license.expression
-            if stage in ("answers", "clean", "sft"):
-                (g,) = p.generators
+            assert p.events and p.license.expression.startswith("CC0-1.0")
+            for g in p.generators:  # generated questions and answers name the model that wrote them
                 assert g.model == "HuggingFaceTB/SmolLM2-135M-Instruct" and g.license == "Apache-2.0"
-                assert g.plugin == "transformers" and len(g.file_hash or "") == 64
-                assert p.license.expression == "CC0-1.0 AND Apache-2.0" and p.license.use == "commercial"
+                assert len(g.file_hash or "") == 64
+    assert reports["sft"].totals["kept"] > seeds * 0.8  # seed answers kept as written, plus passing generations
 
-    ds = datasets.load_from_disk(str(out / "export" / "sft"))
-    assert len(ds) == reports["sft"].totals["kept"] > 0
-    row = ds[0]
-    assert row["messages"][-1]["role"] == "assistant" and row["messages"][0]["role"] == "user"
+    for export in ("sft", "prefs"):
+        for card in ("README.md", "croissant.json", "NOTICE", "audit.json"):
+            assert (out / "export" / export / card).is_file(), (export, card)
+    student = out / "models" / "student" / "dpo"
+    assert "**Verdict: cleared**" in (student / "README.md").read_text()
 
-    for card in ("README.md", "croissant.json", "NOTICE"):
-        assert (out / "export" / "sft" / card).is_file(), card
+    ev = json.loads((out / "eval" / "eval" / "eval.json").read_text())
+    assert len(ev["items"]) == 40 and sum(it["tags"]["topic"] == "off" for it in ev["items"]) == 20
+    scores = {m["name"]: m["scores"] for m in ev["metrics"]}
+    rubric = scores["rubric"]
+    print(f"\nquickstart: {seconds:.0f} s; rubric {rubric}; perplexity {scores['perplexity']}; "
+          f"win rate {scores['judge-win-rate']}")
+    assert rubric["student"] >= 0.8 and rubric["base"] <= 0.2 and rubric["student"] > rubric["teacher"], rubric
+    assert scores["perplexity"]["student"] < scores["perplexity"]["base"]
+
+    page = (out / "report.html").read_text()
+    for section in ("funnel", "training", "evaluation", "audit", "samples"):
+        assert f'<section id="{section}"' in page, section
+
     audit = subprocess.run([sys.executable, "-m", "distill.cli", "audit", str(out), "--json"],
                            capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    report = json.loads(audit.stdout)
-    assert "acme-support" in json.dumps(report) and "CC0-1.0" in json.dumps(report)
+    assert "acme-support" in audit.stdout and "CC0-1.0" in audit.stdout
 
-    again = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(work / "config.yaml"), "--quiet"],
-                           capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("cached") == 5, again.stdout
+    again = _run(work / "config.yaml", 900)  # everything committed: nothing is generated or trained again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("cached") == len(STAGES) + 2, again.stdout  # every stage and both train steps
