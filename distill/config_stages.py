@@ -27,6 +27,13 @@ class PluginRef(_Model):
     def _shorthand(cls, data: Any) -> Any:
         return {"plugin": data} if isinstance(data, str) else data
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """The schema accepts the shorthand the loader does: a plugin's bare name."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        return {"anyOf": [{"type": "string", "description": "A plugin's name, with default options."},
+                          {k: v for k, v in schema.items()}]}
+
 
 class _Stage(_Model):
     name: str | None = Field(None, description="Unique stage name; defaults to the kind.")
@@ -63,7 +70,8 @@ class TrainStep(_Model):
     name: str | None = Field(None, description="Step name (its output folder); defaults to the trainer's name.")
     trainer: str = Field(description="Registered trainer plugin: `sft`, `reward-model`, `dpo`, `grpo`, "
                                      "`distillation`, ...")
-    data: list[str] = Field(min_length=1, description="Export stages, by name, whose datasets it trains on.")
+    # `str` only for the schema: the validator below makes one name a list.
+    data: list[str] | str = Field(min_length=1, description="Export stages, by name, whose datasets it trains on.")
     student: str | None = Field(None, description="Where it starts: an earlier step's name, a local model "
                                                   "folder or 'embedded'; default: the previous step's output.")
     options: dict[str, Any] = Field(default_factory=dict)
@@ -141,7 +149,8 @@ class EvaluateStage(_Stage):
     through unchanged; the results go to `OUT/eval/<stage>/eval.json`."""
 
     kind: Literal["evaluate"]
-    data: SeedSource = Field(description="The held-out set, read like a seed file (`path`, fields, "
+    # `str` only for the schema: the validator below makes a path a SeedSource.
+    data: SeedSource | str = Field(description="The held-out set, read like a seed file (`path`, fields, "
                                          "`limit`); never used for training: point the decontamination "
                                          "filter at it.")
     contenders: list[Contender] = Field(min_length=1)

@@ -28,3 +28,14 @@ def test_record_schema_validates_a_real_record():
     r.provenance.generators.append(Generator(plugin="t", model="m", license="MIT"))
     r.add_event("seeds", "loaded")
     jsonschema.validate(json.loads(r.to_json()), json.loads(render("record")))
+
+
+@pytest.mark.parametrize("example", sorted(p.parent.name for p in (ROOT / "examples").glob("*/config.yaml")))
+def test_the_examples_validate_against_the_config_schema(example):
+    """What the README tells users (validate your config in an editor with the schema) works for
+    the shipped configs, shorthands included (`- perplexity`, `data: sft`)."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is an optional test dependency")
+    import yaml
+
+    config = yaml.safe_load((ROOT / "examples" / example / "config.yaml").read_text())
+    jsonschema.validate(config, json.loads((ROOT / "schemas" / "config.schema.json").read_text()))
