@@ -143,6 +143,29 @@ def interpolate(data: Any, where: str = "") -> Any:
     return data
 
 
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
+
+
+def digest_view(data: Any, where: str = "") -> Any:
+    """What a stage's digest covers: the config with `${VAR}` resolved, so that changing a model
+    name or a URL in the environment redoes the stages it feeds, except variables whose names say
+    they hold a secret (`*_KEY`, `*TOKEN*`, ...), which stay placeholders: a digest is stored,
+    and a stored hash of a short secret can be searched. A config without placeholders digests
+    exactly as its raw text."""
+    if isinstance(data, dict):
+        return {k: digest_view(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [digest_view(v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+        def repl(m: re.Match[str]) -> str:
+            if _SECRET_NAME.search(m.group(1)):
+                return m.group(0)
+            value = os.environ.get(m.group(1))
+            return m.group(2) or "" if value is None else value
+        return _ENV.sub(repl, data)
+    return data
+
+
 #: Shorter interpolated values are not secrets, and redacting them would garble messages.
 _MIN_SECRET = 6
 

@@ -134,11 +134,14 @@ def _model_of(p: "Pipeline", c: Any, students: list[Any]) -> str | None:
 
 
 def _digest(p: "Pipeline", i: int, stage: "EvaluateStage", records: list[Any], models: dict[str, str | None]) -> str:
+    from distill.config import digest_view
+
     h = hashlib.sha256()
-    raw = p.loaded.raw["stages"][i]
-    teachers = {c.teacher: p.loaded.raw.get("teachers", {}).get(c.teacher) for c in stage.contenders if c.teacher}
+    config = digest_view(p.loaded.raw)
+    raw = config["stages"][i]
+    teachers = {c.teacher: config.get("teachers", {}).get(c.teacher) for c in stage.contenders if c.teacher}
     judges = {k: v for e in raw.get("evaluators", []) if isinstance(e, dict)
-              for k, v in p.loaded.raw.get("teachers", {}).items() if k == (e.get("options") or {}).get("judge")}
+              for k, v in config.get("teachers", {}).items() if k == (e.get("options") or {}).get("judge")}
     h.update(json.dumps([raw, teachers, judges, p.config.seed, [r.id for r in records]], sort_keys=True,
                         default=str).encode())
     for name, folder in sorted(models.items(), key=lambda kv: kv[0]):

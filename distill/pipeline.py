@@ -18,7 +18,7 @@ from typing import Any
 
 from distill import __version__
 from distill.config import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
-                            TrainStage, validate_plugin_options)
+                            TrainStage, digest_view, validate_plugin_options)
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.licenses import active
 from distill.model_terms import Terms, resolve_terms, unknown_warning
@@ -225,12 +225,13 @@ class Pipeline:
 
             result.evaluations.append(run_evaluate_stage(self, i, stage, result.students))
             return upstream
-        raw_stage = self.loaded.raw["stages"][i]
+        raw = digest_view(self.loaded.raw)  # an environment value that changes redoes the stage
+        raw_stage = raw["stages"][i]
         teacher_key = getattr(stage, "teacher", None)
-        extra = self.loaded.raw.get("teachers", {}).get(teacher_key) if teacher_key else None
+        extra = raw.get("teachers", {}).get(teacher_key) if teacher_key else None
         # Both change the license tags a stage stamps (the models: its teacher's terms).
-        models = self.loaded.raw.get("models") if teacher_key else None
-        licenses = self.loaded.raw.get("licenses")
+        models = raw.get("models") if teacher_key else None
+        licenses = raw.get("licenses")
         digest = _digest(stage.kind, raw_stage, extra, self.config.seed, _output_digest(upstream),
                          *(["models", models] if models else []), *(["licenses", licenses] if licenses else []))
         store = self._open(stage.name, stage.kind, digest, result)

@@ -179,3 +179,22 @@ def test_plugins_get_a_state_folder_in_the_output_that_survives_resume(tmp_path)
     p.run()
     teacher = p._teachers["writer"]
     assert teacher.context.state_dir == tmp_path / "out" / "state" / "teachers.writer"
+
+
+def test_a_changed_environment_value_redoes_the_stages_it_feeds_but_a_secret_does_not_show(tmp_path, monkeypatch):
+    """Digests resolve `${VAR}`: a model name moved to the environment and changed there must not
+    leave the old model's records looking current. Secret-named variables stay placeholders."""
+    cfg = config_dict(tmp_path)
+    cfg["teachers"]["writer"]["options"]["style"] = "${WRITER_STYLE:-answer}"
+    cfg["teachers"]["writer"]["options"]["api_key"] = "${ECHO_API_KEY}"
+    monkeypatch.setenv("ECHO_API_KEY", "sk-first-canary-1234")
+    first = {s.stage: s.skipped for s in pipeline(cfg).run().stages}
+    monkeypatch.setenv("ECHO_API_KEY", "sk-second-canary-5678")  # a rotated key changes nothing
+    assert all(s.skipped for s in pipeline(cfg).run().stages)
+    monkeypatch.setenv("WRITER_STYLE", "judge")
+    again = {s.stage: s.skipped for s in pipeline(cfg).run().stages}
+    assert not any(first.values())
+    assert again == {"seeds": True, "instructions": True, "responses": False, "clean": False, "sft": False}
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            assert b"canary" not in f.read_bytes(), f
