@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from distill.plugin import Plugin
-from distill.records import Candidate, Record
+from distill.records import Candidate, Generator, Record
 from distill.task import Reject
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ class Ranker(Plugin):
     kind: ClassVar[str] = "ranker"
     #: Rankers that need a judge model say so; the config must then name a teacher.
     needs_judge: ClassVar[bool] = False
+
+    def generators(self) -> list[Generator]:
+        """Models the ranker runs itself (a reward model), recorded as judges of every record it
+        ranks, so their terms reach the records' license tags. A judge teacher is recorded by the core."""
+        return []
 
     def score_batch(self, records: list[Record], judge: Judge | None) -> list[list[float] | Reject]:
         """One score per candidate (in `candidates_of` order), or a Reject, per record."""

@@ -254,6 +254,7 @@ def run_export(ctx: StageContext, fmt: str, inputs: list[Record], path: Path) ->
 
 def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: list[Record], batch_size: int) -> None:
     judge_gen = ctx.generator(judge.caller.teacher, role="judge") if judge is not None else None
+    own = _guard(ranker, "generators", ranker.generators, f"stage {ctx.stage!r}")
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), ctx.store.next_index * batch_size))
     for b in range(ctx.store.next_index, batches):
@@ -283,6 +284,8 @@ def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: lis
                 r.messages[-1] = r.messages[-1].model_copy(update={"content": best.content})
             if judge_gen is not None:
                 r.add_generator(judge_gen)
+            for g in own:
+                r.add_generator(g)
             pref = r.preference()
             detail = f"best {best.score:g} of {len(r.candidates)}" + (f", margin {pref.margin:g}" if pref else "")
             r.add_event(ctx.stage, "ranked", plugin=ranker.name, plugin_version=ranker.plugin_version, reason=detail)

@@ -15,7 +15,7 @@ from distill.errors import PluginError
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.ranker import Judge, Ranker, candidates_of
-from distill.records import Message, Record
+from distill.records import Generator, Message, Record
 from distill.task import Reject
 from distill.teacher import ChatRequest
 
@@ -292,6 +292,16 @@ class RewardModelRanker(Ranker):
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
         self._model.config.pad_token_id = self._tok.pad_token_id
+        self._path = path
+
+    def generators(self) -> list[Generator]:
+        """The reward model judges every record it ranks: its identity and terms (a distill-trained
+        one declares the license it inherited) go into provenance."""
+        from distill.models import model_identity
+
+        info = model_identity(str(self._path), "reward-model ranker", progress=False)
+        return [Generator(role="judge", plugin=self.name, plugin_version=self.plugin_version, model=info.model,
+                          revision=info.revision, file_hash=info.file_hash, license=info.license)]
 
     def score_batch(self, records: list[Record], judge: Judge | None) -> list[list[float] | Reject]:
         import torch

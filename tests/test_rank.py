@@ -147,3 +147,28 @@ def test_a_reward_function_can_live_in_a_file_beside_the_config(tmp_path):
     (tmp_path / "broken.py").write_text("def score(:\n")
     with pytest.raises(PluginError, match="SyntaxError"):
         load_callable("broken.py:score", tmp_path)
+
+
+def test_a_model_the_ranker_runs_itself_is_recorded_as_a_judge_with_its_terms(tmp_path):
+    from distill.hookspecs import hookimpl
+    from distill.records import Generator
+
+    class LicensedScorer(RewardFunctionRanker):
+        """Stands in for a reward model: a ranker that runs a model of its own."""
+
+        name = "licensed-scorer"
+
+        def generators(self):
+            return [Generator(role="judge", plugin=self.name, model="acme/rm", license="CC-BY-NC-4.0")]
+
+    class Plugins:
+        @hookimpl
+        def register_rankers(self, register):
+            register(LicensedScorer)
+
+    cfg = _with_rank(tmp_path, {"plugin": "licensed-scorer", "options": {"function": "reward_fns:prefers_short"}})
+    pipeline(cfg, ("scorer", Plugins())).run()
+    ranked, _ = _kept(tmp_path / "out", "rank")
+    for r in ranked:
+        assert [(g.role, g.model) for g in r.provenance.generators if g.plugin == "licensed-scorer"] == [("judge", "acme/rm")]
+        assert "CC-BY-NC-4.0" in r.provenance.license.expression and r.provenance.license.use == "non-commercial"

@@ -290,6 +290,9 @@ def test_reward_model_feeds_the_ranker_and_grpo(tmp_path, data, tiny_model_dir):
     ranker.setup(_ctx(tmp_path))
     scores = ranker.score_batch(data["records"][:8], None)
     assert all(len(s) == 2 for s in scores)
+    (judge,) = ranker.generators()  # its terms reach what it ranks: those it inherited in training
+    assert judge.role == "judge" and judge.plugin == "reward-model" and len(judge.file_hash or "") == 64
+    assert judge.license == json.loads((rm_result.model_path / "distill-model.json").read_text())["license"]
     assert sum(s[0] - s[1] for s in scores) > 0  # chosen above rejected after training
 
     rm_marker = json.loads((rm_result.model_path / "distill-model.json").read_text())
