@@ -29,6 +29,16 @@ STUDENT_MANIFEST = "distill-student.json"
 MODEL_MARKER = "distill-model.json"
 
 
+class Influence(BaseModel):
+    """A model whose outputs trained the student directly (token distributions, rewards)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    id: str | None = None
+    license: str | None = None
+
+
 class StudentManifest(BaseModel):
     """What a trainer records about a student, so it can be audited and carded later."""
 
@@ -39,6 +49,8 @@ class StudentManifest(BaseModel):
     base_model_license: str | None = Field(None, description="SPDX expression of the base model's terms.")
     datasets: list[str] = Field(min_length=1, description="Run outputs or export folders it was trained on, "
                                                           "relative to this file's folder.")
+    influences: list[Influence] = Field(default_factory=list, description="Models that shaped the student in "
+                                        "training without writing its data: a distillation teacher, a reward model.")
 
 
 class _Sections(BaseModel):
@@ -173,8 +185,10 @@ def _manifest(folder: Path) -> StudentManifest | None:
     base = marker.get("base_model") if isinstance(marker.get("base_model"), dict) else {}
     if not paths:
         return None
+    influences = [i for i in marker.get("influences") or [] if isinstance(i, dict) and isinstance(i.get("role"), str)]
     return StudentManifest(name=str(marker.get("model") or folder.name), base_model=base.get("id"),
-                           base_model_license=base.get("license"), datasets=paths)
+                           base_model_license=base.get("license"), datasets=paths,
+                           influences=[Influence.model_validate(i) for i in influences])
 
 
 def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | None) -> Target:
@@ -193,6 +207,7 @@ def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | N
         warnings += part.warnings
         settings = settings or part.settings
     assert settings is not None
+    records += [_influence_record(folder, i) for i in manifest.influences]
     release = settings.release.model_copy(update={
         "what": "model", "name": manifest.name, "base_model": manifest.base_model,
         "base_model_license": (settings.registry.normalize(manifest.base_model_license)
@@ -200,3 +215,24 @@ def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | N
     settings = Settings(registry=settings.registry, models=settings.models, release=release)
     return Target(kind="student", root=folder, records=records, settings=settings, manifest=manifest,
                   warnings=warnings)
+
+
+def _influence_record(folder: Path, influence: Influence) -> Record:
+    """A model that trained the student through its outputs (a distillation teacher's token
+    distributions, a reward model's scores) is audited like a model that wrote its data: one
+    record stands for it, so its terms give findings with its name on them."""
+    from distill.licenses import UNSPECIFIED, effective_tag
+    from distill.records import Event, Generator, Provenance
+
+    role = "judge" if "reward" in influence.role else "generator"
+    record = Record(
+        id=f"influence:{influence.role}:{influence.id or 'unknown'}",
+        messages=[],
+        provenance=Provenance(
+            generators=[Generator(role=role, plugin=f"trainer {influence.role}", model=influence.id or "unknown",
+                                  license=influence.license or UNSPECIFIED)],
+            events=[Event(stage="train", action="loaded",
+                         reason=f"{influence.role} of {folder.name}: shaped it in training")]),
+    )
+    record.provenance.license = effective_tag(record)
+    return record

@@ -226,6 +226,20 @@ def test_a_trainer_lineage_marker_is_audited_as_a_student(tmp_path):
     assert r.exit_code == 1 and rep["release"]["name"] == "acme-sft" and rep["base_model_license"] == "Apache-2.0"
     assert ("no-improve-other-llm", "blocking", "LicenseRef-Llama-3") in {
         (f["rule"], f["severity"], f["license"]) for f in rep["findings"]}
+
+    # Trained on clean data, but distilled from a Llama 3 teacher's token distributions: the
+    # teacher is audited like a model that wrote the data, and named in the findings.
+    (tmp_path / "clean").mkdir()
+    clean = config_dict(tmp_path / "clean")
+    pipeline(clean).run()
+    marker["datasets"] = [{"name": "sft", "path": str(tmp_path / "clean" / "out" / "export" / "sft")}]
+    marker["influences"] = [{"role": "teacher", "id": "meta-llama/Meta-Llama-3-8B-Instruct",
+                             "license": "LicenseRef-Llama-3"}]
+    (student / "distill-model.json").write_text(json.dumps(marker))
+    rep = json.loads(CliRunner().invoke(app, ["audit", str(student), "--json", "--no-write"]).stdout)
+    [f] = [f for f in rep["findings"] if f["rule"] == "no-improve-other-llm"]
+    assert f["severity"] == "blocking" and f["records"] == 1
+    assert f["examples"] == ["influence:teacher:meta-llama/Meta-Llama-3-8B-Instruct"]
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "distill-model.json").write_text(json.dumps({"model": "m", "license": "MIT"}))
     r = CliRunner().invoke(app, ["audit", str(tmp_path / "plain")])
