@@ -53,10 +53,46 @@ class RankStage(_Stage):
     batch_size: int = Field(32, ge=1)
 
 
+class RayOptions(_Model):
+    """Where a filter stage's Ray cluster is: an existing one, or a local one started for the run."""
+
+    address: str | None = Field(None, description="null: start a local Ray cluster in this process; 'auto': "
+                                "the cluster `ray start` runs on this machine; 'ray://HOST:PORT' (Ray Client) or "
+                                "'HOST:PORT' (its GCS): a remote one, where distill and the stage's filter "
+                                "plugins must be installed on every node.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started when `address` is "
+                                 "null (default: all of this machine's).")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and value != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", value):
+            raise ValueError(f"address must be null, 'auto', 'ray://HOST:PORT' or 'HOST:PORT' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _cpus_only_when_local(self) -> "RayOptions":
+        if self.num_cpus is not None and self.address is not None:
+            raise ValueError("num_cpus sizes a local cluster (address: null); an existing cluster has its own CPUs")
+        return self
+
+
 class FilterStage(_Stage):
     kind: Literal["filter"]
     filters: list[PluginRef] = Field(min_length=1)
     batch_size: int = Field(1000, ge=1)
+    executor: Literal["local", "ray"] = Field("local", description="Where the filters run: `local` (this "
+                                              "process) or `ray` (Ray Data, `pip install 'distill[ray]'`): the "
+                                              "same decisions and shards, see docs/scaling.md.")
+    ray: RayOptions | None = Field(None, description="The Ray cluster, for `executor: ray`.")
+
+    @field_validator("ray")
+    @classmethod
+    def _ray_needs_ray(cls, value: RayOptions | None, info: Any) -> RayOptions | None:
+        if value is not None and info.data.get("executor", "local") != "ray":
+            raise ValueError("ray options apply to `executor: ray` only; this stage runs locally "
+                             "(set executor: ray, or remove `ray`)")
+        return value
 
 
 class ExportStage(_Stage):

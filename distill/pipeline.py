@@ -227,6 +227,8 @@ class Pipeline:
             return upstream
         raw = digest_view(self.loaded.raw)  # an environment value that changes redoes the stage
         raw_stage = raw["stages"][i]
+        if isinstance(stage, FilterStage):  # where filters run does not change what they decide
+            raw_stage = {k: v for k, v in raw_stage.items() if k not in ("executor", "ray")}
         teacher_key = getattr(stage, "teacher", None)
         extra = raw.get("teachers", {}).get(teacher_key) if teacher_key else None
         # Both change the license tags a stage stamps (the models: its teacher's terms).
@@ -278,7 +280,12 @@ class Pipeline:
                 filters = [self._make("filter", f.plugin, f"stages[{i}].filters[{j}]")
                            for j, f in enumerate(stage.filters)]
                 try:
-                    run_filters(ctx, filters, inputs, stage.batch_size)
+                    if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
+                        from distill.ray_filters import run_filters_ray
+
+                        run_filters_ray(ctx, filters, inputs, stage.batch_size, stage.ray, self.log)
+                    else:
+                        run_filters(ctx, filters, inputs, stage.batch_size)
                 finally:
                     for f in filters:
                         f.close()
