@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterable
@@ -167,26 +168,28 @@ def _drops(ds: Any) -> dict[int, str]:
 
 # --- near dedup ----------------------------------------------------------------------------
 
-_SIGNERS: dict[tuple[int, int, int], Any] = {}
+_SIGNERS: dict[tuple[int, int, int, str], Any] = {}
 
 
-def _signer(num_perm: int, seed: int, shingle: int) -> Any:
-    """One Signer per worker process (its word-hash cache outlives a batch)."""
+def _signer(num_perm: int, seed: int, shingle: int, job: str) -> Any:
+    """One Signer per worker process and dedup run: its word-hash cache serves every batch of
+    the run, as the local filter's does, and is dropped with the next run's."""
     from distill_plugins._sketch import Signer
 
-    key = (num_perm, seed, shingle)
+    key = (num_perm, seed, shingle, job)
     if key not in _SIGNERS:
+        _SIGNERS.clear()
         _SIGNERS[key] = Signer(num_perm, seed, shingle)
     return _SIGNERS[key]
 
 
-def _sign(batch: dict[str, np.ndarray], num_perm: int, seed: int, shingle: int) -> pa.Table:
+def _sign(batch: dict[str, np.ndarray], num_perm: int, seed: int, shingle: int, job: str = "") -> pa.Table:
     """NearDedup._sign for a batch of entries: signatures of the normalised field text."""
     from distill_plugins._text import normalize
 
     missing = _text_col(batch, "missing")
     texts = [normalize(t).split() for t, m in zip(_text_col(batch, "text"), missing) if not m]
-    sigs = iter(_signer(num_perm, seed, shingle).sign(texts))
+    sigs = iter(_signer(num_perm, seed, shingle, job).sign(texts))
     blobs = [b"" if m else next(sigs).tobytes() for m in missing]
     return pa.table({"rank": batch["rank"].astype(np.int64), "sig": blobs, "label": _text_col(batch, "label"),
                      "gen": batch["gen"].astype(bool), "missing": missing}, schema=SIGS)
@@ -301,8 +304,9 @@ def near_drops(entries: Any, seed_sigs: np.ndarray, seed_labels: list[str], opti
 
     o = options
     started = time.perf_counter()
-    signed = entries.map_batches(partial(_sign, num_perm=o.num_perm, seed=o.hash_seed, shingle=o.shingle_size),
-                                 batch_format="numpy")
+    job = uuid.uuid4().hex
+    signed = entries.map_batches(partial(_sign, num_perm=o.num_perm, seed=o.hash_seed, shingle=o.shingle_size,
+                                         job=job), batch_format="numpy")
     if len(seed_labels):
         signed = signed.union(ray.data.from_arrow(pa.table({
             "rank": [SEED_BASE + j for j in range(len(seed_labels))], "sig": [s.tobytes() for s in seed_sigs],

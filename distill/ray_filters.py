@@ -243,6 +243,7 @@ def _dedup(f: Filter, kind: str, inputs: list[Record], first: int, ds: Any,
 
     from distill.ray_dedup import entry_table, exact_drops, near_drops, project
 
+    started = time.perf_counter()
     o = f.options
     skip = frozenset(p for d in pending for p in d.drops)
     best = kind == "near" and o.keep == "best"
@@ -262,6 +263,7 @@ def _dedup(f: Filter, kind: str, inputs: list[Record], first: int, ds: Any,
     step = 2000
     tables = [entry_table(ranked[k:k + step]) for k in range(0, len(ranked), step)]
     entries = ray.data.from_arrow(tables) if tables else None
+    run.seconds["driver-entries"] = run.seconds.get("driver-entries", 0.0) + time.perf_counter() - started
     if ds is not None:
         live = ds.map_batches(partial(dedup_entries, field_name=o.field, skip=skip), batch_format="numpy")
         entries = live if entries is None else live.union(entries)
@@ -291,9 +293,12 @@ def _commit(ctx: StageContext, b: int, live: list[Row], dropped: list[tuple[int,
 
 def _commit_from_driver(ctx: StageContext, inputs: list[Record], batch_size: int, start: int, batches: int,
                         pending: list[Decided], tail: list[tuple[int, Filter]]) -> None:
+    """Commit shards of the driver's own records (no batch step changed them on the workers).
+    Each is copied through its JSON, as shards store it: an equal record, in half the time of
+    the local runner's deep copy, on the one process every shard passes through."""
     for b in range(start, batches):
         lo = b * batch_size
-        chunk = [(lo + k, r.model_copy(deep=True)) for k, r in enumerate(inputs[lo:lo + batch_size])]
+        chunk = [(lo + k, Record.model_validate_json(r.to_json())) for k, r in enumerate(inputs[lo:lo + batch_size])]
         _commit(ctx, b, chunk, [], len(chunk), pending, tail)
 
 
