@@ -16,7 +16,7 @@ signature (the driver still holds the stage's input, which the pipeline reads as
   together with one more grouped round, and keeps the pairs that really share a band (hash
   collisions are checked away) and whose estimated Jaccard reaches the threshold. The driver
   holds the candidate pairs (two integers each) and replays the sequential decisions over the
-  pairs that reach the threshold (`resolve_near`); it never holds a signature.
+  pairs that reach the threshold (`resolve_near`); it never holds a stage record's signature.
 
 Groupby keys are hash *partitions* (`part`), not the keys themselves: Ray's `map_groups` calls
 Python once per group, which for millions of one-member LSH buckets costs minutes; one call per
@@ -299,7 +299,7 @@ def near_drops(entries: Any, seed_sigs: np.ndarray, seed_labels: list[str], opti
     """Ranks of the stage's records that NearDedup drops, with its reasons.
 
     The driver holds the candidate pairs (two integers each) and their estimates, never a
-    record or a signature."""
+    stage record or its signature."""
     import ray.data
 
     o = options

@@ -29,6 +29,7 @@ import dataclasses
 import importlib.util
 import logging
 import math
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -174,9 +175,16 @@ def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Recor
     except Exception as exc:
         if not type(exc).__module__.startswith("ray"):
             raise
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise PluginError(f"filter stage {ctx.stage!r} failed on Ray: {first}") from exc
+        raise PluginError(f"filter stage {ctx.stage!r} failed on Ray: {_cause(exc)} (are distill and the "
+                          f"stage's filter plugins installed on every node?)") from exc
     return run
+
+
+def _cause(exc: BaseException) -> str:
+    """The last `SomeError: message` line of a Ray error's remote traceback (the cause), else its type."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if re.match(r"\s*[\w.]+(Error|Exception)\b.*:", line)]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _run(ctx: StageContext, filters: list[Filter], planned: list[tuple[str, Filter | None]], inputs: list[Record],

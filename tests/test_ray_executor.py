@@ -252,6 +252,26 @@ def test_an_interrupted_ray_run_resumes_without_redoing_committed_shards(ray_clu
     assert [s.skipped for s in again.stages] == [True, True]
 
 
+def test_a_filter_the_workers_cannot_import_is_named(ray_cluster, tmp_path, monkeypatch):
+    """A plugin installed on the driver only: the stage fails with the missing module, not a hang
+    or a Ray traceback."""
+    (tmp_path / "driver_only_filters.py").write_text(
+        "from distill.filter import Filter\n\nclass Shy(Filter):\n    name = 'shy'\n\n"
+        "    def check(self, record):\n        return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from driver_only_filters import Shy
+
+    from distill.ray_filters import run_filters_ray
+
+    records = [Record(id=f"r{i}", messages=[Message(role="user", content=f"question {i}")]) for i in range(30)]
+    store = StageStore(tmp_path / "out", "clean", "filter", "digest")
+    ctx = StageContext(stage="clean", store=store, run_seed=0, notify=lambda *a: None)
+    with pytest.raises(PluginError, match="filter stage 'clean' failed on Ray: ModuleNotFoundError: No module "
+                                          "named 'driver_only_filters'"):
+        run_filters_ray(ctx, [Shy()], records, 10)
+    assert store.manifest.shards == []
+
+
 @pytest.mark.parametrize("stage, expected", [
     ({"executor": "spark"}, r"stages\[0\]\.executor: Input should be 'local' or 'ray' \(got 'spark'\)"),
     ({"ray": {"num_cpus": 2}}, r"stages\[0\]\.ray: ray options apply to `executor: ray` only"),
