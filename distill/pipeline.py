@@ -240,7 +240,7 @@ class Pipeline:
         if store is None:
             store = StageStore(self.output, stage.name, stage.kind, digest)
             if isinstance(stage, ExportStage):
-                self._cards(stage, store, result)
+                self._cards(stage, store)
             return store
         inputs = list(upstream.kept())
         started = time.monotonic()
@@ -293,7 +293,7 @@ class Pipeline:
                 run_export(ctx, stage.format, inputs, self.output / "export" / stage.name)
         self._finish(store, result, started, caller.stats.as_dict() if caller else None)
         if isinstance(stage, ExportStage):
-            self._cards(stage, store, result)
+            self._cards(stage, store)
         return store
 
     def _audit_rules(self) -> list[Any]:
@@ -305,7 +305,7 @@ class Pipeline:
         check_ack_rules(self.config.release.acknowledge, [r.name for r in rules])
         return rules
 
-    def _cards(self, stage: ExportStage, store: StageStore, result: RunResult) -> None:
+    def _cards(self, stage: ExportStage, store: StageStore) -> None:
         """Audit the export against the config's `release:` policy and write its cards.
 
         Done even when the stage itself is current: the policy is not part of the stage's
@@ -323,13 +323,18 @@ class Pipeline:
         report = audit(records, release, self.licenses, self._rules,
                        target=f"export/{stage.name}", stage=stage.name, models=self.config.models)
         write_dataset_cards(path, release.name or stage.name, records, report, self.licenses, stage.format)
-        if report.exit_code:
-            counts = report.counts()
-            msg = (f"export {stage.name!r}: the license audit for a {release.use} release of {release.what} is "
-                   f"{report.verdict} ({counts['blocking']} blocking, {counts['acknowledge']} to acknowledge); "
-                   f"see {path / 'README.md'} or run `distill audit {self.output}`")
-            self.log(f"warning: {msg}")
-            result.warnings.append(msg)
+        self.audit_warning(f"export {stage.name!r}", report, release.what,
+                           f"{path / 'README.md'} or run `distill audit {self.output}`")
+
+    def audit_warning(self, where: str, report: Any, subject: str, see: str) -> None:
+        """A release the audit does not clear is a warning of the run, not a failure: the cards say why."""
+        if not report.exit_code:
+            return
+        counts = report.counts()
+        msg = (f"{where}: the license audit for a {report.release.use} release of {subject} is {report.verdict} "
+               f"({counts['blocking']} blocking, {counts['acknowledge']} to acknowledge); see {see}")
+        self.log(f"warning: {msg}")
+        self._warnings.append(msg)
 
     def _make(self, kind: str, name: str, where: str) -> Any:
         spec = self.registry.get(kind, name)

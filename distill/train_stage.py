@@ -129,13 +129,7 @@ def audit_student(p: "Pipeline", stage: "TrainStage", folder: Path) -> "AuditRep
     for f in {folder, folder.parent if folder.name == "merged" else folder / "merged"}:
         if (f / "distill-model.json").is_file():
             record_student_audit(f, report, p.licenses)
-    if report.exit_code:
-        counts = report.counts()
-        msg = (f"train {stage.name!r}: the license audit for a {report.release.use} release of the model "
-               f"{report.release.name!r} is {report.verdict} ({counts['blocking']} blocking, "
-               f"{counts['acknowledge']} to acknowledge); see {folder / 'README.md'}")
-        p.log(f"warning: {msg}")
-        p._warnings.append(msg)
+    p.audit_warning(f"train {stage.name!r}", report, f"the model {report.release.name!r}", str(folder / "README.md"))
     return report
 
 
