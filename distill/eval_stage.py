@@ -173,7 +173,7 @@ def _answer(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str |
         assert folder is not None
         if folder != "embedded" and (Path(folder) / "adapter_config.json").is_file() \
                 and not (Path(folder) / "config.json").is_file():
-            folder = str(_merged(p, stage, c.name, Path(folder)))  # engines load full weights
+            folder = str(_merged(stage, c.name, Path(folder)))  # engines load full weights
         teacher = _engine(p, i, stage, c, folder)
         owned = True
     try:
@@ -215,26 +215,13 @@ def _engine(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str |
     return engine
 
 
-def _merged(p: "Pipeline", stage: "EvaluateStage", name: str, adapter: Path) -> Path:
-    from distill_plugins._train_common import load_model, load_tokenizer  # the trainers' own loader
-
-    out = p.output / "eval" / str(stage.name) / "merged" / name
-    stamp = hashlib.sha256((adapter / "adapter_config.json").read_bytes()
-                           + (adapter / "distill-model.json").read_bytes() if (adapter / "distill-model.json").is_file()
-                           else b"").hexdigest()[:16]
-    if (out / "distill-merged.json").is_file() and json.loads((out / "distill-merged.json").read_text()).get("stamp") == stamp:
-        return out
+def _merged(stage: "EvaluateStage", name: str, adapter: Path) -> Path:
+    """The adapter merged into its base, in the trainers' own place for it (`adapter/merged`)."""
     from distill.models import library_bars_off
+    from distill_plugins._train_common import merged_folder
 
     with library_bars_off():
-        model = load_model(adapter, f"evaluate stage {stage.name!r}", role=f"contender {name!r}")
-        model.save_pretrained(str(out))
-        load_tokenizer(adapter, f"evaluate stage {stage.name!r}", role=f"contender {name!r}").save_pretrained(str(out))
-    for f in ("distill-model.json",):
-        if (adapter / f).is_file():
-            (out / f).write_bytes((adapter / f).read_bytes())
-    (out / "distill-merged.json").write_text(json.dumps({"stamp": stamp, "adapter": str(adapter)}))
-    return out
+        return merged_folder(adapter, f"evaluate stage {stage.name!r}, contender {name!r}")
 
 
 def _weights(p: "Pipeline", folder: str | None, teacher: Any) -> Path | None:

@@ -163,7 +163,7 @@ def test_a_trained_student_is_measured_against_its_base(tmp_path, tiny_model_dir
     doc = json.loads(ev.path.read_text())
     student = result.students[0].path
     assert (student / "adapter_config.json").is_file() and not (student / "config.json").is_file()
-    assert (ev.path.parent / "merged" / "student" / "config.json").is_file()  # merged once, for the engine
+    assert (student / "merged" / "config.json").is_file()  # merged once, for the engine
     models = {c["name"]: c["model"] for c in doc["contenders"]}
     assert models["student"] != models["base"]
     for it in doc["items"]:
