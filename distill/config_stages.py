@@ -39,26 +39,12 @@ class _Stage(_Model):
     name: str | None = Field(None, description="Unique stage name; defaults to the kind.")
 
 
-class GenerateStage(_Stage):
-    kind: Literal["generate"]
-    task: PluginRef = Field(description="What to ask: `response`, `self-instruct`, ...")
-    teacher: str = Field(description="Key of an entry in `teachers`.")
-    batch_size: int = Field(32, ge=1, description="Records per committed shard.")
-
-
-class RankStage(_Stage):
-    kind: Literal["rank"]
-    ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
-    teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
-    batch_size: int = Field(32, ge=1)
-
-
 class RayOptions(_Model):
-    """Where a filter stage's Ray cluster is: an existing one, or a local one started for the run."""
+    """Where a stage's Ray cluster is: an existing one, or a local one started for the run."""
 
     address: str | None = Field(None, description="null: start a local Ray cluster in this process; 'auto': "
                                 "the cluster `ray start` runs on this machine; 'ray://HOST:PORT' (Ray Client) or "
-                                "'HOST:PORT' (its GCS): a remote one, where distill and the stage's filter "
+                                "'HOST:PORT' (its GCS): a remote one, where distill and the stage's "
                                 "plugins must be installed on every node.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started when `address` is "
                                  "null (default: all of this machine's).")
@@ -77,6 +63,58 @@ class RayOptions(_Model):
         return self
 
 
+class RayTeacherOptions(RayOptions):
+    """The cluster, and the teacher replicas a generate or rank stage runs there: one Ray actor each,
+    with its own engine (a vLLM engine, a transformers model, an API client with its share of the
+    teacher's concurrency and rate limits)."""
+
+    actors: int = Field(1, ge=1, description="Teacher replicas, one Ray actor (and one engine) each.")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves for each actor.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor: for vLLM, tensor_parallel_size x "
+                                  "data_parallel_size of the teacher's options (0: CPU engines or API clients).")
+
+
+def _ray_options_need_ray(cls: Any, value: Any, info: Any) -> Any:
+    if value is not None and info.data.get("executor", "local") != "ray":
+        raise ValueError("ray options apply to `executor: ray` only; this stage runs locally "
+                         "(set executor: ray, or remove `ray`)")
+    return value
+
+
+class GenerateStage(_Stage):
+    kind: Literal["generate"]
+    task: PluginRef = Field(description="What to ask: `response`, `self-instruct`, ...")
+    teacher: str = Field(description="Key of an entry in `teachers`.")
+    batch_size: int = Field(32, ge=1, description="Records per committed shard.")
+    executor: Literal["local", "ray"] = Field("local", description="Where the teacher runs: `local` (this "
+                                              "process) or `ray` (replicas in Ray actors, `pip install "
+                                              "'distill[ray]'`): the same records, see docs/scaling.md.")
+    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the teacher's replicas, for "
+                                                            "`executor: ray`.")
+
+    _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
+
+
+class RankStage(_Stage):
+    kind: Literal["rank"]
+    ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
+    teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
+    batch_size: int = Field(32, ge=1)
+    executor: Literal["local", "ray"] = Field("local", description="Where the judge teacher runs: `local` or "
+                                              "`ray` (replicas in Ray actors); needs `teacher`.")
+    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the judge's replicas, for "
+                                                            "`executor: ray`.")
+
+    _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
+
+    @model_validator(mode="after")
+    def _ray_runs_a_teacher(self) -> "RankStage":
+        if self.executor == "ray" and self.teacher is None:
+            raise ValueError("executor: ray runs the stage's judge teacher in Ray actors, and this stage names "
+                             "no `teacher` (its ranker scores on the driver); remove `executor: ray`")
+        return self
+
+
 class FilterStage(_Stage):
     kind: Literal["filter"]
     filters: list[PluginRef] = Field(min_length=1)
@@ -86,13 +124,7 @@ class FilterStage(_Stage):
                                               "same decisions and shards, see docs/scaling.md.")
     ray: RayOptions | None = Field(None, description="The Ray cluster, for `executor: ray`.")
 
-    @field_validator("ray")
-    @classmethod
-    def _ray_needs_ray(cls, value: RayOptions | None, info: Any) -> RayOptions | None:
-        if value is not None and info.data.get("executor", "local") != "ray":
-            raise ValueError("ray options apply to `executor: ray` only; this stage runs locally "
-                             "(set executor: ray, or remove `ray`)")
-        return value
+    _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
 
 
 class ExportStage(_Stage):

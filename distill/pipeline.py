@@ -19,6 +19,7 @@ from typing import Any
 from distill import __version__
 from distill.config import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
                             TrainStage, digest_view, validate_plugin_options)
+from distill.config_stages import RayTeacherOptions
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.licenses import active
 from distill.model_terms import Terms, resolve_terms, unknown_warning
@@ -227,8 +228,8 @@ class Pipeline:
             return upstream
         raw = digest_view(self.loaded.raw)  # an environment value that changes redoes the stage
         raw_stage = raw["stages"][i]
-        if isinstance(stage, FilterStage):  # where filters run does not change what they decide
-            raw_stage = {k: v for k, v in raw_stage.items() if k not in ("executor", "ray")}
+        # Where a stage runs does not change what it decides: switching executors redoes nothing.
+        raw_stage = {k: v for k, v in raw_stage.items() if k not in ("executor", "ray")}
         teacher_key = getattr(stage, "teacher", None)
         extra = raw.get("teachers", {}).get(teacher_key) if teacher_key else None
         # Both change the license tags a stage stamps (the models: its teacher's terms).
@@ -245,13 +246,33 @@ class Pipeline:
         inputs = list(upstream.kept())
         started = time.monotonic()
         total = len(inputs)
+        task = teacher = pool = None
+        on_ray = getattr(stage, "executor", "local") == "ray"
         if isinstance(stage, GenerateStage):
             task = self._make("task", stage.task.plugin, f"stages[{i}].task")
-            teacher = self._teacher(stage.teacher)  # loads its engine before the bar starts
+            teacher = self._teacher(stage.teacher, remote=on_ray)  # loads its engine before the bar starts
             if isinstance(task, ExpandTask):
                 total = task.target()
         elif isinstance(stage, RankStage) and stage.teacher is not None:
-            teacher = self._teacher(stage.teacher)
+            teacher = self._teacher(stage.teacher, remote=on_ray)
+        try:
+            if on_ray and teacher is not None:  # the same requests and records, answered by Ray actors
+                from distill.ray_teachers import start_replicas
+
+                pool = teacher = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, self.log)
+                self._terms[id(pool)] = self._terms[id(pool.local)]
+            stats = self._run_stage(i, stage, store, inputs, total, result, task, teacher)
+        finally:
+            if pool is not None:
+                pool.close()
+        self._finish(store, result, started, stats)
+        if isinstance(stage, ExportStage):
+            self._cards(stage, store)
+        return store
+
+    def _run_stage(self, i: int, stage: Any, store: StageStore, inputs: list[Record], total: int,
+                   result: RunResult, task: Any, teacher: Any) -> dict[str, Any] | None:
+        """The stage's runner under its progress bar; the teacher calls' figures, if any."""
         caller = None
         with StageProgress(stage.name, total, self.progress) as bar:
             ctx = self._ctx(store, bar, result)
@@ -291,10 +312,7 @@ class Pipeline:
                         f.close()
             elif isinstance(stage, ExportStage):
                 run_export(ctx, stage.format, inputs, self.output / "export" / stage.name)
-        self._finish(store, result, started, caller.stats.as_dict() if caller else None)
-        if isinstance(stage, ExportStage):
-            self._cards(stage, store)
-        return store
+        return caller.stats.as_dict() if caller else None
 
     def _audit_rules(self) -> list[Any]:
         """Built-in and plugin audit rules, checked at start so a typo in `release:` fails early."""
@@ -336,13 +354,13 @@ class Pipeline:
         self.log(f"warning: {msg}")
         self._warnings.append(msg)
 
-    def _make(self, kind: str, name: str, where: str) -> Any:
+    def _make(self, kind: str, name: str, where: str, remote_engine: bool = False) -> Any:
         spec = self.registry.get(kind, name)
         plugin = spec.cls(self.options[where])
         try:
             state = self.output / "state" / re.sub(r"[^A-Za-z0-9_.-]+", "_", where)
             plugin.setup(PluginContext(base_dir=self.loaded.base_dir, progress=self.progress, state_dir=state,
-                                       seeds=self._seed_records))
+                                       seeds=self._seed_records, remote_engine=remote_engine))
         except DistillError:
             raise
         except Exception as exc:  # noqa: BLE001 - named, never a bare traceback
@@ -355,10 +373,12 @@ class Pipeline:
             self._seed_cache = list(self._seed_store.kept()) if self._seed_store is not None else []
         return [r.model_copy(deep=True) for r in self._seed_cache]
 
-    def _teacher(self, key: str) -> Any:
+    def _teacher(self, key: str, remote: bool = False) -> Any:
+        """The started teacher of `teachers.KEY`, one per run. `remote`: its replicas will run in
+        Ray actors, so this one only describes the model (a later local stage starts its engine)."""
         if key not in self._teachers:
             ref = self.config.teachers[key]
-            teacher = self._make("teacher", ref.plugin, f"teachers.{key}")
+            teacher = self._make("teacher", ref.plugin, f"teachers.{key}", remote_engine=remote)
             self._teachers[key] = teacher
             info = teacher.model_info()
             terms = resolve_terms(key=key, plugin=teacher.name, options=teacher.options, reported=info.license,

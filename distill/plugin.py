@@ -37,6 +37,10 @@ class PluginContext:
     #: The run's seed records as loaded (before any stage), for plugins that compare with
     #: them: dedup against the seed set, self-instruct novelty. None outside a pipeline run.
     seeds: Callable[[], list[Record]] | None = None
+    #: True when this instance only stands for replicas that run elsewhere (a stage with
+    #: `executor: ray` runs its teacher in Ray actors): it must describe its model (identity,
+    #: terms, sampling) and may check its options, but should not load weights or start an engine.
+    remote_engine: bool = False
 
 
 class Plugin:

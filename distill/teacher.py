@@ -77,6 +77,15 @@ class Teacher(Plugin):
         """
         yield from enumerate(self.generate(requests))
 
+    def replica_options(self, index: int, count: int) -> Any:
+        """The options of replica `index` of `count` that share this teacher's work (a stage with
+        `executor: ray` runs one per Ray actor, each given a share of every batch).
+
+        Limits that are totals for the teacher (requests in flight, rate limits, spend caps)
+        must be divided so the replicas together keep them; engine settings stay as they are.
+        The default copies the options."""
+        return self.options.model_copy(deep=True)
+
     def generator(self, role: str = "generator") -> Generator:
         info = self.model_info()
         return Generator(

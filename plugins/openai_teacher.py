@@ -139,6 +139,13 @@ class OpenAITeacher(Teacher):
             out["logprobs"] = True
         return out
 
+    def replica_options(self, index: int, count: int) -> "OpenAITeacher.Options":
+        """Concurrency, rate limits and spend caps are the teacher's totals: split (see _api_replicas)."""
+        from distill_plugins._api_replicas import replica_options
+
+        context = getattr(self, "context", None)
+        return replica_options(self.options, index, count, getattr(context, "state_dir", None), self.name)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def setup(self, context: PluginContext) -> None:

@@ -102,7 +102,8 @@ class VLLMTeacher(Teacher):
         super().setup(context)
         self._progress = context.progress
         self.options.model = resolve_model_path(self.options.model, context.base_dir)
-        self._start()
+        if not context.remote_engine:  # with executor: ray the engines start in the actors
+            self._start()
 
     # -- what the model is ---------------------------------------------------------------
 

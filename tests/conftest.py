@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,18 @@ def vllm_server(tiny_model_dir: Path):
 
     with start(tiny_model_dir) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster with 2 CPUs for one test module; its workers import this folder's
+    modules (the test plugins), so a plugin defined here reaches the actors and tasks by name."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'distill[ray]')")
+    import ray
+
+    tests = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

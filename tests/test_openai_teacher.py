@@ -280,3 +280,23 @@ def test_response_format_gives_json_and_falls_back_when_refused(vllm_server, mak
         teacher.generate([req(i, response_format=ANSWER_SCHEMA) for i in range(1, 4)])
         assert proxy.stats.with_response_format == 1  # tried once, then remembered
         assert proxy.stats.requests == 5
+
+
+def test_replicas_share_the_teachers_limits_and_what_is_left_of_its_budget(tmp_path):
+    """executor: ray runs one replica per actor: together they keep the teacher's totals."""
+    state = tmp_path / "state"
+    teacher = OpenAITeacher(model="m", base_url="http://127.0.0.1:1/v1", concurrency=5, requests_per_minute=60,
+                            tokens_per_minute=9000, max_total_tokens=1000)
+    teacher.setup(PluginContext(base_dir=tmp_path, progress=False, state_dir=state))
+    shares = [teacher.replica_options(i, 2) for i in range(2)]
+    assert [o.concurrency for o in shares] == [3, 2]
+    assert [o.requests_per_minute for o in shares] == [30, 30] and shares[0].tokens_per_minute == 4500
+    assert [o.max_total_tokens for o in shares] == [500, 500]
+    assert teacher.options.concurrency == 5  # the teacher's own options are untouched
+    # Spent before: 100 tokens locally, 300 by replica 0 under an earlier run with 3 actors.
+    Budget(state).add(60, 40)
+    Budget(state / "replica-0").add(200, 100)
+    shares = [teacher.replica_options(i, 2) for i in range(2)]
+    assert [o.max_total_tokens for o in shares] == [300 + 300, 300]  # own spend + half of the 600 left
+    with pytest.raises(PluginError, match="concurrency 5 cannot be shared by 6 Ray actors"):
+        teacher.replica_options(0, 6)

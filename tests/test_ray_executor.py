@@ -10,9 +10,7 @@ again, and the result equals an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import logging
 import os
 import random
 from pathlib import Path
@@ -36,19 +34,6 @@ from util import pipeline
 TESTS = Path(__file__).resolve().parent
 WORDS = [w + s for w in ("alpha beta gamma delta omega router signal channel cable modem light power reset wifi "
                          "band mesh guest port speed drop").split() for s in ("", "s", "ed", "ing")]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Any:
-    """A real local cluster, 2 CPUs; its workers import this folder's modules (the test filters)."""
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray not installed (pip install 'distill[ray]')")
-    import ray
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray
-    ray.shutdown()
 
 
 def make_records(n: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
