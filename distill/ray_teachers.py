@@ -52,7 +52,8 @@ class _Replica:
     def ready(self) -> tuple[str | None, str]:
         import ray
 
-        return self.error, f"node {ray.util.get_node_ip_address()}, pid {os.getpid()}"
+        node = ray.get_runtime_context().get_node_id()
+        return self.error, f"node {ray.util.get_node_ip_address()} {node[:8]}, pid {os.getpid()}"
 
     def run(self, requests: list[ChatRequest]) -> Iterator[tuple[int, Any]]:
         """(index in `requests`, samples) per completed request; (-1, why) and stop on failure."""
@@ -141,7 +142,7 @@ class RayTeacher(Teacher):
 
         actors, self.actors = self.actors, []
         try:
-            ray.get([a.close.remote() for a in actors], timeout=120)
+            ray.get([a.close.remote() for a in actors], timeout=60)
         except Exception:  # noqa: BLE001 - closing is best effort; the actors go anyway
             pass
         for a in actors:
@@ -199,7 +200,7 @@ def start_replicas(teacher: Teacher, options: Any, stage: str, log: Callable[[st
             str(Path(state_dir) / f"replica-{i}") if state_dir is not None else None))
     log(f"stage {stage!r}: starting {options.actors} replica(s) of {what} in Ray actors")
     try:
-        states = ray.get([a.ready.remote() for a in actors])
+        states = _wait_ready(actors, stage, log)
     except ray.exceptions.RayError as exc:
         for a in actors:
             ray.kill(a)
@@ -212,6 +213,22 @@ def start_replicas(teacher: Teacher, options: Any, stage: str, log: Callable[[st
         k, err, where = failed[0]
         raise PluginError(f"{what} failed to start on Ray actor {k + 1} of {len(actors)} ({where}): {err}")
     return pool
+
+
+def _wait_ready(actors: list[Any], stage: str, log: Callable[[str], None], every: float = 60.0) -> list[Any]:
+    """Each actor's (error, where) once its replica is set up. Engines can take minutes to
+    start, so there is no deadline; but an actor Ray cannot place waits silently, so say so."""
+    import ray
+
+    refs = [a.ready.remote() for a in actors]
+    waited = 0.0
+    while True:
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=every)
+        if not pending:
+            return ray.get(refs)
+        waited += every
+        log(f"stage {stage!r}: {len(pending)} of {len(refs)} teacher replica(s) not started after {waited:.0f} s "
+            f"(loading an engine, or waiting for resources no node has free: see `ray status`)")
 
 
 def _check_resources(options: Any, stage: str, log: Callable[[str], None]) -> None:
