@@ -64,11 +64,12 @@ class RayOptions(_Model):
 
 
 class RayTeacherOptions(RayOptions):
-    """The cluster, and the teacher replicas a generate or rank stage runs there: one Ray actor each,
-    with its own engine (a vLLM engine, a transformers model, an API client with its share of the
-    teacher's concurrency and rate limits)."""
+    """The cluster, and the replicas a generate or rank stage runs there: one Ray actor each, with
+    its own engine (a vLLM engine, a transformers model, an API client with its share of the
+    teacher's concurrency and rate limits, a rank stage's reward model)."""
 
-    actors: int = Field(1, ge=1, description="Teacher replicas, one Ray actor (and one engine) each.")
+    actors: int = Field(1, ge=1, description="Replicas of the teacher (or ranker), one Ray actor and one "
+                                              "engine each.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves for each actor.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor: for vLLM, tensor_parallel_size x "
                                   "data_parallel_size of the teacher's options (0: CPU engines or API clients).")
@@ -100,19 +101,13 @@ class RankStage(_Stage):
     ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
     teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
     batch_size: int = Field(32, ge=1)
-    executor: Literal["local", "ray"] = Field("local", description="Where the judge teacher runs: `local` or "
-                                              "`ray` (replicas in Ray actors); needs `teacher`.")
-    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the judge's replicas, for "
+    executor: Literal["local", "ray"] = Field("local", description="`local` or `ray`: replicas in Ray actors "
+                                              "of the judge `teacher`, or, without one, of the ranker itself "
+                                              "(a reward model per actor).")
+    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the replicas, for "
                                                             "`executor: ray`.")
 
     _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
-
-    @model_validator(mode="after")
-    def _ray_runs_a_teacher(self) -> "RankStage":
-        if self.executor == "ray" and self.teacher is None:
-            raise ValueError("executor: ray runs the stage's judge teacher in Ray actors, and this stage names "
-                             "no `teacher` (its ranker scores on the driver); remove `executor: ray`")
-        return self
 
 
 class FilterStage(_Stage):

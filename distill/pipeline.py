@@ -288,7 +288,16 @@ class Pipeline:
                 finally:
                     task.close()
             elif isinstance(stage, RankStage):
-                ranker = self._make("ranker", stage.ranker.plugin, f"stages[{i}].ranker")
+                own = stage.executor == "ray" and stage.teacher is None  # the ranker's replicas in Ray actors
+                ranker = self._make("ranker", stage.ranker.plugin, f"stages[{i}].ranker", remote_engine=own)
+                if own:
+                    from distill.ray_rankers import start_replicas as start_rankers
+
+                    try:
+                        ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, self.log)
+                    except BaseException:
+                        ranker.close()
+                        raise
                 judge = None
                 if stage.teacher is not None:
                     caller = TeacherCaller(teacher, self._request_cache(), on_progress=bar.calls)

@@ -280,6 +280,10 @@ class RewardModelRanker(Ranker):
             path = context.base_dir / path
         if not (path / "config.json").is_file():
             raise PluginError(f"reward-model ranker: {path} is not a transformers model folder (no config.json)")
+        self._path = path
+        self.options.model = str(path)  # replicas in Ray actors get the resolved folder
+        if context.remote_engine:  # executor: ray: the model loads in each actor
+            return
         try:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -292,7 +296,6 @@ class RewardModelRanker(Ranker):
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
         self._model.config.pad_token_id = self._tok.pad_token_id
-        self._path = path
 
     def generators(self) -> list[Generator]:
         """The reward model judges every record it ranks: its identity and terms (a distill-trained

@@ -35,6 +35,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir:
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny Llama with a one-logit sequence-classification head, as a reward model is."""
+    from distill.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("reward") / "rm", head="reward")
+
+
+@pytest.fixture(scope="session")
 def vllm_server(tiny_model_dir: Path):
     """A real vLLM OpenAI-compatible server on 127.0.0.1 serving the tiny model; yields
     `(base_url, model)`. One per session: it takes ~40 s to start on CPU."""

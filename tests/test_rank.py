@@ -109,13 +109,6 @@ def test_records_without_answers_are_rejected_not_lost():
     assert candidates_of(make_record("q")) == []
 
 
-@pytest.fixture(scope="module")
-def tiny_reward_dir(tmp_path_factory, tiny_model_dir):
-    from distill.testing import tiny_model
-
-    return tiny_model(tmp_path_factory.mktemp("reward") / "rm", head="reward")
-
-
 def test_reward_model_ranker_scores_with_a_real_sequence_classifier(tiny_reward_dir, tmp_path):
     from distill.plugin import PluginContext
     from distill_plugins.rankers import RewardModelRanker

@@ -1,4 +1,4 @@
-"""Generate and rank stages with `executor: ray`: teacher replicas in Ray actors, on a real cluster.
+"""Generate and rank stages with `executor: ray`: teacher (or ranker) replicas in Ray actors, on a real cluster.
 
 The same config runs with the teacher in this process and with it in Ray actors (two replicas on
 a local 2-CPU cluster, each answering a share of every batch); every stage's shards must be the
@@ -185,11 +185,6 @@ def test_ray_options_are_checked_when_the_config_loads(tmp_path):
     cfg["stages"][1]["ray"] = {"actors": 2}
     with pytest.raises(ConfigError, match="ray options apply to `executor: ray` only"):
         parse_config(cfg)
-    cfg = full_config(tmp_path, executor=RAY)
-    cfg["stages"][2].pop("teacher")
-    cfg["stages"][2]["ranker"] = "reward-function"
-    with pytest.raises(ConfigError, match="runs the stage's judge teacher in Ray actors"):
-        parse_config(cfg)
     cfg = full_config(tmp_path, executor={"executor": "ray", "ray": {"actors": 2, "gpu_per_actor": 1}})
     with pytest.raises(ConfigError, match="gpu_per_actor"):
         parse_config(cfg)
@@ -234,3 +229,39 @@ def test_an_api_teacher_in_two_actors_shares_its_concurrency(tmp_path, vllm_serv
     expected, got = run_both(tmp_path, writer, {"actors": 2, "cpus_per_actor": 0.5})
     assert [r["id"] for kept, _ in got for r in kept] == [r["id"] for kept, _ in expected for r in kept]
     assert got == expected
+
+
+def ranked_config(folder: Path, ranker: dict[str, Any], executor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Responses with 2 samples each, ranked by a ranker without a judge teacher."""
+    cfg = config_dict(folder)
+    cfg["stages"] = [cfg["stages"][1], {"kind": "rank", "name": "rank", "ranker": ranker, "batch_size": 5,
+                                        **(executor or {})}]
+    return cfg
+
+
+def test_a_reward_function_ranker_in_two_actors_scores_as_locally(tmp_path):
+    ranker = {"plugin": "reward-function", "options": {"function": "reward_fns:prefers_short"}}
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    local.mkdir(), ray.mkdir()
+    pipeline(ranked_config(local, ranker)).run()
+    pipeline(ranked_config(ray, ranker, RAY)).run()
+    expected = shards(local / "out", "rank")
+    assert expected and shards(ray / "out", "rank") == expected
+
+
+@pytest.mark.slow
+def test_a_reward_model_in_each_of_two_actors_scores_as_one_locally(tmp_path, tiny_reward_dir):
+    """One reward model per actor, each scoring its share of every batch: the same ranking."""
+    ranker = {"plugin": "reward-model", "options": {"model": str(tiny_reward_dir), "batch_size": 4}}
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    local.mkdir(), ray.mkdir()
+    pipeline(ranked_config(local, ranker)).run()
+    pipeline(ranked_config(ray, ranker, RAY)).run()
+    expected, got = shards(local / "out", "rank"), shards(ray / "out", "rank")
+    scores = [[c.pop("score") for c in r["candidates"]] for kept, _ in got for r in kept]
+    want = [[c.pop("score") for c in r["candidates"]] for kept, _ in expected for r in kept]
+    # Another split of the batch pads differently: the same scores to float32 precision.
+    assert scores == [pytest.approx(w, rel=1e-4, abs=1e-5) for w in want] and len(scores) == len(QUESTIONS)
+    assert [[r["id"] for r in kept] for kept, _ in got] == [[r["id"] for r in kept] for kept, _ in expected]
+    judges = [g for kept, _ in got for r in kept for g in r["provenance"]["generators"] if g["role"] == "judge"]
+    assert judges and all(g["plugin"] == "reward-model" and len(g["file_hash"]) == 64 for g in judges)
