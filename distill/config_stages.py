@@ -82,32 +82,31 @@ def _ray_options_need_ray(cls: Any, value: Any, info: Any) -> Any:
     return value
 
 
-class GenerateStage(_Stage):
-    kind: Literal["generate"]
-    task: PluginRef = Field(description="What to ask: `response`, `self-instruct`, ...")
-    teacher: str = Field(description="Key of an entry in `teachers`.")
-    batch_size: int = Field(32, ge=1, description="Records per committed shard.")
-    executor: Literal["local", "ray"] = Field("local", description="Where the teacher runs: `local` (this "
-                                              "process) or `ray` (replicas in Ray actors, `pip install "
-                                              "'distill[ray]'`): the same records, see docs/scaling.md.")
-    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the teacher's replicas, for "
-                                                            "`executor: ray`.")
+class _ReplicatedStage(_Stage):
+    """A stage whose teacher (or ranker) can run as replicas in Ray actors."""
 
-    _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
-
-
-class RankStage(_Stage):
-    kind: Literal["rank"]
-    ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
-    teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
-    batch_size: int = Field(32, ge=1)
-    executor: Literal["local", "ray"] = Field("local", description="`local` or `ray`: replicas in Ray actors "
-                                              "of the judge `teacher`, or, without one, of the ranker itself "
-                                              "(a reward model per actor).")
+    executor: Literal["local", "ray"] = Field("local", description="Where the stage's teacher runs: `local` "
+                                              "(this process) or `ray` (replicas in Ray actors, `pip install "
+                                              "'distill[ray]'`; a rank stage without a judge teacher replicates "
+                                              "its ranker): the same records, see docs/scaling.md.")
     ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the replicas, for "
                                                             "`executor: ray`.")
 
     _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
+
+
+class GenerateStage(_ReplicatedStage):
+    kind: Literal["generate"]
+    task: PluginRef = Field(description="What to ask: `response`, `self-instruct`, ...")
+    teacher: str = Field(description="Key of an entry in `teachers`.")
+    batch_size: int = Field(32, ge=1, description="Records per committed shard.")
+
+
+class RankStage(_ReplicatedStage):
+    kind: Literal["rank"]
+    ranker: PluginRef = Field(description="How to score candidates: `judge`, `reward-model`, `reward-function`.")
+    teacher: str | None = Field(None, description="Key in `teachers` of the judge model, for rankers that need one.")
+    batch_size: int = Field(32, ge=1)
 
 
 class FilterStage(_Stage):

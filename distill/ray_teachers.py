@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from distill.ray_replicas import cause, shares, start, stop
 from distill.records import Generator
-from distill.teacher import ChatRequest, ModelInfo, Sample, Teacher, Usage
+from distill.teacher import ChatRequest, ModelInfo, Sample, Teacher, Usage, in_order
 
 
 class RayTeacher(Teacher):
@@ -57,10 +57,7 @@ class RayTeacher(Teacher):
         return self.local.generator(role=role)
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:
-        results: list[list[Sample]] = [[] for _ in requests]
-        for i, samples in self.iter_generate(requests):
-            results[i] = samples
-        return results
+        return in_order(requests, self.iter_generate(requests))
 
     def iter_generate(self, requests: list[ChatRequest]) -> Iterator[tuple[int, list[Sample]]]:
         """Yield each request's samples as any replica finishes it. When a replica fails, the

@@ -48,6 +48,14 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
+def in_order(requests: list[ChatRequest], results: Iterator[tuple[int, list[Sample]]]) -> list[list[Sample]]:
+    """`generate` for a teacher built on `iter_generate`: its results in request order."""
+    out: list[list[Sample]] = [[] for _ in requests]
+    for i, samples in results:
+        out[i] = samples
+    return out
+
+
 class Teacher(Plugin):
     """Turns chat requests into completions. Subclasses implement `generate` and `model_info`."""
 

@@ -27,7 +27,7 @@ from distill.errors import PluginError, TeacherUnavailable
 from distill.hookspecs import hookimpl
 from distill.models import SAMPLING_FIELDS, derive_seed
 from distill.plugin import PluginContext
-from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
+from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
 from distill_plugins._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,
                                           TokenEstimator, error_message, retry_after_seconds)
 
@@ -214,10 +214,7 @@ class OpenAITeacher(Teacher):
     # -- generating ------------------------------------------------------------------------
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:
-        results: list[list[Sample]] = [[] for _ in requests]
-        for i, samples in self.iter_generate(requests):
-            results[i] = samples
-        return results
+        return in_order(requests, self.iter_generate(requests))
 
     def iter_generate(self, requests: list[ChatRequest]) -> Iterator[tuple[int, list[Sample]]]:
         """Yield each request's samples as it completes; when the batch fails, everything that
