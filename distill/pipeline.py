@@ -7,8 +7,6 @@ incomplete; it is redone when its config or its input changed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import sys
 import time
@@ -20,6 +18,7 @@ from distill import __version__
 from distill.config import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
                             TrainStage, digest_view, validate_plugin_options)
 from distill.config_stages import RayTeacherOptions
+from distill.digests import digest as stage_digest, file_digest, output_digest
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.licenses import active
 from distill.model_terms import Terms, resolve_terms, unknown_warning
@@ -53,28 +52,6 @@ class RunResult:
     students: list[Any] = field(default_factory=list)
     #: One per evaluate stage (distill.eval_stage.EvalResult).
     evaluations: list[Any] = field(default_factory=list)
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _output_digest(store: StageStore) -> str:
-    return _digest([s.sha256.get(s.kept_file) for s in store.manifest.shards])
-
-
-def _file_digest(path: Path) -> str:
-    if path.is_dir():
-        return _digest(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                              for p in path.rglob("*") if p.is_file()))
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return "unreadable"
-    return h.hexdigest()[:16]
 
 
 class Pipeline:
@@ -193,9 +170,9 @@ class Pipeline:
         from distill.seeds import load_seeds
 
         srcs = self.loaded.raw.get("seeds", [])
-        files = [_file_digest(_resolve(self.loaded.base_dir, s.path)) for s in self.config.seeds]
+        files = [file_digest(_resolve(self.loaded.base_dir, s.path)) for s in self.config.seeds]
         licenses = self.loaded.raw.get("licenses")  # they change every record's tag
-        digest = _digest("seeds", srcs, files, *(["licenses", licenses] if licenses else []))
+        digest = stage_digest("seeds", srcs, files, *(["licenses", licenses] if licenses else []))
         store = self._open("seeds", "seeds", digest, result)
         if store is None:
             return StageStore(self.output, "seeds", "seeds", digest)
@@ -235,7 +212,7 @@ class Pipeline:
         # Both change the license tags a stage stamps (the models: its teacher's terms).
         models = raw.get("models") if teacher_key else None
         licenses = raw.get("licenses")
-        digest = _digest(stage.kind, raw_stage, extra, self.config.seed, _output_digest(upstream),
+        digest = stage_digest(stage.kind, raw_stage, extra, self.config.seed, output_digest(upstream),
                          *(["models", models] if models else []), *(["licenses", licenses] if licenses else []))
         store = self._open(stage.name, stage.kind, digest, result)
         if store is None:
