@@ -223,66 +223,58 @@ class Pipeline:
         inputs = list(upstream.kept())
         started = time.monotonic()
         total = len(inputs)
-        task = teacher = pool = None
+        task = teacher = ranker = pool = None
         on_ray = getattr(stage, "executor", "local") == "ray"
-        if isinstance(stage, GenerateStage):
-            task = self._make("task", stage.task.plugin, f"stages[{i}].task")
-            teacher = self._teacher(stage.teacher, remote=on_ray)  # loads its engine before the bar starts
-            if isinstance(task, ExpandTask):
-                total = task.target()
-        elif isinstance(stage, RankStage) and stage.teacher is not None:
-            teacher = self._teacher(stage.teacher, remote=on_ray)
-        try:
+        try:  # plugins load their engines here, before the stage's bar starts
+            if isinstance(stage, GenerateStage):
+                task = self._make("task", stage.task.plugin, f"stages[{i}].task")
+                teacher = self._teacher(stage.teacher, remote=on_ray)
+                if isinstance(task, ExpandTask):
+                    total = task.target()
+            elif isinstance(stage, RankStage):
+                if stage.teacher is not None:
+                    teacher = self._teacher(stage.teacher, remote=on_ray)
+                ranker = self._make("ranker", stage.ranker.plugin, f"stages[{i}].ranker",
+                                    remote_engine=on_ray and teacher is None)
             if on_ray and teacher is not None:  # the same requests and records, answered by Ray actors
                 from distill.ray_teachers import start_replicas
 
                 pool = teacher = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, self.log)
                 self._terms[id(pool)] = self._terms[id(pool.local)]
-            stats = self._run_stage(i, stage, store, inputs, total, result, task, teacher)
+            elif on_ray and ranker is not None:  # no judge teacher: the ranker's own replicas
+                from distill.ray_rankers import start_replicas as start_rankers
+
+                ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, self.log)
+            stats = self._run_stage(i, stage, store, inputs, total, result, task, teacher, ranker)
         finally:
-            if pool is not None:
-                pool.close()
+            for plugin in (task, ranker, pool):  # a pool of ranker replicas closes its stand-in too
+                if plugin is not None:
+                    plugin.close()
         self._finish(store, result, started, stats)
         if isinstance(stage, ExportStage):
             self._cards(stage, store)
         return store
 
     def _run_stage(self, i: int, stage: Any, store: StageStore, inputs: list[Record], total: int,
-                   result: RunResult, task: Any, teacher: Any) -> dict[str, Any] | None:
+                   result: RunResult, task: Any, teacher: Any, ranker: Any) -> dict[str, Any] | None:
         """The stage's runner under its progress bar; the teacher calls' figures, if any."""
         caller = None
         with StageProgress(stage.name, total, self.progress) as bar:
             ctx = self._ctx(store, bar, result)
             if isinstance(stage, GenerateStage):
                 caller = TeacherCaller(teacher, self._request_cache(), on_progress=bar.calls)
-                try:
-                    if isinstance(task, MapTask):
-                        run_map(ctx, task, caller, inputs, stage.batch_size)
-                    elif isinstance(task, ExpandTask):
-                        run_expand(ctx, task, caller, inputs, stage.batch_size)
-                    else:
-                        raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
-                finally:
-                    task.close()
+                if isinstance(task, MapTask):
+                    run_map(ctx, task, caller, inputs, stage.batch_size)
+                elif isinstance(task, ExpandTask):
+                    run_expand(ctx, task, caller, inputs, stage.batch_size)
+                else:
+                    raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
             elif isinstance(stage, RankStage):
-                own = stage.executor == "ray" and stage.teacher is None  # the ranker's replicas in Ray actors
-                ranker = self._make("ranker", stage.ranker.plugin, f"stages[{i}].ranker", remote_engine=own)
-                if own:
-                    from distill.ray_rankers import start_replicas as start_rankers
-
-                    try:
-                        ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, self.log)
-                    except BaseException:
-                        ranker.close()
-                        raise
                 judge = None
                 if stage.teacher is not None:
                     caller = TeacherCaller(teacher, self._request_cache(), on_progress=bar.calls)
                     judge = Judge(caller, f"stage {stage.name!r}")
-                try:
-                    run_rank(ctx, ranker, judge, inputs, stage.batch_size)
-                finally:
-                    ranker.close()
+                run_rank(ctx, ranker, judge, inputs, stage.batch_size)
             elif isinstance(stage, FilterStage):
                 filters = [self._make("filter", f.plugin, f"stages[{i}].filters[{j}]")
                            for j, f in enumerate(stage.filters)]
