@@ -115,7 +115,7 @@ def start(plugin: Plugin, options: Any, stage: str, replica_options: Callable[[i
                                      max_concurrency=1).remote(
             type(plugin), own, plugin.plugin_version, plugin.plugin_package, base_dir,
             str(Path(state_dir) / f"replica-{i}") if state_dir is not None else None))
-    log(f"stage {stage!r}: starting {options.actors} replica(s) of {what} in Ray actors")
+    log(f"stage {stage!r}: starting {options.actors} replica(s) of {plugin.kind} plugin {plugin.name!r} in Ray actors")
     try:
         states = _wait_ready(actors, stage, log)
     except ray.exceptions.RayError as exc:
