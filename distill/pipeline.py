@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from distill import __version__
 from distill.config import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
@@ -31,6 +31,7 @@ from distill.ranker import Judge
 from distill.stages import StageContext, run_expand, run_export, run_filters, run_map, run_rank
 from distill.store import RunLock, StageStore, write_json
 from distill.task import ExpandTask, MapTask
+from distill.upstream import UpstreamRecords
 
 
 @dataclass
@@ -220,7 +221,7 @@ class Pipeline:
             if isinstance(stage, ExportStage):
                 self._cards(stage, store)
             return store
-        inputs = list(upstream.kept())
+        inputs = UpstreamRecords(upstream)  # read shard by shard as the stage uses them
         started = time.monotonic()
         total = len(inputs)
         task = teacher = ranker = pool = None
@@ -255,7 +256,7 @@ class Pipeline:
             self._cards(stage, store)
         return store
 
-    def _run_stage(self, i: int, stage: Any, store: StageStore, inputs: list[Record], total: int,
+    def _run_stage(self, i: int, stage: Any, store: StageStore, inputs: Sequence[Record], total: int,
                    result: RunResult, task: Any, teacher: Any, ranker: Any) -> dict[str, Any] | None:
         """The stage's runner under its progress bar; the teacher calls' figures, if any."""
         caller = None
@@ -282,7 +283,7 @@ class Pipeline:
                     if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
                         from distill.ray_filters import run_filters_ray
 
-                        run_filters_ray(ctx, filters, inputs, stage.batch_size, stage.ray, self.log)
+                        run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, self.log)
                     else:
                         run_filters(ctx, filters, inputs, stage.batch_size)
                 finally:

@@ -13,7 +13,7 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from distill.calls import CallStats, TeacherCaller
 from distill.errors import ConfigError, PluginError
@@ -66,7 +66,8 @@ def _call_meta(caller: TeacherCaller, before: CallStats) -> dict[str, Any]:
     return {"requests": caller.stats.requests - before.requests, "cache_hits": caller.stats.hits - before.hits}
 
 
-def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: list[Record], batch_size: int) -> None:
+def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Sequence[Record],
+            batch_size: int) -> None:
     generator = ctx.generator(caller.teacher)
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(ctx.store.next_index * batch_size)
@@ -98,7 +99,7 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: lis
         ctx.advance(len(chunk))
 
 
-def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, inputs: list[Record],
+def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, inputs: Sequence[Record],
                batch_size: int) -> None:
     generator = ctx.generator(caller.teacher)
     store = ctx.store
@@ -186,7 +187,7 @@ def _guard(plugin: Task | Filter | Ranker, method: str, call: Callable[[], Any],
                           f"{type(exc).__name__}: {exc}") from exc
 
 
-def run_filters(ctx: StageContext, filters: list[Filter], inputs: list[Record], batch_size: int) -> None:
+def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Record], batch_size: int) -> None:
     store = ctx.store
     for i, f in enumerate(filters):
         if f.needs_whole_input():
@@ -194,7 +195,8 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: list[Record], 
                 raise ConfigError(f"stage {ctx.stage!r}: filter {f.name!r} (as configured) chooses among all of the "
                                   f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
                                   f"move it first, or into a stage of its own after the others")
-            _guard(f, "prepare", lambda: f.prepare(inputs), f"stage {ctx.stage!r}")
+            whole = list(inputs)  # it chooses among all of them at once
+            _guard(f, "prepare", lambda: f.prepare(whole), f"stage {ctx.stage!r}")
     if store.next_index:
         _restore_filters(filters, list(store.kept()), list(store.rejected()))
     batches = math.ceil(len(inputs) / batch_size)
@@ -238,7 +240,7 @@ def _restore_filters(filters: list[Filter], kept: list[Record], rejected: list[R
         f.restore(kept + [r for at, r in dropped_at if at > i])
 
 
-def run_export(ctx: StageContext, fmt: str, inputs: list[Record], path: Path) -> None:
+def run_export(ctx: StageContext, fmt: str, inputs: Sequence[Record], path: Path) -> None:
     from distill.export import export_records
 
     if ctx.store.next_index:
@@ -252,7 +254,8 @@ def run_export(ctx: StageContext, fmt: str, inputs: list[Record], path: Path) ->
     ctx.advance(len(chunk))
 
 
-def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: list[Record], batch_size: int) -> None:
+def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record],
+             batch_size: int) -> None:
     judge_gen = ctx.generator(judge.caller.teacher, role="judge") if judge is not None else None
     own = _guard(ranker, "generators", ranker.generators, f"stage {ctx.stage!r}")
     batches = math.ceil(len(inputs) / batch_size)
