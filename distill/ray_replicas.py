@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from distill.errors import ConfigError, PluginError
 from distill.plugin import Plugin, PluginContext
+from distill.ray_filters import _cause as cause, connect
 
 T = TypeVar("T")
 
@@ -78,12 +79,6 @@ def shares(items: Sequence[T], count: int) -> list[tuple[int, list[T]]]:
     return out
 
 
-def cause(exc: BaseException) -> str:
-    from distill.ray_filters import _cause
-
-    return _cause(exc)
-
-
 def start(plugin: Plugin, options: Any, stage: str, replica_options: Callable[[int, int], Any],
           log: Callable[[str], None] = lambda m: None) -> tuple[list[Any], list[str]]:
     """Start `options.actors` replicas of `plugin` (set up on the driver as a stand-in) on the
@@ -91,8 +86,6 @@ def start(plugin: Plugin, options: Any, stage: str, replica_options: Callable[[i
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(f"stage {stage!r}: executor: ray needs Ray: pip install 'distill[ray]'")
     import ray
-
-    from distill.ray_filters import connect
 
     connect(options)
     _check_resources(options, stage, log)

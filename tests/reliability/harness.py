@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,30 @@ def distill(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
             timeout: float = 300, preexec_fn=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def wait_for(proc: subprocess.Popen, cond, timeout: float = 60.0) -> bool:
+    """Poll until `cond()` or the process ends; True when the condition was met first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if cond():
+            return True
+        time.sleep(0.01)
+    raise AssertionError(f"the run made no progress in {timeout:g} s")
+
+
+def kill_when(proc: subprocess.Popen, cond, pause: float, *, timeout: float = 60.0, wait: float = 60.0) -> int:
+    """SIGKILL `proc` `pause` seconds after `cond()` holds (unless it ended first); its exit code."""
+    try:
+        if wait_for(proc, cond, timeout):
+            time.sleep(pause)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=wait)
+    return proc.returncode
 
 
 def start_run(config: Path, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:

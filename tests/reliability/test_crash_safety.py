@@ -17,18 +17,16 @@ the run is resumed to completion, and then:
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from distill.cache import RequestCache
 
-from .harness import (call_log_count, check_output, child_env, crash_config, distill, manifest,
+from .harness import (call_log_count, check_output, child_env, crash_config, distill, kill_when, manifest,
                       read_output, start_run)
 
 pytestmark = pytest.mark.slow
@@ -38,18 +36,6 @@ SEED = 8000
 PHASES = ("generate", "filter", "export")
 #: Requests in flight at most: the generate stages' batch_size (self-instruct asks <= batch_size per round).
 BATCH = 4
-
-
-def _wait_for(proc, cond, timeout: float = 60.0) -> bool:
-    """Poll until `cond()` or the process ends; True when the condition was met first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if cond():
-            return True
-        time.sleep(0.01)
-    raise AssertionError("the run made no progress in 60 s")
 
 
 def _shards(out: Path, stage: str) -> int:
@@ -114,14 +100,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(trial, tmp_path, plugi
             cond, pause, aim = _aim(rng, phase, out)
         else:
             cond, pause, aim = (lambda: True), rng.uniform(0.3, 3.0), "anywhere"
-        try:
-            if _wait_for(proc, cond):
-                time.sleep(pause)
-                if proc.poll() is None:
-                    os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=60)
-        if proc.returncode == -signal.SIGKILL:
+        if kill_when(proc, cond, pause) == -signal.SIGKILL:
             kills += 1
             where.append(f"{aim} +{pause:.2f}s")
             during.append(_in_progress(out))

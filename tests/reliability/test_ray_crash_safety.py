@@ -11,10 +11,8 @@ processes). The Ray cluster dies with the killed run; the resumed run starts a n
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,9 @@ import yaml
 
 from distill.cache import RequestCache
 
-from .harness import call_log_count, check_output, child_env, crash_config, distill, read_output, start_run
-from .test_crash_safety import BATCH, _aim, _wait_for
+from .harness import (call_log_count, check_output, child_env, crash_config, distill, kill_when, read_output,
+                      start_run)
+from .test_crash_safety import BATCH, _aim
 
 pytestmark = pytest.mark.slow
 
@@ -68,17 +67,11 @@ def test_sigkill_under_ray_then_resume_loses_and_duplicates_nothing(trial, tmp_p
         proc = start_run(config, env, log)
         # The first kill lands inside a Ray stage; a second one anywhere after the cluster is up.
         cond, pause, _ = _aim(rng, phase, out) if attempt == 0 else ((lambda: True), rng.uniform(3.0, 8.0), "")
-        try:
-            if _wait_for(proc, cond, timeout=180):
-                time.sleep(pause)
-                if proc.poll() is None:
-                    os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=120)
-        if proc.returncode == -signal.SIGKILL:
+        code = kill_when(proc, cond, pause, timeout=180, wait=120)
+        if code == -signal.SIGKILL:
             kills += 1
-        elif proc.returncode != 0:
-            pytest.fail(f"run exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        elif code != 0:
+            pytest.fail(f"run exited with {code}:\n{log.read_text()[-3000:]}")
         else:
             break
 
