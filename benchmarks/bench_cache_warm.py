@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.config import load_config
+from distill.config.loader import load_config
 from distill.pipeline import Pipeline
 from distill.registry import make_registry
 from distill.testing import tiny_model

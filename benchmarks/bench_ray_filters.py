@@ -43,8 +43,8 @@ PHASES = ("driver_entries", "signatures", "grouping", "resolution", "commit")
 
 def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list]:
     """One filter stage; its wall time, Ray's phase times, and every decision (id, reason)."""
-    from distill.stages import StageContext, run_filters
-    from distill.store import StageStore
+    from distill.stages.base import StageContext, run_filters
+    from distill.io.store import StageStore
     from distill_plugins.dedup import NearDedup
 
     store = StageStore(folder, "near", "filter", "bench")
@@ -55,7 +55,7 @@ def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list
     if executor == "local":
         run_filters(ctx, [f], records, BATCH)
     else:
-        from distill.ray_filters import run_filters_ray
+        from distill.ray.filters import run_filters_ray
 
         run = run_filters_ray(ctx, [f], records, BATCH)
         near = run.near
@@ -71,7 +71,7 @@ def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list
 
 def signature_cpu_per_1k(records: list) -> float:
     """Single-core seconds to sign 1k records (what one worker CPU spends per 1k)."""
-    from distill.ray_dedup import Entry, _sign, entry_table, project
+    from distill.ray.dedup import Entry, _sign, entry_table, project
     from distill_plugins.dedup import NearDedup
 
     o = NearDedup().options

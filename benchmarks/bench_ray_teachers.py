@@ -65,7 +65,7 @@ def requests(n: int, salt: int, words: int = 12) -> list[ChatRequest]:
 
 
 def timed_calls(teacher: Any, batches: list[list[ChatRequest]]) -> tuple[float, list[str]]:
-    from distill.calls import TeacherCaller
+    from distill.cache.calls import TeacherCaller
 
     caller = TeacherCaller(teacher, None)
     started = time.perf_counter()
@@ -74,14 +74,14 @@ def timed_calls(teacher: Any, batches: list[list[ChatRequest]]) -> tuple[float, 
 
 
 def ray_options(actors: int, cpus: float) -> Any:
-    from distill.config_stages import RayTeacherOptions
+    from distill.config.stages import RayTeacherOptions
 
     return RayTeacherOptions(actors=actors, cpus_per_actor=cpus)
 
 
 def dispatch(repeats: int, total: int, batch: int, log: Any) -> dict[str, Any]:
     from distill.plugin import PluginContext
-    from distill.ray_teachers import start_replicas
+    from distill.ray.teachers import start_replicas
 
     local = InstantTeacher()
     local.setup(PluginContext(base_dir=HERE, progress=False))
@@ -113,7 +113,7 @@ def dispatch(repeats: int, total: int, batch: int, log: Any) -> dict[str, Any]:
 
 def vllm(repeats: int, total: int, batch: int, max_tokens: int, log: Any) -> dict[str, Any]:
     from distill.plugin import PluginContext
-    from distill.ray_teachers import start_replicas
+    from distill.ray.teachers import start_replicas
     from distill.testing import tiny_model
     from distill_plugins.vllm_teacher import VLLMTeacher
 

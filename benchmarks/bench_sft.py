@@ -43,7 +43,7 @@ WORDS = ("river mountain signal kernel harbor lantern orbit meadow engine prism 
 
 
 def make_export(path: Path, rows: int) -> None:
-    from distill.export import export_records
+    from distill.io.export import export_records
     from distill.testing import make_record
 
     records = []
@@ -97,7 +97,7 @@ def best_tokens_per_s(runs: list[dict]) -> float:
 def run_distill(model: Path, data: Path, work: Path, a) -> dict:
     from distill.plugin import PluginContext
     from distill.trainer import DatasetRef, TrainStep
-    from distill.training import train_chain
+    from distill.training.chain import train_chain
     from distill_plugins.trainers import SFTTrainer
 
     out = work / f"distill-{time.monotonic_ns()}"
@@ -166,7 +166,7 @@ AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_EN
 
 def worker(a) -> dict:
     """One arm, in its own process (so an ISA cap in the environment applies from the start)."""
-    from distill.embedded import ensure_converted
+    from distill.models.embedded import ensure_converted
     from distill.trainer import plan_hardware
 
     model = ensure_converted(progress=False)
@@ -232,7 +232,7 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(a)), flush=True)
         return
 
-    from distill.embedded import EMBEDDED_MODEL_ID, ensure_converted
+    from distill.models.embedded import EMBEDDED_MODEL_ID, ensure_converted
 
     ensure_converted(progress=False)
     arms = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import os
 import re
 
@@ -43,3 +45,8 @@ def scrub(text: str) -> str:
         if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, f"${name}")
     return text
+
+
+def suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from distill.plugin import Plugin
 
 if TYPE_CHECKING:
-    from distill.calls import TeacherCaller
+    from distill.cache.calls import TeacherCaller
     from distill.records import Message
 
 

@@ -48,7 +48,7 @@ def register_evaluators(register: Register) -> None:
 
 @hookspec
 def register_audit_rules(register: Register) -> None:
-    """Register AuditRule classes (`distill.audit.AuditRule`): an organisation's own release policy."""
+    """Register AuditRule classes (`distill.audit.base.AuditRule`): an organisation's own release policy."""
 
 
 @hookspec

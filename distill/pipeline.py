@@ -15,23 +15,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distill import __version__
-from distill.config import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
+from distill.config.loader import (EvaluateStage, ExportStage, FilterStage, GenerateStage, LoadedConfig, RankStage,
                             TrainStage, digest_view, validate_plugin_options)
-from distill.config_stages import RayTeacherOptions
-from distill.digests import digest as stage_digest, file_digest, output_digest
+from distill.config.stages import RayTeacherOptions
+from distill.stages.digests import digest as stage_digest, file_digest, output_digest
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.licenses import active
-from distill.model_terms import Terms, resolve_terms, unknown_warning
+from distill.models.terms import Terms, resolve_terms, unknown_warning
 from distill.plugin import PluginContext
-from distill.calls import TeacherCaller
-from distill.progress import StageProgress
+from distill.cache.calls import TeacherCaller
+from distill.io.progress import StageProgress
 from distill.records import Record
 from distill.registry import PluginRegistry
 from distill.ranker import Judge
-from distill.stages import StageContext, run_expand, run_export, run_filters, run_map, run_rank
-from distill.store import RunLock, StageStore, write_json
+from distill.stages.base import StageContext, run_expand, run_export, run_filters, run_map, run_rank
+from distill.io.store import RunLock, StageStore, write_json
 from distill.task import ExpandTask, MapTask
-from distill.upstream import UpstreamRecords
+from distill.io.upstream import UpstreamRecords
+from distill.io.seeds import load_seeds
+from distill.audit.base import check_ack_rules
+from distill.audit.rules import make_rules
+from distill.audit.base import audit
+from distill.cards.dataset import write_dataset_cards
+from distill.cache.store import RequestCache, default_cache_path
+from distill.stages.train import run_train_stage
+from distill.stages.evaluate import run_evaluate_stage
+from distill.ray.teachers import start_replicas
+from distill.ray.rankers import start_replicas as start_rankers
+from distill.ray.filters import run_filters_ray
 
 
 @dataclass
@@ -49,9 +60,9 @@ class RunResult:
     output: Path
     stages: list[StageResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: One per train stage (distill.train_stage.StudentResult).
+    #: One per train stage (distill.stages.train.StudentResult).
     students: list[Any] = field(default_factory=list)
-    #: One per evaluate stage (distill.eval_stage.EvalResult).
+    #: One per evaluate stage (distill.stages.evaluate.EvalResult).
     evaluations: list[Any] = field(default_factory=list)
 
 
@@ -110,7 +121,6 @@ class Pipeline:
 
     def _request_cache(self) -> Any:
         if self._cache is None and self.config.cache.enabled:
-            from distill.cache import RequestCache, default_cache_path
 
             self._cache = RequestCache(self.config.cache.path or default_cache_path())
         return self._cache
@@ -168,7 +178,6 @@ class Pipeline:
                            skipped, seconds)
 
     def _seeds(self, result: RunResult) -> StageStore:
-        from distill.seeds import load_seeds
 
         srcs = self.loaded.raw.get("seeds", [])
         files = [file_digest(_resolve(self.loaded.base_dir, s.path)) for s in self.config.seeds]
@@ -195,12 +204,10 @@ class Pipeline:
 
     def _stage(self, i: int, stage: Any, upstream: StageStore, result: RunResult) -> StageStore:
         if isinstance(stage, TrainStage):  # trains on the exports; the records pass on unchanged
-            from distill.train_stage import run_train_stage
 
             result.students.append(run_train_stage(self, i, stage))
             return upstream
         if isinstance(stage, EvaluateStage):  # scores models on held-out data; the records pass on unchanged
-            from distill.eval_stage import run_evaluate_stage
 
             result.evaluations.append(run_evaluate_stage(self, i, stage, result.students))
             return upstream
@@ -238,12 +245,10 @@ class Pipeline:
                 ranker = self._make("ranker", stage.ranker.plugin, f"stages[{i}].ranker",
                                     remote_engine=on_ray and teacher is None)
             if on_ray and teacher is not None:  # the same requests and records, answered by Ray actors
-                from distill.ray_teachers import start_replicas
 
                 pool = teacher = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, self.log)
                 self._terms[id(pool)] = self._terms[id(pool.local)]
             elif on_ray and ranker is not None:  # no judge teacher: the ranker's own replicas
-                from distill.ray_rankers import start_replicas as start_rankers
 
                 ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, self.log)
             stats = self._run_stage(i, stage, store, inputs, total, result, task, teacher, ranker)
@@ -281,7 +286,6 @@ class Pipeline:
                            for j, f in enumerate(stage.filters)]
                 try:
                     if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
-                        from distill.ray_filters import run_filters_ray
 
                         run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, self.log)
                     else:
@@ -295,8 +299,6 @@ class Pipeline:
 
     def _audit_rules(self) -> list[Any]:
         """Built-in and plugin audit rules, checked at start so a typo in `release:` fails early."""
-        from distill.audit import check_ack_rules
-        from distill.audit_rules import make_rules
 
         rules = make_rules(self.registry, self.config.release.rules)
         check_ack_rules(self.config.release.acknowledge, [r.name for r in rules])
@@ -307,8 +309,6 @@ class Pipeline:
 
         Done even when the stage itself is current: the policy is not part of the stage's
         digest, and the cards must show the audit of the policy as configured now."""
-        from distill.audit import audit
-        from distill.cards import write_dataset_cards
 
         path = self.output / "export" / stage.name
         if not path.is_dir():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+from distill import deprecated
 
 if TYPE_CHECKING:
     from distill.records import Record
@@ -66,14 +67,4 @@ class Plugin:
         """Release engines, files or connections. Called once when the stage ends."""
 
 
-def __getattr__(name: str) -> Any:
-    """`Trainer` and `Evaluator` live in their own modules (which import this one); re-exported lazily."""
-    if name == "Trainer":
-        from distill.trainer import Trainer
-
-        return Trainer
-    if name == "Evaluator":
-        from distill.evaluator import Evaluator
-
-        return Evaluator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated.moved_names(__name__)

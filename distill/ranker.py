@@ -15,7 +15,7 @@ from distill.records import Candidate, Generator, Record
 from distill.task import Reject
 
 if TYPE_CHECKING:
-    from distill.calls import TeacherCaller
+    from distill.cache.calls import TeacherCaller
 
 
 @dataclass

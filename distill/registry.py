@@ -20,6 +20,13 @@ from distill import hookspecs
 from distill.errors import PluginError
 from distill.plugin import Plugin
 from distill.plugin import Options as BaseOptions
+from distill.audit.base import AuditRule
+from distill.filter import Filter
+from distill.evaluator import Evaluator
+from distill.trainer import Trainer
+from distill.ranker import Ranker
+from distill.task import Task
+from distill.teacher import Teacher
 
 GROUP = "distill"
 ENV_LOAD = "DISTILL_PLUGINS"  # comma-separated entry-point names to load; "" loads none
@@ -37,12 +44,6 @@ KINDS: dict[str, str] = {
 
 
 def _base_for(kind: str) -> type:
-    from distill.audit import AuditRule
-    from distill.filter import Filter
-    from distill.plugin import Evaluator, Trainer
-    from distill.ranker import Ranker
-    from distill.task import Task
-    from distill.teacher import Teacher
 
     return {"teacher": Teacher, "task": Task, "ranker": Ranker, "filter": Filter,
             "trainer": Trainer, "evaluator": Evaluator, "audit-rule": AuditRule}[kind]

@@ -10,6 +10,9 @@ Heavy libraries are imported inside the functions, so importing this module stay
 from __future__ import annotations
 
 from pathlib import Path
+from distill.models.embedded import ensure_converted, write_marker
+from distill.licenses import effective_tag
+from distill.records import Candidate, Message, Record, Source, stable_id
 
 TINY_MODEL_ID = "distill-tiny-llama"
 TINY_MODEL_LICENSE = "Apache-2.0"
@@ -28,8 +31,6 @@ def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None,
     import torch
     from transformers import (AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
                               LlamaForSequenceClassification)
-
-    from distill.embedded import ensure_converted, write_marker
 
     source = ensure_converted(cache_dir, progress=False)
     tok = AutoTokenizer.from_pretrained(source)
@@ -78,8 +79,6 @@ def make_record(prompt: str, response: str | None = None, *, id: str | None = No
     Its provenance is complete (source, a `loaded` event, an effective license tag), so a
     plugin under test sees what it would see in a real run.
     """
-    from distill.licenses import effective_tag
-    from distill.records import Candidate, Message, Record, Source, stable_id
 
     messages = [Message(role="user", content=prompt)]
     if response is not None:

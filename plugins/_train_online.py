@@ -10,9 +10,12 @@ from pydantic import Field, model_validator
 
 from distill.errors import PluginError
 from distill.plugin import Options
-from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl, resolve_student
+from distill.models.folders import resolve_student
+from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl
 from distill_plugins._train_common import (finish, load_data, load_model, load_student, load_tokenizer,
                                            make_config, peft_config, require, run)
+from distill_plugins.rankers import load_callable
+from distill.registry import make_registry
 
 _LIBS = ("trl", "transformers", "datasets", "torch")
 
@@ -92,11 +95,9 @@ class GRPOTrainer(Trainer):
         return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge), influences=influences)
 
     def _reward_function(self, ref: str | RewardPluginRef) -> tuple[str, Callable[..., float]]:
-        from distill_plugins.rankers import load_callable
 
         if isinstance(ref, str):
             return ref, load_callable(ref, self.context.base_dir)
-        from distill.registry import make_registry
 
         spec = make_registry().get("ranker", ref.plugin)
         if not callable(getattr(spec.cls, "reward", None)):

@@ -21,6 +21,8 @@ from distill.records import Record
 from distill_plugins._sketch import seed_label
 from distill_plugins._text import MissingField, TextField, field_text, is_generated, normalize
 from distill_plugins.novelty import InstructionNovelty
+from distill_plugins._sketch import SketchIndex
+from distill_plugins._sketch import Signer, SketchIndex, band_params
 
 #: Probability that the LSH misses a pair whose Jaccard is exactly the threshold. Candidates
 #: are checked against the threshold afterwards, so erring towards more of them costs time,
@@ -143,7 +145,6 @@ class NearDedup(Filter):
         """Signer, index of kept records, index of seeds; made on first use (numpy and
         datasketch load then, not at plugin discovery)."""
         if self._engine is None:
-            from distill_plugins._sketch import Signer, SketchIndex, band_params
 
             o = self.options
             signer = Signer(o.num_perm, o.hash_seed, o.shingle_size)
@@ -204,7 +205,6 @@ class NearDedup(Filter):
         return out
 
     def prepare(self, records: list[Record]) -> None:
-        from distill_plugins._sketch import SketchIndex
 
         signer, _, seed_index = self._state()
         self._engine = (signer, SketchIndex(signer, params=self._params), seed_index)  # decide afresh

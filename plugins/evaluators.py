@@ -17,6 +17,7 @@ from distill.plugin import Options, PluginContext
 from distill.records import Message
 from distill.teacher import ChatRequest
 from distill_plugins.rankers import PAIR_PROMPT, JudgeRanker, load_callable
+from distill.models.folders import library_bars_off
 
 
 def _mean(values: list[float | None]) -> float:
@@ -151,8 +152,6 @@ class PerplexityEvaluator(Evaluator):
     def _score(self, c: Contender, items: list[EvalItem]) -> tuple[list[float], list[int]]:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from distill.models import library_bars_off
 
         assert c.model_path is not None
         with library_bars_off():

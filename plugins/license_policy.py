@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from distill import licenses
-from distill.config_errors import suggest
+from distill.errors import suggest
 from distill.errors import ConfigError
 from distill.filter import Filter
 from distill.hookspecs import hookimpl

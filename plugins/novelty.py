@@ -24,6 +24,7 @@ from distill.plugin import Options, PluginContext
 from distill.records import Record
 from distill_plugins._sketch import seed_label
 from distill_plugins._text import MissingField, TextField, field_text, is_generated
+from distill_plugins._sketch import Signer, SketchIndex, band_params
 
 #: rouge_score's tokens (lower case, runs of letters and digits), extended from ASCII to any
 #: script: for ASCII text the two agree.
@@ -73,7 +74,6 @@ class InstructionNovelty(Filter):
     def _state(self) -> tuple[Any, Any, Any]:
         """Signer, index of kept instructions, index of seeds (labels: (name, token code))."""
         if self._engine is None:
-            from distill_plugins._sketch import Signer, SketchIndex, band_params
 
             o = self.options
             bound = o.candidate_threshold or o.threshold / (2.0 - o.threshold)

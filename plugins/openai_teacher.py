@@ -25,11 +25,12 @@ from pydantic import Field, field_validator, model_validator
 
 from distill.errors import PluginError, TeacherUnavailable
 from distill.hookspecs import hookimpl
-from distill.models import SAMPLING_FIELDS, derive_seed
+from distill.models.folders import SAMPLING_FIELDS, derive_seed
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
 from distill_plugins._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,
                                           TokenEstimator, error_message, retry_after_seconds)
+from distill_plugins._api_replicas import replica_options
 
 OPENAI_URL = "https://api.openai.com/v1"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -141,7 +142,6 @@ class OpenAITeacher(Teacher):
 
     def replica_options(self, index: int, count: int) -> "OpenAITeacher.Options":
         """Concurrency, rate limits and spend caps are the teacher's totals: split (see _api_replicas)."""
-        from distill_plugins._api_replicas import replica_options
 
         context = getattr(self, "context", None)
         return replica_options(self.options, index, count, getattr(context, "state_dir", None), self.name)

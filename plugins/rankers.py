@@ -18,6 +18,7 @@ from distill.ranker import Judge, Ranker, candidates_of
 from distill.records import Generator, Message, Record
 from distill.task import Reject
 from distill.teacher import ChatRequest
+from distill.models.folders import model_identity
 
 RewardFn = Callable[..., float]
 
@@ -300,7 +301,6 @@ class RewardModelRanker(Ranker):
     def generators(self) -> list[Generator]:
         """The reward model judges every record it ranks: its identity and terms (a distill-trained
         one declares the license it inherited) go into provenance."""
-        from distill.models import model_identity
 
         info = model_identity(str(self._path), "reward-model ranker", progress=False)
         return [Generator(role="judge", plugin=self.name, plugin_version=self.plugin_version, model=info.model,

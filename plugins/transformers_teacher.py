@@ -1,6 +1,6 @@
 """The in-process teacher: a local causal LM run with transformers' `generate`.
 
-Its default model is the embedded SmolLM2-135M-Instruct (see `distill.embedded`), so a
+Its default model is the embedded SmolLM2-135M-Instruct (see `distill.models.embedded`), so a
 pipeline runs on a fresh machine with no model hub and no GPU.
 
 Seeding. Every sample is drawn from its own random stream, seeded from the request's seed
@@ -27,7 +27,7 @@ from pydantic import Field
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
-from distill.models import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
+from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
                             resolve_model_path)
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher

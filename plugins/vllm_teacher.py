@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
-from distill.models import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
+from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
                             resolve_model_path)
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
@@ -111,7 +111,7 @@ class VLLMTeacher(Teacher):
         return local_model_folder(self.options.model, self.name, self._progress)
 
     def model_info(self) -> ModelInfo:
-        """The identity every local teacher records for these weights (`distill.models`)."""
+        """The identity every local teacher records for these weights (`distill.models.folders`)."""
         if self._info is None:
             o = self.options
             self._info = model_identity(o.model, self.name, o.license, o.revision, self._progress)

@@ -21,7 +21,7 @@ def require_ml() -> None:
 def embedded_model_dir() -> Path:
     """The embedded model, converted into the default cache, so a CI machine converts it once."""
     require_ml()
-    from distill.embedded import ensure_converted
+    from distill.models.embedded import ensure_converted
 
     return ensure_converted(progress=False)
 

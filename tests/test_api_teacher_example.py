@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import load_config, validate_plugin_options
+from distill.config.loader import load_config, validate_plugin_options
 from distill.registry import make_registry
 
 pytest.importorskip("openai")
@@ -52,7 +52,7 @@ def copy_examples(dest: Path) -> Path:
 
 
 def terms_of(loaded, validated, key: str):
-    from distill.model_terms import resolve_terms
+    from distill.models.terms import resolve_terms
 
     teacher = OpenAITeacher(validated[f"teachers.{key}"])
     info = teacher.model_info()
@@ -189,7 +189,7 @@ def test_run_json_keeps_the_placeholders(env, tmp_path):
 
 
 def read_stage(out: Path, stage: str) -> tuple[list, list]:
-    from distill.store import read_shards
+    from distill.io.store import read_shards
 
     d = out / "stages" / stage
     shards = json.loads((d / "manifest.json").read_text())["shards"]
@@ -207,7 +207,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess
 def test_example_runs_against_a_real_openai_compatible_server(vllm_server, tmp_path):
     import os
 
-    from distill.cards import CARD_FILES
+    from distill.cards.dataset import CARD_FILES
     from servers import FaultProxy
 
     datasets = pytest.importorskip("datasets", reason="the exports need the `datasets` extra")

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 import pytest
 from typer.testing import CliRunner
 
-from distill.audit import AuditRule, Finding, audit
-from distill.audit_rules import BUILTIN, make_rules
+from distill.audit.base import AuditRule, Finding, audit
+from distill.audit.rules import BUILTIN, make_rules
 from distill.errors import ConfigError
 from distill.hookspecs import hookimpl
 from distill.licenses import UNSPECIFIED, builtin_registry
 from distill.plugin import Options
 from distill.records import Generator
 from distill.registry import make_registry
-from distill.release import Acknowledgement, ReleaseSettings, parse_ack
+from distill.audit.release import Acknowledgement, ReleaseSettings, parse_ack
 from distill.testing import make_record
 
 from util import config_dict, pipeline
@@ -308,7 +308,7 @@ def test_builtin_rules_have_unique_names_and_descriptions():
 # -- the command, on a real pipeline's output ---------------------------------------------
 
 def _cli(*args):
-    from distill.cli import app
+    from distill.cli.app import app
 
     return CliRunner().invoke(app, ["audit", *map(str, args)])
 
@@ -390,7 +390,7 @@ def test_model_rules_in_the_config_resolve_an_undeclared_teacher(tmp_path):
     cfg["teachers"]["inventor"]["options"]["license"] = UNSPECIFIED
     result = pipeline(cfg).run()
     assert not [w for w in result.warnings if "terms are unknown" in w]
-    from distill.store import read_shards
+    from distill.io.store import read_shards
 
     d = tmp_path / "out" / "stages" / "sft"
     m = json.loads((d / "manifest.json").read_text())
@@ -450,7 +450,7 @@ def test_audit_of_an_export_folder_and_of_another_stage(tmp_path):
 
 
 def test_the_configs_registry_is_in_effect_for_the_run_and_a_change_restamps_tags(tmp_path):
-    from distill.store import read_shards
+    from distill.io.store import read_shards
 
     def stamped():
         d = tmp_path / "out" / "stages" / "sft"

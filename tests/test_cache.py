@@ -11,13 +11,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from distill.cache import (
+from distill.cache.store import (
     RequestCache,
     cache_key,
     default_cache_path,
     key_parts,
 )
-from distill.cache_cli import cache_app
+from distill.cli.cache import cache_app
 from distill.errors import PluginError, StoreError
 from distill.teacher import ChatRequest, Sample
 
@@ -124,7 +124,7 @@ def test_stats_counts(tmp_path):
 
 
 def test_misses_are_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr("distill.cache.MAX_MISSES", 5)
+    monkeypatch.setattr("distill.cache.store.MAX_MISSES", 5)
     with RequestCache(tmp_path / "c.sqlite") as cache:
         for i in range(12):
             p = parts(req=request(question=f"q{i}"))

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from distill.audit import audit
-from distill.audit_rules import make_rules
-from distill.audit_target import STUDENT_MANIFEST
-from distill.cards import CARD_FILES, croissant, dataset_card, notice, write_dataset_cards
+from distill.audit.base import audit
+from distill.audit.rules import make_rules
+from distill.audit.target import STUDENT_MANIFEST
+from distill.cards.dataset import CARD_FILES, croissant, dataset_card, notice, write_dataset_cards
 from distill.licenses import builtin_registry, tag_for
-from distill.model_card import model_card
+from distill.cards.model import model_card
 from distill.records import Generator
-from distill.release import Acknowledgement, ReleaseSettings
+from distill.audit.release import Acknowledgement, ReleaseSettings
 from distill.testing import make_record
 
 from util import config_dict, pipeline
@@ -96,7 +96,7 @@ def test_cards_follow_the_release_policy_without_redoing_the_export(tmp_path):
 
 
 def test_audit_command_refreshes_the_cards_with_its_acknowledgements(tmp_path):
-    from distill.cli import app
+    from distill.cli.app import app
 
     cfg = config_dict(tmp_path)
     cfg["teachers"]["writer"]["options"]["license"] = "LicenseRef-OpenAI-Terms"
@@ -182,7 +182,7 @@ def test_model_card_carries_the_audit_and_its_acknowledgements():
 
 
 def test_a_student_folder_is_audited_and_the_audit_saved_beside_it(tmp_path):
-    from distill.cli import app
+    from distill.cli.app import app
 
     cfg = config_dict(tmp_path)
     cfg["teachers"]["writer"]["options"]["license"] = "LicenseRef-Llama-3.1"
@@ -209,8 +209,8 @@ def test_a_student_folder_is_audited_and_the_audit_saved_beside_it(tmp_path):
 
 
 def test_a_trainer_lineage_marker_is_audited_as_a_student(tmp_path):
-    """A trainer writes distill-model.json listing its datasets (distill.lineage); the audit reads it."""
-    from distill.cli import app
+    """A trainer writes distill-model.json listing its datasets (distill.training.lineage); the audit reads it."""
+    from distill.cli.app import app
 
     cfg = config_dict(tmp_path)
     cfg["teachers"]["writer"]["options"]["license"] = "LicenseRef-Llama-3"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distill.config import load_config, parse_config, validate_plugin_options
+from distill.config.loader import load_config, parse_config, validate_plugin_options
 from distill.errors import ConfigError
 
 from util import config_dict, dump, pipeline, registry

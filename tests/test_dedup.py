@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from distill.filter import KEEP, Drop
-from distill.inspect import inspect_output
+from distill.io.inspect import inspect_output
 from distill.plugin import PluginContext
 from distill.registry import make_registry
 from distill.testing import make_record, run_filter
@@ -153,7 +153,7 @@ def test_other_filters_reject_bad_options(cls, bad):
 
 
 def test_unknown_option_key_is_a_config_error_naming_it(tmp_path):
-    from distill.config import parse_config, validate_plugin_options
+    from distill.config.loader import parse_config, validate_plugin_options
     from distill.errors import ConfigError
 
     cfg = config_dict(tmp_path)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from distill.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, GGUF_NAME, MARKER, ensure_converted,
+from distill.models.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, GGUF_NAME, MARKER, ensure_converted,
                               file_hash, gguf_path, is_converted, read_marker)
 from distill.errors import PluginError
 
@@ -83,7 +83,7 @@ def test_folder_without_marker_or_with_another_files_marker_is_not_trusted(embed
     assert not is_converted(copy, digest)
 
 
-_CONVERT = "import sys; from pathlib import Path; from distill.embedded import ensure_converted; " \
+_CONVERT = "import sys; from pathlib import Path; from distill.models.embedded import ensure_converted; " \
            "print(ensure_converted(Path(sys.argv[1]), progress=False))"
 
 

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from conftest import require_ml
-from distill.config import parse_config, validate_plugin_options
+from distill.config.loader import parse_config, validate_plugin_options
 from distill.errors import ConfigError, PluginError
 from fake_plugins import EchoTeacher
 

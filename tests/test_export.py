@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import StoreError
-from distill.export import NO_PAIR, NO_RESPONSE, export_records
+from distill.io.export import NO_PAIR, NO_RESPONSE, export_records
 from distill.records import Candidate, Message, Record
 
 datasets = pytest.importorskip("datasets")
@@ -107,7 +107,7 @@ def test_export_into_an_empty_existing_folder(tmp_path: Path) -> None:
 
 
 def test_seeds_to_sft_end_to_end(tmp_path: Path) -> None:
-    from distill.seeds import SeedSource, load_seeds
+    from distill.io.seeds import SeedSource, load_seeds
 
     f = tmp_path / "seeds.jsonl"
     f.write_text('{"prompt": "p1", "response": "r1"}\n{"prompt": "p2"}\n')

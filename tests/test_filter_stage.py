@@ -8,7 +8,7 @@ import pytest
 from distill.errors import ConfigError
 from distill.filter import KEEP, Drop, Edit, Filter
 from distill.hookspecs import hookimpl
-from distill.inspect import inspect_output
+from distill.io.inspect import inspect_output
 from distill.records import Message
 
 from util import QUESTIONS, config_dict, pipeline

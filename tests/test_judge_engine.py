@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.store import read_shards
+from distill.io.store import read_shards
 
 from util import config_dict, pipeline
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from distill.config import parse_config
+from distill.config.loader import parse_config
 from distill.errors import ConfigError
 from distill.licenses import (LICENSE_REF, UNSPECIFIED, LicenseOverride, active, builtin_registry, dataset_tag,
                               model_matches, normalize, registry, student_tag, tag_for)
-from distill.model_terms import card_license, provider_of, resolve_terms, unknown_warning
+from distill.models.terms import card_license, provider_of, resolve_terms, unknown_warning
 
 from util import config_dict
 
@@ -107,7 +107,7 @@ def test_bad_license_entries_are_config_errors(tmp_path, entry, fragment):
 
 
 def test_invalid_licenses_in_teachers_and_model_rules_are_named_by_path(tmp_path):
-    from distill.config import validate_plugin_options
+    from distill.config.loader import validate_plugin_options
 
     from util import registry as fake_registry
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from distill.errors import ConfigError, PluginError
-from distill.inspect import inspect_output
-from distill.store import read_shards
+from distill.io.inspect import inspect_output
+from distill.io.store import read_shards
 
 from fake_plugins import BrokenObserver, EchoTeacher, Recorder
 from util import config_dict, pipeline

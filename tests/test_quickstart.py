@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.inspect import inspect_output
-from distill.store import read_shards
+from distill.io.inspect import inspect_output
+from distill.io.store import read_shards
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from distill.errors import ConfigError, PluginError
-from distill.store import read_shards
+from distill.io.store import read_shards
 from distill.testing import make_record
 from distill_plugins.rankers import JudgeRanker, RewardFunctionRanker
 

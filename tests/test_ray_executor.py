@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from pydantic import Field
 
-from distill.config import parse_config
+from distill.config.loader import parse_config
 from distill.errors import ConfigError, PluginError
 from distill.filter import KEEP, Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Candidate, Message, Record
 from distill.registry import make_registry
-from distill.stages import StageContext, run_filters
-from distill.store import StageStore
+from distill.stages.base import StageContext, run_filters
+from distill.io.store import StageStore
 
 from util import pipeline
 
@@ -91,7 +91,7 @@ def run_stage(executor: str, spec: list[tuple[str, dict]], records: list[Record]
     if executor == "local":
         run_filters(ctx, filters, records, batch_size)
     else:
-        from distill.ray_filters import run_filters_ray
+        from distill.ray.filters import run_filters_ray
 
         run = run_filters_ray(ctx, filters, records, batch_size)
     store.finish({})
@@ -246,7 +246,7 @@ def test_a_filter_the_workers_cannot_import_is_named(ray_cluster, tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     from driver_only_filters import Shy
 
-    from distill.ray_filters import run_filters_ray
+    from distill.ray.filters import run_filters_ray
 
     records = [Record(id=f"r{i}", messages=[Message(role="user", content=f"question {i}")]) for i in range(30)]
     store = StageStore(tmp_path / "out", "clean", "filter", "digest")

@@ -17,11 +17,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from distill.config import parse_config
+from distill.config.loader import parse_config
 from distill.errors import ConfigError, PluginError
 from distill.hookspecs import hookimpl
 from distill.plugin import PluginContext
-from distill.store import read_shards
+from distill.io.store import read_shards
 from distill.teacher import ChatRequest, Sample
 
 from fake_plugins import EchoTeacher

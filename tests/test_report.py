@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.report import write_report
-from distill.report_eval import _EvalFile, _worst
+from distill.report.html import write_report
+from distill.report.eval import _EvalFile, _worst
 
 from util import QUESTIONS, config_dict, dump, pipeline, write_seeds
 
@@ -216,7 +216,7 @@ def test_plots_are_embedded_png_images(run_out):
 
 
 def test_without_matplotlib_the_tables_stay(run_out, monkeypatch):
-    from distill import report_plots
+    from distill.report import plots as report_plots
 
     monkeypatch.setattr(report_plots, "available", lambda: False)
     page = Page(write_report(run_out).read_text(encoding="utf-8"))
@@ -333,7 +333,7 @@ def test_run_writes_the_report_and_a_failure_to_is_only_a_warning(tmp_path):
 
 
 def test_report_modules_import_no_plotting_library():
-    code = ("import sys, distill.report, distill.report_html, distill.report_plots, distill.report_eval, distill.cli\n"
+    code = ("import sys, distill.report.data, distill.report.html, distill.report.plots, distill.report.eval, distill.cli.app\n"
             "print(','.join(m for m in ('matplotlib', 'torch', 'transformers', 'datasets') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.schema import SCHEMAS, render
+from distill.config.schema import SCHEMAS, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

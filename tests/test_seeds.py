@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from distill.errors import SeedError
 from distill.records import Record
-from distill.seeds import SeedLoad, SeedSource, load_seeds
+from distill.io.seeds import SeedLoad, SeedSource, load_seeds
 
 
 def _write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -306,7 +306,7 @@ def test_import_stays_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, distill.seeds, distill.export; "
+    code = ("import sys, distill.io.seeds, distill.io.export; "
             "bad = [m for m in ('torch', 'transformers', 'datasets', 'pyarrow', 'pandas') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

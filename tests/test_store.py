@@ -9,7 +9,7 @@ import pytest
 
 from distill.errors import StoreError
 from distill.records import Message, Record
-from distill.store import RunLock, StageStore
+from distill.io.store import RunLock, StageStore
 
 
 def _rec(i: int, reason: str | None = None) -> Record:

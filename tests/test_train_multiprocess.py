@@ -20,7 +20,7 @@ def test_sft_runs_in_two_processes_with_a_decreasing_loss(tmp_path, tiny_model_d
     for module in ("trl", "accelerate", "datasets"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} not installed (pip install 'distill[train]')")
-    from distill.export import export_records
+    from distill.io.export import export_records
 
     records = [make_record(f"What is {i} plus {i}?", f"It is {2 * i}.", row=i) for i in range(16)]
     export_records(records, "sft", tmp_path / "sft")
@@ -34,7 +34,7 @@ def test_sft_runs_in_two_processes_with_a_decreasing_loss(tmp_path, tiny_model_d
     # accelerate's torchrun launcher ("--multi_gpu"); with no GPU the processes train on the CPU over gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "0", "-m", "distill.trainer", str(job)]
+           "--main_process_port", "0", "-m", "distill.training", str(job)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-4000:]

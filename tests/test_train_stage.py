@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import require_ml
-from distill.config import parse_config, validate_plugin_options
+from distill.config.loader import parse_config, validate_plugin_options
 from distill.errors import ConfigError
 
 from util import config_dict, pipeline, registry
@@ -111,7 +111,7 @@ def _front(text: str) -> dict:
 @pytest.mark.slow
 def test_a_run_trains_its_student_audits_it_and_cards_it(tmp_path, tiny_model_dir):
     _need_train()
-    from distill.cli import app
+    from distill.cli.app import app
 
     cfg = _cfg(tmp_path, tiny_model_dir)
     cfg["seeds"][0]["license"] = "CC-BY-NC-4.0"

@@ -23,7 +23,7 @@ from distill.errors import ConfigError, PluginError, StoreError
 from distill.plugin import PluginContext
 from distill.testing import make_record
 from distill.trainer import DatasetRef, Hardware, TrainJob, last_checkpoint, plan_hardware
-from distill.training import Job, run_job, train_chain
+from distill.training.chain import Job, run_job, train_chain
 from distill.trainer import TrainStep
 from distill_plugins.trainers import DistillationTrainer, DPOTrainer, GRPOTrainer, RewardModelTrainer, SFTTrainer
 
@@ -41,8 +41,8 @@ def _need_trl() -> None:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An `sft` and a `preference` export of 16 records, written by distill's own exporter."""
     _need_trl()
-    from distill.export import export_records
-    from distill.lineage import dataset_license
+    from distill.io.export import export_records
+    from distill.training.lineage import dataset_license
 
     records = [make_record(f"What is {i} plus {i}?", f"It is {2 * i}.", row=i, license="CC0-1.0",
                            candidates=[(f"It is {2 * i}.", 1.0), ("No idea, sorry.", 0.0)]) for i in range(16)]
@@ -242,7 +242,7 @@ def test_sft_then_dpo_chain_with_lineage_card_and_license(tmp_path, data, tiny_m
     for text in ("# tiny-student", "distill-tiny-llama", "Apache-2.0 AND CC0-1.0", "export-pref", "## Lineage"):
         assert text in card
 
-    from distill.models import model_identity
+    from distill.models.folders import model_identity
 
     identity = model_identity(str(out / "merged"), "transformers")
     assert (identity.model, identity.license) == ("tiny-student", "Apache-2.0 AND CC0-1.0")
@@ -308,7 +308,7 @@ def test_reward_model_feeds_the_ranker_and_grpo(tmp_path, data, tiny_model_dir):
 
 @pytest.mark.slow
 def test_on_policy_distillation_from_a_local_teacher(tmp_path, data, tiny_model_dir):
-    from distill.embedded import write_marker
+    from distill.models.embedded import write_marker
     from distill.testing import tiny_model
 
     teacher = tiny_model(tmp_path / "teacher", seed=1)
@@ -330,7 +330,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, data, tiny_m
         "student": str(tiny_model_dir), "output": str(out), "name": "resumed",
         "steps": [{"name": "sft", "trainer": "sft", "datasets": [str(data["sft"].path)],
                    "options": {**FAST, "batch_size": 2, "max_steps": 8, "save_steps": 3}}]}))
-    cmd = [sys.executable, "-m", "distill.trainer", str(job)]
+    cmd = [sys.executable, "-m", "distill.training", str(job)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoints = out / "sft" / "checkpoints"
     deadline = time.monotonic() + 120

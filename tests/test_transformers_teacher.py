@@ -8,7 +8,7 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from distill.embedded import EMBEDDED_MODEL_ID, MARKER, file_hash, gguf_path
+from distill.models.embedded import EMBEDDED_MODEL_ID, MARKER, file_hash, gguf_path
 from distill.errors import PluginError
 from distill.records import Message
 from distill.registry import make_registry

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from distill.store import StageStore
+from distill.io.store import StageStore
 from distill.testing import make_record
-from distill.upstream import UpstreamRecords
+from distill.io.upstream import UpstreamRecords
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from distill.embedded import EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, file_hash, gguf_path
+from distill.models.embedded import EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, file_hash, gguf_path
 from distill.errors import PluginError
 from distill.plugin import PluginContext
 from distill.records import Message

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from distill.config import parse_config
+from distill.config.loader import parse_config
 from distill.pipeline import Pipeline
 from distill.registry import make_registry
 

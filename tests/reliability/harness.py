@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from distill.inspect import inspect_output
-from distill.store import MANIFEST, StageManifest, read_shards
+from distill.io.inspect import inspect_output
+from distill.io.store import MANIFEST, StageManifest, read_shards
 
 HERE = Path(__file__).resolve().parent
 ENTRY_POINT = "reliability-test"

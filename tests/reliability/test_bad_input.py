@@ -17,11 +17,11 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from distill.config import load_config, parse_config, validate_plugin_options
+from distill.config.loader import load_config, parse_config, validate_plugin_options
 from distill.errors import ConfigError, DistillError, SeedError
 from distill.registry import make_registry
-from distill.seeds import SeedSource, load_seeds
-from distill.store import StageStore
+from distill.io.seeds import SeedSource, load_seeds
+from distill.io.store import StageStore
 
 from . import reliability_plugins
 from .harness import child_env, distill, write_seeds
@@ -325,7 +325,7 @@ def test_a_run_on_a_hostile_seed_file_keeps_the_good_rows_and_names_every_bad_li
     assert sum(stages["seeds"]["reasons"].values()) == len(bad)
     assert stages["answers"]["totals"]["in"] == len(good)
     assert all(s["balanced"] and s["complete"] for s in stages.values())
-    from distill.store import read_shards
+    from distill.io.store import read_shards
 
     rejected = list(read_shards(tmp_path / "out" / "stages" / "seeds", ["rejected-00000.jsonl"]))
     numbers = sorted(int(x.provenance.events[-1].reason.split(":")[0].removeprefix("line ")) for x in rejected)

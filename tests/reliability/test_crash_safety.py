@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.cache import RequestCache
+from distill.cache.store import RequestCache
 
 from .harness import (call_log_count, check_output, child_env, crash_config, distill, kill_when, manifest,
                       read_output, start_run)

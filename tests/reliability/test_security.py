@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import parse_config
+from distill.config.loader import parse_config
 from distill.errors import ConfigError, PluginError
 from distill.pipeline import Pipeline
 from distill.registry import make_registry
@@ -218,7 +218,7 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path, figures):
                  "output: !!python/name:os.system\n"):
         path = tmp_path / "config.yaml"
         path.write_text(text)
-        from distill.config import load_config
+        from distill.config.loader import load_config
 
         with pytest.raises(ConfigError, match="invalid YAML"):
             load_config(path)
@@ -229,8 +229,8 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path, figures):
 def test_nothing_in_the_output_or_cache_is_unpickled(tmp_path, monkeypatch, figures):
     """A whole run, resumed, inspected and audited in this process, with pickle's loaders
     replaced by ones that fail the test, and planted pickles in the output and cache folders."""
-    from distill.audit_cli import _run as audit_run
-    from distill.inspect import inspect_output
+    from distill.cli.audit import _run as audit_run
+    from distill.io.inspect import inspect_output
 
     loaded: list[str] = []
 
@@ -266,7 +266,7 @@ def test_nothing_in_the_output_or_cache_is_unpickled(tmp_path, monkeypatch, figu
                     tmp_path / "cache-home" / "requests.pkl", tmp_path / "requests.sqlite.pkl"):
         planted.parent.mkdir(parents=True, exist_ok=True)
         planted.write_bytes(pickle.dumps(_Sentinel(sentinel)))
-    from distill.config import load_config
+    from distill.config.loader import load_config
 
     registry = make_registry(extra=[("reliability", reliability_plugins)])
     for _ in range(2):  # a run, then a resume that reads everything back
@@ -319,7 +319,7 @@ def test_names_and_record_ids_cannot_write_outside_the_output_folder(tmp_path, p
     assert r.returncode == 0, r.stderr
     # Record ids are the store's business, but a crafted shard may carry any id: give some
     # committed records ids that are paths, fix the digests, and let the export and audit read them.
-    from distill.store import StageManifest, atomic_write
+    from distill.io.store import StageManifest, atomic_write
 
     stage = deep / "out" / "stages" / "answers"
     manifest = StageManifest.model_validate_json((stage / "manifest.json").read_bytes())
@@ -438,7 +438,7 @@ def test_plugins_load_only_from_installed_entry_points_the_allowlist_names(tmp_p
         env = child_env(plugin_env)
         cli = [str(Path(sys.executable).parent / "distill")]  # as users run it: the console script
         if not Path(cli[0]).exists():
-            cli = [sys.executable, "-c", "from distill.cli import main; main()"]
+            cli = [sys.executable, "-c", "from distill.cli.app import main; main()"]
         r = subprocess.run([*cli, "run", str(config), "--quiet"], cwd=work, env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr

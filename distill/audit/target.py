@@ -1,0 +1,238 @@
+"""What `distill audit PATH` audits, and under which registry and release policy.
+
+PATH may be a run's output folder (its last export stage, or `--stage`), one of its export
+folders (`OUT/export/NAME`), or a trained student's folder, recognised by the
+`distill-student.json` a trainer writes beside the weights. The run's own config snapshot
+(`run.json`) supplies the `licenses:`, `models:` and `release:` sections unless `--config`
+names another file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distill.config.errors import format_validation_error
+from distill.errors import ConfigError, StoreError
+from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
+from distill.records import Record
+from distill.audit.release import ReleaseSettings
+from distill.io.store import MANIFEST, StageManifest, read_shards
+from distill.config.loader import interpolate
+from distill.licenses import UNSPECIFIED, effective_tag
+from distill.records import Event, Generator, Provenance
+
+STUDENT_MANIFEST = "distill-student.json"
+#: The marker a distill trainer writes beside a student's weights (see distill.training.lineage).
+MODEL_MARKER = "distill-model.json"
+
+
+class Influence(BaseModel):
+    """A model whose outputs trained the student directly (token distributions, rewards)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    id: str | None = None
+    license: str | None = None
+
+
+class StudentManifest(BaseModel):
+    """What a trainer records about a student, so it can be audited and carded later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The student's release name.")
+    base_model: str | None = None
+    base_model_license: str | None = Field(None, description="SPDX expression of the base model's terms.")
+    datasets: list[str] = Field(min_length=1, description="Run outputs or export folders it was trained on, "
+                                                          "relative to this file's folder.")
+    influences: list[Influence] = Field(default_factory=list, description="Models that shaped the student in "
+                                        "training without writing its data: a distillation teacher, a reward model.")
+
+
+class _Sections(BaseModel):
+    """The parts of a config the audit reads; everything else is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    licenses: dict[str, LicenseOverride] = Field(default_factory=dict)
+    models: list[ModelRule] = Field(default_factory=list)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+
+
+@dataclass
+class Settings:
+    registry: Registry
+    models: list[ModelRule]
+    release: ReleaseSettings
+
+
+@dataclass
+class Target:
+    kind: Literal["dataset", "student"]
+    root: Path
+    records: list[Record]
+    settings: Settings
+    stage: str | None = None
+    #: Where the dataset's cards go (an export stage's folder), when there is one.
+    export_path: Path | None = None
+    export_format: str | None = None
+    manifest: StudentManifest | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def settings_from(raw: dict[str, Any] | None, source: str = "run.json") -> Settings:
+    """Registry, model rules and release policy from a (raw, uninterpolated) config mapping."""
+
+    data = {k: v for k, v in (raw or {}).items() if k in ("licenses", "models", "release")}
+    data = interpolate(data)
+    try:
+        overrides = _Sections.model_validate({"licenses": data.get("licenses") or {}}).licenses
+        registry = builtin_registry().with_overrides(overrides)
+        with active(registry):
+            sections = _Sections.model_validate(data)
+            for i, rule in enumerate(sections.models):
+                rule.license = registry.normalize(rule.license)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, _Sections, source=Path(source))) from None
+    return Settings(registry=registry, models=sections.models, release=sections.release)
+
+
+def load_target(path: Path, stage: str | None = None, config: dict[str, Any] | None = None) -> Target:
+    """Find the records PATH stands for; `config` (a raw config mapping) replaces the run's."""
+    path = Path(path)
+    manifest = _manifest(path)
+    if manifest is not None:
+        return _student(path, manifest, config)
+    if (path / "run.json").is_file():
+        return _dataset(path, stage, config)
+    if path.parent.name == "export" and (path.parent.parent / "run.json").is_file():
+        if stage is not None and stage != path.name:
+            raise ConfigError(f"{path} is the export of stage {path.name!r}, not {stage!r}")
+        return _dataset(path.parent.parent, path.name, config)
+    raise StoreError(f"{path} is not a distill output folder (run.json), an export folder (OUT/export/NAME) "
+                     f"or a trained student (with {STUDENT_MANIFEST})")
+
+
+def _run_config(root: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((root / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"cannot read the run's config snapshot {root / 'run.json'}: {exc}") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _stages(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, raw) of each configured stage, named the way the config names them."""
+    stages = [s for s in cfg.get("stages", []) if isinstance(s, dict)]
+    counts: dict[str, int] = {}
+    for s in stages:
+        counts[s.get("kind")] = counts.get(s.get("kind"), 0) + 1
+    return [(s.get("name") or (s.get("kind") if counts[s.get("kind")] == 1 else f"{s.get('kind')}-{i}"),
+             str(s.get("kind")), s) for i, s in enumerate(stages)]
+
+
+def _dataset(root: Path, stage: str | None, config: dict[str, Any] | None) -> Target:
+    cfg = _run_config(root)
+    stages = [("seeds", "seeds", {})] + _stages(cfg)
+    present = [(n, k, s) for n, k, s in stages if (root / "stages" / n / MANIFEST).is_file()]
+    if stage is None:
+        exports = [p for p in present if p[1] == "export"]
+        if not (exports or present):
+            raise StoreError(f"{root} has no committed stage to audit")
+        stage = (exports or present)[-1][0]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage):  # a name, never a path out of `root`
+        raise StoreError(f"{stage!r} is not a stage name (letters, digits, '.', '_' or '-')")
+    chosen = next((p for p in stages if p[0] == stage), None)
+    manifest_path = root / "stages" / stage / MANIFEST
+    if not manifest_path.is_file():
+        known = ", ".join(n for n, _, _ in present) or "none"
+        raise StoreError(f"{root} has no stage {stage!r} (stages with output: {known})")
+    try:
+        manifest = StageManifest.model_validate_json(manifest_path.read_bytes())
+    except ValueError as exc:
+        raise StoreError(f"manifest of stage {stage!r} is corrupted ({manifest_path}): {exc}") from None
+    records = list(read_shards(manifest_path.parent, [s.kept_file for s in manifest.shards]))
+    target = Target(kind="dataset", root=root, records=records, stage=stage,
+                    settings=settings_from(config if config is not None else cfg))
+    if not manifest.complete:
+        target.warnings.append(f"stage {stage!r} is incomplete: auditing its {len(records)} committed records")
+    if manifest.kind == "export":
+        target.export_path = root / "export" / stage
+        target.export_format = (chosen[2].get("format") if chosen else None) or "sft"
+    return target
+
+
+def _manifest(folder: Path) -> StudentManifest | None:
+    """A student's manifest, or one read from a trainer's lineage marker that lists its datasets."""
+    p = folder / STUDENT_MANIFEST
+    if p.is_file():
+        try:
+            return StudentManifest.model_validate_json(p.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read {p}: {exc}") from None
+    try:
+        marker = json.loads((folder / MODEL_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("datasets"), list):
+        return None
+    paths = [d["path"] for d in marker["datasets"] if isinstance(d, dict) and isinstance(d.get("path"), str)]
+    base = marker.get("base_model") if isinstance(marker.get("base_model"), dict) else {}
+    if not paths:
+        return None
+    influences = [i for i in marker.get("influences") or [] if isinstance(i, dict) and isinstance(i.get("role"), str)]
+    return StudentManifest(name=str(marker.get("model") or folder.name), base_model=base.get("id"),
+                           base_model_license=base.get("license"), datasets=paths,
+                           influences=[Influence.model_validate(i) for i in influences])
+
+
+def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | None) -> Target:
+    records: list[Record] = []
+    warnings: list[str] = []
+    settings: Settings | None = None
+    for d in manifest.datasets:
+        path = Path(d) if Path(d).is_absolute() else folder / d
+        try:
+            part = load_target(path, config=config)
+        except StoreError as exc:
+            raise StoreError(f"student {folder}: its dataset {d}: {exc}") from None
+        if part.kind != "dataset":
+            raise StoreError(f"student {folder}: {d} is a student, not a dataset")
+        records += part.records
+        warnings += part.warnings
+        settings = settings or part.settings
+    assert settings is not None
+    records += [_influence_record(folder, i) for i in manifest.influences]
+    release = settings.release.model_copy(update={
+        "what": "model", "name": manifest.name, "base_model": manifest.base_model,
+        "base_model_license": (settings.registry.normalize(manifest.base_model_license)
+                               if manifest.base_model_license else None)})
+    settings = Settings(registry=settings.registry, models=settings.models, release=release)
+    return Target(kind="student", root=folder, records=records, settings=settings, manifest=manifest,
+                  warnings=warnings)
+
+
+def _influence_record(folder: Path, influence: Influence) -> Record:
+    """A model that trained the student through its outputs (a distillation teacher's token
+    distributions, a reward model's scores) is audited like a model that wrote its data: one
+    record stands for it, so its terms give findings with its name on them."""
+
+    role = "judge" if "reward" in influence.role else "generator"
+    record = Record(
+        id=f"influence:{influence.role}:{influence.id or 'unknown'}",
+        messages=[],
+        provenance=Provenance(
+            generators=[Generator(role=role, plugin=f"trainer {influence.role}", model=influence.id or "unknown",
+                                  license=influence.license or UNSPECIFIED)],
+            events=[Event(stage="train", action="loaded",
+                         reason=f"{influence.role} of {folder.name}: shaped it in training")]),
+    )
+    record.provenance.license = effective_tag(record)
+    return record

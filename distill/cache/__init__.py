@@ -1,0 +1,29 @@
+"""The request cache: every teacher call is made once and never paid for twice."""
+
+from distill.cache.store import (
+    CACHE_FILE,
+    FORMAT,
+    MAX_MISSES,
+    SCAN_LIMIT,
+    BUSY_TIMEOUT_MS,
+    IDENTITY_FIELDS,
+    default_cache_path,
+    key_parts,
+    cache_key,
+    CacheStats,
+    RequestCache,
+)
+
+__all__ = [
+    "CACHE_FILE",
+    "FORMAT",
+    "MAX_MISSES",
+    "SCAN_LIMIT",
+    "BUSY_TIMEOUT_MS",
+    "IDENTITY_FIELDS",
+    "default_cache_path",
+    "key_parts",
+    "cache_key",
+    "CacheStats",
+    "RequestCache",
+]

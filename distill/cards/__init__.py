@@ -1,0 +1,23 @@
+"""Cards that carry a release's licenses and its audit: dataset cards, NOTICE, Croissant, model cards."""
+
+from distill.cards.dataset import (
+    CARD_FILES,
+    ProvenanceSummary,
+    summarize,
+    hf_license_fields,
+    dataset_card,
+    notice,
+    croissant,
+    write_dataset_cards,
+)
+
+__all__ = [
+    "CARD_FILES",
+    "ProvenanceSummary",
+    "summarize",
+    "hf_license_fields",
+    "dataset_card",
+    "notice",
+    "croissant",
+    "write_dataset_cards",
+]

@@ -1,0 +1,5 @@
+"""`python -m distill.cli`."""
+
+from distill.cli.app import main
+
+main()

@@ -1,0 +1,254 @@
+"""The `distill` command. Plugins load only inside the commands that need them, so
+`distill --help` stays fast and a broken plugin cannot break it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from distill.errors import DistillError, scrub
+from distill.config.loader import load_config
+from distill.pipeline import Pipeline
+from distill.registry import make_registry
+from distill.io.inspect import inspect_output, to_json
+from distill.report.html import write_report
+from distill.io.store import repair as repair_output
+from distill.config.schema import SCHEMAS, render
+from distill import __version__
+from distill.cli.audit import audit_command
+from distill.cli.cache import cache_app
+from distill.io.store import repair_hint
+from distill.errors import StoreError
+from distill.io.store import write_failure
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Synthetic data and teacher-student distillation with per-record provenance.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: DistillError) -> None:
+    # The message quotes user input (paths, values, names): never rich markup.
+    err.print(f"[bold red]error:[/] {escape(scrub(str(exc)))}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    until: Annotated[Optional[str], typer.Option(help="Stop before this stage.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    strict_plugins: Annotated[bool, typer.Option(help="Fail if any installed plugin cannot load.")] = False,
+) -> None:
+    """Run (or resume) the pipeline a config describes."""
+
+    try:
+        loaded = load_config(config)
+        registry = make_registry(strict=strict_plugins or loaded.config.plugins.strict or None)
+        _report_failures(registry)
+        result = Pipeline(loaded, registry, progress=not quiet and sys.stderr.isatty(),
+                          log=lambda m: err.print(scrub(m), markup=False, highlight=False)).run(until=until)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:  # the disk filled up, a folder became read-only: not a bug, say what and where
+
+        where = Path(exc.filename) if getattr(exc, "filename", None) else config
+        _fail(StoreError(write_failure(where, exc)))
+        return
+    except KeyboardInterrupt:
+        err.print("interrupted: committed shards are kept; run the same command again to resume")
+        raise typer.Exit(130) from None
+    _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s")
+                   for s in result.stages])
+    if result.students:
+        table = Table(title="students")
+        for col in ("stage", "step", "trainer steps", "status", "model", "audit"):
+            table.add_column(col)
+        for st in result.students:
+            for n, (step, r) in enumerate(st.steps):
+                last = n == len(st.steps) - 1
+                table.add_row(escape(st.stage), escape(step), str(r.global_step), "cached" if r.skipped else "trained",
+                              escape(str(r.model_path)), st.verdict if last else "")
+        out.print(table)
+    out.print(f"output: {result.output}", markup=False, highlight=False)
+    _write_report(result.output)
+
+
+def _write_report(output: Path) -> None:
+    """The run's HTML report; a failure here is a warning: the run itself succeeded."""
+    try:
+
+        path = write_report(output)
+    except Exception as exc:  # noqa: BLE001 - whatever broke the report, the data is committed
+        err.print(f"[yellow]warning:[/] could not write the report: {escape(scrub(f'{type(exc).__name__}: {exc}'))}"
+                  f" (retry with `distill report {escape(str(output))}`)", highlight=False, soft_wrap=True)
+        return
+    out.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_stages(rows: list[tuple[str, str, dict[str, int], str]]) -> None:
+    table = Table(title="stages")
+    for col in ("stage", "kind", "in", "generated", "kept", "rejected", "status"):
+        table.add_column(col, justify="right" if col in ("in", "generated", "kept", "rejected") else "left")
+    for stage, kind, t, status in rows:
+        table.add_row(stage, kind, str(t["in"]), str(t["generated"]), str(t["kept"]), str(t["rejected"]), status)
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    output: Annotated[Path, typer.Argument(help="A run's output folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per-stage counts and drop reasons of a run's output; exits 1 if records were lost or damaged."""
+
+    try:
+        reports = inspect_output(output)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        out.print_json(to_json(reports))
+    else:
+        _print_stages([(r.stage, r.kind, r.totals,
+                        ("complete" if r.complete else f"partial ({r.shards} shards)")
+                        + ("" if r.balanced else " LOST RECORDS") + (" DAMAGED" if r.damaged else ""))
+                       for r in reports])
+        for r in reports:
+            for title, counts in ((f"rejected in {r.stage}", r.reasons), (f"edited in {r.stage}", r.edits)):
+                if counts:
+                    t = Table(title=title)
+                    t.add_column("plugin: reason")
+                    t.add_column("records", justify="right")
+                    for reason, n in counts.items():
+                        t.add_row(escape(reason), str(n))
+                    out.print(t)
+    damaged = [r for r in reports if r.damaged]
+    for r in damaged:
+        err.print(f"[bold red]error:[/] stage {escape(repr(r.stage))}: {escape(r.damaged)}", highlight=False)
+    if damaged:
+
+        err.print(repair_hint(output), markup=False, highlight=False)
+    if damaged or not all(r.balanced for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(output: Annotated[Path, typer.Argument(help="A run's output folder.")]) -> None:
+    """Write OUT/report.html: data funnel, training curves, evaluations, audits and sample records
+    of a run, in one self-contained HTML file; prints its path. Exits 2 if OUT is not a run's output."""
+
+    try:
+        path = write_report(output)
+    except DistillError as exc:
+        err.print(f"[bold red]error:[/] {escape(scrub(str(exc)))}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a read-only or full disk: say where, never a traceback
+        where = exc.filename or output / "report.html"
+        err.print(f"[bold red]error:[/] cannot write {escape(str(where))}: {escape(exc.strerror or str(exc))}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def repair(output: Annotated[Path, typer.Argument(help="A run's output folder.")]) -> None:
+    """Set damaged stage files aside (under OUT/damaged/) so the next run redoes only them."""
+
+    try:
+        done = repair_output(output)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+
+        _fail(StoreError(write_failure(Path(exc.filename or output), exc, "repair")))
+        return
+    for line in done:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    out.print("nothing to repair: every committed shard matches its manifest" if not done
+              else "run the pipeline again to redo what was set aside", highlight=False)
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail if any installed plugin cannot load.")] = False,
+) -> None:
+    """List every plugin: kind, name, package and version, options."""
+
+    try:
+        reg = make_registry(strict=strict or None)
+    except DistillError as exc:
+        _fail(exc)
+        return
+    specs = reg.all()
+    if as_json:
+        data = {"plugins": [{"kind": s.kind, "name": s.name, "entry_point": s.plugin, "package": s.package,
+                             "version": s.version, "options": s.options_schema().get("properties", {})}
+                            for s in specs],
+                "failed": [{"plugin": f.plugin, "package": f.package, "error": f.error} for f in reg.failures]}
+        out.print_json(json.dumps(data, default=str))
+        return
+    table = Table(title="distill plugins")
+    for col in ("kind", "name", "package", "version", "options"):
+        table.add_column(col)
+    for s in specs:
+        props = s.options_schema().get("properties", {})
+        opts = ", ".join(f"{k}={_short(v['default'])}" if "default" in v else k for k, v in props.items())
+        table.add_row(*(escape(v) for v in (s.kind, s.name, s.package or "-", s.version or "-", opts)))
+    out.print(table)
+    _report_failures(reg)
+
+
+def _short(value: object, width: int = 24) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _report_failures(reg) -> None:
+    for f in reg.failures:
+        err.print(f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} ({escape(f.package or 'no package')}) "
+                  f"was skipped: {escape(f.error)}", highlight=False)
+
+
+@app.command()
+def schema(name: Annotated[str, typer.Argument(help="record, config or licenses")]) -> None:
+    """Print the JSON Schema of records, of the config file or of the license registry."""
+
+    if name not in SCHEMAS:
+        err.print(f"[bold red]error:[/] unknown schema {escape(repr(name))}; known: {', '.join(SCHEMAS)}")
+        raise typer.Exit(2)
+    sys.stdout.write(render(name))
+
+
+@app.command()
+def version() -> None:
+    """Print distill's version."""
+
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+def _mount() -> None:
+
+    app.add_typer(cache_app, name="cache", help="What the request cache holds, and why lookups missed.")
+    app.command(name="audit")(audit_command)
+
+
+_mount()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Every file and folder name distill writes, in one place.
+
+Readers and writers of an output folder (the pipeline, `distill inspect`, the report, the audit,
+the cards) and plugin authors who look inside one take the names from here, so that a renamed
+file cannot leave one of them reading the old name.
+"""
+
+from __future__ import annotations
+
+#: Output folder (`OUT/`)
+RUN_FILE = "run.json"
+REPORT_FILE = "report.html"
+STAGES_DIR = "stages"
+EXPORT_DIR = "export"
+MODELS_DIR = "models"
+EVAL_DIR = "eval"
+STATE_DIR = "state"
+STALE_DIR = "stale"
+DAMAGED_DIR = "damaged"
+
+#: A stage folder (`OUT/stages/<stage>/`)
+MANIFEST = "manifest.json"
+KEPT_SHARD = "kept-{index:05d}.jsonl"
+REJECTED_SHARD = "rejected-{index:05d}.jsonl"
+
+#: An evaluate stage's results (`OUT/eval/<stage>/`)
+EVAL_FILE = "eval.json"
+
+#: Beside a model's weights: what it is, under which terms, and what made it.
+MODEL_MARKER = "distill-model.json"
+#: Beside an exported dataset: its combined license tag and provenance summary.
+DATASET_SIDECAR = "distill-dataset.json"
+#: A training step's own state (its fingerprint and result), for resume.
+TRAIN_STATE = "distill-train.json"
+#: A training step's checkpoints, under its output folder.
+CHECKPOINTS = "checkpoints"
+
+#: The files that publish a dataset or a model's licenses and audit, written beside the data
+#: or weights and copied wherever they go.
+CARD_FILES = ("README.md", "croissant.json", "NOTICE", "audit.json", "AUDIT.md", DATASET_SIDECAR)
+
+#: The request cache (`$DISTILL_CACHE_DIR/` or `~/.cache/distill/`)
+CACHE_FILE = "requests.sqlite"
+CACHE_ENV = "DISTILL_CACHE_DIR"

@@ -1,0 +1,22 @@
+"""A run's report: one static HTML page that reads without a server."""
+
+from distill.report.data import (
+    REPORT,
+    SAMPLES,
+    TrainingRun,
+    AuditEntry,
+    ReportData,
+    gather,
+)
+from distill.report.html import render, write_report
+
+__all__ = [
+    "render",
+    "write_report",
+    "REPORT",
+    "SAMPLES",
+    "TrainingRun",
+    "AuditEntry",
+    "ReportData",
+    "gather",
+]

@@ -1,0 +1,21 @@
+"""How each kind of stage turns its input into committed shards."""
+
+from distill.stages.base import (
+    derive_seed,
+    StageContext,
+    run_map,
+    run_expand,
+    run_filters,
+    run_export,
+    run_rank,
+)
+
+__all__ = [
+    "derive_seed",
+    "StageContext",
+    "run_map",
+    "run_expand",
+    "run_filters",
+    "run_export",
+    "run_rank",
+]

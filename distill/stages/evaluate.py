@@ -1,0 +1,238 @@
+"""The `evaluate` stage: every contender answers the held-out set, every evaluator scores them.
+
+Answers go through the request cache like any teacher call, so a re-run (or a resumed run)
+pays for none of them again. The stage is done when `OUT/eval/<stage>/eval.json` exists with the
+stage's current digest: its config, the held-out file, the teachers it uses and each
+student's lineage marker (a retrained student changes it). Records pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distill.errors import ConfigError, DistillError, PluginError
+from distill.evaluator import Contender, EvalContext, EvalItem, EvalScores, worst_items
+from distill.io.seeds import load_seeds
+from distill.io.store import atomic_write
+from distill.models.folders import resolve_model_path
+from distill.config.loader import digest_view
+from distill.cache.calls import TeacherCaller
+from distill.models.folders import derive_seed
+from distill.records import Message
+from distill.teacher import ChatRequest
+from distill.plugin import PluginContext
+from distill.models.folders import library_bars_off
+from distill.training.adapters import merged_folder
+from distill.models.folders import local_model_folder, resolve_model_path
+
+if TYPE_CHECKING:
+    from distill.cache.calls import TeacherCaller
+    from distill.config.loader import EvaluateStage
+    from distill.pipeline import Pipeline
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class EvalResult:
+    stage: str
+    path: Path
+    #: metric name -> contender -> score
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    skipped: bool = False
+    seconds: float = 0.0
+
+
+def run_evaluate_stage(p: "Pipeline", i: int, stage: "EvaluateStage", students: list[Any]) -> EvalResult:
+
+    started = time.monotonic()
+    folder = p.output / "eval" / str(stage.name)
+    path = folder / EVAL_FILE
+    load = load_seeds(stage.data, p.loaded.base_dir)
+    for w in load.warnings:
+        if "no declared license" not in w:  # held-out data is never released, so its terms do not matter here
+            p.log(f"warning: stage {stage.name!r}: {w}")
+    if not load.records:
+        raise ConfigError(f"stages[{i}].data: no usable held-out item in {stage.data.path}")
+    items = [_item(r) for r in load.records]
+    models = {c.name: _model_of(p, c, students) for c in stage.contenders}
+    digest = _digest(p, i, stage, load.records, models)
+    if path.is_file():
+        try:
+            done = json.loads(path.read_text())
+        except ValueError:
+            done = {}
+        if done.get("digest") == digest:
+            return _result(stage.name, path, done, skipped=True, seconds=time.monotonic() - started)
+    contenders = [_answer(p, i, stage, c, models[c.name], items) for c in stage.contenders]
+    ctx = EvalContext(base_dir=p.loaded.base_dir, teacher=lambda key: _caller(p, key), progress=p.progress)
+    metrics: list[dict[str, Any]] = []
+    per_metric: dict[str, EvalScores] = {}
+    for j, ref in enumerate(stage.evaluators):
+        where = f"stages[{i}].evaluators[{j}]"
+        evaluator = p._make("evaluator", ref.plugin, where)
+        p.log(f"stage {stage.name!r}: evaluator {ref.plugin!r}")
+        try:
+            scores = evaluator.evaluate(items, contenders, ctx)
+        except DistillError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - named, never a bare traceback
+            raise PluginError(f"evaluator plugin {ref.plugin!r} ({where}) failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            evaluator.close()
+        name = ref.plugin if ref.plugin not in per_metric else f"{ref.plugin}-{j}"
+        per_metric[name] = scores
+        metrics.append({"evaluator": ref.plugin, "name": name, "higher_is_better": evaluator.higher_is_better,
+                        "description": evaluator.description, "scores": scores.scores, "details": scores.details})
+    higher = {m["name"]: m["higher_is_better"] for m in metrics}
+    doc = {
+        "stage": stage.name, "digest": digest, "data": str(stage.data.path),
+        "rejected": [{"where": r.provenance.events[-1].reason} for r in load.rejected],
+        "contenders": [{"name": c.name, "kind": c.kind, "model": c.model, "system_prompt": c.system_prompt is not None}
+                       for c in contenders],
+        "metrics": metrics,
+        "items": [{"id": it.id, "prompt": it.prompt, "reference": it.reference, "tags": it.tags,
+                   "answers": {c.name: c.answers[k] for c in contenders},
+                   "scores": {m: {c: s.per_item[c][k] for c in s.per_item if len(s.per_item[c]) > k}
+                              for m, s in per_metric.items()}}
+                  for k, it in enumerate(items)],
+        "worst": {m: {c: worst_items(items, s.per_item[c], higher[m], stage.worst) for c in s.per_item}
+                  for m, s in per_metric.items()},
+    }
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(doc, indent=1, default=str).encode())
+    return _result(stage.name, path, doc, skipped=False, seconds=time.monotonic() - started)
+
+
+def _result(stage: str, path: Path, doc: dict[str, Any], *, skipped: bool, seconds: float) -> EvalResult:
+    return EvalResult(stage=stage, path=path, skipped=skipped, seconds=seconds,
+                      metrics={m["name"]: m["scores"] for m in doc.get("metrics", [])},
+                      higher_is_better={m["name"]: m["higher_is_better"] for m in doc.get("metrics", [])})
+
+
+def _item(record: Any) -> EvalItem:
+    msgs = list(record.messages)
+    reference = None
+    if msgs and msgs[-1].role == "assistant":
+        reference = msgs.pop().content
+    return EvalItem(id=record.id, messages=msgs, reference=reference,
+                    tags=dict(record.metadata.get("fields", {})))
+
+
+def _model_of(p: "Pipeline", c: Any, students: list[Any]) -> str | None:
+    """The local folder a `model` or `student` contender answers from (None: a teacher)."""
+
+    if c.model is not None:
+        return resolve_model_path(c.model, p.loaded.base_dir)
+    if c.student is None:
+        return None
+    name, _, step = c.student.partition(".")
+    result = next((s for s in students if s.stage == name), None)
+    if result is None:  # checked at load; this is a run with --until before the train stage
+        raise ConfigError(f"contender {c.name!r}: train stage {name!r} has not run")
+    if not step:
+        return str(result.path)
+    return str(dict(result.steps)[step].model_path)
+
+
+def _digest(p: "Pipeline", i: int, stage: "EvaluateStage", records: list[Any], models: dict[str, str | None]) -> str:
+
+    h = hashlib.sha256()
+    config = digest_view(p.loaded.raw)
+    raw = config["stages"][i]
+    teachers = {c.teacher: config.get("teachers", {}).get(c.teacher) for c in stage.contenders if c.teacher}
+    judges = {k: v for e in raw.get("evaluators", []) if isinstance(e, dict)
+              for k, v in config.get("teachers", {}).items() if k == (e.get("options") or {}).get("judge")}
+    h.update(json.dumps([raw, teachers, judges, p.config.seed, [r.id for r in records]], sort_keys=True,
+                        default=str).encode())
+    for name, folder in sorted(models.items(), key=lambda kv: kv[0]):
+        marker = Path(folder) / "distill-model.json" if folder and folder != "embedded" else None
+        h.update(name.encode() + (marker.read_bytes() if marker is not None and marker.is_file() else b"-"))
+    return h.hexdigest()[:16]
+
+
+def _caller(p: "Pipeline", key: str) -> "TeacherCaller":
+
+    if key not in p.config.teachers:
+        known = ", ".join(sorted(p.config.teachers)) or "none defined"
+        raise ConfigError(f"evaluator: no teacher named {key!r} (teachers: {known})")
+    return TeacherCaller(p._teacher(key), p._request_cache())
+
+
+def _answer(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str | None,
+            items: list[EvalItem]) -> Contender:
+
+    if c.teacher is not None:
+        teacher = p._teacher(c.teacher)
+        owned = False
+    else:
+        assert folder is not None
+        if folder != "embedded" and (Path(folder) / "adapter_config.json").is_file() \
+                and not (Path(folder) / "config.json").is_file():
+            folder = str(_merged(stage, c.name, Path(folder)))  # engines load full weights
+        teacher = _engine(p, i, stage, c, folder)
+        owned = True
+    try:
+        caller = TeacherCaller(teacher, p._request_cache())
+        system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
+        requests = [ChatRequest(messages=system + it.messages, n=1,
+                                seed=derive_seed(p.config.seed, stage.name, "answer", it.id)) for it in items]
+        p.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions")
+        samples = caller(requests, f"stage {stage.name!r}, contender {c.name!r}")
+        model = teacher.model_info().model
+    finally:
+        if owned:
+            teacher.close()
+    return Contender(name=c.name, kind=c.kind, model=model, answers=[s[0].text if s else "" for s in samples],
+                     model_path=_weights(p, folder, teacher), system_prompt=c.system_prompt)
+
+
+def _engine(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str | None) -> Any:
+    """The answering engine for a local model: `engine`'s plugin with `model` set to the folder."""
+    from pydantic import ValidationError
+
+    where = f"stages[{i}].engine"
+    spec = p.registry.get("teacher", stage.engine.plugin)
+    try:
+        options = spec.cls.Options.model_validate({**stage.engine.options, "model": folder})
+    except ValidationError as exc:
+        raise ConfigError(f"{where}.options: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    engine = spec.cls(options)
+    try:
+        engine.setup(PluginContext(base_dir=p.loaded.base_dir, progress=p.progress,
+                                   state_dir=p.output / "state" / f"{stage.name}.{c.name}"))
+    except DistillError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"teacher plugin {stage.engine.plugin!r} ({where}) could not load contender "
+                          f"{c.name!r} from {folder}: {type(exc).__name__}: {exc}") from exc
+    return engine
+
+
+def _merged(stage: "EvaluateStage", name: str, adapter: Path) -> Path:
+    """The adapter merged into its base, in the trainers' own place for it (`adapter/merged`)."""
+
+    with library_bars_off():
+        return merged_folder(adapter, f"evaluate stage {stage.name!r}, contender {name!r}")
+
+
+def _weights(p: "Pipeline", folder: str | None, teacher: Any) -> Path | None:
+    """Local weights for perplexity: the folder, the embedded model's converted folder, or a
+    local teacher's model folder."""
+
+    if folder is None:
+        model = getattr(teacher.options, "model", None)
+        if not isinstance(model, str) or teacher.name not in ("transformers", "vllm"):
+            return None
+        folder = resolve_model_path(model, p.loaded.base_dir)
+    try:
+        return local_model_folder(folder, "evaluate", progress=False)
+    except DistillError:
+        return None

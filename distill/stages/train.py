@@ -1,0 +1,145 @@
+"""The `train` stage: the run's own exports train a student through a chain of trainer plugins.
+
+The stage writes no shards: its durable state is the chain's (`distill.training.chain`): a finished
+step is recognised by its fingerprint and not trained again, a killed one resumes from its
+last complete checkpoint, one trained on other data or settings (its upstream stages changed)
+is moved to `OUT/stale/models/` and trained again. Output goes to `OUT/models/<stage>/<step>/`. With `processes` above
+1 the chain runs under `accelerate launch` from a job file that holds the config's raw
+`${VAR}` placeholders, never their values (the launched processes resolve them from the
+environment they inherit).
+
+After the chain, the final student is audited against the config's `release:` policy (as a
+model release) and its card, `NOTICE` and `audit.json` are rewritten to show the verdict,
+every run, like an export's cards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distill.errors import PluginError
+from distill.errors import scrub
+from distill.training.chain import Job, JobStep
+from distill.training.chain import run_job
+from distill.io.store import atomic_write
+from distill.audit.base import audit
+from distill.audit.target import load_target
+from distill.audit.report import to_json, to_markdown
+from distill.cards.model import write_student_cards
+
+if TYPE_CHECKING:
+    from distill.audit.base import AuditReport
+    from distill.config.loader import TrainStage
+    from distill.pipeline import Pipeline
+    from distill.trainer import TrainResult
+
+#: accelerate launch flags that choose the distributed setup; without one, distill adds DDP's.
+_SETUP_FLAGS = ("--config_file", "--multi_gpu", "--use_fsdp", "--use_deepspeed", "--cpu", "--use_megatron_lm")
+
+
+@dataclass
+class StudentResult:
+    stage: str
+    name: str
+    path: Path
+    steps: list[tuple[str, "TrainResult"]]
+    verdict: str
+    report: "AuditReport"
+
+
+def job_for(p: "Pipeline", i: int, stage: "TrainStage", raw: bool = False) -> Any:
+    """The chain as a `distill.training.chain.Job`; `raw` keeps the config's `${VAR}` placeholders."""
+
+    raw_steps = p.loaded.raw["stages"][i]["steps"]
+    steps = []
+    for j, s in enumerate(stage.steps):
+        options = (raw_steps[j].get("options") or {}) if raw else s.options
+        datasets = [(p.output / "export" / d).resolve() for d in s.data]
+        steps.append(JobStep(name=s.name, trainer=s.trainer, options=options, datasets=datasets, student=s.student))
+    student_license = p.licenses.normalize(stage.student_license) if stage.student_license else None
+    return Job(student=stage.student, output=(p.output / "models" / stage.name).resolve(), name=model_name(p, stage),
+               student_license=student_license, steps=steps, stale_dir=(p.output / "stale" / "models").resolve())
+
+
+def model_name(p: "Pipeline", stage: "TrainStage") -> str:
+    return stage.model_name or p.config.release.name or stage.name
+
+
+def run_train_stage(p: "Pipeline", i: int, stage: "TrainStage") -> StudentResult:
+
+    for s in stage.steps:
+        for d in s.data:
+            if not (p.output / "export" / d).is_dir():
+                raise PluginError(f"train stage {stage.name!r}, step {s.name!r}: export {d!r} has no dataset "
+                                  f"folder at {p.output / 'export' / d}")
+    job = job_for(p, i, stage)
+    if stage.processes > 1:
+        trained = _launch(p, i, stage)
+        results = run_job(job, p.loaded.base_dir, p.registry)  # every step is finished now: reads the markers
+        for r in results:
+            r.skipped = not trained.get(str(r.model_path), False)
+    else:
+        results = run_job(job, p.loaded.base_dir, p.registry)
+    final = results[-1]
+    report = audit_student(p, stage, final.model_path)
+    return StudentResult(stage=stage.name, name=job.name, path=final.model_path,
+                         steps=list(zip([s.name for s in stage.steps], results)), verdict=report.verdict,
+                         report=report)
+
+
+def _launch(p: "Pipeline", i: int, stage: "TrainStage") -> dict[str, bool]:
+    """Run the chain under `accelerate launch`; returns which model folders were trained now."""
+
+    job = job_for(p, i, stage, raw=True)
+    path = Path(job.output) / "job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, job.model_dump_json(indent=2).encode())
+    args = list(stage.accelerate_args)
+    setup = [] if any(a.split("=")[0] in _SETUP_FLAGS for a in args) else [
+        "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(stage.processes),
+           "--main_process_port", "0", *setup, *args, "-m", "distill.training", str(path)]
+    p.log(f"stage {stage.name!r}: {' '.join(cmd[1:])}")
+    done = subprocess.run(cmd, cwd=p.loaded.base_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise PluginError(scrub(f"train stage {stage.name!r}: `accelerate launch` with {stage.processes} processes "
+                                f"exited with code {done.returncode}:\n{tail}"))
+    trained: dict[str, bool] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+                trained[row["model_path"]] = not row["skipped"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return trained
+
+
+def audit_student(p: "Pipeline", stage: "TrainStage", folder: Path) -> "AuditReport":
+    """Audit the student as a model release and rewrite its cards to show the verdict."""
+
+    target = load_target(folder, config=p.loaded.raw)
+    report = audit(target.records, target.settings.release, p.licenses, p._rules,
+                   target=f"models/{stage.name}", kind="student", models=p.config.models,
+                   warnings=target.warnings)
+    for f in {folder, folder.parent if folder.name == "merged" else folder / "merged"}:
+        if (f / "distill-model.json").is_file():
+            record_student_audit(f, report, p.licenses)
+    p.audit_warning(f"train {stage.name!r}", report, f"the model {report.release.name!r}", str(folder / "README.md"))
+    return report
+
+
+def record_student_audit(folder: Path, report: "AuditReport", registry: Any) -> None:
+    """The audit beside the student (audit.json, AUDIT.md) and in its card and NOTICE."""
+
+    carded = report.model_copy(update={"target": "."})  # no local paths in what gets published
+    atomic_write(folder / "audit.json", to_json(carded).encode())
+    atomic_write(folder / "AUDIT.md", to_markdown(carded).encode())
+    marker = json.loads((folder / "distill-model.json").read_text())
+    write_student_cards(folder, marker, registry, carded)
