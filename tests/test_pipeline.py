@@ -177,7 +177,7 @@ def test_with_the_cache_off_every_request_reaches_the_teacher(tmp_path):
 def test_plugins_get_a_state_folder_in_the_output_that_survives_resume(tmp_path):
     p = pipeline(config_dict(tmp_path))
     p.run()
-    teacher = p._teachers["writer"]
+    teacher = p.context.teachers["writer"]
     assert teacher.context.state_dir == tmp_path / "out" / "state" / "teachers.writer"
 
 

@@ -29,11 +29,12 @@ from distill.plugin import PluginContext
 from distill.models.folders import library_bars_off
 from distill.training.adapters import merged_folder
 from distill.models.folders import local_model_folder, resolve_model_path
+from distill.config.stages import EvaluateStage
+from distill.io.store import StageStore
+from distill.stages.context import RunContext
 
 if TYPE_CHECKING:
     from distill.cache.calls import TeacherCaller
-    from distill.config.loader import EvaluateStage
-    from distill.pipeline import Pipeline
 
 EVAL_FILE = "eval.json"
 
@@ -49,20 +50,25 @@ class EvalResult:
     seconds: float = 0.0
 
 
-def run_evaluate_stage(p: "Pipeline", i: int, stage: "EvaluateStage", students: list[Any]) -> EvalResult:
+def run_evaluate_stage(run: RunContext, i: int, stage: EvaluateStage, upstream: StageStore) -> StageStore:
+    """Score the contenders on held-out data; the records pass on unchanged."""
+    run.result.evaluations.append(evaluate(run, i, stage, run.result.students))
+    return upstream
 
+
+def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any]) -> EvalResult:
     started = time.monotonic()
-    folder = p.output / "eval" / str(stage.name)
+    folder = run.output / "eval" / str(stage.name)
     path = folder / EVAL_FILE
-    load = load_seeds(stage.data, p.loaded.base_dir)
+    load = load_seeds(stage.data, run.loaded.base_dir)
     for w in load.warnings:
         if "no declared license" not in w:  # held-out data is never released, so its terms do not matter here
-            p.log(f"warning: stage {stage.name!r}: {w}")
+            run.log(f"warning: stage {stage.name!r}: {w}")
     if not load.records:
         raise ConfigError(f"stages[{i}].data: no usable held-out item in {stage.data.path}")
     items = [_item(r) for r in load.records]
-    models = {c.name: _model_of(p, c, students) for c in stage.contenders}
-    digest = _digest(p, i, stage, load.records, models)
+    models = {c.name: _model_of(run, c, students) for c in stage.contenders}
+    digest = _digest(run, i, stage, load.records, models)
     if path.is_file():
         try:
             done = json.loads(path.read_text())
@@ -70,14 +76,14 @@ def run_evaluate_stage(p: "Pipeline", i: int, stage: "EvaluateStage", students: 
             done = {}
         if done.get("digest") == digest:
             return _result(stage.name, path, done, skipped=True, seconds=time.monotonic() - started)
-    contenders = [_answer(p, i, stage, c, models[c.name], items) for c in stage.contenders]
-    ctx = EvalContext(base_dir=p.loaded.base_dir, teacher=lambda key: _caller(p, key), progress=p.progress)
+    contenders = [_answer(run, i, stage, c, models[c.name], items) for c in stage.contenders]
+    ctx = EvalContext(base_dir=run.loaded.base_dir, teacher=lambda key: _caller(run, key), progress=run.progress)
     metrics: list[dict[str, Any]] = []
     per_metric: dict[str, EvalScores] = {}
     for j, ref in enumerate(stage.evaluators):
         where = f"stages[{i}].evaluators[{j}]"
-        evaluator = p._make("evaluator", ref.plugin, where)
-        p.log(f"stage {stage.name!r}: evaluator {ref.plugin!r}")
+        evaluator = run.make_plugin("evaluator", ref.plugin, where)
+        run.log(f"stage {stage.name!r}: evaluator {ref.plugin!r}")
         try:
             scores = evaluator.evaluate(items, contenders, ctx)
         except DistillError:
@@ -126,11 +132,11 @@ def _item(record: Any) -> EvalItem:
                     tags=dict(record.metadata.get("fields", {})))
 
 
-def _model_of(p: "Pipeline", c: Any, students: list[Any]) -> str | None:
+def _model_of(run: RunContext, c: Any, students: list[Any]) -> str | None:
     """The local folder a `model` or `student` contender answers from (None: a teacher)."""
 
     if c.model is not None:
-        return resolve_model_path(c.model, p.loaded.base_dir)
+        return resolve_model_path(c.model, run.loaded.base_dir)
     if c.student is None:
         return None
     name, _, step = c.student.partition(".")
@@ -142,15 +148,15 @@ def _model_of(p: "Pipeline", c: Any, students: list[Any]) -> str | None:
     return str(dict(result.steps)[step].model_path)
 
 
-def _digest(p: "Pipeline", i: int, stage: "EvaluateStage", records: list[Any], models: dict[str, str | None]) -> str:
+def _digest(run: RunContext, i: int, stage: EvaluateStage, records: list[Any], models: dict[str, str | None]) -> str:
 
     h = hashlib.sha256()
-    config = digest_view(p.loaded.raw)
+    config = digest_view(run.loaded.raw)
     raw = config["stages"][i]
     teachers = {c.teacher: config.get("teachers", {}).get(c.teacher) for c in stage.contenders if c.teacher}
     judges = {k: v for e in raw.get("evaluators", []) if isinstance(e, dict)
               for k, v in config.get("teachers", {}).items() if k == (e.get("options") or {}).get("judge")}
-    h.update(json.dumps([raw, teachers, judges, p.config.seed, [r.id for r in records]], sort_keys=True,
+    h.update(json.dumps([raw, teachers, judges, run.config.seed, [r.id for r in records]], sort_keys=True,
                         default=str).encode())
     for name, folder in sorted(models.items(), key=lambda kv: kv[0]):
         marker = Path(folder) / "distill-model.json" if folder and folder != "embedded" else None
@@ -158,56 +164,56 @@ def _digest(p: "Pipeline", i: int, stage: "EvaluateStage", records: list[Any], m
     return h.hexdigest()[:16]
 
 
-def _caller(p: "Pipeline", key: str) -> "TeacherCaller":
+def _caller(run: RunContext, key: str) -> "TeacherCaller":
 
-    if key not in p.config.teachers:
-        known = ", ".join(sorted(p.config.teachers)) or "none defined"
+    if key not in run.config.teachers:
+        known = ", ".join(sorted(run.config.teachers)) or "none defined"
         raise ConfigError(f"evaluator: no teacher named {key!r} (teachers: {known})")
-    return TeacherCaller(p._teacher(key), p._request_cache())
+    return TeacherCaller(run.teacher(key), run.request_cache())
 
 
-def _answer(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str | None,
+def _answer(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None,
             items: list[EvalItem]) -> Contender:
 
     if c.teacher is not None:
-        teacher = p._teacher(c.teacher)
+        teacher = run.teacher(c.teacher)
         owned = False
     else:
         assert folder is not None
         if folder != "embedded" and (Path(folder) / "adapter_config.json").is_file() \
                 and not (Path(folder) / "config.json").is_file():
             folder = str(_merged(stage, c.name, Path(folder)))  # engines load full weights
-        teacher = _engine(p, i, stage, c, folder)
+        teacher = _engine(run, i, stage, c, folder)
         owned = True
     try:
-        caller = TeacherCaller(teacher, p._request_cache())
+        caller = TeacherCaller(teacher, run.request_cache())
         system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
         requests = [ChatRequest(messages=system + it.messages, n=1,
-                                seed=derive_seed(p.config.seed, stage.name, "answer", it.id)) for it in items]
-        p.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions")
+                                seed=derive_seed(run.config.seed, stage.name, "answer", it.id)) for it in items]
+        run.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions")
         samples = caller(requests, f"stage {stage.name!r}, contender {c.name!r}")
         model = teacher.model_info().model
     finally:
         if owned:
             teacher.close()
     return Contender(name=c.name, kind=c.kind, model=model, answers=[s[0].text if s else "" for s in samples],
-                     model_path=_weights(p, folder, teacher), system_prompt=c.system_prompt)
+                     model_path=_weights(run, folder, teacher), system_prompt=c.system_prompt)
 
 
-def _engine(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str | None) -> Any:
+def _engine(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None) -> Any:
     """The answering engine for a local model: `engine`'s plugin with `model` set to the folder."""
     from pydantic import ValidationError
 
     where = f"stages[{i}].engine"
-    spec = p.registry.get("teacher", stage.engine.plugin)
+    spec = run.registry.get("teacher", stage.engine.plugin)
     try:
         options = spec.cls.Options.model_validate({**stage.engine.options, "model": folder})
     except ValidationError as exc:
         raise ConfigError(f"{where}.options: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     engine = spec.cls(options)
     try:
-        engine.setup(PluginContext(base_dir=p.loaded.base_dir, progress=p.progress,
-                                   state_dir=p.output / "state" / f"{stage.name}.{c.name}"))
+        engine.setup(PluginContext(base_dir=run.loaded.base_dir, progress=run.progress,
+                                   state_dir=run.output / "state" / f"{stage.name}.{c.name}"))
     except DistillError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -216,14 +222,14 @@ def _engine(p: "Pipeline", i: int, stage: "EvaluateStage", c: Any, folder: str |
     return engine
 
 
-def _merged(stage: "EvaluateStage", name: str, adapter: Path) -> Path:
+def _merged(stage: EvaluateStage, name: str, adapter: Path) -> Path:
     """The adapter merged into its base, in the trainers' own place for it (`adapter/merged`)."""
 
     with library_bars_off():
         return merged_folder(adapter, f"evaluate stage {stage.name!r}, contender {name!r}")
 
 
-def _weights(p: "Pipeline", folder: str | None, teacher: Any) -> Path | None:
+def _weights(run: RunContext, folder: str | None, teacher: Any) -> Path | None:
     """Local weights for perplexity: the folder, the embedded model's converted folder, or a
     local teacher's model folder."""
 
@@ -231,7 +237,7 @@ def _weights(p: "Pipeline", folder: str | None, teacher: Any) -> Path | None:
         model = getattr(teacher.options, "model", None)
         if not isinstance(model, str) or teacher.name not in ("transformers", "vllm"):
             return None
-        folder = resolve_model_path(model, p.loaded.base_dir)
+        folder = resolve_model_path(model, run.loaded.base_dir)
     try:
         return local_model_folder(folder, "evaluate", progress=False)
     except DistillError:

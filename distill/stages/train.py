@@ -31,11 +31,12 @@ from distill.audit.base import audit
 from distill.audit.target import load_target
 from distill.audit.report import to_json, to_markdown
 from distill.cards.model import write_student_cards
+from distill.config.stages import TrainStage
+from distill.io.store import StageStore
+from distill.stages.context import RunContext
 
 if TYPE_CHECKING:
     from distill.audit.base import AuditReport
-    from distill.config.loader import TrainStage
-    from distill.pipeline import Pipeline
     from distill.trainer import TrainResult
 
 #: accelerate launch flags that choose the distributed setup; without one, distill adds DDP's.
@@ -52,50 +53,55 @@ class StudentResult:
     report: "AuditReport"
 
 
-def job_for(p: "Pipeline", i: int, stage: "TrainStage", raw: bool = False) -> Any:
+def job_for(run: RunContext, i: int, stage: TrainStage, raw: bool = False) -> Any:
     """The chain as a `distill.training.chain.Job`; `raw` keeps the config's `${VAR}` placeholders."""
 
-    raw_steps = p.loaded.raw["stages"][i]["steps"]
+    raw_steps = run.loaded.raw["stages"][i]["steps"]
     steps = []
     for j, s in enumerate(stage.steps):
         options = (raw_steps[j].get("options") or {}) if raw else s.options
-        datasets = [(p.output / "export" / d).resolve() for d in s.data]
+        datasets = [(run.output / "export" / d).resolve() for d in s.data]
         steps.append(JobStep(name=s.name, trainer=s.trainer, options=options, datasets=datasets, student=s.student))
-    student_license = p.licenses.normalize(stage.student_license) if stage.student_license else None
-    return Job(student=stage.student, output=(p.output / "models" / stage.name).resolve(), name=model_name(p, stage),
-               student_license=student_license, steps=steps, stale_dir=(p.output / "stale" / "models").resolve())
+    student_license = run.licenses.normalize(stage.student_license) if stage.student_license else None
+    return Job(student=stage.student, output=(run.output / "models" / stage.name).resolve(), name=model_name(run, stage),
+               student_license=student_license, steps=steps, stale_dir=(run.output / "stale" / "models").resolve())
 
 
-def model_name(p: "Pipeline", stage: "TrainStage") -> str:
-    return stage.model_name or p.config.release.name or stage.name
+def model_name(run: RunContext, stage: TrainStage) -> str:
+    return stage.model_name or run.config.release.name or stage.name
 
 
-def run_train_stage(p: "Pipeline", i: int, stage: "TrainStage") -> StudentResult:
+def run_train_stage(run: RunContext, i: int, stage: TrainStage, upstream: StageStore) -> StageStore:
+    """Train the student on the run's exports; the records pass on unchanged."""
+    run.result.students.append(train_student(run, i, stage))
+    return upstream
 
+
+def train_student(run: RunContext, i: int, stage: TrainStage) -> StudentResult:
     for s in stage.steps:
         for d in s.data:
-            if not (p.output / "export" / d).is_dir():
+            if not (run.output / "export" / d).is_dir():
                 raise PluginError(f"train stage {stage.name!r}, step {s.name!r}: export {d!r} has no dataset "
-                                  f"folder at {p.output / 'export' / d}")
-    job = job_for(p, i, stage)
+                                  f"folder at {run.output / 'export' / d}")
+    job = job_for(run, i, stage)
     if stage.processes > 1:
-        trained = _launch(p, i, stage)
-        results = run_job(job, p.loaded.base_dir, p.registry)  # every step is finished now: reads the markers
+        trained = _launch(run, i, stage)
+        results = run_job(job, run.loaded.base_dir, run.registry)  # every step is finished now: reads the markers
         for r in results:
             r.skipped = not trained.get(str(r.model_path), False)
     else:
-        results = run_job(job, p.loaded.base_dir, p.registry)
+        results = run_job(job, run.loaded.base_dir, run.registry)
     final = results[-1]
-    report = audit_student(p, stage, final.model_path)
+    report = audit_student(run, stage, final.model_path)
     return StudentResult(stage=stage.name, name=job.name, path=final.model_path,
                          steps=list(zip([s.name for s in stage.steps], results)), verdict=report.verdict,
                          report=report)
 
 
-def _launch(p: "Pipeline", i: int, stage: "TrainStage") -> dict[str, bool]:
+def _launch(run: RunContext, i: int, stage: TrainStage) -> dict[str, bool]:
     """Run the chain under `accelerate launch`; returns which model folders were trained now."""
 
-    job = job_for(p, i, stage, raw=True)
+    job = job_for(run, i, stage, raw=True)
     path = Path(job.output) / "job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, job.model_dump_json(indent=2).encode())
@@ -104,8 +110,8 @@ def _launch(p: "Pipeline", i: int, stage: "TrainStage") -> dict[str, bool]:
         "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(stage.processes),
            "--main_process_port", "0", *setup, *args, "-m", "distill.training", str(path)]
-    p.log(f"stage {stage.name!r}: {' '.join(cmd[1:])}")
-    done = subprocess.run(cmd, cwd=p.loaded.base_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.log(f"stage {stage.name!r}: {' '.join(cmd[1:])}")
+    done = subprocess.run(cmd, cwd=run.loaded.base_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise PluginError(scrub(f"train stage {stage.name!r}: `accelerate launch` with {stage.processes} processes "
@@ -121,17 +127,17 @@ def _launch(p: "Pipeline", i: int, stage: "TrainStage") -> dict[str, bool]:
     return trained
 
 
-def audit_student(p: "Pipeline", stage: "TrainStage", folder: Path) -> "AuditReport":
+def audit_student(run: RunContext, stage: TrainStage, folder: Path) -> "AuditReport":
     """Audit the student as a model release and rewrite its cards to show the verdict."""
 
-    target = load_target(folder, config=p.loaded.raw)
-    report = audit(target.records, target.settings.release, p.licenses, p._rules,
-                   target=f"models/{stage.name}", kind="student", models=p.config.models,
+    target = load_target(folder, config=run.loaded.raw)
+    report = audit(target.records, target.settings.release, run.licenses, run.audit_rules,
+                   target=f"models/{stage.name}", kind="student", models=run.config.models,
                    warnings=target.warnings)
     for f in {folder, folder.parent if folder.name == "merged" else folder / "merged"}:
         if (f / "distill-model.json").is_file():
-            record_student_audit(f, report, p.licenses)
-    p.audit_warning(f"train {stage.name!r}", report, f"the model {report.release.name!r}", str(folder / "README.md"))
+            record_student_audit(f, report, run.licenses)
+    run.audit_warning(f"train {stage.name!r}", report, f"the model {report.release.name!r}", str(folder / "README.md"))
     return report
 
 

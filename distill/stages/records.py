@@ -1,0 +1,218 @@
+"""Runners of the stages that write records: seeds, generate, rank, filter and export.
+
+Each commits shards into its own store. A stage is skipped when its manifest is complete and
+its digest (its own config plus the digest of its input) still matches; it resumes from its
+last committed shard when it is incomplete; it is redone when its config or its input changed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from distill.audit.base import audit
+from distill.cache.calls import TeacherCaller
+from distill.cards.dataset import write_dataset_cards
+from distill.config.loader import ExportStage, FilterStage, GenerateStage, RankStage, digest_view
+from distill.config.stages import RayTeacherOptions
+from distill.errors import ConfigError
+from distill.io.progress import StageProgress
+from distill.io.seeds import load_seeds
+from distill.io.store import StageStore
+from distill.io.upstream import UpstreamRecords
+from distill.layout import EXPORT_DIR
+from distill.ranker import Judge
+from distill.ray.filters import run_filters_ray
+from distill.ray.rankers import start_replicas as start_rankers
+from distill.ray.teachers import start_replicas
+from distill.records import Record
+from distill.stages.base import StageContext, run_expand, run_export, run_filters, run_map, run_rank
+from distill.stages.context import RunContext, StageResult
+from distill.stages.digests import digest as stage_digest
+from distill.stages.digests import file_digest, output_digest
+from distill.task import ExpandTask, MapTask
+
+
+def stage_context(run: RunContext, store: StageStore, bar: StageProgress) -> StageContext:
+    """What a record runner commits through: the store, the run seed, observers and progress."""
+    return StageContext(stage=store.stage, store=store, run_seed=run.config.seed, notify=run.notify,
+                        advance=bar.advance, warnings=run.result.warnings, terms=run.license_of)
+
+
+def open_store(run: RunContext, name: str, kind: str, digest: str) -> StageStore | None:
+    """Open a stage's store; None when it is complete and current (nothing to do)."""
+    store = StageStore(run.output, name, kind, digest)
+    if store.stale:
+        run.log(f"stage {name!r}: config or input changed since it was written; redoing it "
+                f"(its old output is kept in {store.moved_to})")
+    removed = store.clean_debris()
+    if removed and not store.stale:
+        run.log(f"stage {name!r}: removed {len(removed)} uncommitted file(s) from an interrupted run")
+    store.verify()
+    if store.manifest.complete:
+        run.result.stages.append(summary(store, skipped=True, seconds=0.0))
+        return None
+    if store.next_index:
+        run.log(f"stage {name!r}: resuming after {store.next_index} committed shard(s)")
+    return store
+
+
+def finish(run: RunContext, store: StageStore, started: float, calls: dict[str, Any] | None = None) -> None:
+    """Check that no record was lost, seal the manifest, tell the observers."""
+    totals = store.manifest.totals()
+    if totals["in"] + totals["generated"] != totals["kept"] + totals["rejected"]:
+        raise AssertionError(f"stage {store.stage!r} lost records: {totals}")
+    stats: dict[str, Any] = {"totals": totals, "reasons": dict(store.manifest.reasons())}
+    if calls is not None:
+        stats["calls"] = calls
+    store.finish(stats)
+    run.registry.notify("stage_finished", stage=store.stage, stats=stats)
+    run.result.stages.append(summary(store, skipped=False, seconds=time.monotonic() - started))
+
+
+def summary(store: StageStore, *, skipped: bool, seconds: float) -> StageResult:
+    return StageResult(store.stage, store.kind, store.manifest.totals(), dict(store.manifest.reasons()),
+                       skipped, seconds)
+
+
+def run_seeds(run: RunContext) -> StageStore:
+    """The seeds stage: every configured source loaded into records, a malformed row rejected."""
+    config = run.config
+    srcs = run.loaded.raw.get("seeds", [])
+    files = [file_digest(_resolve(run.base_dir, s.path)) for s in config.seeds]
+    licenses = run.loaded.raw.get("licenses")  # they change every record's tag
+    digest = stage_digest("seeds", srcs, files, *(["licenses", licenses] if licenses else []))
+    store = open_store(run, "seeds", "seeds", digest)
+    if store is None:
+        return StageStore(run.output, "seeds", "seeds", digest)
+    started = time.monotonic()
+    with StageProgress("seeds", len(config.seeds), run.progress) as bar:
+        ctx = stage_context(run, store, bar)
+        for i, src in enumerate(config.seeds):
+            if i < store.next_index:
+                continue
+            loaded = load_seeds(src, run.base_dir)
+            for w in loaded.warnings:
+                run.warn(w)
+            ctx.commit(loaded.records, loaded.rejected, inputs=len(loaded.records) + len(loaded.rejected),
+                       meta={"source": str(src.path)})
+            bar.advance(1)
+    finish(run, store, started)
+    return store
+
+
+def record_digest(run: RunContext, i: int, stage: Any, upstream: StageStore) -> str:
+    """What decides whether a committed record stage is still current."""
+    raw = digest_view(run.loaded.raw)  # an environment value that changes redoes the stage
+    raw_stage = raw["stages"][i]
+    # Where a stage runs does not change what it decides: switching executors redoes nothing.
+    raw_stage = {k: v for k, v in raw_stage.items() if k not in ("executor", "ray")}
+    teacher_key = getattr(stage, "teacher", None)
+    extra = raw.get("teachers", {}).get(teacher_key) if teacher_key else None
+    # Both change the license tags a stage stamps (the models: its teacher's terms).
+    models = raw.get("models") if teacher_key else None
+    licenses = raw.get("licenses")
+    return stage_digest(stage.kind, raw_stage, extra, run.config.seed, output_digest(upstream),
+                        *(["models", models] if models else []), *(["licenses", licenses] if licenses else []))
+
+
+def run_record_stage(run: RunContext, i: int, stage: Any, upstream: StageStore) -> StageStore:
+    """A generate, rank, filter or export stage; returns its store, the next stage's input."""
+    digest = record_digest(run, i, stage, upstream)
+    store = open_store(run, stage.name, stage.kind, digest)
+    if store is None:
+        store = StageStore(run.output, stage.name, stage.kind, digest)
+        if isinstance(stage, ExportStage):
+            write_cards(run, stage, store)
+        return store
+    inputs = UpstreamRecords(upstream)  # read shard by shard as the stage uses them
+    started = time.monotonic()
+    total = len(inputs)
+    task = teacher = ranker = pool = None
+    on_ray = getattr(stage, "executor", "local") == "ray"
+    try:  # plugins load their engines here, before the stage's bar starts
+        if isinstance(stage, GenerateStage):
+            task = run.make_plugin("task", stage.task.plugin, f"stages[{i}].task")
+            teacher = run.teacher(stage.teacher, remote=on_ray)
+            if isinstance(task, ExpandTask):
+                total = task.target()
+        elif isinstance(stage, RankStage):
+            if stage.teacher is not None:
+                teacher = run.teacher(stage.teacher, remote=on_ray)
+            ranker = run.make_plugin("ranker", stage.ranker.plugin, f"stages[{i}].ranker",
+                                     remote_engine=on_ray and teacher is None)
+        if on_ray and teacher is not None:  # the same requests and records, answered by Ray actors
+            pool = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, run.log)
+            run.share_terms(pool, teacher)
+            teacher = pool
+        elif on_ray and ranker is not None:  # no judge teacher: the ranker's own replicas
+            ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, run.log)
+        stats = _run(run, i, stage, store, inputs, total, task, teacher, ranker)
+    finally:
+        for plugin in (task, ranker, pool):  # a pool of ranker replicas closes its stand-in too
+            if plugin is not None:
+                plugin.close()
+    finish(run, store, started, stats)
+    if isinstance(stage, ExportStage):
+        write_cards(run, stage, store)
+    return store
+
+
+def _run(run: RunContext, i: int, stage: Any, store: StageStore, inputs: Sequence[Record], total: int,
+         task: Any, teacher: Any, ranker: Any) -> dict[str, Any] | None:
+    """The stage's work under its progress bar; the teacher calls' figures, if any."""
+    caller = None
+    with StageProgress(stage.name, total, run.progress) as bar:
+        ctx = stage_context(run, store, bar)
+        if isinstance(stage, GenerateStage):
+            caller = TeacherCaller(teacher, run.request_cache(), on_progress=bar.calls)
+            if isinstance(task, MapTask):
+                run_map(ctx, task, caller, inputs, stage.batch_size)
+            elif isinstance(task, ExpandTask):
+                run_expand(ctx, task, caller, inputs, stage.batch_size)
+            else:
+                raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
+        elif isinstance(stage, RankStage):
+            judge = None
+            if stage.teacher is not None:
+                caller = TeacherCaller(teacher, run.request_cache(), on_progress=bar.calls)
+                judge = Judge(caller, f"stage {stage.name!r}")
+            run_rank(ctx, ranker, judge, inputs, stage.batch_size)
+        elif isinstance(stage, FilterStage):
+            filters = [run.make_plugin("filter", f.plugin, f"stages[{i}].filters[{j}]")
+                       for j, f in enumerate(stage.filters)]
+            try:
+                if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
+                    run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, run.log)
+                else:
+                    run_filters(ctx, filters, inputs, stage.batch_size)
+            finally:
+                for f in filters:
+                    f.close()
+        elif isinstance(stage, ExportStage):
+            run_export(ctx, stage.format, inputs, run.output / EXPORT_DIR / stage.name)
+    return caller.stats.as_dict() if caller else None
+
+
+def write_cards(run: RunContext, stage: ExportStage, store: StageStore) -> None:
+    """Audit the export against the config's `release:` policy and write its cards.
+
+    Done even when the stage itself is current: the policy is not part of the stage's
+    digest, and the cards must show the audit of the policy as configured now."""
+    path = run.output / EXPORT_DIR / stage.name
+    if not path.is_dir():
+        return
+    release = run.config.release
+    if release.name is None:
+        release = release.model_copy(update={"name": stage.name})
+    records = list(store.kept())
+    report = audit(records, release, run.licenses, run.audit_rules,
+                   target=f"export/{stage.name}", stage=stage.name, models=run.config.models)
+    write_dataset_cards(path, release.name or stage.name, records, report, run.licenses, stage.format)
+    run.audit_warning(f"export {stage.name!r}", report, release.what,
+                      f"{path / 'README.md'} or run `distill audit {run.output}`")
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
