@@ -44,7 +44,7 @@ MOVED_MODULES: dict[str, str] = {
     "distill.ray_replicas": "distill.ray.replicas",
     "distill.ray_shards": "distill.ray.shards",
     "distill.ray_teachers": "distill.ray.teachers",
-    "distill.release": "distill.audit.release",
+    "distill.release": "distill.config.release",
     "distill.report_eval": "distill.report.eval",
     "distill.report_html": "distill.report.html",
     "distill.report_plots": "distill.report.plots",

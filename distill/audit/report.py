@@ -56,12 +56,12 @@ def summary(report: AuditReport) -> str:
     return f"{r.use} release of {what}{name}"
 
 
-def _text(text: Any) -> str:
+def plain_text(text: Any) -> str:
     """Text for Markdown outside tables: escaped, so a name is never taken as HTML."""
     return html.escape(str(text), quote=False)
 
 
-def _cell(text: Any) -> str:
+def table_cell(text: Any) -> str:
     """Text for a Markdown table cell: Markdown is rendered as HTML (on the Hub, on GitHub), so
     names and reasons from configs and records are escaped, never taken as markup."""
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
@@ -77,9 +77,9 @@ def to_markdown(report: AuditReport, level: int = 1) -> str:
     """The report as Markdown; `level` is the heading level of its title (cards nest it)."""
     h = "#" * level
     counts = report.counts()
-    lines = [f"{h} License audit: {_text(summary(report))}", "",
+    lines = [f"{h} License audit: {plain_text(summary(report))}", "",
              f"**Verdict: {report.verdict}** ({VERDICT_TEXT[report.verdict]}); exit code {report.exit_code}.", "",
-             f"Why: {_text(explain(report))}", "",
+             f"Why: {plain_text(explain(report))}", "",
              f"> {report.disclaimer}", "",
              f"- audited: {report.kind} `{report.target}`" + (f", stage `{report.stage}`" if report.stage else "")
              + f", {report.records} records",
@@ -88,29 +88,29 @@ def to_markdown(report: AuditReport, level: int = 1) -> str:
              f"{counts['info']} informational",
              f"- license registry version {report.registry_version}"]
     if report.base_model_license:
-        lines.append(f"- base model: {_text(report.release.base_model or '-')} (`{report.base_model_license}`)")
+        lines.append(f"- base model: {plain_text(report.release.base_model or '-')} (`{report.base_model_license}`)")
     lines += ["", f"{h}# Findings", ""]
     if report.findings:
         lines += ["| severity | rule | license | records | examples | finding | status |",
                   "|---|---|---|---:|---|---|---|"]
         for f in report.findings:
             message = f.message + (f" Fix: {f.fix}." if f.fix else "")
-            lines.append(f"| {f.severity} | {f.rule} | {_cell(f.license or '-')} | {f.records} | "
-                         f"{_cell(', '.join(f.examples) or '-')} | {_cell(message)} | {_cell(_status(f))} |")
+            lines.append(f"| {f.severity} | {f.rule} | {table_cell(f.license or '-')} | {f.records} | "
+                         f"{table_cell(', '.join(f.examples) or '-')} | {table_cell(message)} | {table_cell(_status(f))} |")
     else:
         lines.append("No findings.")
     lines += ["", f"{h}# Licenses", "", "| license | name | use | records | from |", "|---|---|---|---:|---|"]
     for u in report.licenses:
         who = "; ".join(c.describe() for c in u.contributors)
-        lines.append(f"| {_cell(u.license)} | {_cell(u.name or '-')} | {u.use} | {u.records} | {_cell(who)} |")
+        lines.append(f"| {table_cell(u.license)} | {table_cell(u.name or '-')} | {u.use} | {u.records} | {table_cell(who)} |")
     lines += ["", f"{h}# Acknowledgements", ""]
     if report.acknowledgements:
         lines += ["| rule | license | reason | by | given in | findings |", "|---|---|---|---|---|---:|"]
         for a in report.acknowledgements:
-            lines.append(f"| {a.rule} | {_cell(a.license or 'any')} | {_cell(a.reason)} | {_cell(a.by or '-')} | "
+            lines.append(f"| {a.rule} | {table_cell(a.license or 'any')} | {table_cell(a.reason)} | {table_cell(a.by or '-')} | "
                          f"{a.source} | {a.matched} |")
     else:
         lines.append("None given.")
     if report.warnings:
-        lines += ["", f"{h}# Warnings", ""] + [f"- {_text(w)}" for w in report.warnings]
+        lines += ["", f"{h}# Warnings", ""] + [f"- {plain_text(w)}" for w in report.warnings]
     return "\n".join(lines) + "\n"

@@ -32,18 +32,18 @@ class MissExplanation(BaseModel):
     note: str | None = None
 
 
-_ABSENT = object()
+ABSENT = object()
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted paths to leaves, the way a user reads a config: `request.messages[1].content`."""
     out: dict[str, Any] = {}
     if isinstance(obj, dict) and obj:
         for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     elif isinstance(obj, list) and obj:
         for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}[{i}]"))
+            out.update(flatten(v, f"{prefix}[{i}]"))
     else:
         out[prefix] = obj
     return out
@@ -54,9 +54,9 @@ def _leaf_eq(a: Any, b: Any) -> bool:
     return a is b or (type(a) is type(b) and a == b)
 
 
-def _diff_paths(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def diff_paths(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [p for p in sorted(old.keys() | new.keys())
-            if not _leaf_eq(old.get(p, _ABSENT), new.get(p, _ABSENT))]
+            if not _leaf_eq(old.get(p, ABSENT), new.get(p, ABSENT))]
 
 
 def _clip(a: str, b: str) -> tuple[str, str]:
@@ -76,9 +76,9 @@ def _clip(a: str, b: str) -> tuple[str, str]:
     return one(a), one(b)
 
 
-def _field_diff(path: str, old: Any, new: Any) -> FieldDiff:
+def field_diff(path: str, old: Any, new: Any) -> FieldDiff:
     clipped = _clip(old if isinstance(old, str) else "", new if isinstance(new, str) else "")
-    cached, fresh = (c if isinstance(v, str) else None if v is _ABSENT else v
+    cached, fresh = (c if isinstance(v, str) else None if v is ABSENT else v
                      for c, v in zip(clipped, (old, new)))
-    change = "added" if old is _ABSENT else "removed" if new is _ABSENT else "changed"
+    change = "added" if old is ABSENT else "removed" if new is ABSENT else "changed"
     return FieldDiff(path=path, change=change, cached=cached, new=fresh)

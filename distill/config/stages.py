@@ -12,11 +12,11 @@ from distill.errors import suggest
 from distill.io.seeds import SeedSource
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PluginRef(_Model):
+class PluginRef(StrictModel):
     """A plugin picked by name, with its options (validated against the plugin's model)."""
 
     plugin: str = Field(description="Registered plugin name; `distill plugins` lists them.")
@@ -35,11 +35,11 @@ class PluginRef(_Model):
                           {k: v for k, v in schema.items()}]}
 
 
-class _Stage(_Model):
+class _Stage(StrictModel):
     name: str | None = Field(None, description="Unique stage name; defaults to the kind.")
 
 
-class RayOptions(_Model):
+class RayOptions(StrictModel):
     """Where a stage's Ray cluster is: an existing one, or a local one started for the run."""
 
     address: str | None = Field(None, description="null: start a local Ray cluster in this process; 'auto': "
@@ -126,7 +126,7 @@ class ExportStage(_Stage):
     format: Literal["sft", "preference"] = "sft"
 
 
-class TrainStep(_Model):
+class TrainStep(StrictModel):
     """One trainer run; a stage's steps form a chain, each starting from the previous output."""
 
     name: str | None = Field(None, description="Step name (its output folder); defaults to the trainer's name.")
@@ -179,7 +179,7 @@ class TrainStage(_Stage):
         return steps
 
 
-class Contender(_Model):
+class Contender(StrictModel):
     """A model the evaluation compares: a base model, a configured teacher, or a trained student."""
 
     name: str = Field(description="Its name in the results: `base`, `teacher`, `student`, ...")

@@ -1,6 +1,6 @@
 """How each kind of stage turns its input into committed shards."""
 
-from distill.stages.base import (
+from distill.executor.local import (
     derive_seed,
     StageContext,
     run_map,

@@ -27,7 +27,7 @@ from distill.ray.filters import run_filters_ray
 from distill.ray.rankers import start_replicas as start_rankers
 from distill.ray.teachers import start_replicas
 from distill.records import Record
-from distill.stages.base import StageContext, run_expand, run_export, run_filters, run_map, run_rank
+from distill.executor.local import StageContext, run_expand, run_export, run_filters, run_map, run_rank
 from distill.stages.context import RunContext, StageResult
 from distill.stages.digests import digest as stage_digest
 from distill.stages.digests import file_digest, output_digest
