@@ -44,6 +44,15 @@ def field_text(record: Record, field: TextField) -> str:
     return f"{prompt}\n{response}"
 
 
+def text_or_drop(record: Record, field: TextField) -> str | Drop:
+    """`field_text`, or the drop for a record without the field: the form an executor that
+    reads records apart from the filter (`DistributedDedup.read`) takes it in."""
+    try:
+        return field_text(record, field)
+    except MissingField as exc:
+        return exc.drop()
+
+
 def normalize(text: str) -> str:
     """Case, Unicode compatibility forms, punctuation and whitespace folded away: the form
     exact and near-duplicate detection compare."""

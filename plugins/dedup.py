@@ -10,24 +10,25 @@ the seed set: a record that *is* a seed would always match itself.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field
 
-from distill.filter import KEEP, Decision, Drop, Filter
+from distill.filter import KEEP, Decision, DistributedDedup, Drop, ExactKeys, Filter, MinHashBands
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._sketch import seed_label
-from distill_plugins._text import MissingField, TextField, field_text, is_generated, normalize
+from distill_plugins._sketch import Signer, SketchIndex, band_params, seed_label
+from distill_plugins._text import MissingField, TextField, field_text, is_generated, normalize, text_or_drop
 from distill_plugins.novelty import InstructionNovelty
-from distill_plugins._sketch import SketchIndex
-from distill_plugins._sketch import Signer, SketchIndex, band_params
 
 #: Probability that the LSH misses a pair whose Jaccard is exactly the threshold. Candidates
 #: are checked against the threshold afterwards, so erring towards more of them costs time,
 #: not precision; datasketch's own optimum (equal weights) misses about half such pairs.
 _LSH_MISS = 0.15
+#: How a near-duplicate's drop reason reads; `of` names the seed or `record <id>`.
+NEAR_REASON = "near-duplicate: of {of} (estimated Jaccard {jaccard:.2f})"
 _AGAINST_SEEDS = ("Also drop generated records that duplicate a seed record (the run's seed set, "
                   "read once at setup). Records that come from the seeds themselves are never compared with it.")
 
@@ -44,6 +45,29 @@ def seed_texts(context: PluginContext, field: TextField) -> list[tuple[Record, s
         except MissingField:
             continue
     return out
+
+
+def normalized_digest(text: str) -> str:
+    """Exact dedup's key: equal for texts that differ only in what `normalize` folds away."""
+    return hashlib.sha1(normalize(text).encode()).hexdigest()
+
+
+def shingle_words(text: str) -> list[str]:
+    """The tokens near dedup signs (the signer shingles them)."""
+    return normalize(text).split()
+
+
+def candidate_score(record: Record) -> float | None:
+    """A record's score for `keep: best`: its best-scored candidate's (None when unranked)."""
+    scores = [c.score for c in record.candidates if c.score is not None]
+    return max(scores) if scores else None
+
+
+def best_first(records: list[Record]) -> list[int]:
+    """The order `keep: best` decides in: highest candidate score first, unscored last, ties
+    to the earliest."""
+    scores = [candidate_score(r) for r in records]
+    return sorted(range(len(records)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
 
 
 class ExactDedup(Filter):
@@ -67,14 +91,22 @@ class ExactDedup(Filter):
                 self.seed_keys.setdefault(self._digest(text), seed_label(seed))
 
     def _digest(self, text: str) -> str:
-        return hashlib.sha1(normalize(text).encode()).hexdigest()
+        return normalized_digest(text)
 
     def key(self, record: Record) -> str:
         return self._digest(field_text(record, self.options.field))
 
+    def _reason(self) -> str:
+        return f"duplicate: same normalised {self.options.field} as {{of}}"
+
+    def distributed(self) -> DistributedDedup:
+        return DistributedDedup(grouping=ExactKeys(key=normalized_digest, seeds=dict(self.seed_keys)),
+                                read=partial(text_or_drop, field=self.options.field), against_seeds=is_generated,
+                                reason=self._reason())
+
     def filter_batch(self, records: list[Record]) -> list[Decision]:
         out: list[Decision] = []
-        same = f"duplicate: same normalised {self.options.field} as"
+        reason = self._reason()
         for r in records:
             try:
                 k = self.key(r)
@@ -84,12 +116,12 @@ class ExactDedup(Filter):
             seed = self.seed_keys.get(k) if is_generated(r) else None
             first = self.seen.get(k)
             if seed is not None:
-                out.append(Drop(f"{same} {seed}"))
+                out.append(Drop(reason.format(of=seed)))
             elif first is None:
                 self.seen[k] = r.id
                 out.append(KEEP)
             else:
-                out.append(Drop(f"{same} record {first}"))
+                out.append(Drop(reason.format(of=f"record {first}")))
         return out
 
     def restore(self, kept: list[Record]) -> None:
@@ -98,12 +130,6 @@ class ExactDedup(Filter):
                 self.seen.setdefault(self.key(r), r.id)
             except MissingField:
                 continue
-
-
-def candidate_score(record: Record) -> float | None:
-    """A record's score for `keep: best`: its best-scored candidate's (None when unranked)."""
-    scores = [c.score for c in record.candidates if c.score is not None]
-    return max(scores) if scores else None
 
 
 class NearDedup(Filter):
@@ -159,7 +185,7 @@ class NearDedup(Filter):
             seeds = seed_texts(context, self.options.field)
             if seeds:
                 signer, _, seed_index = self._state()
-                sigs = signer.sign([normalize(text).split() for _, text in seeds])
+                sigs = signer.sign([shingle_words(text) for _, text in seeds])
                 for (seed, _), sig in zip(seeds, sigs):
                     seed_index.add(sig, seed_label(seed))
 
@@ -173,7 +199,7 @@ class NearDedup(Filter):
         errors: list[MissingField | None] = []
         for r in records:
             try:
-                texts.append(normalize(field_text(r, self.options.field)).split())
+                texts.append(shingle_words(field_text(r, self.options.field)))
                 errors.append(None)
             except MissingField as exc:
                 errors.append(exc)
@@ -195,22 +221,31 @@ class NearDedup(Filter):
             sketch = index.sketch(sig)
             hit = seed_index.best(sig, sketch, t) if len(seed_index) and is_generated(r) else None
             if hit is not None:
-                out[i] = Drop(f"near-duplicate: of {seed_index.labels[hit[0]]} (estimated Jaccard {hit[1]:.2f})")
+                out[i] = Drop(NEAR_REASON.format(of=seed_index.labels[hit[0]], jaccard=hit[1]))
                 continue
             hit = index.best(sig, sketch, t)
             if hit is not None:
-                out[i] = Drop(f"near-duplicate: of record {index.labels[hit[0]]} (estimated Jaccard {hit[1]:.2f})")
+                out[i] = Drop(NEAR_REASON.format(of=f"record {index.labels[hit[0]]}", jaccard=hit[1]))
                 continue
             index.add(sig, r.id, sketch)
         return out
+
+    def distributed(self) -> DistributedDedup:
+        o = self.options
+        _, _, seeds = self._state()
+        bands, rows = self._params
+        grouping = MinHashBands(tokens=shingle_words, signer=partial(Signer, o.num_perm, o.hash_seed, o.shingle_size),
+                                num_perm=o.num_perm, bands=bands, rows=rows, threshold=o.threshold,
+                                seed_signatures=seeds.sigs[:len(seeds)], seed_labels=list(seeds.labels))
+        return DistributedDedup(grouping=grouping, read=partial(text_or_drop, field=o.field),
+                                against_seeds=is_generated, reason=NEAR_REASON,
+                                order=best_first if o.keep == "best" else None)
 
     def prepare(self, records: list[Record]) -> None:
 
         signer, _, seed_index = self._state()
         self._engine = (signer, SketchIndex(signer, params=self._params), seed_index)  # decide afresh
-        scores = [candidate_score(r) for r in records]
-        order = sorted(range(len(records)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
-        decisions = self._decide(records, order)
+        decisions = self._decide(records, best_first(records))
         self._prepared = {r.id: d for r, d in zip(records, decisions)}
 
     def filter_batch(self, records: list[Record]) -> list[Decision]:

@@ -18,18 +18,17 @@ from typing import Any
 
 import pytest
 from pydantic import Field
+from util import pipeline
 
 from distill.config.loader import parse_config
 from distill.errors import ConfigError, PluginError
-from distill.filter import KEEP, Filter
+from distill.executor.local import StageContext, run_filters
+from distill.filter import KEEP, DistributedDedup, Drop, ExactKeys, Filter
 from distill.hookspecs import hookimpl
+from distill.io.store import StageStore
 from distill.plugin import Options, PluginContext
 from distill.records import Candidate, Message, Record
 from distill.registry import make_registry
-from distill.stages.base import StageContext, run_filters
-from distill.io.store import StageStore
-
-from util import pipeline
 
 TESTS = Path(__file__).resolve().parent
 WORDS = [w + s for w in ("alpha beta gamma delta omega router signal channel cable modem light power reset wifi "
@@ -76,12 +75,12 @@ def make_records(n: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
     return records, seeds
 
 
-def run_stage(executor: str, spec: list[tuple[str, dict]], records: list[Record], seeds: list[Record],
-              out: Path, batch_size: int) -> tuple[StageStore, Any]:
+def run_stage(executor: str, spec: list[tuple[str | type[Filter], dict]], records: list[Record],
+              seeds: list[Record], out: Path, batch_size: int) -> tuple[StageStore, Any]:
     registry = make_registry()
     filters = []
     for name, options in spec:
-        cls = registry.get("filter", name).cls
+        cls = name if isinstance(name, type) else registry.get("filter", name).cls
         f = cls(cls.Options(**options))
         f.setup(PluginContext(base_dir=out, seeds=lambda: [s.model_copy(deep=True) for s in seeds]))
         filters.append(f)
@@ -150,6 +149,76 @@ def test_keep_best_and_a_driver_side_filter(ray_cluster, tmp_path):
     # keep: best really differs from keep: earliest here (a later, better-scored copy survives)
     assert any(int(r.id[1:]) < int(r.provenance.events[-1].reason.split("record r")[1][:5])
                for r in dropped if "of record" in (r.provenance.events[-1].reason or ""))
+
+
+def last_word(text: str) -> str:
+    return text.split()[-1].casefold() if text.split() else ""
+
+
+def first_user_message(record: Record) -> str | Drop:
+    users = [m.content for m in record.messages if m.role == "user"]
+    return users[0] if users else Drop("last-word: no user message")
+
+
+def generated(record: Record) -> bool:
+    return "generated_by" in record.metadata
+
+
+class LastWordDedup(Filter):
+    """A third-party exact dedup (one record per last word of the instruction, none that ends
+    like a seed), with state that only its own `restore` rebuilds, and its `distributed()`."""
+
+    name = "last-word-dedup"
+
+    def __init__(self, options=None, **kwargs) -> None:
+        super().__init__(options, **kwargs)
+        self.seen: dict[str, str] = {}
+        self.seeds: dict[str, str] = {}
+
+    def setup(self, context: PluginContext) -> None:
+        super().setup(context)
+        for s in context.seeds() if context.seeds else []:
+            self.seeds.setdefault(last_word(s.messages[0].content), f"seed {s.id}")
+
+    def filter_batch(self, records):
+        out = []
+        for r in records:
+            text = first_user_message(r)
+            if isinstance(text, Drop):
+                out.append(text)
+                continue
+            k = last_word(text)
+            if generated(r) and k in self.seeds:
+                out.append(Drop(f"last-word: same as {self.seeds[k]}"))
+            elif k in self.seen:
+                out.append(Drop(f"last-word: same as record {self.seen[k]}"))
+            else:
+                self.seen[k] = r.id
+                out.append(KEEP)
+        return out
+
+    def restore(self, kept):
+        for r in kept:
+            text = first_user_message(r)
+            if not isinstance(text, Drop):
+                self.seen.setdefault(last_word(text), r.id)
+
+    def distributed(self):
+        return DistributedDedup(grouping=ExactKeys(key=last_word, seeds=dict(self.seeds)), read=first_user_message,
+                                against_seeds=generated, reason="last-word: same as {of}")
+
+
+def test_a_third_party_filter_that_describes_its_grouping_runs_distributed(ray_cluster, tmp_path):
+    """The executor knows no dedup plugin by name: any filter's `distributed()` gets it there."""
+    records, seeds = make_records(600, seed=3)
+    spec = [("length", {"field": "response", "min_words": 2}), (LastWordDedup, {}), ("pii", {})]
+    local, _ = run_stage("local", spec, records, seeds, tmp_path / "local", 100)
+    remote, run = run_stage("ray", spec, records, seeds, tmp_path / "ray", 100)
+    assert run.plan == ["map", "exact", "map"]
+    assert shards(remote) == shards(local)
+    reasons = [e.reason or "" for r in local.rejected() for e in r.provenance.events if e.action == "dropped"]
+    for text in ("last-word: same as record", "last-word: same as seed", "last-word: no user message"):
+        assert any(text in reason for reason in reasons), text
 
 
 class Flaky(Filter):

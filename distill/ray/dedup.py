@@ -1,16 +1,17 @@
 """Exact and MinHash near-duplicate decisions on Ray Data, equal to the sequential filters'.
 
-The local filters (`distill_plugins.dedup`) walk the records in order, each against an index of
-those kept before it. Here the decisions need no process that holds every record or
+A dedup filter describes how it groups records (`Filter.distributed`, a `DistributedDedup`);
+this module knows no filter, only the two groupings. Locally such a filter walks the records
+in order, each against an index of those kept before it. Here the decisions need no process that holds every record or
 signature (the driver still holds the stage's input, which the pipeline reads as the local runner does):
 
 * every *entry* (a record that reaches the filter, a record restored from committed shards, a
   seed) gets a rank: seeds lowest, then restored records in the order the local `restore` adds
   them, then the stage's records in the order the local filter decides them (stage order; score
   order for `keep: best`). A lower rank is what "added to the index earlier" means locally.
-* exact dedup groups entries by (a partition of) their normalised-text hash; each group decides
+* exact dedup (`ExactKeys`) groups entries by (a partition of) their key; each group decides
   its keys on its own, because an exact key's fate depends only on entries with that key.
-* near dedup signs entries in parallel (the same datasketch permutations, `_sketch.Signer`),
+* near dedup (`MinHashBands`) signs entries in parallel with the filter's own signer,
   groups one row per (entry, LSH band) by a hash of the band's values with Ray's groupby to
   find the pairs sharing a band (datasketch's candidates), brings both signatures of each pair
   together with one more grouped round, and keeps the pairs that really share a band (hash
@@ -29,15 +30,16 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distill_plugins._text import MissingField, field_text, is_generated
-from distill_plugins._text import normalize
-from distill_plugins._sketch import Signer
+
+from distill.filter import Drop, ExactKeys, MinHashBands, MinHashSigner
+from distill.records import Record
 
 #: Ranks: seeds from SEED_BASE up, restored records just below 0, the stage's records from 0.
 SEED_BASE = -(1 << 62)
@@ -69,14 +71,14 @@ class Entry:
     label: str
 
 
-def project(record: Any, field: str, rank: int) -> Entry:
-    """The filter's view of a record, as `field_text` and `is_generated` give it locally."""
+def project(record: Record, read: Callable[[Record], str | Drop], against_seeds: Callable[[Record], bool],
+            rank: int) -> Entry:
+    """The filter's view of a record, as its `DistributedDedup.read` and `against_seeds` give it."""
 
-    try:
-        text, missing = field_text(record, field), ""  # type: ignore[arg-type]
-    except MissingField as exc:
-        text, missing = "", exc.drop().reason
-    return Entry(rank, text, missing, is_generated(record), record.id)
+    text = read(record)
+    if isinstance(text, Drop):
+        return Entry(rank, "", text.reason, against_seeds(record), record.id)
+    return Entry(rank, text, "", against_seeds(record), record.id)
 
 
 def entry_table(entries: Iterable[Entry]) -> pa.Table:
@@ -97,22 +99,26 @@ def _text_col(batch: dict[str, np.ndarray], name: str) -> list[str]:
     return [str(x) for x in batch[name]]
 
 
+def key_hash(key: str) -> int:
+    """A non-negative 63-bit integer per exact key, the same in every process (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
+
+
 # --- exact dedup ---------------------------------------------------------------------------
 
-def _exact_keys(batch: dict[str, np.ndarray], parts: int) -> pa.Table:
+def _exact_keys(batch: dict[str, np.ndarray], key: Callable[[str], str], parts: int) -> pa.Table:
 
     missing = _text_col(batch, "missing")
-    keys = ["" if m else hashlib.sha1(normalize(t).encode()).hexdigest()
-            for t, m in zip(_text_col(batch, "text"), missing)]
+    keys = ["" if m else key(t) for t, m in zip(_text_col(batch, "text"), missing)]
     rank = batch["rank"].astype(np.int64)
-    by_key = np.array([int(k[:15], 16) if k else 0 for k in keys], dtype=np.int64)
+    by_key = np.array([0 if m else key_hash(k) for k, m in zip(keys, missing)], dtype=np.int64)
     part = np.where([bool(m) for m in missing], part_of(rank, parts), part_of(by_key, parts))
     return pa.table({"part": part, "key": keys, "rank": rank, "gen": batch["gen"].astype(bool),
                      "label": _text_col(batch, "label"), "missing": missing}, schema=KEYS)
 
 
-def _exact_decide(group: dict[str, np.ndarray], same: str) -> pa.Table:
-    """ExactDedup.filter_batch over one partition's keys, every key on its own."""
+def _exact_decide(group: dict[str, np.ndarray], reason: str) -> pa.Table:
+    """The filter's sequential decisions over one partition's keys, every key on its own."""
     ranks: list[int] = []
     reasons: list[str] = []
     rank, key, gen = group["rank"], group["key"], group["gen"]
@@ -134,28 +140,28 @@ def _exact_decide(group: dict[str, np.ndarray], same: str) -> pa.Table:
             first = first if first is not None else str(label[i])
         elif gen[i] and seed is not None:
             ranks.append(r)
-            reasons.append(f"{same} {seed}")
+            reasons.append(reason.format(of=seed))
         elif first is None:
             first = str(label[i])
         else:
             ranks.append(r)
-            reasons.append(f"{same} record {first}")
+            reasons.append(reason.format(of=f"record {first}"))
     return pa.table({"rank": ranks, "reason": reasons}, schema=DROPS)
 
 
-def exact_drops(entries: Any, seed_keys: dict[str, str], field: str, parts: int) -> dict[int, str]:
-    """Ranks of the stage's records that ExactDedup drops, with its reasons."""
+def exact_drops(entries: Any, grouping: ExactKeys, reason: str, parts: int) -> dict[int, str]:
+    """Ranks of the stage's records that an exact-key dedup drops, with its reasons."""
     import ray.data
 
-    keyed = entries.map_batches(partial(_exact_keys, parts=parts), batch_format="numpy")
+    keyed = entries.map_batches(partial(_exact_keys, key=grouping.key, parts=parts), batch_format="numpy")
+    seed_keys = dict(grouping.seeds)
     if seed_keys:
-        seeds = pa.table({"part": part_of(np.array([int(k[:15], 16) for k in seed_keys], dtype=np.int64), parts),
+        seeds = pa.table({"part": part_of(np.array([key_hash(k) for k in seed_keys], dtype=np.int64), parts),
                           "key": list(seed_keys), "rank": [SEED_BASE + j for j in range(len(seed_keys))],
                           "gen": [False] * len(seed_keys), "label": list(seed_keys.values()),
                           "missing": [""] * len(seed_keys)}, schema=KEYS)
         keyed = keyed.union(ray.data.from_arrow(seeds))
-    same = f"duplicate: same normalised {field} as"
-    out = keyed.groupby("part", num_partitions=parts).map_groups(partial(_exact_decide, same=same),
+    out = keyed.groupby("part", num_partitions=parts).map_groups(partial(_exact_decide, reason=reason),
                                                                   batch_format="numpy")
     return _drops(out)
 
@@ -169,26 +175,26 @@ def _drops(ds: Any) -> dict[int, str]:
 
 # --- near dedup ----------------------------------------------------------------------------
 
-_SIGNERS: dict[tuple[int, int, int, str], Any] = {}
+_SIGNERS: dict[str, MinHashSigner] = {}
 
 
-def _signer(num_perm: int, seed: int, shingle: int, job: str) -> Any:
-    """One Signer per worker process and dedup run: its word-hash cache serves every batch of
-    the run, as the local filter's does, and is dropped with the next run's."""
+def _signer(make: Callable[[], MinHashSigner], job: str) -> MinHashSigner:
+    """One signer per worker process and dedup run: its caches (a word-hash cache, say) serve
+    every batch of the run, as the local filter's do, and are dropped with the next run's."""
 
-    key = (num_perm, seed, shingle, job)
-    if key not in _SIGNERS:
+    if job not in _SIGNERS:
         _SIGNERS.clear()
-        _SIGNERS[key] = Signer(num_perm, seed, shingle)
-    return _SIGNERS[key]
+        _SIGNERS[job] = make()
+    return _SIGNERS[job]
 
 
-def _sign(batch: dict[str, np.ndarray], num_perm: int, seed: int, shingle: int, job: str = "") -> pa.Table:
-    """NearDedup._sign for a batch of entries: signatures of the normalised field text."""
+def sign_entries(batch: dict[str, np.ndarray], tokens: Callable[[str], list[str]],
+                 signer: Callable[[], MinHashSigner], job: str = "") -> pa.Table:
+    """Signatures of a batch of entries' texts, as the filter signs them locally."""
 
     missing = _text_col(batch, "missing")
-    texts = [normalize(t).split() for t, m in zip(_text_col(batch, "text"), missing) if not m]
-    sigs = iter(_signer(num_perm, seed, shingle, job).sign(texts))
+    texts = [tokens(t) for t, m in zip(_text_col(batch, "text"), missing) if not m]
+    sigs = iter(_signer(signer, job).sign(texts))
     blobs = [b"" if m else next(sigs).tobytes() for m in missing]
     return pa.table({"rank": batch["rank"].astype(np.int64), "sig": blobs, "label": _text_col(batch, "label"),
                      "gen": batch["gen"].astype(bool), "missing": missing}, schema=SIGS)
@@ -254,13 +260,13 @@ def _sides(batch: dict[str, np.ndarray], cand: np.ndarray, rec: np.ndarray, by_r
     rank, sig, label = batch["rank"][keep], batch["sig"][keep], batch["label"][keep]
     rec_sorted = rec[by_rec]
     out_pair, out_side, rows = [], [], []
-    for side, (keys, index) in enumerate(((cand, None), (rec_sorted, by_rec))):
+    for which, (keys, index) in enumerate(((cand, None), (rec_sorted, by_rec))):
         lo, hi = np.searchsorted(keys, rank, "left"), np.searchsorted(keys, rank, "right")
         count = hi - lo
         row = np.repeat(np.arange(len(rank)), count)
         at = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
         out_pair.append(at if index is None else index[at])
-        out_side.append(np.full(len(at), side, dtype=np.int8))
+        out_side.append(np.full(len(at), which, dtype=np.int8))
         rows.append(row)
     pair, side, row = np.concatenate(out_pair), np.concatenate(out_side), np.concatenate(rows)
     return pa.table({"part": part_of(pair, parts), "pair": pair.astype(np.int64), "side": side,
@@ -268,8 +274,8 @@ def _sides(batch: dict[str, np.ndarray], cand: np.ndarray, rec: np.ndarray, by_r
 
 
 def _estimate(group: dict[str, np.ndarray], num_perm: int, bands: int, rows: int, threshold: float) -> pa.Table:
-    """Estimated Jaccard of each pair (the share of equal MinHash values, as
-    `SketchIndex.estimate`), for pairs that really share a band and reach the threshold."""
+    """Estimated Jaccard of each pair (the share of equal MinHash values, as `MinHashBands`
+    defines it), for pairs that really share a band and reach the threshold."""
     order = np.lexsort((group["side"], group["pair"]))
     pair, sig, label = group["pair"][order], group["sig"][order], group["label"][order]
     a, b = _matrix(sig[0::2], num_perm), _matrix(sig[1::2], num_perm)
@@ -293,19 +299,21 @@ class NearCosts:
     pairs_over_threshold: int = 0
 
 
-def near_drops(entries: Any, seed_sigs: np.ndarray, seed_labels: list[str], options: Any,
-               params: tuple[int, int], parts: int, costs: NearCosts) -> dict[int, str]:
-    """Ranks of the stage's records that NearDedup drops, with its reasons.
+def near_drops(entries: Any, grouping: MinHashBands, reason: str, parts: int, costs: NearCosts) -> dict[int, str]:
+    """Ranks of the stage's records that a MinHash dedup drops, with its reasons.
 
     The driver holds the candidate pairs (two integers each) and their estimates, never a
     stage record or its signature."""
     import ray.data
 
-    o = options
+    g = grouping
+    num_perm = g.num_perm
+    seed_labels = list(g.seed_labels)
+    seed_sigs = g.seed_signatures
     started = time.perf_counter()
     job = uuid.uuid4().hex
-    signed = entries.map_batches(partial(_sign, num_perm=o.num_perm, seed=o.hash_seed, shingle=o.shingle_size,
-                                         job=job), batch_format="numpy")
+    signed = entries.map_batches(partial(sign_entries, tokens=g.tokens, signer=g.signer, job=job),
+                                 batch_format="numpy")
     if len(seed_labels):
         signed = signed.union(ray.data.from_arrow(pa.table({
             "rank": [SEED_BASE + j for j in range(len(seed_labels))], "sig": [s.tobytes() for s in seed_sigs],
@@ -318,8 +326,8 @@ def near_drops(entries: Any, seed_sigs: np.ndarray, seed_labels: list[str], opti
     for batch in signed.map_batches(_missing, batch_format="numpy").iter_batches(batch_format="pyarrow",
                                                                                   batch_size=None):
         drops.update(zip(batch.column("rank").to_pylist(), batch.column("reason").to_pylist()))
-    bands, rows = params
-    found = (signed.map_batches(partial(_bands, bands=bands, rows=rows, num_perm=o.num_perm, parts=parts),
+    bands, rows = g.bands, g.rows
+    found = (signed.map_batches(partial(_bands, bands=bands, rows=rows, num_perm=num_perm, parts=parts),
                                 batch_format="numpy")
              .groupby("part", num_partitions=parts).map_groups(_pairs, batch_format="numpy"))
     table = pa.concat_tables([PAIRS.empty_table(), *found.iter_batches(batch_format="pyarrow", batch_size=None)])
@@ -333,26 +341,28 @@ def near_drops(entries: Any, seed_sigs: np.ndarray, seed_labels: list[str], opti
         sides = signed.map_batches(partial(_sides, cand=cand, rec=rec, by_rec=np.argsort(rec, kind="stable"),
                                            parts=parts), batch_format="numpy")
         found = sides.groupby("part", num_partitions=parts).map_groups(
-            partial(_estimate, num_perm=o.num_perm, bands=bands, rows=rows, threshold=o.threshold),
+            partial(_estimate, num_perm=num_perm, bands=bands, rows=rows, threshold=g.threshold),
             batch_format="numpy")
         hits = pa.concat_tables([hits, *found.iter_batches(batch_format="pyarrow", batch_size=None)])
     costs.grouping += time.perf_counter() - started
     costs.pairs_over_threshold += hits.num_rows
     started = time.perf_counter()
     pair = hits.column("pair").to_numpy()
-    drops.update(resolve_near(rec[pair], cand[pair], hits.column("est").to_numpy(), hits.column("label").to_pylist()))
+    drops.update(resolve_near(rec[pair], cand[pair], hits.column("est").to_numpy(), hits.column("label").to_pylist(),
+                              reason))
     costs.resolution += time.perf_counter() - started
     return drops
 
 
-def resolve_near(rec: np.ndarray, cand: np.ndarray, est: np.ndarray, label: list[str]) -> dict[int, str]:
-    """NearDedup._decide replayed over candidate pairs at or above the threshold only.
+def resolve_near(rec: np.ndarray, cand: np.ndarray, est: np.ndarray, label: list[str],
+                 reason: str) -> dict[int, str]:
+    """The filter's sequential decisions replayed over candidate pairs at or above the threshold only.
 
     Records are decided in rank order. A generated record with a seed among its pairs is a
     duplicate of the best such seed; otherwise of the best pair whose candidate was kept (a
     restored record, or a stage record decided earlier and not dropped); else it is kept. Best
-    is the highest estimate, ties to the lowest rank: `SketchIndex.best` takes the first maximum
-    among candidates in insertion order. Records without pairs are kept and never listed."""
+    is the highest estimate, ties to the lowest rank (the earliest indexed), as `DistributedDedup`
+    requires. Records without pairs are kept and never listed."""
     order = np.lexsort((cand, -est, rec))  # by record, then best first
     dropped: dict[int, str] = {}
     i, n = 0, len(order)
@@ -363,10 +373,10 @@ def resolve_near(rec: np.ndarray, cand: np.ndarray, est: np.ndarray, label: list
             j += 1
         seed = next((k for k in order[i:j] if cand[k] < SEED_LIMIT), None)
         if seed is not None:
-            dropped[r] = f"near-duplicate: of {label[seed]} (estimated Jaccard {float(est[seed]):.2f})"
+            dropped[r] = reason.format(of=label[seed], jaccard=float(est[seed]))
         else:
             hit = next((k for k in order[i:j] if int(cand[k]) not in dropped), None)
             if hit is not None:
-                dropped[r] = f"near-duplicate: of record {label[hit]} (estimated Jaccard {float(est[hit]):.2f})"
+                dropped[r] = reason.format(of=f"record {label[hit]}", jaccard=float(est[hit]))
         i = j
     return dropped

@@ -1,4 +1,4 @@
-"""A filter stage on Ray Data, with the local runner's semantics (`distill.stages.base.run_filters`).
+"""A filter stage on Ray Data, with the local runner's semantics (`distill.executor.local.run_filters`).
 
 Same kept records in the same order, same drop reasons, same edits and events, same shards:
 the driver commits every shard through `StageContext.commit`, in order, so a killed run resumes
@@ -11,15 +11,17 @@ How the stage's filters run, in order:
   the records, a shard per batch, so each `filter_batch` call sees what it would see locally;
   an exception becomes an error row for its shard, and the driver, committing in order, raises
   the local runner's PluginError when it reaches that shard (the shards before it commit);
-* `exact-dedup` and `near-dedup` decide globally with Ray's grouping (`distill.ray.dedup`),
-  against the seed set and against records restored from committed shards; their decisions
-  (drops by stage position) travel with the next batch step, or are applied while committing;
+* a dedup filter that describes its grouping (`Filter.distributed`: exact keys or MinHash
+  bands, as `exact-dedup` and `near-dedup` do) decides globally with Ray's grouping
+  (`distill.ray.dedup`), against the seed set and against records restored from committed
+  shards, whatever plugin it comes from; its decisions (drops by stage position) travel with
+  the next batch step, or are applied while committing;
 * the first filter that can do neither (any other stateful or whole-input filter, or one that
   cannot be pickled for the workers) runs on the driver, in order, shard by shard while the
   shards are committed, exactly as locally (restored on resume, prepared when it asks), and so
   does every filter after it.
 
-Ray is imported only here and in `ray_dedup`; `import distill` stays light.
+Ray is imported only here and in `distill.ray.dedup`; `import distill` stays light.
 """
 
 from __future__ import annotations
@@ -31,19 +33,18 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from distill.errors import ConfigError, DistillError, PluginError
-from distill.filter import Filter
+from distill.executor.local import StageContext, _guard
+from distill.filter import DistributedDedup, ExactKeys, Filter
+from distill.ray.dedup import NearCosts, entry_table, exact_drops, near_drops, project
 from distill.ray.shards import Decided, Row, dedup_entries, process_shard, restore_lists, run_segment, shard_schema
 from distill.records import Record
-from distill.stages.base import StageContext, _guard
-from distill.ray.dedup import NearCosts
-from distill.ray.dedup import entry_table, exact_drops, near_drops, project
-from distill_plugins.dedup import candidate_score
 
 
 @dataclass
@@ -56,19 +57,21 @@ class RayRun:
     near: Any = None
 
 
-def plan(filters: list[Filter]) -> list[tuple[str, Filter | None]]:
+Planned = tuple[str, Filter | DistributedDedup | None]
+
+
+def plan(filters: list[Filter], where: str = "the filter stage") -> list[Planned]:
     """Per filter: `map` (in parallel, batch by batch, with the copy the workers get),
-    `exact` / `near` (distributed dedup) or `driver` (in order on the driver)."""
-    try:
-        from distill_plugins.dedup import ExactDedup, NearDedup
-    except ImportError:  # pragma: no cover - the first-party plugins ship with distill
-        ExactDedup = NearDedup = None  # type: ignore[assignment,misc]
-    out: list[tuple[str, Filter | None]] = []
+    `exact` / `near` (distributed dedup, with the filter's description of it) or `driver` (in
+    order on the driver)."""
+    out: list[Planned] = []
     for f in filters:
-        if ExactDedup is not None and type(f) is ExactDedup:
-            out.append(("exact", None))
-        elif NearDedup is not None and type(f) is NearDedup:
-            out.append(("near", None))
+        d = _guard(f, "distributed", f.distributed, where)
+        if d is not None:
+            if d.order is not None and not f.needs_whole_input():
+                raise PluginError(f"filter plugin {f.name!r} gives a decision order over the whole input "
+                                  f"(DistributedDedup.order) but does not ask for it (needs_whole_input)")
+            out.append(("exact" if isinstance(d.grouping, ExactKeys) else "near", d))
         elif f.needs_whole_input() or type(f).restore is not Filter.restore:
             out.append(("driver", None))
         else:
@@ -90,7 +93,7 @@ def _worker_copy(f: Filter) -> Filter | None:
     clone.plugin_package = f.plugin_package  # type: ignore[misc]
     try:
         cloudpickle.dumps(clone)
-    except Exception:  # noqa: BLE001 - any reason it cannot travel
+    except Exception:
         return None
     return clone
 
@@ -143,7 +146,7 @@ def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Recor
                               f"move it first, or into a stage of its own after the others")
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(f"stage {ctx.stage!r}: executor: ray needs Ray: pip install 'distill[ray]'")
-    planned = plan(filters)
+    planned = plan(filters, f"stage {ctx.stage!r}")
     kinds = [k for k, _ in planned]
     split = kinds.index("driver") if "driver" in kinds else len(filters)
     run = RayRun(plan=kinds[:split] + ["driver"] * (len(filters) - split))
@@ -190,7 +193,7 @@ def _cause(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _run(ctx: StageContext, filters: list[Filter], planned: list[tuple[str, Filter | None]], inputs: list[Record],
+def _run(ctx: StageContext, filters: list[Filter], planned: list[Planned], inputs: list[Record],
          batch_size: int, start: int, batches: int, restored: list[list[Record]] | None,
          tail: list[tuple[int, Filter]], run: RayRun) -> None:
     """The distributed part (`planned`: the filters before the first driver one), then the commits."""
@@ -204,8 +207,9 @@ def _run(ctx: StageContext, filters: list[Filter], planned: list[tuple[str, Filt
     while i < len(kinds):
         if kinds[i] in ("exact", "near"):
             started = time.perf_counter()
-            drops = _dedup(filters[i], kinds[i], inputs, first, ds, pending,
-                           restored[i] if restored is not None else [], run)
+            dedup = planned[i][1]
+            assert isinstance(dedup, DistributedDedup)
+            drops = _dedup(dedup, inputs, first, ds, pending, restored[i] if restored is not None else [], run)
             pending.append(Decided(i, filters[i].name, filters[i].plugin_version, drops))
             run.seconds[f"{kinds[i]}-dedup[{i}]"] = time.perf_counter() - started
             i += 1
@@ -215,7 +219,7 @@ def _run(ctx: StageContext, filters: list[Filter], planned: list[tuple[str, Filt
             j += 1
         started = time.perf_counter()
         source = ds if ds is not None else _input_dataset(inputs, first, batch_size)
-        segment = [(k, planned[k][1]) for k in range(i, j)]
+        segment = [(k, f) for k in range(i, j) if isinstance(f := planned[k][1], Filter)]
         ds = source.map_batches(partial(run_segment, stage=ctx.stage, batch_size=batch_size, pending=pending,
                                         filters=segment), batch_size=None, batch_format="numpy")
         pending = []
@@ -244,7 +248,7 @@ def _input_dataset(inputs: list[Record], first: int, batch_size: int) -> Any:
     return ray.data.from_arrow(tables)
 
 
-def _dedup(f: Filter, kind: str, inputs: list[Record], first: int, ds: Any,
+def _dedup(dedup: DistributedDedup, inputs: list[Record], first: int, ds: Any,
            pending: list[Decided], restored: list[Record], run: RayRun) -> dict[int, str]:
     """One dedup filter's drops by stage position (positions from `first` on). Its entries: the
     live records (from the driver's `inputs`, or from `ds` once a batch step has changed them),
@@ -252,39 +256,36 @@ def _dedup(f: Filter, kind: str, inputs: list[Record], first: int, ds: Any,
     import ray.data
 
     started = time.perf_counter()
-    o = f.options
+    read, against_seeds = dedup.read, dedup.against_seeds
     skip = frozenset(p for d in pending for p in d.drops)
-    best = kind == "near" and o.keep == "best"
     order: list[int] | None = None
-    if best:  # NearDedup.prepare: decided in score order over the whole input (it is the first filter)
-
-        scores = [candidate_score(r) for r in inputs]
-        order = sorted(range(len(inputs)), key=lambda k: (scores[k] is None, -(scores[k] or 0.0), k))
-        ranked = [project(inputs[p], o.field, k) for k, p in enumerate(order)]
+    if dedup.order is not None:  # decided in its order over the whole input (it is the first filter)
+        order = list(dedup.order(inputs))
+        ranked = [project(inputs[p], read, against_seeds, k) for k, p in enumerate(order)]
     elif ds is None:
-        ranked = [project(inputs[p], o.field, p) for p in range(first, len(inputs)) if p not in skip]
+        ranked = [project(inputs[p], read, against_seeds, p) for p in range(first, len(inputs)) if p not in skip]
     else:
         ranked = []
-    if not best:  # what `restore` gives the local filter on resume, in its order, below every new rank
-        ranked += [project(r, o.field, k - len(restored)) for k, r in enumerate(restored)]
+    if order is None:  # what `restore` gives the local filter on resume, in its order, below every new rank
+        ranked += [project(r, read, against_seeds, k - len(restored)) for k, r in enumerate(restored)]
     step = 2000
     tables = [entry_table(ranked[k:k + step]) for k in range(0, len(ranked), step)]
     entries = ray.data.from_arrow(tables) if tables else None
     run.seconds["driver-entries"] = run.seconds.get("driver-entries", 0.0) + time.perf_counter() - started
     if ds is not None:
-        live = ds.map_batches(partial(dedup_entries, field_name=o.field, skip=skip), batch_format="numpy")
+        live = ds.map_batches(partial(dedup_entries, read=read, against_seeds=against_seeds, skip=skip),
+                              batch_format="numpy")
         entries = live if entries is None else live.union(entries)
     if entries is None:
         return {}
     size = len(ranked) + (len(inputs) - first if ds is not None else 0)
-    if kind == "exact":
+    g = dedup.grouping
+    if isinstance(g, ExactKeys):
         parts = max(2 * run.cpus, math.ceil(size / 100_000))
-        drops = exact_drops(entries, dict(f.seed_keys), o.field, parts)  # type: ignore[attr-defined]
+        drops = exact_drops(entries, g, dedup.reason, parts)
     else:
-        _, _, seeds = f._state()  # type: ignore[attr-defined]
-        params = f._params  # type: ignore[attr-defined]
-        parts = max(2 * run.cpus, math.ceil(size * params[0] / 250_000))
-        drops = near_drops(entries, seeds.sigs[:len(seeds)], list(seeds.labels), o, params, parts, run.near)
+        parts = max(2 * run.cpus, math.ceil(size * g.bands / 250_000))
+        drops = near_drops(entries, g, dedup.reason, parts, run.near)
     if order is not None:
         drops = {order[k]: reason for k, reason in drops.items()}
     return {p: reason for p, reason in drops.items() if p >= first}

@@ -1,20 +1,21 @@
 """What happens to one shard of a filter stage on Ray, on a worker or on the driver alike.
 
-The local runner's inner loop (`distill.stages.base.run_filters`) is repeated here record for
+The local runner's inner loop (`distill.executor.local.run_filters`) is repeated here record for
 record, events and error messages included, so the two executors cannot disagree; a test runs
 both over the same input and compares every shard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from distill.errors import PluginError
+from distill.executor.local import _drop, _guard
 from distill.filter import Drop, Edit, Filter, Keep
-from distill.records import Record
-from distill.stages.base import _drop, _guard
 from distill.ray.dedup import entry_table, project
+from distill.records import Record
 
 #: What a stage position maps to while a shard is processed: (position, record).
 Row = tuple[int, Record]
@@ -117,10 +118,11 @@ def run_segment(batch: dict[str, Any], stage: str, batch_size: int, pending: lis
     return pa.table({"pos": pos, "rec": recs, "at": at, "error": errors}, schema=shard_schema())
 
 
-def dedup_entries(batch: dict[str, Any], field_name: str, skip: frozenset[int]) -> Any:
+def dedup_entries(batch: dict[str, Any], read: Callable[[Record], str | Drop], against_seeds: Callable[[Record], bool],
+                  skip: frozenset[int]) -> Any:
     """Worker side: what a dedup filter reads of each live record (rank = stage position)."""
 
-    return entry_table(project(Record.model_validate_json(rec), field_name, int(p))
+    return entry_table(project(Record.model_validate_json(rec), read, against_seeds, int(p))
                        for p, rec, at, err in zip(batch["pos"], batch["rec"], batch["at"], batch["error"])
                        if at == -1 and not err and int(p) not in skip)
 
