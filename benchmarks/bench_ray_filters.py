@@ -43,7 +43,7 @@ PHASES = ("driver_entries", "signatures", "grouping", "resolution", "commit")
 
 def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list]:
     """One filter stage; its wall time, Ray's phase times, and every decision (id, reason)."""
-    from distill.stages.base import StageContext, run_filters
+    from distill.executor.local import StageContext, run_filters
     from distill.io.store import StageStore
     from distill_plugins.dedup import NearDedup
 
@@ -71,18 +71,20 @@ def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list
 
 def signature_cpu_per_1k(records: list) -> float:
     """Single-core seconds to sign 1k records (what one worker CPU spends per 1k)."""
-    from distill.ray.dedup import Entry, _sign, entry_table, project
+    from distill.ray.dedup import Entry, entry_table, project, sign_entries
     from distill_plugins.dedup import NearDedup
 
-    o = NearDedup().options
-    entries: list[Entry] = [project(r, o.field, i) for i, r in enumerate(records[:1000])]
+    spec = NearDedup().distributed()
+    assert spec is not None
+    grouping = spec.grouping
+    entries: list[Entry] = [project(r, spec.read, spec.against_seeds, i) for i, r in enumerate(records[:1000])]
     batch = {k: v.to_numpy(zero_copy_only=False) for k, v in zip(entry_table(entries).column_names,
                                                                    entry_table(entries).columns)}
-    _sign(batch, o.num_perm, o.hash_seed, o.shingle_size)  # warm: permutations, word cache
+    sign_entries(batch, tokens=grouping.tokens, signer=grouping.signer)  # warm: permutations, word cache
     times = []
     for _ in range(5):
         started = time.perf_counter()
-        _sign(batch, o.num_perm, o.hash_seed, o.shingle_size)
+        sign_entries(batch, tokens=grouping.tokens, signer=grouping.signer)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

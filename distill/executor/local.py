@@ -57,7 +57,7 @@ class StageContext:
         self.notify(self.stage, kept, rejected)
 
 
-def _drop(record: Record, stage: str, plugin: Task | Filter | None, reason: str) -> Record:
+def drop_record(record: Record, stage: str, plugin: Task | Filter | None, reason: str) -> Record:
     record.add_event(stage, "dropped", plugin=plugin.name if plugin else None,
                      plugin_version=plugin.plugin_version if plugin else None, reason=reason)
     return record
@@ -79,9 +79,9 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Seq
         rejected: list[Record] = []
         pending: list[tuple[Record, ChatRequest]] = []
         for r in chunk:
-            built = _guard(task, "build", lambda: task.build(r), r)
+            built = guarded(task, "build", lambda: task.build(r), r)
             if isinstance(built, Reject):
-                rejected.append(_drop(r, ctx.stage, task, built.reason))
+                rejected.append(drop_record(r, ctx.stage, task, built.reason))
             elif isinstance(built, PassThrough):
                 r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason)
                 kept.append(r)
@@ -90,9 +90,9 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Seq
         results = caller([q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")
         for (r, _), samples in zip(pending, results):
             g = r.add_generator(generator)
-            out = _guard(task, "apply", lambda: task.apply(r, samples, g), r)
+            out = guarded(task, "apply", lambda: task.apply(r, samples, g), r)
             if isinstance(out, Reject):
-                rejected.append(_drop(r, ctx.stage, task, out.reason))
+                rejected.append(drop_record(r, ctx.stage, task, out.reason))
             else:
                 out.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
                 kept.append(out)
@@ -113,7 +113,7 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
             ctx.commit(passed, [], inputs=len(passed), meta={"round": "inputs"})
         else:
             for r in passed:
-                _drop(r, ctx.stage, task, "input used as examples only (keep_inputs: false)")
+                drop_record(r, ctx.stage, task, "input used as examples only (keep_inputs: false)")
             ctx.commit([], passed, inputs=len(passed), meta={"round": "inputs"})
     pool = list(inputs) + [r for r in store.kept() if r.metadata.get("generated_by") == ctx.stage]
     target = task.target()
@@ -125,7 +125,7 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
         rng = random.Random(derive_seed(ctx.run_seed, ctx.stage, "round", rnd))
         count = min(batch_size, target - produced)
         before = replace(caller.stats)
-        proposals = _guard(task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}")
+        proposals = guarded(task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}")
         requests = [ChatRequest(messages=p.messages, seed=derive_seed(ctx.run_seed, ctx.stage, rnd, j))
                     for j, p in enumerate(proposals)]
         results = caller(requests, f"round {rnd} of stage {ctx.stage!r}")
@@ -134,18 +134,18 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
         for j, (p, samples) in enumerate(zip(proposals, results)):
             sources = _merge_sources(p.parents)
             for k, sample in enumerate(samples):
-                parsed = _guard(task, "parse", lambda: task.parse(p, sample), f"round {rnd} of stage {ctx.stage!r}")
+                parsed = guarded(task, "parse", lambda: task.parse(p, sample), f"round {rnd} of stage {ctx.stage!r}")
                 convs = [] if isinstance(parsed, Reject) else parsed
                 if isinstance(parsed, Reject):
                     raw = _new_record(ctx, rnd, j, k, 0, [Message(role="assistant", content=sample.text)],
                                       sources, generator, task)
                     raw.metadata["raw_output"] = True
-                    rejected.append(_drop(raw, ctx.stage, task, parsed.reason))
+                    rejected.append(drop_record(raw, ctx.stage, task, parsed.reason))
                 for m, conv in enumerate(convs):
                     rec = _new_record(ctx, rnd, j, k, m, conv, sources, generator, task)
                     verdict = task.accept(pool + kept, conv)
                     if isinstance(verdict, Reject):
-                        rejected.append(_drop(rec, ctx.stage, task, verdict.reason))
+                        rejected.append(drop_record(rec, ctx.stage, task, verdict.reason))
                     else:
                         kept.append(rec)
         ctx.commit(kept, rejected, inputs=0, generated=len(kept) + len(rejected),
@@ -177,7 +177,7 @@ def _merge_sources(parents: list[Record]) -> list[Source]:
     return list(seen.values())
 
 
-def _guard(plugin: Task | Filter | Ranker, method: str, call: Callable[[], Any], on: Record | str | None) -> Any:
+def guarded(plugin: Task | Filter | Ranker, method: str, call: Callable[[], Any], on: Record | str | None) -> Any:
     try:
         return call()
     except PluginError:
@@ -197,7 +197,7 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
                                   f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
                                   f"move it first, or into a stage of its own after the others")
             whole = list(inputs)  # it chooses among all of them at once
-            _guard(f, "prepare", lambda: f.prepare(whole), f"stage {ctx.stage!r}")
+            guarded(f, "prepare", lambda: f.prepare(whole), f"stage {ctx.stage!r}")
     if store.next_index:
         _restore_filters(filters, list(store.kept()), list(store.rejected()))
     batches = math.ceil(len(inputs) / batch_size)
@@ -207,7 +207,7 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
         current, rejected = chunk, []
         for f in filters:
             where = f"batch {b} of stage {ctx.stage!r}" + (f" (records {current[0].id}..{current[-1].id})" if current else "")
-            decisions = _guard(f, "filter_batch", lambda: f.filter_batch(current), where)
+            decisions = guarded(f, "filter_batch", lambda: f.filter_batch(current), where)
             if len(decisions) != len(current):
                 raise PluginError(f"filter plugin {f.name!r} returned {len(decisions)} decisions for {len(current)} records")
             survivors = []
@@ -216,7 +216,7 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
                     r.add_event(ctx.stage, "kept", plugin=f.name, plugin_version=f.plugin_version)
                     survivors.append(r)
                 elif isinstance(d, Drop):
-                    rejected.append(_drop(r, ctx.stage, f, d.reason))
+                    rejected.append(drop_record(r, ctx.stage, f, d.reason))
                 elif isinstance(d, Edit):
                     if d.record.id != r.id:
                         raise PluginError(f"filter plugin {f.name!r} changed a record's id ({r.id} -> {d.record.id})")
@@ -249,7 +249,7 @@ def run_export(ctx: StageContext, fmt: str, inputs: Sequence[Record], path: Path
     result = export_records(chunk, fmt, path)  # type: ignore[arg-type]
     for r in result.kept:
         r.add_event(ctx.stage, "kept", reason=f"exported as {fmt}")
-    rejected = [_drop(r, ctx.stage, None, reason) for r, reason in result.rejected]
+    rejected = [drop_record(r, ctx.stage, None, reason) for r, reason in result.rejected]
     ctx.commit(result.kept, rejected, inputs=len(chunk), meta={"path": str(path), "format": fmt})
     ctx.advance(len(chunk))
 
@@ -257,7 +257,7 @@ def run_export(ctx: StageContext, fmt: str, inputs: Sequence[Record], path: Path
 def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record],
              batch_size: int) -> None:
     judge_gen = ctx.generator(judge.caller.teacher, role="judge") if judge is not None else None
-    own = _guard(ranker, "generators", ranker.generators, f"stage {ctx.stage!r}")
+    own = guarded(ranker, "generators", ranker.generators, f"stage {ctx.stage!r}")
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), ctx.store.next_index * batch_size))
     for b in range(ctx.store.next_index, batches):
@@ -268,14 +268,14 @@ def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Seq
         rankable = [r for r in chunk if candidates_of(r)]
         for r in chunk:
             if not candidates_of(r):
-                rejected.append(_drop(r, ctx.stage, ranker, "nothing to rank: no answer or candidates"))
+                rejected.append(drop_record(r, ctx.stage, ranker, "nothing to rank: no answer or candidates"))
         where = f"batch {b} of stage {ctx.stage!r}"
-        verdicts = _guard(ranker, "score_batch", lambda: ranker.score_batch(rankable, judge), where)
+        verdicts = guarded(ranker, "score_batch", lambda: ranker.score_batch(rankable, judge), where)
         if len(verdicts) != len(rankable):
             raise PluginError(f"ranker plugin {ranker.name!r} returned {len(verdicts)} results for {len(rankable)} records")
         for r, v in zip(rankable, verdicts):
             if isinstance(v, Reject):
-                rejected.append(_drop(r, ctx.stage, ranker, v.reason))
+                rejected.append(drop_record(r, ctx.stage, ranker, v.reason))
                 continue
             cands = candidates_of(r)
             if len(v) != len(cands):

@@ -40,7 +40,7 @@ from functools import partial
 from typing import Any
 
 from distill.errors import ConfigError, DistillError, PluginError
-from distill.executor.local import StageContext, _guard
+from distill.executor.local import StageContext, guarded
 from distill.filter import DistributedDedup, ExactKeys, Filter
 from distill.ray.dedup import NearCosts, entry_table, exact_drops, near_drops, project
 from distill.ray.shards import Decided, Row, dedup_entries, process_shard, restore_lists, run_segment, shard_schema
@@ -66,7 +66,7 @@ def plan(filters: list[Filter], where: str = "the filter stage") -> list[Planned
     order on the driver)."""
     out: list[Planned] = []
     for f in filters:
-        d = _guard(f, "distributed", f.distributed, where)
+        d = guarded(f, "distributed", f.distributed, where)
         if d is not None:
             if d.order is not None and not f.needs_whole_input():
                 raise PluginError(f"filter plugin {f.name!r} gives a decision order over the whole input "
@@ -155,7 +155,7 @@ def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Recor
             f"only its local implementation rebuilds, or cannot be pickled); it and the filters after it run "
             f"in order on the driver")
     if split == 0 and filters[0].needs_whole_input():
-        _guard(filters[0], "prepare", lambda: filters[0].prepare(inputs), f"stage {ctx.stage!r}")
+        guarded(filters[0], "prepare", lambda: filters[0].prepare(inputs), f"stage {ctx.stage!r}")
     store = ctx.store
     start = store.next_index
     restored = restore_lists(filters, list(store.kept()), list(store.rejected())) if start else None
@@ -181,12 +181,12 @@ def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Recor
     except Exception as exc:
         if not type(exc).__module__.startswith("ray"):
             raise
-        raise PluginError(f"filter stage {ctx.stage!r} failed on Ray: {_cause(exc)} (are distill and the "
+        raise PluginError(f"filter stage {ctx.stage!r} failed on Ray: {remote_cause(exc)} (are distill and the "
                           f"stage's filter plugins installed on every node?)") from exc
     return run
 
 
-def _cause(exc: BaseException) -> str:
+def remote_cause(exc: BaseException) -> str:
     """The last `SomeError: message` line of a Ray error's remote traceback (the cause), else its type."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     lines = [line.strip() for line in text.splitlines() if re.match(r"\s*[\w.]+(Error|Exception)\b.*:", line)]

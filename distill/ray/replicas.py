@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from distill.errors import ConfigError, PluginError
 from distill.plugin import Plugin, PluginContext
-from distill.ray.filters import _cause as cause, connect
+from distill.ray.filters import connect, remote_cause as cause
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.errors import PluginError
-from distill.executor.local import _drop, _guard
+from distill.executor.local import drop_record, guarded
 from distill.filter import Drop, Edit, Filter, Keep
 from distill.ray.dedup import entry_table, project
 from distill.records import Record
@@ -36,7 +36,7 @@ def apply_filter(stage: str, f: Filter, current: list[Row], where: str) -> tuple
     """One filter over one shard's surviving records: `run_filters`' inner loop, the same
     events and the same errors. Returns the survivors and the dropped, in order."""
     records = [r for _, r in current]
-    decisions = _guard(f, "filter_batch", lambda: f.filter_batch(records), where)
+    decisions = guarded(f, "filter_batch", lambda: f.filter_batch(records), where)
     if len(decisions) != len(current):
         raise PluginError(f"filter plugin {f.name!r} returned {len(decisions)} decisions for {len(current)} records")
     survivors: list[Row] = []
@@ -46,7 +46,7 @@ def apply_filter(stage: str, f: Filter, current: list[Row], where: str) -> tuple
             r.add_event(stage, "kept", plugin=f.name, plugin_version=f.plugin_version)
             survivors.append((p, r))
         elif isinstance(d, Drop):
-            dropped.append((p, _drop(r, stage, f, d.reason)))
+            dropped.append((p, drop_record(r, stage, f, d.reason)))
         elif isinstance(d, Edit):
             if d.record.id != r.id:
                 raise PluginError(f"filter plugin {f.name!r} changed a record's id ({r.id} -> {d.record.id})")
