@@ -145,7 +145,7 @@ def test_the_example_config_names_registered_plugins():
 
 def test_a_whole_pipeline_in_process(tmp_path):
     """Both plugins in a real pipeline, found through the installed package's entry points."""
-    from distill.config.loader import parse_config
+    from distill.config import parse_config
     from distill.pipeline import Pipeline
 
     (tmp_path / "seeds.jsonl").write_text('{"question": "How do I reset it?"}\n'
