@@ -57,6 +57,9 @@ MOVED_MODULES: dict[str, str] = {
 
 #: module that stays -> {name that left it: module it lives in now}
 MOVED_NAMES: dict[str, dict[str, str]] = {
+    # `distill.stages` was a module of runners; it is the package of stage runners now.
+    "distill.stages": {name: "distill.executor.local" for name in (
+        "StageContext", "run_map", "run_expand", "run_filters", "run_export", "run_rank", "derive_seed")},
     "distill.plugin": {"Trainer": "distill.trainer", "Evaluator": "distill.evaluator"},
     "distill.trainer": {
         "plan_hardware": "distill.training.hardware",

@@ -16,8 +16,33 @@ from distill.config.loader import (
     validate_plugin_options,
     dump_yaml,
 )
+from distill.config.release import Acknowledgement, ReleaseSettings
+from distill.config.stages import (
+    Contender,
+    EvaluateStage,
+    ExportStage,
+    FilterStage,
+    GenerateStage,
+    PluginRef,
+    RankStage,
+    Stage,
+    TrainStage,
+    TrainStep,
+)
 
 __all__ = [
+    "Acknowledgement",
+    "ReleaseSettings",
+    "Contender",
+    "EvaluateStage",
+    "ExportStage",
+    "FilterStage",
+    "GenerateStage",
+    "PluginRef",
+    "RankStage",
+    "Stage",
+    "TrainStage",
+    "TrainStep",
     "CacheSettings",
     "PluginSettings",
     "Config",

@@ -17,27 +17,25 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from distill.config.errors import format_validation_error
 from distill.errors import suggest
-from distill.config.stages import (  # noqa: F401 - re-exported: the config's public names
-    Contender, EvaluateStage, ExportStage, FilterStage, GenerateStage, PluginRef, RankStage, Stage, TrainStage,
-    TrainStep, _Model, stage_ref_errors)
+from distill.config.stages import EvaluateStage, FilterStage, GenerateStage, PluginRef, RankStage, Stage, TrainStage, StrictModel, stage_ref_errors
 from distill.errors import ConfigError
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
-from distill.audit.release import ReleaseSettings
+from distill.config.release import ReleaseSettings
 from distill.io.seeds import SeedSource
 from distill.licenses import normalize
 
 
-class CacheSettings(_Model):
+class CacheSettings(StrictModel):
     enabled: bool = Field(True, description="Look every teacher request up before making it.")
     path: Path | None = Field(None, description="SQLite file; default ~/.cache/distill/requests.sqlite "
                                                 "($DISTILL_CACHE_DIR moves it). Shared by runs and teachers.")
 
 
-class PluginSettings(_Model):
+class PluginSettings(StrictModel):
     strict: bool = Field(False, description="Fail when any installed plugin cannot be loaded.")
 
 
-class Config(_Model):
+class Config(StrictModel):
     version: Literal[1] = 1
     output: Path = Field(description="Output directory; an existing one is resumed.")
     seed: int = Field(0, description="Run seed: every sampling decision derives from it.")

@@ -1,21 +1,9 @@
-"""How each kind of stage turns its input into committed shards."""
+"""The stage runners: one per kind of stage (`runners.RUNNERS`), each given the run's `RunContext`.
 
-from distill.executor.local import (
-    derive_seed,
-    StageContext,
-    run_map,
-    run_expand,
-    run_filters,
-    run_export,
-    run_rank,
-)
+The work a stage does on its records, in this process, is `distill.executor.local`; on a Ray
+cluster, `distill.ray`.
+"""
 
-__all__ = [
-    "derive_seed",
-    "StageContext",
-    "run_map",
-    "run_expand",
-    "run_filters",
-    "run_export",
-    "run_rank",
-]
+from distill import deprecated
+
+__getattr__ = deprecated.moved_names(__name__)

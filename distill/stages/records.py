@@ -14,7 +14,8 @@ from typing import Any, Sequence
 from distill.audit.base import audit
 from distill.cache.calls import TeacherCaller
 from distill.cards.dataset import write_dataset_cards
-from distill.config.loader import ExportStage, FilterStage, GenerateStage, RankStage, digest_view
+from distill.config.loader import digest_view
+from distill.config.stages import ExportStage, FilterStage, GenerateStage, RankStage
 from distill.config.stages import RayTeacherOptions
 from distill.errors import ConfigError
 from distill.io.progress import StageProgress
