@@ -16,7 +16,7 @@ from distill.licenses import UNSPECIFIED, builtin_registry
 from distill.plugin import Options
 from distill.records import Generator
 from distill.registry import make_registry
-from distill.audit.release import Acknowledgement, ReleaseSettings, parse_ack
+from distill.config.release import Acknowledgement, ReleaseSettings, parse_ack
 from distill.testing import make_record
 
 from util import config_dict, pipeline

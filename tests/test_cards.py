@@ -17,7 +17,7 @@ from distill.cards.dataset import CARD_FILES, croissant, dataset_card, notice, w
 from distill.licenses import builtin_registry, tag_for
 from distill.cards.model import model_card
 from distill.records import Generator
-from distill.audit.release import Acknowledgement, ReleaseSettings
+from distill.config.release import Acknowledgement, ReleaseSettings
 from distill.testing import make_record
 
 from util import config_dict, pipeline

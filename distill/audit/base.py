@@ -22,7 +22,7 @@ from distill.errors import ConfigError
 from distill.licenses import UNSPECIFIED, LicenseInfo, ModelRule, Registry, dataset_tag, model_matches
 from distill.plugin import Plugin
 from distill.records import LicenseTag
-from distill.audit.release import Acknowledgement, ReleaseSettings
+from distill.config.release import Acknowledgement, ReleaseSettings
 
 if TYPE_CHECKING:
     from distill.records import Record

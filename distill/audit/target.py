@@ -21,7 +21,7 @@ from distill.config.errors import format_validation_error
 from distill.errors import ConfigError, StoreError
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
 from distill.records import Record
-from distill.audit.release import ReleaseSettings
+from distill.config.release import ReleaseSettings
 from distill.io.store import MANIFEST, StageManifest, read_shards
 from distill.config.loader import interpolate
 from distill.licenses import UNSPECIFIED, effective_tag

@@ -28,7 +28,7 @@ from typing import Any, Iterator, NamedTuple
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distill.models.embedded import default_cache_dir
-from distill.cache.diff import _ABSENT, MissExplanation, _diff_paths, _field_diff, _flatten
+from distill.cache.diff import ABSENT, MissExplanation, diff_paths, field_diff, flatten
 from distill.errors import PluginError, StoreError
 from distill.teacher import ChatRequest, Sample
 
@@ -274,7 +274,7 @@ class RequestCache:
         with self._lock, self._errors():
             rows = self._db.execute(f"SELECT key, model, created, parts FROM entries {where} "
                                     f"ORDER BY created DESC LIMIT ?", [*args, SCAN_LIMIT]).fetchall()
-        return [_Candidate(k, m, c, _flatten(self._load(_PARTS, k, p, 'parts'))) for k, m, c, p in rows]
+        return [_Candidate(k, m, c, flatten(self._load(_PARTS, k, p, 'parts'))) for k, m, c, p in rows]
 
     def explain(self, limit: int = 20) -> list[MissExplanation]:
         """The most recent misses, newest first, each against the cache as it was then."""
@@ -318,7 +318,7 @@ class RequestCache:
                  recent: dict[str, list[_Candidate]]) -> MissExplanation:
         model = _model_of(parts)
         result = MissExplanation(key=key, model=model, time=when)
-        flat = _flatten(parts)
+        flat = flatten(parts)
         pool = self._pool(key, parts, model, when, recent) if model is not None else []
         if not pool:
             result.note = f"the cache {'had' if when is not None else 'has'} no entry for model {model!r}"
@@ -328,7 +328,7 @@ class RequestCache:
                 return result
         best, best_rank, best_paths = None, None, []
         for c in pool:
-            paths = _diff_paths(c.flat, flat)
+            paths = diff_paths(c.flat, flat)
             # Fewest differences; on a tie, the entry with the same messages, then the one whose
             # differing texts share the longest start (an edited prompt), then the newest.
             shared = sum(len(os.path.commonprefix([a, b])) for a, b in
@@ -338,7 +338,7 @@ class RequestCache:
                 best, best_rank, best_paths = c, rank, paths
         assert best is not None
         result.nearest_key, result.nearest_model = best.key, best.model
-        result.differences = [_field_diff(p, best.flat.get(p, _ABSENT), flat.get(p, _ABSENT))
+        result.differences = [field_diff(p, best.flat.get(p, ABSENT), flat.get(p, ABSENT))
                               for p in best_paths]
         return result
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from distill.audit.base import DISCLAIMER, AuditReport
-from distill.audit.report import _cell, _text, summary, to_markdown
+from distill.audit.report import table_cell, plain_text, summary, to_markdown
 from distill.licenses import Registry
 from distill.layout import DATASET_SIDECAR
 from distill.records import LicenseTag, Record
@@ -90,7 +90,7 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _front_matter(meta: dict[str, Any]) -> str:
+def front_matter(meta: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, width=1000) + "---\n"
 
 
@@ -109,7 +109,7 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         "size_categories": [_size_category(len(records))],
         "tags": sorted({"synthetic", "distill", "distillation"}),
     }
-    lines = [_front_matter(meta), f"# {_text(name)}", "",
+    lines = [front_matter(meta), f"# {plain_text(name)}", "",
              f"Synthetic {fmt} dataset made with distill: {len(records)} records, each with its own provenance "
              "(sources, every model that wrote or judged it, every stage's decision) and license tag.", "",
              f"> {DISCLAIMER}", "", "## License", "",
@@ -122,10 +122,10 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         lines.append(f"- a model trained on it must have a name beginning: {', '.join(sorted(tag.name_prefixes))}")
     lines.append("- notices: see `NOTICE`")
     lines += ["", "## Sources", "", "| dataset | license | records |", "|---|---|---:|"]
-    lines += [f"| {_cell(d)} | `{lic}` | {n} |" for (d, lic), n in sorted(prov.sources.items())] or ["| - | - | 0 |"]
+    lines += [f"| {table_cell(d)} | `{lic}` | {n} |" for (d, lic), n in sorted(prov.sources.items())] or ["| - | - | 0 |"]
     lines += ["", "## Models", "", "| role | plugin | model | revision | license | records |",
               "|---|---|---|---|---|---:|"]
-    lines += [f"| {role} | {_cell(plugin)} | {_cell(model)} | {_cell(rev)} | `{lic}` | {n} |"
+    lines += [f"| {role} | {table_cell(plugin)} | {table_cell(model)} | {table_cell(rev)} | `{lic}` | {n} |"
               for (role, plugin, model, rev, lic), n in sorted(prov.models.items())] or ["| - | - | - | - | - | 0 |"]
     lines += ["", to_markdown(report, level=2)]
     return "\n".join(lines)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from distill.audit.base import DISCLAIMER, AuditReport
-from distill.audit.report import _text, to_markdown
-from distill.cards.dataset import _front_matter, hf_license_fields, notice
+from distill.audit.report import plain_text, to_markdown
+from distill.cards.dataset import front_matter, hf_license_fields, notice
 from distill.licenses import Registry
 from distill.records import LicenseTag
 from distill.io.store import atomic_write
@@ -35,7 +35,7 @@ def license_lines(name: str, tag: LicenseTag, base_model: str | None, base_model
     """The card's license section: what the student inherits and what that obliges."""
     lines = [f"> {DISCLAIMER}", "", "## License", "",
              f"- effective license: `{tag.expression}`", f"- use: {tag.use}",
-             f"- base model: {_text(base_model or 'not declared')} (`{base_model_license or 'not declared'}`)",
+             f"- base model: {plain_text(base_model or 'not declared')} (`{base_model_license or 'not declared'}`)",
              f"- attribution required: {'yes' if tag.attribution else 'no'}",
              f"- share-alike: {'yes' if tag.share_alike else 'no'}"]
     if tag.restrictions:
@@ -58,7 +58,7 @@ def model_card(name: str, dataset_tags: Iterable[LicenseTag], base_model: str | 
     with active(registry):
         tag = student_tag(dataset_tags, base_model_license)
     meta = _meta(tag, registry, base_model, "finetune", datasets)
-    lines = [_front_matter(meta), f"# {_text(name)}", "",
+    lines = [front_matter(meta), f"# {plain_text(name)}", "",
              "A student model distilled with distill. Its license combines the terms of every dataset it was "
              "trained on (their sources, and every model that wrote or judged them) and of its base model.", ""]
     lines += license_lines(name, tag, base_model, base_model_license)
@@ -87,22 +87,22 @@ def student_card(marker: dict[str, Any], registry: Registry, report: AuditReport
     meta = _meta(tag, registry, base["id"], relation, [d["name"] for d in marker["datasets"]])
     meta["tags"] = sorted({*meta["tags"], "trl", marker["trainer"]["name"]})
     name = marker["model"]
-    lines = [_front_matter(meta), f"# {_text(name)}", "",
+    lines = [front_matter(meta), f"# {plain_text(name)}", "",
              f"A {_KINDS[marker['kind']]} trained by distill's `{marker['trainer']['name']}` trainer, starting "
-             f"from `{_text(parent['id'])}`. Its license combines the terms of its base model, of every dataset it "
+             f"from `{plain_text(parent['id'])}`. Its license combines the terms of its base model, of every dataset it "
              "was trained on (their sources, and every model that wrote or judged them) and of every model whose "
              "outputs trained it.", ""]
     lines += license_lines(name, tag, base["id"], base.get("license"))
     lines += ["", "## Base model", "",
-              f"- `{_text(base['id'])}` (revision {base.get('revision') or 'n/a'}, weights sha256 "
+              f"- `{plain_text(base['id'])}` (revision {base.get('revision') or 'n/a'}, weights sha256 "
               f"`{base['file_hash']}`, license `{base['license']}`)", "", "## Datasets", ""]
     for d in marker["datasets"]:
         declared = "" if d.get("license_declared") else " (not declared: counted as unspecified)"
-        lines.append(f"- `{_text(d['name'])}`: {d['rows']} rows, sha256 `{d['digest'][:16]}...`, "
+        lines.append(f"- `{plain_text(d['name'])}`: {d['rows']} rows, sha256 `{d['digest'][:16]}...`, "
                      f"license `{d['license_tag']['expression']}`{declared}")
     if marker["influences"]:
         lines += ["", "## Models whose outputs trained it", ""]
-        lines += [f"- {i['role']}: `{_text(str(i['id']))}` (license `{i.get('license')}`)"
+        lines += [f"- {i['role']}: `{plain_text(str(i['id']))}` (license `{i.get('license')}`)"
                   for i in marker["influences"]]
     lines += ["", "## Training", "", f"- Steps in this run: {marker['global_step']}"
               + (f" (resumed from `{Path(marker['resumed_from']).name}`)" if marker.get("resumed_from") else "")]

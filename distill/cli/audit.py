@@ -26,7 +26,7 @@ from distill.config.loader import load_config
 from distill.config.errors import format_validation_error
 from distill.licenses import active
 from distill.registry import make_registry
-from distill.audit.release import ReleaseSettings, parse_ack
+from distill.config.release import ReleaseSettings, parse_ack
 from distill.io.store import atomic_write
 from distill.audit.report import VERDICT_TEXT, explain, summary
 from distill.cards.dataset import write_dataset_cards
