@@ -50,7 +50,7 @@ def run_distill(base_url: str, model: str, texts: list[str], args: argparse.Name
     from distill.plugin import PluginContext
     from distill.records import Message
     from distill.teacher import ChatRequest
-    from distill_plugins.openai_teacher import OpenAITeacher
+    from distill_plugins.teachers.openai import OpenAITeacher
 
     requests = [ChatRequest(messages=[Message(role="user", content=t)], seed=i) for i, t in enumerate(texts)]
     started = time.perf_counter()

@@ -65,7 +65,7 @@ def _kept_for(reasons: list[str | None]) -> list[int | None]:
 
 
 def near_distill(n: int, seed: int, keep: str = "earliest") -> dict:
-    from distill_plugins.dedup import NearDedup
+    from distill_plugins.filters.dedup import NearDedup
 
     corpus = make_corpus(n, seed=seed)
     records = _records(corpus, scored=keep == "best")
@@ -84,8 +84,8 @@ def near_baseline(n: int, seed: int) -> dict:
     """What a user would write with datasketch alone (same text, shingles and threshold)."""
     from datasketch import MinHash, MinHashLSH
 
-    from distill_plugins.dedup import NearDedup
-    from distill_plugins._text import normalize
+    from distill_plugins.filters.dedup import NearDedup
+    from distill_plugins.filters._text import normalize
 
     o = NearDedup.Options()
     corpus = make_corpus(n, seed=seed)
@@ -110,7 +110,7 @@ def near_baseline(n: int, seed: int) -> dict:
 
 
 def novelty_lsh(n: int, seed: int) -> dict:
-    from distill_plugins.novelty import InstructionNovelty
+    from distill_plugins.filters.novelty import InstructionNovelty
 
     records = _records(make_corpus(n, seed=seed))
     started = time.perf_counter()
@@ -128,7 +128,7 @@ def novelty_all_pairs(n: int, seed: int) -> dict:
     rapidfuzz LCS; only the LSH gate is missing)."""
     from rapidfuzz.distance import LCSseq
 
-    from distill_plugins.novelty import InstructionNovelty, rouge_tokens
+    from distill_plugins.filters.novelty import InstructionNovelty, rouge_tokens
 
     threshold = InstructionNovelty.Options().threshold
     texts = [r.messages[0].content for r in _records(make_corpus(n, seed=seed))]

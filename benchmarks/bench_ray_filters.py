@@ -45,7 +45,7 @@ def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list
     """One filter stage; its wall time, Ray's phase times, and every decision (id, reason)."""
     from distill.executor.local import StageContext, run_filters
     from distill.io.store import StageStore
-    from distill_plugins.dedup import NearDedup
+    from distill_plugins.filters.dedup import NearDedup
 
     store = StageStore(folder, "near", "filter", "bench")
     ctx = StageContext(stage="near", store=store, run_seed=0, notify=lambda *a: None)
@@ -72,7 +72,7 @@ def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list
 def signature_cpu_per_1k(records: list) -> float:
     """Single-core seconds to sign 1k records (what one worker CPU spends per 1k)."""
     from distill.ray.dedup import Entry, entry_table, project, sign_entries
-    from distill_plugins.dedup import NearDedup
+    from distill_plugins.filters.dedup import NearDedup
 
     spec = NearDedup().distributed()
     assert spec is not None

@@ -115,7 +115,7 @@ def vllm(repeats: int, total: int, batch: int, max_tokens: int, log: Any) -> dic
     from distill.plugin import PluginContext
     from distill.ray.teachers import start_replicas
     from distill.testing import tiny_model
-    from distill_plugins.vllm_teacher import VLLMTeacher
+    from distill_plugins.teachers.vllm import VLLMTeacher
 
     folder = tiny_model(Path(tempfile.mkdtemp(prefix="bench-ray-teachers-")) / "tiny")
     options = {"model": str(folder), "max_tokens": max_tokens, "temperature": 1.0}

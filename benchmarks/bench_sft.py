@@ -123,7 +123,7 @@ def run_trl(model: Path, data: Path, work: Path, a, *, defaults: bool) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
     from distill.trainer import import_trl
-    from distill_plugins._train_common import to_prompt_completion
+    from distill_plugins.trainers._common import to_prompt_completion
 
     SFTConfig, SFTTrainer = import_trl("SFTConfig"), import_trl("SFTTrainer")
     ds = to_prompt_completion(datasets.load_from_disk(str(data), keep_in_memory=True).select_columns(["messages"]),

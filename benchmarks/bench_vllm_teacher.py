@@ -61,7 +61,7 @@ def main() -> None:
     from distill.plugin import PluginContext
     from distill.records import Message
     from distill.teacher import ChatRequest
-    from distill_plugins.vllm_teacher import VLLMTeacher
+    from distill_plugins.teachers.vllm import VLLMTeacher
 
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
         if args.model == "tiny":

@@ -81,25 +81,39 @@ def _warn(old: str, new: str, stacklevel: int) -> None:
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers each old name in `table` with the module at its new path."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MOVED_MODULES:
+        if fullname not in self.table:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        new = MOVED_MODULES[spec.name]
+        new = self.table[spec.name]
         _warn(spec.name, new, stacklevel=8)
         module = importlib.import_module(new)
-        self._spec = module.__spec__
+        spec.loader_state = module.__spec__
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__spec__ = self._spec  # the import system stamped the old name's spec on it
+        # The import system stamped the old name's spec on the module: give it back its own.
+        alias = module.__spec__
+        if alias is not None and isinstance(alias.loader_state, importlib.machinery.ModuleSpec):
+            module.__spec__ = alias.loader_state
+
+
+def alias_modules(table: dict[str, str]) -> None:
+    """Serve the old module paths in `table` (old -> new) from their new homes, with a warning.
+    Also for plugin packages that regroup their own modules."""
+    if not any(isinstance(f, _MovedModuleFinder) and f.table is table for f in sys.meta_path):
+        sys.meta_path.insert(0, _MovedModuleFinder(table))  # before editable-install finders
 
 
 def install() -> None:
-    if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _MovedModuleFinder())  # before editable-install finders
+    alias_modules(MOVED_MODULES)
 
 
 def moved_names(module: str) -> Callable[[str], Any]:

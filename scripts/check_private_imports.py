@@ -2,7 +2,7 @@
 
 A private name is the module's own business; another module that needs it is a sign that the
 name should be public, or that the code using it belongs in that module. A private *module*
-(`distill_plugins._sketch`) may be imported inside its own package.
+(`distill_plugins.filters._sketch`) may be imported inside its own package.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def violations(root: Path) -> list[str]:
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
                         found.append(f"{rel}:{node.lineno}: imports private {alias.name} from {node.module}")
                 private_module = [p for p in node.module.split(".") if p.startswith("_") and not p.startswith("__")]
-                if private_module and not here.startswith(node.module.rsplit(".", 1)[0] + "."):
+                package = node.module.rsplit(".", 1)[0]
+                if private_module and not (here == package or here.startswith(package + ".")):
                     found.append(f"{rel}:{node.lineno}: imports from private module {node.module} outside its package")
     return found
 

@@ -23,7 +23,7 @@ from distill.registry import make_registry
 
 pytest.importorskip("openai")
 
-from distill_plugins.openai_teacher import OPENAI_URL, OpenAITeacher  # noqa: E402
+from distill_plugins.teachers.openai import OPENAI_URL, OpenAITeacher  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CONFIG = EXAMPLES / "api_teacher" / "config.yaml"

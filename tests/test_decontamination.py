@@ -13,7 +13,7 @@ from distill.errors import PluginError
 from distill.filter import KEEP, Drop
 from distill.plugin import PluginContext
 from distill.testing import make_record, run_filter
-from distill_plugins.decontamination import Decontamination
+from distill_plugins.filters.decontamination import Decontamination
 
 LONG_Q = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
           "in May. How many clips did Natalia sell altogether in April and May?")

@@ -17,8 +17,8 @@ from distill.plugin import PluginContext
 from distill.registry import make_registry
 from distill.testing import make_record, run_filter
 from distill_plugins import _sketch
-from distill_plugins.dedup import ExactDedup, NearDedup
-from distill_plugins.novelty import InstructionNovelty, rouge_tokens
+from distill_plugins.filters.dedup import ExactDedup, NearDedup
+from distill_plugins.filters.novelty import InstructionNovelty, rouge_tokens
 
 from util import config_dict, pipeline
 

@@ -7,8 +7,8 @@ from pydantic import ValidationError
 
 from distill.filter import KEEP, Drop
 from distill.testing import make_record, run_filter
-from distill_plugins.dedup import ExactDedup
-from distill_plugins.quality import LengthFilter
+from distill_plugins.filters.dedup import ExactDedup
+from distill_plugins.filters.quality import LengthFilter
 
 
 def test_length_bounds_with_reasons():

@@ -15,7 +15,7 @@ from distill.filter import KEEP, Drop  # noqa: E402
 from distill.plugin import PluginContext  # noqa: E402
 from distill.registry import make_registry  # noqa: E402
 from distill.testing import make_record, run_filter  # noqa: E402
-from distill_plugins.language import LanguageFilter  # noqa: E402
+from distill_plugins.filters.language import LanguageFilter  # noqa: E402
 
 SENTENCES = {
     "en": "Please explain how a router assigns addresses to the devices in my home network.",

@@ -9,7 +9,7 @@ from distill.filter import KEEP, Drop
 from distill.licenses import effective_tag
 from distill.records import Generator, Record, Source
 from distill.testing import make_record, run_filter
-from distill_plugins.license_policy import LicensePolicy
+from distill_plugins.filters.license_policy import LicensePolicy
 
 
 def seeded(license: str, dataset: str = "seeds") -> Record:

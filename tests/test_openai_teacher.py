@@ -21,8 +21,8 @@ from distill.teacher import ChatRequest
 
 pytest.importorskip("openai")
 
-from distill_plugins._api_support import Budget, retry_after_seconds  # noqa: E402
-from distill_plugins.openai_teacher import OpenAITeacher  # noqa: E402
+from distill_plugins.teachers._api_support import Budget, retry_after_seconds  # noqa: E402
+from distill_plugins.teachers.openai import OpenAITeacher  # noqa: E402
 from servers import FaultProxy  # noqa: E402
 
 SECRET = "sk-test-DO-NOT-LEAK-4f9a1c2e"
@@ -99,7 +99,7 @@ def test_retry_after_parsing():
 def test_rate_bucket_waits_and_token_split_sums_exactly():
     import asyncio
 
-    from distill_plugins._api_support import TokenBucket, apportion
+    from distill_plugins.teachers._api_support import TokenBucket, apportion
 
     async def spend() -> float:
         bucket = TokenBucket(per_minute=600)  # 10 a second, holds 100

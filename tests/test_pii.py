@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from distill.filter import KEEP, Drop, Edit
 from distill.records import Candidate, Message
 from distill.testing import make_record, run_filter
-from distill_plugins.pii import PiiFilter, luhn
+from distill_plugins.filters.pii import PiiFilter, luhn
 
 SECRETS = {
     "email": ["jane.doe+news@gmail.com", "ops@mail.acme-corp.co.uk"],

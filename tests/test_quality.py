@@ -13,7 +13,7 @@ from distill.filter import KEEP, Drop
 from distill.plugin import PluginContext
 from distill.records import Candidate
 from distill.testing import make_record, run_filter
-from distill_plugins.quality import (LengthFilter, RefusalFilter, RepetitionFilter, SelfIdentificationFilter,
+from distill_plugins.filters.quality import (LengthFilter, RefusalFilter, RepetitionFilter, SelfIdentificationFilter,
                                      TruncationFilter, unclosed_fence)
 
 

@@ -21,7 +21,7 @@ from distill.filter import KEEP, Drop  # noqa: E402
 from distill.plugin import PluginContext  # noqa: E402
 from distill.registry import make_registry  # noqa: E402
 from distill.testing import make_record, run_filter  # noqa: E402
-from distill_plugins.semantic import SemanticDedup, packaged_model_dir  # noqa: E402
+from distill_plugins.filters.semantic import SemanticDedup, packaged_model_dir  # noqa: E402
 
 
 def generated(prompt: str, *, id: str, response: str | None = None):

@@ -84,7 +84,7 @@ def test_known_trl_args_pass_through_and_hardware_wins_over_library_defaults(tmp
     _need_trl()
     from trl import SFTConfig
 
-    from distill_plugins._train_common import make_config
+    from distill_plugins.trainers._common import make_config
 
     options = SFTTrainer.Options(trl_args={"warmup_steps": 3, "lr_scheduler_type": "constant"})
     hardware = Hardware(device="cpu", description="cpu", precision="fp32", gradient_checkpointing=False)
@@ -146,7 +146,7 @@ def test_prompt_completion_split_keeps_the_conversation():
     pytest.importorskip("datasets")
     import datasets
 
-    from distill_plugins._train_common import to_prompt_completion
+    from distill_plugins.trainers._common import to_prompt_completion
 
     convo = [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"},
              {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},

@@ -13,7 +13,7 @@ from distill.errors import PluginError
 from distill.records import Message
 from distill.registry import make_registry
 from distill.teacher import ChatRequest
-from distill_plugins.transformers_teacher import TransformersTeacher
+from distill_plugins.teachers.transformers import TransformersTeacher
 
 QUESTIONS = ["How do I reset my router?", "What is the capital of France?", "Hi",
              "Write a short poem about the sea.", "Why is the sky blue?"]

@@ -23,7 +23,7 @@ from distill.records import Message
 from distill.registry import make_registry
 from distill.teacher import ChatRequest
 from distill.testing import TINY_MODEL_ID, TINY_MODEL_LICENSE
-from distill_plugins.vllm_teacher import VLLMTeacher
+from distill_plugins.teachers.vllm import VLLMTeacher
 
 QUESTIONS = ["How do I reset my router?", "What is the capital of France?", "Hi",
              "Write a short poem about the sea.", "Why is the sky blue?"]
@@ -114,7 +114,7 @@ def test_a_folder_vllm_cannot_load_is_named(tmp_path):
 def test_without_vllm_the_error_says_what_to_install(tiny_model_dir):
     code = ("import sys; sys.modules['vllm'] = None\n"
             "from pathlib import Path\nfrom distill.plugin import PluginContext\n"
-            "from distill_plugins.vllm_teacher import VLLMTeacher\n"
+            "from distill_plugins.teachers.vllm import VLLMTeacher\n"
             f"VLLMTeacher(model={str(tiny_model_dir)!r}).setup(PluginContext(base_dir=Path('.')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0

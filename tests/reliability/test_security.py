@@ -193,7 +193,7 @@ class _Sentinel:
 def test_a_model_folder_with_only_a_pickled_checkpoint_is_refused(tmp_path, tiny_model_dir, figures):
     pytest.importorskip("transformers")
     from distill.plugin import PluginContext
-    from distill_plugins.transformers_teacher import TransformersTeacher
+    from distill_plugins.teachers.transformers import TransformersTeacher
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -20,7 +20,7 @@ from distill.filter import KEEP, Decision, Drop, Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._text import MissingField, TextField, field_text, normalize
+from distill_plugins.filters._text import MissingField, TextField, field_text, normalize
 
 EvalFormat = Literal["auto", "jsonl", "csv", "parquet", "hf"]
 _SUFFIXES: dict[str, EvalFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",

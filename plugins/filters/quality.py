@@ -20,7 +20,7 @@ from distill.filter import Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._text import MissingField, TextField, field_text, normalize, words
+from distill_plugins.filters._text import MissingField, TextField, field_text, normalize, words
 
 
 class LengthFilter(Filter):

@@ -8,8 +8,8 @@ PEFT and torch are imported when a trainer trains.
 from __future__ import annotations
 
 from distill.hookspecs import hookimpl
-from distill_plugins._train_online import DistillationTrainer, GRPOTrainer
-from distill_plugins._train_sft import DPOTrainer, RewardModelTrainer, SFTTrainer
+from distill_plugins.trainers._online import DistillationTrainer, GRPOTrainer
+from distill_plugins.trainers._sft import DPOTrainer, RewardModelTrainer, SFTTrainer
 
 __all__ = ["SFTTrainer", "RewardModelTrainer", "DPOTrainer", "GRPOTrainer", "DistillationTrainer"]
 

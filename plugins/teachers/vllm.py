@@ -34,7 +34,7 @@ from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, derive_seed, loca
                             resolve_model_path)
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
-from distill_plugins._vllm_engine import INSTALL_HINT, Engine, Replicas
+from distill_plugins.teachers._vllm_engine import INSTALL_HINT, Engine, Replicas
 
 ENV_KVCACHE = "VLLM_CPU_KVCACHE_SPACE"
 ENV_OMP_BIND = "VLLM_CPU_OMP_THREADS_BIND"

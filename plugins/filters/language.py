@@ -27,7 +27,7 @@ from distill.filter import Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._text import MissingField, TextField, field_text
+from distill_plugins.filters._text import MissingField, TextField, field_text
 
 INSTALL_HINT = "pip install 'distill[language]' (that is: py3langid)"
 

@@ -12,7 +12,7 @@ from distill.errors import PluginError
 from distill.plugin import Options
 from distill.models.folders import resolve_student
 from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl
-from distill_plugins._train_common import (finish, load_data, load_model, load_student, load_tokenizer,
+from distill_plugins.trainers._common import (finish, load_data, load_model, load_student, load_tokenizer,
                                            make_config, peft_config, require, run)
 from distill_plugins.rankers import load_callable
 from distill.registry import make_registry

@@ -22,9 +22,9 @@ from pydantic import Field
 from distill.filter import KEEP, Decision, Drop, Filter
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._sketch import seed_label
-from distill_plugins._text import MissingField, TextField, field_text, is_generated
-from distill_plugins._sketch import Signer, SketchIndex, band_params
+from distill_plugins.filters._sketch import seed_label
+from distill_plugins.filters._text import MissingField, TextField, field_text, is_generated
+from distill_plugins.filters._sketch import Signer, SketchIndex, band_params
 
 #: rouge_score's tokens (lower case, runs of letters and digits), extended from ASCII to any
 #: script: for ASCII text the two agree.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import PluginError
-from distill_plugins._api_support import Budget
+from distill_plugins.teachers._api_support import Budget
 
 
 def share(total: int, index: int, count: int) -> int:

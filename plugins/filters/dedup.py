@@ -19,9 +19,9 @@ from distill.filter import KEEP, Decision, DistributedDedup, Drop, ExactKeys, Fi
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins._sketch import Signer, SketchIndex, band_params, seed_label
-from distill_plugins._text import MissingField, TextField, field_text, is_generated, normalize, text_or_drop
-from distill_plugins.novelty import InstructionNovelty
+from distill_plugins.filters._sketch import Signer, SketchIndex, band_params, seed_label
+from distill_plugins.filters._text import MissingField, TextField, field_text, is_generated, normalize, text_or_drop
+from distill_plugins.filters.novelty import InstructionNovelty
 
 #: Probability that the LSH misses a pair whose Jaccard is exactly the threshold. Candidates
 #: are checked against the threshold afterwards, so erring towards more of them costs time,

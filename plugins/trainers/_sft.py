@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl
-from distill_plugins._train_common import (finish, load_data, load_student, make_config, peft_config, require,
+from distill_plugins.trainers._common import (finish, load_data, load_student, make_config, peft_config, require,
                                            run, to_prompt_completion)
 
 _LIBS = ("trl", "transformers", "datasets", "torch")

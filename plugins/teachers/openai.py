@@ -28,9 +28,9 @@ from distill.hookspecs import hookimpl
 from distill.models.folders import SAMPLING_FIELDS, derive_seed
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
-from distill_plugins._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,
+from distill_plugins.teachers._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,
                                           TokenEstimator, error_message, retry_after_seconds)
-from distill_plugins._api_replicas import replica_options
+from distill_plugins.teachers._api_replicas import replica_options
 
 OPENAI_URL = "https://api.openai.com/v1"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -1,0 +1,1 @@
+"""Filter plugins: dedup (exact, MinHash, semantic), quality, PII, language, decontamination, license policy."""

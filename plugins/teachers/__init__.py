@@ -1,0 +1,1 @@
+"""Teacher plugins: any OpenAI-compatible API, vLLM in process, transformers in process."""
