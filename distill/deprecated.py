@@ -58,8 +58,10 @@ MOVED_MODULES: dict[str, str] = {
 #: module that stays -> {name that left it: module it lives in now}
 MOVED_NAMES: dict[str, dict[str, str]] = {
     # `distill.stages` was a module of runners; it is the package of stage runners now.
-    "distill.stages": {name: "distill.executor.local" for name in (
-        "StageContext", "run_map", "run_expand", "run_filters", "run_export", "run_rank", "derive_seed")},
+    # The stage runners' 31-bit request seed (its value is pinned) is `distill.seeding.request_seed`.
+    "distill.stages": {"derive_seed": "distill.seeding:request_seed"} | {name: "distill.executor.local" for name in (
+        "StageContext", "run_map", "run_expand", "run_filters", "run_export", "run_rank")},
+    "distill.models": {"derive_seed": "distill.seeding"},
     "distill.plugin": {"Trainer": "distill.trainer", "Evaluator": "distill.evaluator"},
     "distill.trainer": {
         "plan_hardware": "distill.training.hardware",
@@ -122,8 +124,10 @@ def moved_names(module: str) -> Callable[[str], Any]:
 
     def __getattr__(name: str) -> Any:
         if name in names:
-            _warn(f"{module}.{name}", f"{names[name]}.{name}", stacklevel=3)
-            return getattr(importlib.import_module(names[name]), name)
+            target, _, new_name = names[name].partition(":")
+            new_name = new_name or name
+            _warn(f"{module}.{name}", f"{target}.{new_name}", stacklevel=3)
+            return getattr(importlib.import_module(target), new_name)
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__

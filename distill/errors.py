@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 
+from distill.secrets import environment_secrets, replace_values
+
 import os
 import re
 
 #: Environment variables whose values are secrets by their names; their values never reach a message.
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.I)
 
 
 class DistillError(Exception):
@@ -41,10 +42,7 @@ class SeedError(DistillError):
 def scrub(text: str) -> str:
     """Replace the value of every secret-named environment variable (`*_API_KEY`, `HF_TOKEN`,
     ...) in `text` with `$NAME`: the last guard before a message is printed or logged."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, f"${name}")
-    return text
+    return replace_values(text, environment_secrets())
 
 
 def suggest(word: str, options: list[str]) -> str:

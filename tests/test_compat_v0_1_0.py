@@ -17,11 +17,11 @@ import pytest
 
 from distill.cache.store import cache_key, key_parts
 from distill.config import load_config
-from distill.executor.local import derive_seed as stage_seed
 from distill.io.store import read_shards
-from distill.models import derive_seed as model_seed
 from distill.pipeline import Pipeline
 from distill.records import Message, stable_id
+from distill.seeding import derive_seed as model_seed
+from distill.seeding import request_seed as stage_seed
 from distill.stages.digests import digest
 from distill.teacher import ChatRequest
 from fake_plugins import EchoTeacher

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distill.errors import PluginError
-from distill.models.folders import derive_seed, local_model_folder, model_identity, resolve_model_path, weight_files
+from distill.seeding import derive_seed
+from distill.models.folders import local_model_folder, model_identity, resolve_model_path, weight_files
 
 
 def test_derive_seed_is_stable_and_fits_the_width():

@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distill.models.embedded import default_cache_dir
 from distill.cache.diff import ABSENT, MissExplanation, diff_paths, field_diff, flatten
+from distill.secrets import secret_paths
 from distill.errors import PluginError, StoreError
 from distill.teacher import ChatRequest, Sample
 
@@ -43,9 +44,6 @@ IDENTITY_FIELDS = ("plugin", "model", "revision", "file_hash")
 
 _SAMPLES = TypeAdapter(list[Sample])
 _PARTS = TypeAdapter(dict[str, Any])
-_SECRET = re.compile(r"(^|[_-])(api[_-]?key|apikey|secret|password|passwd|authorization|"
-                     r"auth[_-]?token|access[_-]?token|bearer|credentials?)($|[_-])", re.I)
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY, model TEXT, prompt TEXT, parts TEXT NOT NULL, samples TEXT NOT NULL,
@@ -68,15 +66,6 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _reject_secrets(obj: Any, where: str) -> None:
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for k, v in items:
-        if isinstance(k, str) and _SECRET.search(k):
-            raise PluginError(f"{where}.{k} looks like a secret; it must never go into a cache key "
-                              f"(a teacher's sampling() is stored in clear text)")
-        _reject_secrets(v, f"{where}.{k}")
-
-
 def key_parts(identity: dict[str, Any], sampling: dict[str, Any], request: ChatRequest) -> dict[str, Any]:
     """The canonical description of one teacher call; its hash is the cache key.
 
@@ -96,7 +85,10 @@ def key_parts(identity: dict[str, Any], sampling: dict[str, Any], request: ChatR
             "response_format": request.response_format,
         },
     }
-    _reject_secrets(sampling, f"teacher plugin {identity.get('plugin')!r}: sampling")
+    secret = secret_paths(sampling, f"teacher plugin {identity.get('plugin')!r}: sampling")
+    if secret:
+        raise PluginError(f"{secret[0]} looks like a secret; it must never go into a cache key "
+                          f"(a teacher's sampling() is stored in clear text)")
     # A JSON round trip with sorted keys: tuples become lists, and the dict compares and
     # prints exactly like what is stored.
     return json.loads(_canonical(parts))

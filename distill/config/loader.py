@@ -19,6 +19,7 @@ from distill.config.errors import format_validation_error
 from distill.errors import suggest
 from distill.config.stages import EvaluateStage, FilterStage, GenerateStage, PluginRef, RankStage, Stage, TrainStage, StrictModel, stage_ref_errors
 from distill.errors import ConfigError
+from distill.secrets import MIN_SECRET_LENGTH, is_secret_name, replace_values
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
 from distill.config.release import ReleaseSettings
 from distill.io.seeds import SeedSource
@@ -142,9 +143,6 @@ def interpolate(data: Any, where: str = "") -> Any:
     return data
 
 
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
-
-
 def digest_view(data: Any, where: str = "") -> Any:
     """What a stage's digest covers: the config with `${VAR}` resolved, so that changing a model
     name or a URL in the environment redoes the stages it feeds, except variables whose names say
@@ -157,7 +155,7 @@ def digest_view(data: Any, where: str = "") -> Any:
         return [digest_view(v, f"{where}[{i}]") for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
         def repl(m: re.Match[str]) -> str:
-            if _SECRET_NAME.search(m.group(1)):
+            if is_secret_name(m.group(1)):
                 return m.group(0)
             value = os.environ.get(m.group(1))
             return m.group(2) or "" if value is None else value
@@ -166,9 +164,6 @@ def digest_view(data: Any, where: str = "") -> Any:
 
 
 #: Shorter interpolated values are not secrets, and redacting them would garble messages.
-_MIN_SECRET = 6
-
-
 def interpolated_values(data: Any) -> dict[str, str]:
     """The values `${VAR}` placeholders in `data` resolve to, each with its placeholder: what
     an error message must show instead of the value (the value may be a key)."""
@@ -184,17 +179,11 @@ def interpolated_values(data: Any) -> dict[str, str]:
         elif isinstance(node, str):
             for m in _ENV.finditer(node):
                 value = os.environ.get(m.group(1))
-                if value is not None and len(value) >= _MIN_SECRET:
+                if value is not None and len(value) >= MIN_SECRET_LENGTH:
                     found[value] = "${" + m.group(1) + "}"
 
     walk(data)
     return found
-
-
-def redact(text: str, values: dict[str, str]) -> str:
-    for value, placeholder in sorted(values.items(), key=lambda kv: -len(kv[0])):
-        text = text.replace(value, placeholder)
-    return text
 
 
 def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
@@ -210,7 +199,7 @@ def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
         with active(_license_registry(data.get("licenses"))):
             config = Config.model_validate(data)
     except ValidationError as exc:  # it may quote a value that came from the environment: a key
-        raise ConfigError(redact(format_validation_error(exc, Config, source=path), interpolated_values(raw))) from None
+        raise ConfigError(replace_values(format_validation_error(exc, Config, source=path), interpolated_values(raw))) from None
     if path is not None and not config.output.is_absolute():
         config.output = path.parent / config.output
     if path is not None and config.cache.path is not None and not config.cache.path.is_absolute():
@@ -345,7 +334,7 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
                 errors.append(f"stages[{i}].teacher: ranker {s.ranker.plugin!r} needs a judge model; "
                               "name one of `teachers`")
     if errors:
-        raise ConfigError(redact("invalid config:\n" + "\n".join(f"  {e}" for e in errors),
+        raise ConfigError(replace_values("invalid config:\n" + "\n".join(f"  {e}" for e in errors),
                                  interpolated_values(loaded.raw)))
     return validated
 

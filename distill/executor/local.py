@@ -24,12 +24,8 @@ from distill.records import Generator, Message, Record, Source, stable_id
 from distill.io.store import StageStore
 from distill.task import ExpandTask, MapTask, PassThrough, Reject, Task
 from distill.teacher import ChatRequest
+from distill.seeding import request_seed
 from distill.io.export import export_records
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from the run seed and a position: stable across runs and resumes."""
-    return int(hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 @dataclass
@@ -86,7 +82,7 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Seq
                 r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason)
                 kept.append(r)
             else:
-                pending.append((r, ChatRequest(messages=built, seed=derive_seed(ctx.run_seed, ctx.stage, r.id))))
+                pending.append((r, ChatRequest(messages=built, seed=request_seed(ctx.run_seed, ctx.stage, r.id))))
         results = caller([q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")
         for (r, _), samples in zip(pending, results):
             g = r.add_generator(generator)
@@ -122,11 +118,11 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
     max_rounds = 3 * math.ceil(target / batch_size) + 1
     rnd = store.next_index - 1
     while produced < target and rnd < max_rounds:
-        rng = random.Random(derive_seed(ctx.run_seed, ctx.stage, "round", rnd))
+        rng = random.Random(request_seed(ctx.run_seed, ctx.stage, "round", rnd))
         count = min(batch_size, target - produced)
         before = replace(caller.stats)
         proposals = guarded(task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}")
-        requests = [ChatRequest(messages=p.messages, seed=derive_seed(ctx.run_seed, ctx.stage, rnd, j))
+        requests = [ChatRequest(messages=p.messages, seed=request_seed(ctx.run_seed, ctx.stage, rnd, j))
                     for j, p in enumerate(proposals)]
         results = caller(requests, f"round {rnd} of stage {ctx.stage!r}")
         kept: list[Record] = []

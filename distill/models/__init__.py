@@ -1,9 +1,9 @@
 """Model folders, the embedded default model, and which terms a model is under."""
 
+from distill import deprecated
 from distill.models.folders import (
     EMBEDDED,
     SAMPLING_FIELDS,
-    derive_seed,
     weight_files,
     resolve_model_path,
     local_model_folder,
@@ -14,10 +14,11 @@ from distill.models.folders import (
 __all__ = [
     "EMBEDDED",
     "SAMPLING_FIELDS",
-    "derive_seed",
     "weight_files",
     "resolve_model_path",
     "local_model_folder",
     "model_identity",
     "library_bars_off",
 ]
+
+__getattr__ = deprecated.moved_names(__name__)

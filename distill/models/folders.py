@@ -28,13 +28,6 @@ SAMPLING_FIELDS = frozenset({"n", "temperature", "top_p", "max_tokens", "seed"})
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 
 
-def derive_seed(*parts: Any, bits: int = 63) -> int:
-    """A non-negative seed from its parts, stable across processes (unlike `hash`). Servers
-    that take a 32-bit signed seed want `bits=31`."""
-    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
-    return int(digest[:16], 16) & ((1 << bits) - 1)
-
-
 def weight_files(folder: Path) -> list[Path]:
     """The folder's weight files of the first format present, sorted (shards in order)."""
     for pattern in _WEIGHT_PATTERNS:

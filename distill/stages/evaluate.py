@@ -22,7 +22,7 @@ from distill.io.store import atomic_write
 from distill.models.folders import resolve_model_path
 from distill.config.loader import digest_view
 from distill.cache.calls import TeacherCaller
-from distill.models.folders import derive_seed
+from distill.seeding import derive_seed
 from distill.records import Message
 from distill.teacher import ChatRequest
 from distill.plugin import PluginContext

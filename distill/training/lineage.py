@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from distill.errors import PluginError
+from distill.secrets import redact
 from distill.licenses import UNSPECIFIED, combine_tags, tag_for
 from distill.records import LicenseTag
 from distill.models.embedded import file_hash, read_marker
@@ -123,19 +124,6 @@ def step_inputs(step: TrainStep, start: Path, student_license: str | None = None
            "datasets": [d["digest"] for d in datasets], "student": student["file_hash"]}
 
     return {"fingerprint": fingerprint(key), "student": student, "datasets": datasets, "options": options}
-
-
-_SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
-
-
-def redact(options: Any) -> Any:
-    """Options with the values of secret-looking keys (`hub_token`, ...) replaced: lineage and
-    cards are published with the model."""
-    if isinstance(options, dict):
-        return {k: "<redacted>" if _SECRET.search(str(k)) and v else redact(v) for k, v in options.items()}
-    if isinstance(options, list):
-        return [redact(v) for v in options]
-    return options
 
 
 def write(out: Path, result: TrainResult, step: TrainStep, inputs: dict[str, Any], name: str) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from pydantic import Field, field_validator, model_validator
 
 from distill.errors import PluginError, TeacherUnavailable
 from distill.hookspecs import hookimpl
-from distill.models.folders import SAMPLING_FIELDS, derive_seed
+from distill.models.folders import SAMPLING_FIELDS
+from distill.seeding import derive_seed
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
 from distill_plugins.teachers._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,

@@ -27,7 +27,8 @@ from pydantic import Field
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
-from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, derive_seed, local_model_folder, model_identity,
+from distill.seeding import derive_seed
+from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, local_model_folder, model_identity,
                             resolve_model_path)
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
