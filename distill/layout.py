@@ -35,10 +35,20 @@ TRAIN_STATE = "distill-train.json"
 #: A training step's checkpoints, under its output folder.
 CHECKPOINTS = "checkpoints"
 
-#: The files that publish a dataset or a model's licenses and audit, written beside the data
-#: or weights and copied wherever they go.
-CARD_FILES = ("README.md", "croissant.json", "NOTICE", "audit.json", "AUDIT.md", DATASET_SIDECAR)
+#: A student's manifest: the records it was trained on, for `distill audit` of the model.
+STUDENT_MANIFEST = "distill-student.json"
 
-#: The request cache (`$DISTILL_CACHE_DIR/` or `~/.cache/distill/`)
-CACHE_FILE = "requests.sqlite"
+#: The cards: what publishes a dataset's or a model's licenses and audit, beside the data or
+#: the weights, and goes wherever they go.
+CARD_README = "README.md"
+CROISSANT = "croissant.json"
+NOTICE = "NOTICE"
+AUDIT_JSON = "audit.json"
+AUDIT_MD = "AUDIT.md"
+#: Every card an export gets (a model gets the same but Croissant, which describes data).
+CARD_FILES = (CARD_README, CROISSANT, NOTICE, AUDIT_JSON, AUDIT_MD)
+
+#: distill's cache folder (`$DISTILL_CACHE_DIR`, else `~/.cache/distill/`): the request cache
+#: and the converted embedded model.
 CACHE_ENV = "DISTILL_CACHE_DIR"
+CACHE_FILE = "requests.sqlite"

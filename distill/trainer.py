@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from distill.layout import CHECKPOINTS, TRAIN_STATE
 from distill.errors import PluginError
 from distill.plugin import Options, Plugin
 from distill.records import LicenseTag
@@ -28,8 +29,8 @@ from distill import deprecated
 
 #: TRL config fields distill sets itself; `trl_args` may not override them.
 MANAGED_TRL_ARGS = frozenset({"output_dir", "resume_from_checkpoint"})
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "distill-train.json"
+#: 0.1.0 name of `distill.layout.TRAIN_STATE`.
+STATE_FILE = TRAIN_STATE
 
 
 # ----------------------------------------------------------------------------- options

@@ -207,7 +207,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess
 def test_example_runs_against_a_real_openai_compatible_server(vllm_server, tmp_path):
     import os
 
-    from distill.cards.dataset import CARD_FILES
+    from distill.layout import CARD_FILES
     from servers import FaultProxy
 
     datasets = pytest.importorskip("datasets", reason="the exports need the `datasets` extra")

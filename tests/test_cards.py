@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from distill.audit.base import audit
 from distill.audit.rules import make_rules
 from distill.audit.target import STUDENT_MANIFEST
-from distill.cards.dataset import CARD_FILES, croissant, dataset_card, notice, write_dataset_cards
+from distill.layout import CARD_FILES
+from distill.cards.dataset import croissant, dataset_card, notice, write_dataset_cards
 from distill.licenses import builtin_registry, tag_for
 from distill.cards.model import model_card
 from distill.records import Generator

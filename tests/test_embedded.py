@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from distill.models.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, GGUF_NAME, MARKER, ensure_converted,
+from distill.layout import MODEL_MARKER
+from distill.models.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, GGUF_NAME, ensure_converted,
                               file_hash, gguf_path, is_converted, read_marker)
 from distill.errors import PluginError
 
@@ -72,14 +73,14 @@ def test_folder_without_marker_or_with_another_files_marker_is_not_trusted(embed
     digest = read_marker(embedded_model_dir)["source_sha256"]
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("config.json", MARKER):
+    for name in ("config.json", MODEL_MARKER):
         shutil.copy(embedded_model_dir / name, copy / name)
     assert is_converted(copy, digest)
-    (copy / MARKER).unlink()  # as if killed before the marker was written
+    (copy / MODEL_MARKER).unlink()  # as if killed before the marker was written
     assert not is_converted(copy, digest)
-    (copy / MARKER).write_text(json.dumps({"source_sha256": "0" * 64}))
+    (copy / MODEL_MARKER).write_text(json.dumps({"source_sha256": "0" * 64}))
     assert not is_converted(copy, digest)
-    (copy / MARKER).write_text("{truncated")
+    (copy / MODEL_MARKER).write_text("{truncated")
     assert not is_converted(copy, digest)
 
 

@@ -8,7 +8,8 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from distill.models.embedded import EMBEDDED_MODEL_ID, MARKER, file_hash, gguf_path
+from distill.layout import MODEL_MARKER
+from distill.models.embedded import EMBEDDED_MODEL_ID, file_hash, gguf_path
 from distill.errors import PluginError
 from distill.records import Message
 from distill.registry import make_registry
@@ -108,7 +109,7 @@ def test_model_info_of_a_folder_reads_its_marker_and_hashes_its_weights(tiny_mod
     assert (override.license, override.revision) == ("MIT", "v2")
     bare = tmp_path / "my-model"
     shutil.copytree(tiny_model_dir, bare)
-    (bare / MARKER).unlink()
+    (bare / MODEL_MARKER).unlink()
     info = TransformersTeacher(model=str(bare)).model_info()
     assert (info.model, info.license, info.file_hash) == ("my-model", "LicenseRef-Unspecified", expected)
     generator = TransformersTeacher(model=str(bare), temperature=0.2).generator()

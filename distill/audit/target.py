@@ -17,19 +17,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from distill.layout import MANIFEST, MODEL_MARKER, RUN_FILE, STUDENT_MANIFEST
 from distill.config.errors import format_validation_error
 from distill.errors import ConfigError, StoreError
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
 from distill.records import Record
 from distill.config.release import ReleaseSettings
-from distill.io.store import MANIFEST, StageManifest, read_shards
+from distill.io.store import StageManifest, read_shards
 from distill.config.loader import interpolate
 from distill.licenses import UNSPECIFIED, effective_tag
 from distill.records import Event, Generator, Provenance
 
-STUDENT_MANIFEST = "distill-student.json"
 #: The marker a distill trainer writes beside a student's weights (see distill.training.lineage).
-MODEL_MARKER = "distill-model.json"
 
 
 class Influence(BaseModel):
@@ -87,7 +86,7 @@ class Target:
     warnings: list[str] = field(default_factory=list)
 
 
-def settings_from(raw: dict[str, Any] | None, source: str = "run.json") -> Settings:
+def settings_from(raw: dict[str, Any] | None, source: str = RUN_FILE) -> Settings:
     """Registry, model rules and release policy from a (raw, uninterpolated) config mapping."""
 
     data = {k: v for k, v in (raw or {}).items() if k in ("licenses", "models", "release")}
@@ -110,9 +109,9 @@ def load_target(path: Path, stage: str | None = None, config: dict[str, Any] | N
     manifest = _manifest(path)
     if manifest is not None:
         return _student(path, manifest, config)
-    if (path / "run.json").is_file():
+    if (path / RUN_FILE).is_file():
         return _dataset(path, stage, config)
-    if path.parent.name == "export" and (path.parent.parent / "run.json").is_file():
+    if path.parent.name == "export" and (path.parent.parent / RUN_FILE).is_file():
         if stage is not None and stage != path.name:
             raise ConfigError(f"{path} is the export of stage {path.name!r}, not {stage!r}")
         return _dataset(path.parent.parent, path.name, config)
@@ -122,7 +121,7 @@ def load_target(path: Path, stage: str | None = None, config: dict[str, Any] | N
 
 def _run_config(root: Path) -> dict[str, Any]:
     try:
-        cfg = json.loads((root / "run.json").read_text())["config"]
+        cfg = json.loads((root / RUN_FILE).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"cannot read the run's config snapshot {root / 'run.json'}: {exc}") from None
     return cfg if isinstance(cfg, dict) else {}

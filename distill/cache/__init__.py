@@ -1,7 +1,6 @@
 """The request cache: every teacher call is made once and never paid for twice."""
 
 from distill.cache.store import (
-    CACHE_FILE,
     FORMAT,
     MAX_MISSES,
     SCAN_LIMIT,
@@ -15,7 +14,6 @@ from distill.cache.store import (
 )
 
 __all__ = [
-    "CACHE_FILE",
     "FORMAT",
     "MAX_MISSES",
     "SCAN_LIMIT",

@@ -27,13 +27,13 @@ from typing import Any, Iterator, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from distill.layout import CACHE_FILE
 from distill.models.embedded import default_cache_dir
 from distill.cache.diff import ABSENT, MissExplanation, diff_paths, field_diff, flatten
 from distill.secrets import secret_paths
 from distill.errors import PluginError, StoreError
 from distill.teacher import ChatRequest, Sample
 
-CACHE_FILE = "requests.sqlite"
 #: `PRAGMA user_version` of a distill request cache; another value is another file format.
 FORMAT = 1
 MAX_MISSES = 1000

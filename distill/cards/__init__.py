@@ -1,7 +1,6 @@
 """Cards that carry a release's licenses and its audit: dataset cards, NOTICE, Croissant, model cards."""
 
 from distill.cards.dataset import (
-    CARD_FILES,
     ProvenanceSummary,
     summarize,
     hf_license_fields,
@@ -12,7 +11,6 @@ from distill.cards.dataset import (
 )
 
 __all__ = [
-    "CARD_FILES",
     "ProvenanceSummary",
     "summarize",
     "hf_license_fields",

@@ -19,15 +19,14 @@ from typing import Any, Iterable
 
 import yaml
 
+from distill.layout import AUDIT_JSON, AUDIT_MD, CARD_FILES, CARD_README, CROISSANT, DATASET_SIDECAR, NOTICE
 from distill.audit.base import DISCLAIMER, AuditReport
 from distill.audit.report import table_cell, plain_text, summary, to_markdown
 from distill.licenses import Registry
-from distill.layout import DATASET_SIDECAR
 from distill.records import LicenseTag, Record
 from distill.io.store import atomic_write
 from distill.audit.report import to_json
 
-CARD_FILES = ("README.md", "croissant.json", "NOTICE", "audit.json")
 _CROISSANT_CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
     "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
@@ -228,21 +227,24 @@ def _data_files(path: Path) -> list[tuple[str, str, int]]:
 
 def write_dataset_cards(path: Path, name: str, records: list[Record], report: AuditReport, registry: Registry,
                         fmt: str = "sft") -> list[Path]:
-    """Write README.md, croissant.json, NOTICE and the audit (audit.json, as `distill audit --json`
-    prints it) into an exported dataset's folder."""
+    """Write the cards (`distill.layout.CARD_FILES`: README.md, croissant.json, NOTICE and the
+    audit as `distill audit --json` and `distill audit` print it) and the dataset's sidecar into
+    an exported dataset's folder."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    carded = report.model_copy(update={"target": "."})
     texts = {
-        "README.md": dataset_card(name, records, report, registry, fmt),
-        "croissant.json": json.dumps(croissant(name, records, report, registry, fmt, _data_files(path)),
+        CARD_README: dataset_card(name, records, report, registry, fmt),
+        CROISSANT: json.dumps(croissant(name, records, report, registry, fmt, _data_files(path)),
                                      indent=2, sort_keys=True) + "\n",
-        "NOTICE": notice(name, report, registry),
+        NOTICE: notice(name, report, registry),
         DATASET_SIDECAR: json.dumps({
             "name": name, "format": fmt, "records": len(records), "license": report.license.expression,
             "license_tag": report.license.model_dump(mode="json"), "registry_version": report.registry_version,
             "audit": {"use": report.release.use, "what": report.release.what, "verdict": report.verdict}},
             indent=2, sort_keys=True) + "\n",
-        "audit.json": to_json(report.model_copy(update={"target": "."})),  # no local paths in what is published
+        AUDIT_JSON: to_json(carded),  # no local paths in what is published
+        AUDIT_MD: to_markdown(carded),
     }
     for file, text in texts.items():
         for debris in path.glob(f".{file}.*.tmp"):  # left by a run killed while it wrote this card

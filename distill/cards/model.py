@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from distill.layout import CARD_README, NOTICE
 from distill.audit.base import DISCLAIMER, AuditReport
 from distill.audit.report import plain_text, to_markdown
 from distill.cards.dataset import front_matter, hf_license_fields, notice
@@ -131,9 +132,9 @@ def student_card(marker: dict[str, Any], registry: Registry, report: AuditReport
 def write_student_cards(folder: Path, marker: dict[str, Any], registry: Registry,
                         report: AuditReport | None = None) -> list[Path]:
     """README.md (and, with an audit, NOTICE) in the student's folder."""
-    written = [folder / "README.md"]
+    written = [folder / CARD_README]
     atomic_write(written[0], student_card(marker, registry, report).encode())
     if report is not None:
-        written.append(folder / "NOTICE")
+        written.append(folder / NOTICE)
         atomic_write(written[1], notice(marker["model"], report, registry).encode())
     return written

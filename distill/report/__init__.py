@@ -1,7 +1,6 @@
 """A run's report: one static HTML page that reads without a server."""
 
 from distill.report.data import (
-    REPORT,
     SAMPLES,
     TrainingRun,
     AuditEntry,
@@ -13,7 +12,6 @@ from distill.report.html import render, write_report
 __all__ = [
     "render",
     "write_report",
-    "REPORT",
     "SAMPLES",
     "TrainingRun",
     "AuditEntry",

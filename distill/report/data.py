@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from distill.layout import AUDIT_JSON, DATASET_SIDECAR, MANIFEST, MODEL_MARKER, RUN_FILE
 from distill.errors import StoreError
 from distill.report.eval import Evaluation, evaluations, is_number
 from distill.io.store import atomic_write
@@ -27,10 +28,9 @@ from distill.audit.target import load_target
 from distill.licenses import active
 from distill.registry import make_registry
 from distill.audit.report import explain, summary
-from distill.io.store import MANIFEST, StageManifest, read_shards
+from distill.io.store import StageManifest, read_shards
 from distill.audit.base import AuditReport
 
-REPORT = "report.html"
 #: Records shown in the samples section.
 SAMPLES = 3
 
@@ -92,7 +92,7 @@ def gather(root: Path) -> ReportData:
     if not (root / "stages").is_dir():
         raise StoreError(f"{root} is not a distill output folder (no stages/ inside)")
     data = ReportData(root=root, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    run = _read_json(root / "run.json", data.problems)
+    run = _read_json(root / RUN_FILE, data.problems)
     data.run = run if isinstance(run, dict) else {}
     config = data.run.get("config") if isinstance(data.run.get("config"), dict) else {}
 
@@ -160,7 +160,7 @@ def _training(root: Path, config: dict[str, Any]) -> list[TrainingRun]:
                 run.train.append((float(h["step"]), float(h["loss"])))
             if is_number(h.get("eval_loss")):
                 run.evaluation.append((float(h["step"]), float(h["eval_loss"])))
-        marker = _read_json(folder / "distill-model.json", problems)
+        marker = _read_json(folder / MODEL_MARKER, problems)
         if isinstance(marker, dict):
             trainer = marker.get("trainer")
             run.trainer = str(trainer.get("name")) if isinstance(trainer, dict) else None
@@ -211,9 +211,9 @@ def _export_audit(root: Path, stage: str, problems: list[str]) -> AuditEntry:
     """An export's audit against the run's `release:` policy, as the pipeline computes it for the
     cards (it keeps no audit file of its own); the verdict the cards recorded is checked against it."""
     folder = root / "export" / stage
-    sidecar = _read_json(folder / "distill-dataset.json", []) or {}
+    sidecar = _read_json(folder / DATASET_SIDECAR, []) or {}
     recorded = sidecar.get("audit", {}).get("verdict") if isinstance(sidecar.get("audit"), dict) else None
-    saved = folder / "audit.json"
+    saved = folder / AUDIT_JSON
     if saved.is_file():
         return _saved_audit(saved, root, "dataset", "saved with the export", problems)
     try:
@@ -277,7 +277,7 @@ def _samples(root: Path, data: ReportData) -> None:
     except (OSError, ValueError, StoreError) as exc:
         data.problems.append(f"samples of export {stage!r}: {exc}")
     data.samples_from = stage
-    sidecar = _read_json(root / "export" / stage / "distill-dataset.json", [])
+    sidecar = _read_json(root / "export" / stage / DATASET_SIDECAR, [])
     if isinstance(sidecar, dict):
         data.samples_license = str(sidecar["license"]) if sidecar.get("license") else None
         data.samples_format = str(sidecar["format"]) if sidecar.get("format") else None

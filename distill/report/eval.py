@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-EVAL_FILE = "eval.json"
+from distill.layout import EVAL_FILE
+
 #: Worst cases shown per metric and contender.
 WORST = 5
 

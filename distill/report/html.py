@@ -13,7 +13,8 @@ import html
 from typing import Any, Iterable, Sequence
 
 import distill.report.plots as plots
-from distill.report.data import REPORT, AuditEntry, ReportData, TrainingRun, gather
+from distill.layout import REPORT_FILE
+from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
 from distill.report.eval import Evaluation, is_number
 from distill.io.store import atomic_write
 from pathlib import Path
@@ -327,6 +328,6 @@ def _samples(data: ReportData) -> str:
 def write_report(out: Path) -> Path:
     """Write `out/report.html` and return its path; StoreError when `out` is not a run's output."""
     out = Path(out)
-    path = out / REPORT
+    path = out / REPORT_FILE
     atomic_write(path, render(gather(out)).encode("utf-8"))
     return path

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.layout import EVAL_DIR, EVAL_FILE, MODEL_MARKER
 from distill.errors import ConfigError, DistillError, PluginError
 from distill.evaluator import Contender, EvalContext, EvalItem, EvalScores, worst_items
 from distill.io.seeds import load_seeds
@@ -36,7 +37,6 @@ from distill.stages.context import RunContext
 if TYPE_CHECKING:
     from distill.cache.calls import TeacherCaller
 
-EVAL_FILE = "eval.json"
 
 
 @dataclass
@@ -58,7 +58,7 @@ def run_evaluate_stage(run: RunContext, i: int, stage: EvaluateStage, upstream: 
 
 def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any]) -> EvalResult:
     started = time.monotonic()
-    folder = run.output / "eval" / str(stage.name)
+    folder = run.output / EVAL_DIR / str(stage.name)
     path = folder / EVAL_FILE
     load = load_seeds(stage.data, run.loaded.base_dir)
     for w in load.warnings:
@@ -159,7 +159,7 @@ def _digest(run: RunContext, i: int, stage: EvaluateStage, records: list[Any], m
     h.update(json.dumps([raw, teachers, judges, run.config.seed, [r.id for r in records]], sort_keys=True,
                         default=str).encode())
     for name, folder in sorted(models.items(), key=lambda kv: kv[0]):
-        marker = Path(folder) / "distill-model.json" if folder and folder != "embedded" else None
+        marker = Path(folder) / MODEL_MARKER if folder and folder != "embedded" else None
         h.update(name.encode() + (marker.read_bytes() if marker is not None and marker.is_file() else b"-"))
     return h.hexdigest()[:16]
 

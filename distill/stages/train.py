@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.layout import AUDIT_JSON, AUDIT_MD, CARD_README, MODEL_MARKER
 from distill.errors import PluginError
 from distill.errors import scrub
 from distill.training.chain import Job, JobStep
@@ -135,9 +136,9 @@ def audit_student(run: RunContext, stage: TrainStage, folder: Path) -> "AuditRep
                    target=f"models/{stage.name}", kind="student", models=run.config.models,
                    warnings=target.warnings)
     for f in {folder, folder.parent if folder.name == "merged" else folder / "merged"}:
-        if (f / "distill-model.json").is_file():
+        if (f / MODEL_MARKER).is_file():
             record_student_audit(f, report, run.licenses)
-    run.audit_warning(f"train {stage.name!r}", report, f"the model {report.release.name!r}", str(folder / "README.md"))
+    run.audit_warning(f"train {stage.name!r}", report, f"the model {report.release.name!r}", str(folder / CARD_README))
     return report
 
 
@@ -145,7 +146,7 @@ def record_student_audit(folder: Path, report: "AuditReport", registry: Any) -> 
     """The audit beside the student (audit.json, AUDIT.md) and in its card and NOTICE."""
 
     carded = report.model_copy(update={"target": "."})  # no local paths in what gets published
-    atomic_write(folder / "audit.json", to_json(carded).encode())
-    atomic_write(folder / "AUDIT.md", to_markdown(carded).encode())
-    marker = json.loads((folder / "distill-model.json").read_text())
+    atomic_write(folder / AUDIT_JSON, to_json(carded).encode())
+    atomic_write(folder / AUDIT_MD, to_markdown(carded).encode())
+    marker = json.loads((folder / MODEL_MARKER).read_text())
     write_student_cards(folder, marker, registry, carded)

@@ -23,19 +23,20 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
+from distill.layout import CHECKPOINTS, MODEL_MARKER, TRAIN_STATE
 from distill.config.errors import format_validation_error
 from distill.models.folders import library_bars_off
 from distill.errors import ConfigError, DistillError, PluginError, StoreError
 from distill.plugin import Options, PluginContext
 from distill.records import LicenseTag
-from distill.trainer import (CHECKPOINTS, STATE_FILE, DatasetRef, TrainJob, TrainOptions, TrainResult, TrainStep,
+from distill.trainer import (DatasetRef, TrainJob, TrainOptions, TrainResult, TrainStep,
                              is_main_process)
 from distill.training.checkpoints import barrier, drop_incomplete_checkpoints, last_checkpoint
 from distill.training.hardware import estimate_params, plan_hardware
 from distill.models.folders import resolve_student
 import distill.training.lineage as lineage
 from distill.training.lineage import fingerprint
-from distill.models.embedded import MARKER, read_marker
+from distill.models.embedded import read_marker
 from distill.io.store import write_json
 from distill.registry import make_registry
 from distill.errors import scrub
@@ -110,7 +111,7 @@ def _full_weights(start: Path, who: str) -> Path:
 def _set_aside_if_stale(out: Path, fingerprint: str, dest_prefix: Path) -> None:
     from datetime import datetime, timezone
 
-    state = _read_json(out / STATE_FILE)
+    state = _read_json(out / TRAIN_STATE)
     if state is not None and state.get("fingerprint") != fingerprint and is_main_process():
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         dest_prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -120,11 +121,11 @@ def _set_aside_if_stale(out: Path, fingerprint: str, dest_prefix: Path) -> None:
 
 def _finished(out: Path, fingerprint: str) -> TrainResult | None:
 
-    state = _read_json(out / STATE_FILE)
+    state = _read_json(out / TRAIN_STATE)
     if state is not None and state.get("fingerprint") != fingerprint:
         raise StoreError(f"{out} holds a training run with other settings, data or student; "
                          "delete it or choose another output folder")
-    marker = read_marker(out) if (out / MARKER).is_file() else None
+    marker = read_marker(out) if (out / MODEL_MARKER).is_file() else None
     if marker is None or marker.get("fingerprint") != fingerprint:
         return None
     merged = out / "merged" if (out / "merged").is_dir() else None
@@ -141,8 +142,8 @@ def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path],
     assert isinstance(options, TrainOptions)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / STATE_FILE).is_file():
-            write_json(out / STATE_FILE, {"fingerprint": fingerprint, "trainer": step.trainer.name})
+        if not (out / TRAIN_STATE).is_file():
+            write_json(out / TRAIN_STATE, {"fingerprint": fingerprint, "trainer": step.trainer.name})
     resume = last_checkpoint(out / CHECKPOINTS)
     if is_main_process() and (out / CHECKPOINTS).is_dir():
         drop_incomplete_checkpoints(out / CHECKPOINTS, resume)

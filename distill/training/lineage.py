@@ -25,13 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from distill.layout import CARD_FILES, DATASET_SIDECAR, MODEL_MARKER
 from distill.errors import PluginError
 from distill.secrets import redact
 from distill.licenses import UNSPECIFIED, combine_tags, tag_for
 from distill.records import LicenseTag
 from distill.models.embedded import file_hash, read_marker
 from distill.models.folders import weight_files
-from distill.models.embedded import MARKER
 from distill.io.store import atomic_write
 from distill.licenses import registry
 from distill.cards.model import write_student_cards
@@ -41,13 +41,12 @@ if TYPE_CHECKING:
     from distill.trainer import DatasetRef, TrainResult, TrainStep
 
 #: A dataset folder may carry its license here (written by whoever exported it).
-DATASET_SIDECAR = "distill-dataset.json"
 _LIBRARIES = ("trl", "peft", "transformers", "torch", "accelerate", "datasets")
 
 
 #: Files distill writes beside an export's data: rewritten whenever the release policy changes,
 #: which must not make a finished training step look trained on other data.
-CARD_FILES = frozenset({"README.md", "croissant.json", "NOTICE", "audit.json", "AUDIT.md", DATASET_SIDECAR})
+WRITTEN_BESIDE_DATA = frozenset({*CARD_FILES, DATASET_SIDECAR})
 
 
 def fingerprint(data: Any) -> str:
@@ -60,7 +59,7 @@ def dataset_digest(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
-        if f.name.startswith(("cache-", "tmp", ".")) or rel in CARD_FILES:
+        if f.name.startswith(("cache-", "tmp", ".")) or rel in WRITTEN_BESIDE_DATA:
             continue
         h.update(rel.encode() + b"\0")
         with open(f, "rb") as fh:
@@ -117,7 +116,7 @@ def model_summary(folder: Path, license: str | None = None) -> dict[str, Any]:
 def step_inputs(step: TrainStep, start: Path, student_license: str | None = None) -> dict[str, Any]:
     """What the step starts from, and the fingerprint that says whether an output is this step's."""
     who = step.trainer.name
-    student = model_summary(start, None if start.joinpath("distill-model.json").is_file() else student_license)
+    student = model_summary(start, None if start.joinpath(MODEL_MARKER).is_file() else student_license)
     datasets = [dataset_summary(ref, who) for ref in step.datasets]
     options = redact(step.trainer.options.model_dump(mode="json"))
     key = {"trainer": who, "version": step.trainer.plugin_version, "options": options,
@@ -171,7 +170,7 @@ def write(out: Path, result: TrainResult, step: TrainStep, inputs: dict[str, Any
     }
 
     for folder in [out] + ([result.merged_path] if result.merged_path is not None else []):
-        atomic_write(folder / MARKER, (json.dumps(marker, indent=2, default=str) + "\n").encode())
+        atomic_write(folder / MODEL_MARKER, (json.dumps(marker, indent=2, default=str) + "\n").encode())
         write_student_cards(folder, marker, registry())
     return marker
 
