@@ -44,7 +44,13 @@ class PluginContext:
     remote_engine: bool = False
 
 
+#: The options base class, under a name the `Plugin.Options` attribute does not shadow.
+BaseOptions = Options
+
+
 class Plugin:
+    #: The plugin kind, for messages (`teacher`, `ranker`, ...).
+    kind: ClassVar[str] = "plugin"
     #: The name the config uses to pick this plugin.
     name: ClassVar[str]
     #: Validated options model; subclasses override it.
@@ -55,7 +61,7 @@ class Plugin:
     plugin_package: ClassVar[str | None] = None
     plugin_version: ClassVar[str | None] = None
 
-    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
+    def __init__(self, options: BaseOptions | None = None, **kwargs: Any) -> None:
         self.options = options if options is not None else self.Options(**kwargs)
 
     def setup(self, context: PluginContext) -> None:

@@ -25,7 +25,7 @@ class Judge:
     caller: TeacherCaller
     where: str
 
-    def ask(self, requests):  # type: ignore[no-untyped-def]
+    def ask(self, requests):
         return self.caller(requests, self.where)
 
 

@@ -186,7 +186,7 @@ def _registrar(reg: PluginRegistry, kind: str, plugin: str, package: str | None,
                strict: bool):
     base = _base_for(kind)
 
-    def register(cls: type) -> None:
+    def register(cls: Any) -> None:
         """A class of the wrong shape is reported like a plugin that fails to import (fatal only
         under strict loading), so one plugin's mistake cannot take `distill plugins` down with it.
         A duplicate name stays an error: which of the two a config means cannot be guessed."""

@@ -97,7 +97,7 @@ class Teacher(Plugin):
     def generator(self, role: str = "generator") -> Generator:
         info = self.model_info()
         return Generator(
-            role=role,  # type: ignore[arg-type]
+            role=role,
             plugin=self.name,
             plugin_version=self.plugin_version,
             model=info.model,

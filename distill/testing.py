@@ -50,7 +50,7 @@ def tiny_model(path: Path, *, seed: int = 0, cache_dir: Path | None = None,
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).to(torch.float32).eval()
+        model = (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).float().eval()
     finally:
         torch.random.set_rng_state(state)  # do not disturb the caller's random stream
     if not reward:

@@ -216,6 +216,7 @@ class Trainer(Plugin):
     """Trains a student on exported datasets; `train` writes its weights into `job.output_dir`."""
 
     Options: ClassVar[type[Options]] = TrainOptions
+    options: TrainOptions
     requires = ("train",)
     #: Export formats the trainer reads: "sft" (messages), "preference" (prompt/chosen/rejected).
     formats: ClassVar[tuple[str, ...]] = ("sft",)

@@ -176,7 +176,8 @@ def collect(records: Iterable[Record], registry: Registry, release: ReleaseSetti
         n += 1
         tag = registry.effective_tag(r)
         tags.setdefault(tag.model_dump_json(), tag)
-        contributions = [(s.license, ("source", s.dataset, None)) for s in r.provenance.sources]
+        contributions: list[tuple[str, tuple[str, str, str | None]]] = [
+            (s.license, ("source", s.dataset, None)) for s in r.provenance.sources]
         contributions += [(g.license, (g.role, g.model, g.plugin)) for g in r.provenance.generators]
         for expression, contributor in contributions:
             for key in registry.keys(expression):
@@ -198,7 +199,7 @@ def collect(records: Iterable[Record], registry: Registry, release: ReleaseSetti
         licenses[key] = LicenseUse(
             license=key, name=info.name if info else None, url=info.url if info else None,
             use=info.use if info else "unknown", records=len(ids[key]), examples=sorted(ids[key])[:EXAMPLES],
-            contributors=[Contributor(kind=k, name=nm, plugin=p)  # type: ignore[arg-type]
+            contributors=[Contributor(kind=k, name=nm, plugin=p)
                           for k, nm, p in sorted(who.get(key, set()), key=lambda c: (c[0], c[1], c[2] or ""))])
     return AuditInput(release=release, registry=registry, records=n, licenses=licenses,
                       tag=dataset_tag(tags.values()),

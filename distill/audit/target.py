@@ -23,7 +23,7 @@ from distill.errors import ConfigError, StoreError
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
 from distill.records import Record
 from distill.config.release import ReleaseSettings
-from distill.io.store import StageManifest, read_shards
+from distill.io.store import StageManifest, as_dict, read_shards
 from distill.config.loader import interpolate
 from distill.licenses import UNSPECIFIED, effective_tag
 from distill.records import Event, Generator, Provenance
@@ -130,16 +130,17 @@ def _run_config(root: Path) -> dict[str, Any]:
 def _stages(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(name, kind, raw) of each configured stage, named the way the config names them."""
     stages = [s for s in cfg.get("stages", []) if isinstance(s, dict)]
+    kinds = [str(s.get("kind")) for s in stages]
     counts: dict[str, int] = {}
-    for s in stages:
-        counts[s.get("kind")] = counts.get(s.get("kind"), 0) + 1
-    return [(s.get("name") or (s.get("kind") if counts[s.get("kind")] == 1 else f"{s.get('kind')}-{i}"),
-             str(s.get("kind")), s) for i, s in enumerate(stages)]
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return [(str(s.get("name") or (kind if counts[kind] == 1 else f"{kind}-{i}")), kind, s)
+            for i, (s, kind) in enumerate(zip(stages, kinds))]
 
 
 def _dataset(root: Path, stage: str | None, config: dict[str, Any] | None) -> Target:
     cfg = _run_config(root)
-    stages = [("seeds", "seeds", {})] + _stages(cfg)
+    stages: list[tuple[str, str, dict[str, Any]]] = [("seeds", "seeds", {}), *_stages(cfg)]
     present = [(n, k, s) for n, k, s in stages if (root / "stages" / n / MANIFEST).is_file()]
     if stage is None:
         exports = [p for p in present if p[1] == "export"]
@@ -183,7 +184,7 @@ def _manifest(folder: Path) -> StudentManifest | None:
     if not isinstance(marker, dict) or not isinstance(marker.get("datasets"), list):
         return None
     paths = [d["path"] for d in marker["datasets"] if isinstance(d, dict) and isinstance(d.get("path"), str)]
-    base = marker.get("base_model") if isinstance(marker.get("base_model"), dict) else {}
+    base = as_dict(marker.get("base_model"))
     if not paths:
         return None
     influences = [i for i in marker.get("influences") or [] if isinstance(i, dict) and isinstance(i.get("role"), str)]

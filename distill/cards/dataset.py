@@ -57,10 +57,10 @@ class ProvenanceSummary:
 def summarize(records: Iterable[Record]) -> ProvenanceSummary:
     s = ProvenanceSummary()
     for r in records:
-        for key in {(src.dataset, src.license) for src in r.provenance.sources}:
-            s.sources[key] = s.sources.get(key, 0) + 1
-        for key in {(g.role, g.plugin, g.model, g.revision or "-", g.license) for g in r.provenance.generators}:
-            s.models[key] = s.models.get(key, 0) + 1
+        for source in {(src.dataset, src.license) for src in r.provenance.sources}:
+            s.sources[source] = s.sources.get(source, 0) + 1
+        for model in {(g.role, g.plugin, g.model, g.revision or "-", g.license) for g in r.provenance.generators}:
+            s.models[model] = s.models.get(model, 0) + 1
         for key in {(e.stage, e.plugin or "-") for e in r.provenance.events if e.action == "generated"}:
             s.stages[key] = s.stages.get(key, 0) + 1
     return s
@@ -166,7 +166,7 @@ def croissant(name: str, records: list[Record], report: AuditReport, registry: R
     prov = summarize(records)
     files = sorted(files)
     urls = sorted({u.url or u.license for u in report.licenses})
-    distribution = [{"@type": "cr:FileObject", "@id": f, "name": f, "contentUrl": f, "sha256": digest,
+    distribution: list[dict[str, Any]] = [{"@type": "cr:FileObject", "@id": f, "name": f, "contentUrl": f, "sha256": digest,
                      "contentSize": f"{size} B", "encodingFormat": "application/vnd.apache.arrow.file"}
                     for f, digest, size in files]
     source = {"fileSet": {"@id": "data"}} if files else {}

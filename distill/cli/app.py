@@ -134,7 +134,7 @@ def inspect(
                     out.print(t)
     damaged = [r for r in reports if r.damaged]
     for r in damaged:
-        err.print(f"[bold red]error:[/] stage {escape(repr(r.stage))}: {escape(r.damaged)}", highlight=False)
+        err.print(f"[bold red]error:[/] stage {escape(repr(r.stage))}: {escape(r.damaged or '')}", highlight=False)
     if damaged:
 
         err.print(repair_hint(output), markup=False, highlight=False)

@@ -63,7 +63,7 @@ class Config(StrictModel):
             counts[s.kind] = counts.get(s.kind, 0) + 1
         seen: set[str] = set()
         for i, s in enumerate(stages):
-            if s.name is None:
+            if not s.name:
                 s.name = s.kind if counts[s.kind] == 1 else f"{s.kind}-{i}"
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
                 raise ValueError(f"stage name {s.name!r} must be letters, digits, '.', '_' or '-'")

@@ -36,7 +36,7 @@ class PluginRef(StrictModel):
 
 
 class _Stage(StrictModel):
-    name: str | None = Field(None, description="Unique stage name; defaults to the kind.")
+    name: str = Field("", description="Unique stage name; defaults to the kind.")
 
 
 class RayOptions(StrictModel):
@@ -129,7 +129,7 @@ class ExportStage(_Stage):
 class TrainStep(StrictModel):
     """One trainer run; a stage's steps form a chain, each starting from the previous output."""
 
-    name: str | None = Field(None, description="Step name (its output folder); defaults to the trainer's name.")
+    name: str = Field("", description="Step name (its output folder); defaults to the trainer's name.")
     trainer: str = Field(description="Registered trainer plugin: `sft`, `reward-model`, `dpo`, `grpo`, "
                                      "`distillation`, ...")
     # `str` only for the schema: the validator below makes one name a list.
@@ -165,7 +165,7 @@ class TrainStage(_Stage):
         for s in steps:
             counts[s.trainer] = counts.get(s.trainer, 0) + 1
         for j, s in enumerate(steps):
-            if s.name is None:
+            if not s.name:
                 s.name = s.trainer if counts[s.trainer] == 1 else f"{s.trainer}-{j}"
         seen: set[str] = set()
         for j, s in enumerate(steps):
@@ -223,6 +223,12 @@ class EvaluateStage(_Stage):
         "`student` contenders; its options minus `model` (default: transformers, greedy, 128 tokens).")
     worst: int = Field(5, ge=0, description="Worst-scored items kept per metric and contender for the "
                                             "error analysis.")
+
+    @property
+    def held_out(self) -> SeedSource:
+        """`data` as the validator left it: always a SeedSource."""
+        assert isinstance(self.data, SeedSource), self.data
+        return self.data
 
     @field_validator("data", mode="before")
     @classmethod

@@ -53,7 +53,7 @@ class StageContext:
         self.notify(self.stage, kept, rejected)
 
 
-def drop_record(record: Record, stage: str, plugin: Task | Filter | None, reason: str) -> Record:
+def drop_record(record: Record, stage: str, plugin: Task | Filter | Ranker | None, reason: str) -> Record:
     record.add_event(stage, "dropped", plugin=plugin.name if plugin else None,
                      plugin_version=plugin.plugin_version if plugin else None, reason=reason)
     return record

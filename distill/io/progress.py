@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from types import TracebackType
 
 from rich.console import Console
@@ -13,7 +15,7 @@ class _Rate(TextColumn):
     def __init__(self) -> None:
         super().__init__("")
 
-    def render(self, task):  # type: ignore[override]
+    def render(self, task):
         from rich.text import Text
 
         speed = task.finished_speed or task.speed
@@ -26,7 +28,7 @@ class _Calls(TextColumn):
     def __init__(self) -> None:
         super().__init__("")
 
-    def render(self, task):  # type: ignore[override]
+    def render(self, task):
         from rich.text import Text
 
         calls = task.fields.get("calls")
@@ -43,7 +45,7 @@ class StageProgress:
     def __init__(self, stage: str, total: int, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
-        self._task = None
+        self._task: Any = None
         self.stage, self.total = stage, total
 
     def __enter__(self) -> "StageProgress":

@@ -92,6 +92,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: for reading files that another version
+    of distill, or a person, may have written differently."""
+    return value if isinstance(value, dict) else {}
+
+
 def atomic_write(path: Path, data: bytes) -> str:
     """Write, fsync, rename, fsync the folder; returns the sha256 of what was written.
 

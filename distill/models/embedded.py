@@ -187,7 +187,7 @@ def _convert(source: Path, digest: str, out: Path, steps: "_Steps") -> None:
         folder = str(source.parent)
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=source.name)
         with _tensor_progress(steps):
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=source.name, dtype=torch.float32)
+            model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=source.name, dtype=torch.float32)
         # Loading from GGUF marks the model as quantised and names the base class; saved as
         # is, vLLM would refuse the folder. The weights are already plain fp32 tensors.
         model.hf_quantizer = None

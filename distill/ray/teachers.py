@@ -72,7 +72,7 @@ class RayTeacher(Teacher):
         pending = list(streams)
         while pending:
             ready, _ = ray.wait(pending, num_returns=1)
-            stream = ready[0]
+            stream: Any = ready[0]
             k, offset = streams[stream]
             try:
                 j, out = ray.get(next(stream))

@@ -28,7 +28,7 @@ from distill.audit.target import load_target
 from distill.licenses import active
 from distill.registry import make_registry
 from distill.audit.report import explain, summary
-from distill.io.store import StageManifest, read_shards
+from distill.io.store import StageManifest, as_dict, read_shards
 from distill.audit.base import AuditReport
 
 #: Records shown in the samples section.
@@ -94,7 +94,7 @@ def gather(root: Path) -> ReportData:
     data = ReportData(root=root, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     run = _read_json(root / RUN_FILE, data.problems)
     data.run = run if isinstance(run, dict) else {}
-    config = data.run.get("config") if isinstance(data.run.get("config"), dict) else {}
+    config = as_dict(data.run.get("config"))
 
     try:
         # Shard digests are not re-verified: `distill inspect` does that; the report must stay cheap.
@@ -166,7 +166,7 @@ def _training(root: Path, config: dict[str, Any]) -> list[TrainingRun]:
             run.trainer = str(trainer.get("name")) if isinstance(trainer, dict) else None
             run.model, run.license = marker.get("model"), marker.get("license")
             run.global_step = marker.get("global_step") if is_number(marker.get("global_step")) else None
-            metrics = marker.get("metrics") if isinstance(marker.get("metrics"), dict) else {}
+            metrics = as_dict(marker.get("metrics"))
         else:  # a step still training, or killed: its log's summary line, when it has one
             metrics = next((h for h in reversed(history) if isinstance(h, dict) and "train_runtime" in h), {})
         run.metrics = {k: float(v) for k, v in metrics.items() if is_number(v)}

@@ -147,7 +147,7 @@ def _worst(ev: _EvalFile) -> list[WorstCase]:
         students = [c.name for c in ev.contenders if c.kind == "student"] or [c.name for c in ev.contenders]
         for m in ev.metrics:
             for c in students:
-                scored = [(i.scores[m.name][c], n, i.id) for n, i in enumerate(ev.items)
+                scored = [(float(i.scores[m.name][c] or 0.0), n, i.id) for n, i in enumerate(ev.items)
                           if is_number(i.scores.get(m.name, {}).get(c))]
                 scored.sort(key=lambda t: (t[0] if m.higher_is_better else -t[0], t[1]))
                 wanted.append((m.name, c, [i for _, _, i in scored]))

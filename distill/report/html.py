@@ -16,7 +16,7 @@ import distill.report.plots as plots
 from distill.layout import REPORT_FILE
 from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
 from distill.report.eval import Evaluation, is_number
-from distill.io.store import atomic_write
+from distill.io.store import as_dict, atomic_write
 from pathlib import Path
 
 #: Characters of one text shown before it is cut (the record files hold all of it).
@@ -111,14 +111,14 @@ def section(id: str, title: str, *parts: str) -> str:
 
 def render(data: ReportData) -> str:
     """The whole page."""
-    config = data.run.get("config") if isinstance(data.run.get("config"), dict) else {}
+    config = as_dict(data.run.get("config"))
     name = data.root.resolve().name
     meta = [("output", str(data.root.resolve())), ("distill", data.run.get("distill_version", "?")),
             ("seed", config.get("seed", "–")), ("written", data.created)]
-    teachers = config.get("teachers") if isinstance(config.get("teachers"), dict) else {}
+    teachers = as_dict(config.get("teachers"))
     for key, t in teachers.items():
-        t = t if isinstance(t, dict) else {}
-        opts = t.get("options") if isinstance(t.get("options"), dict) else {}
+        t = as_dict(t)
+        opts = as_dict(t.get("options"))
         meta.append((f"teacher {key}", f"{t.get('plugin', '?')}: {opts.get('model', '-')}"))
     dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in meta)
     ids = [("funnel", "Data funnel"), ("training", "Training"), ("evaluation", "Evaluation"),
@@ -161,7 +161,7 @@ def _funnel(data: ReportData) -> str:
         charts.append(_plot(plots.reasons_png, "records dropped per reason",
                             [(f"{s} · {p}: {why}" if p else f"{s} · {why}", n) for s, p, why, n, _ in top]))
     parts = [Html('<div class="plots">' + "".join(charts) + "</div>")]
-    parts += [_no_plots_note(), stages, "<h3>Drop reasons</h3>"]
+    parts += [_no_plots_note(), stages, Html("<h3>Drop reasons</h3>")]
     if reasons:
         parts.append(table(["stage", "plugin", "reason", "records", "share of the stage's drops"],
                            [(s, p or "–", why, n, Html(f"{100 * n / total:.1f}%") if total else Html("–"))
@@ -169,7 +169,7 @@ def _funnel(data: ReportData) -> str:
     else:
         parts.append(empty("no record was dropped"))
     if edits:
-        parts += ["<h3>Edits (records kept but changed)</h3>",
+        parts += [Html("<h3>Edits (records kept but changed)</h3>"),
                   table(["stage", "plugin", "reason", "records"], edits, numeric=(3,))]
     return section("funnel", "Data funnel", *parts)
 
@@ -276,7 +276,7 @@ def _audit(entries: list[AuditEntry]) -> str:
                    [(e.target, e.kind, _verdict(e.verdict), e.license or "–", e.use or "–", e.records,
                      len(e.findings), e.source) for e in entries], numeric=(5, 6))]
     for e in entries:
-        parts.append(f"<h3>{esc(e.kind)} {esc(e.target)}: {_verdict(e.verdict)}</h3>")
+        parts.append(Html(f"<h3>{esc(e.kind)} {esc(e.target)}: {_verdict(e.verdict)}</h3>"))
         if e.summary:
             parts.append(Html(f"<p>{esc(e.summary)}. {esc(e.explanation)}</p>"))
         if e.note:

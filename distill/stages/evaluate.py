@@ -60,12 +60,12 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
     started = time.monotonic()
     folder = run.output / EVAL_DIR / str(stage.name)
     path = folder / EVAL_FILE
-    load = load_seeds(stage.data, run.loaded.base_dir)
+    load = load_seeds(stage.held_out, run.loaded.base_dir)
     for w in load.warnings:
         if "no declared license" not in w:  # held-out data is never released, so its terms do not matter here
             run.log(f"warning: stage {stage.name!r}: {w}")
     if not load.records:
-        raise ConfigError(f"stages[{i}].data: no usable held-out item in {stage.data.path}")
+        raise ConfigError(f"stages[{i}].data: no usable held-out item in {stage.held_out.path}")
     items = [_item(r) for r in load.records]
     models = {c.name: _model_of(run, c, students) for c in stage.contenders}
     digest = _digest(run, i, stage, load.records, models)
@@ -98,7 +98,7 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
                         "description": evaluator.description, "scores": scores.scores, "details": scores.details})
     higher = {m["name"]: m["higher_is_better"] for m in metrics}
     doc = {
-        "stage": stage.name, "digest": digest, "data": str(stage.data.path),
+        "stage": stage.name, "digest": digest, "data": str(stage.held_out.path),
         "rejected": [{"where": r.provenance.events[-1].reason} for r in load.rejected],
         "contenders": [{"name": c.name, "kind": c.kind, "model": c.model, "system_prompt": c.system_prompt is not None}
                        for c in contenders],

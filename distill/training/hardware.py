@@ -19,6 +19,7 @@ def plan_hardware(precision: str = "auto", gradient_checkpointing: bool | str = 
     import torch
 
     reasons: list[str] = []
+    memory: int | None
     if torch.cuda.is_available():
         device, description = "cuda", torch.cuda.get_device_name(0)
         memory = torch.cuda.get_device_properties(0).total_memory
