@@ -46,7 +46,9 @@ def prompts(n: int) -> list[str]:
     return [f"Request {i}: explain one thing about {topics[i % len(topics)]} in two sentences." for i in range(n)]
 
 
-def run_distill(base_url: str, model: str, texts: list[str], args: argparse.Namespace, state: Path) -> tuple[float, int]:
+def run_distill(
+    base_url: str, model: str, texts: list[str], args: argparse.Namespace, state: Path
+) -> tuple[float, int]:
     from distill.plugin import PluginContext
     from distill.records import Message
     from distill.teacher import ChatRequest
@@ -54,8 +56,15 @@ def run_distill(base_url: str, model: str, texts: list[str], args: argparse.Name
 
     requests = [ChatRequest(messages=[Message(role="user", content=t)], seed=i) for i, t in enumerate(texts)]
     started = time.perf_counter()
-    teacher = OpenAITeacher(model=model, base_url=base_url, concurrency=args.concurrency, max_tokens=args.max_tokens,
-                            temperature=0.7, top_p=0.95, timeout=120)
+    teacher = OpenAITeacher(
+        model=model,
+        base_url=base_url,
+        concurrency=args.concurrency,
+        max_tokens=args.max_tokens,
+        temperature=0.7,
+        top_p=0.95,
+        timeout=120,
+    )
     teacher.setup(PluginContext(base_dir=state or Path("."), progress=False, state_dir=state))
     tokens = 0
     for _, samples in teacher.iter_generate(requests):
@@ -73,8 +82,13 @@ async def _raw(base_url: str, model: str, texts: list[str], args: argparse.Names
     async def one(i: int, text: str) -> int:
         async with sem:
             resp = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": text}], temperature=0.7, top_p=0.95,
-                max_tokens=args.max_tokens, seed=i)
+                model=model,
+                messages=[{"role": "user", "content": text}],
+                temperature=0.7,
+                top_p=0.95,
+                max_tokens=args.max_tokens,
+                seed=i,
+            )
         return resp.usage.completion_tokens
 
     try:
@@ -99,8 +113,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/api_teacher.json")
     args = ap.parse_args()
 
-    from distill.testing import TINY_MODEL_ID, tiny_model
     from servers import vllm_server
+
+    from distill.testing import TINY_MODEL_ID, tiny_model
 
     texts = prompts(args.requests)
     load_before = load_average()
@@ -136,17 +151,22 @@ def main() -> None:
         "benchmark": "api_teacher",
         "what": "completion tokens/s, distill OpenAITeacher vs bare AsyncOpenAI gather+semaphore, same vLLM server",
         "model": TINY_MODEL_ID if args.model_dir is None else str(args.model_dir),
-        "requests": args.requests, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
-        "repeats": args.repeats, "server_startup_seconds": round(startup, 1),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
+        "server_startup_seconds": round(startup, 1),
         "distill_tokens_per_s_median": statistics.median(float(r["distill_tokens_per_s"]) for r in rows),
         "raw_tokens_per_s_median": statistics.median(float(r["raw_tokens_per_s"]) for r in rows),
-        "median_ratio": median_ratio, "target_ratio": 0.95, "meets_target": median_ratio >= 0.95,
+        "median_ratio": median_ratio,
+        "target_ratio": 0.95,
+        "meets_target": median_ratio >= 0.95,
         "distill_client_cpu_seconds_median": statistics.median(float(r["distill_client_cpu_seconds"]) for r in rows),
         "raw_client_cpu_seconds_median": statistics.median(float(r["raw_client_cpu_seconds"]) for r in rows),
-        "load_average_before": load_before, "load_average_after": load_average(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "runs": rows,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

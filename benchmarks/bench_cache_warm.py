@@ -47,14 +47,29 @@ def main() -> None:
         model = tiny_model(work / "tiny")
         with open(work / "seeds.jsonl", "w") as f:
             for i in range(args.requests):
-                f.write(json.dumps({"prompt": f"Request {i}: how do I configure feature {i % 37} of my router?"}) + "\n")
-        cfg = {"output": "out", "cache": {"path": "requests.sqlite"},
-               "seeds": [{"path": "seeds.jsonl", "license": "CC0-1.0"}],
-               "teachers": {"tiny": {"plugin": "transformers",
-                                     "options": {"model": str(model), "max_tokens": args.max_tokens,
-                                                 "batch_size": 32}}},
-               "stages": [{"kind": "generate", "name": "answers", "teacher": "tiny", "batch_size": 50,
-                           "task": {"plugin": "response"}}]}
+                f.write(
+                    json.dumps({"prompt": f"Request {i}: how do I configure feature {i % 37} of my router?"}) + "\n"
+                )
+        cfg = {
+            "output": "out",
+            "cache": {"path": "requests.sqlite"},
+            "seeds": [{"path": "seeds.jsonl", "license": "CC0-1.0"}],
+            "teachers": {
+                "tiny": {
+                    "plugin": "transformers",
+                    "options": {"model": str(model), "max_tokens": args.max_tokens, "batch_size": 32},
+                }
+            },
+            "stages": [
+                {
+                    "kind": "generate",
+                    "name": "answers",
+                    "teacher": "tiny",
+                    "batch_size": 50,
+                    "task": {"plugin": "response"},
+                }
+            ],
+        }
         config = work / "config.yaml"
         config.write_text(yaml.safe_dump(cfg))
         cold_wall, cold = run(config)
@@ -67,16 +82,29 @@ def main() -> None:
     figures = {
         "benchmark": "warm re-run of a generate stage vs cold",
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "requests": args.requests, "max_tokens": args.max_tokens,
-        "cold": {"stage_seconds": round(cold["stage_seconds"], 3), "run_seconds": round(cold_wall, 3),
-                 "teacher_calls": cold["teacher_calls"], "cache_hits": cold["cache_hits"]},
-        "warm": [{"stage_seconds": round(w["stage_seconds"], 3), "run_seconds": round(wall, 3),
-                  "teacher_calls": w["teacher_calls"], "cache_hits": w["cache_hits"]} for wall, w in warm],
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "cold": {
+            "stage_seconds": round(cold["stage_seconds"], 3),
+            "run_seconds": round(cold_wall, 3),
+            "teacher_calls": cold["teacher_calls"],
+            "cache_hits": cold["cache_hits"],
+        },
+        "warm": [
+            {
+                "stage_seconds": round(w["stage_seconds"], 3),
+                "run_seconds": round(wall, 3),
+                "teacher_calls": w["teacher_calls"],
+                "cache_hits": w["cache_hits"],
+            }
+            for wall, w in warm
+        ],
         "warm_over_cold_stage_time_median": round(warm_stage / cold["stage_seconds"], 4),
         "target": "<= 0.05 and zero teacher calls",
     }
     figures["met"] = figures["warm_over_cold_stage_time_median"] <= 0.05 and all(
-        w["teacher_calls"] == 0 for _, w in warm)
+        w["teacher_calls"] == 0 for _, w in warm
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dedup_data import Corpus, make_corpus, score  # noqa: E402
+from dedup_data import Corpus, make_corpus, score
 
 BATCH = 1000
 _KEPT_FOR = re.compile(r"of record r(\d+) ")
@@ -75,7 +75,7 @@ def near_distill(n: int, seed: int, keep: str = "earliest") -> dict:
         f.prepare(records)
     reasons: list[str | None] = []
     for b in range(0, n, BATCH):
-        reasons.extend(getattr(d, "reason", None) for d in f.filter_batch(records[b:b + BATCH]))
+        reasons.extend(getattr(d, "reason", None) for d in f.filter_batch(records[b : b + BATCH]))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, **score(corpus, _kept_for(reasons)), "options": f.options.model_dump()}
 
@@ -84,8 +84,8 @@ def near_baseline(n: int, seed: int) -> dict:
     """What a user would write with datasketch alone (same text, shingles and threshold)."""
     from datasketch import MinHash, MinHashLSH
 
-    from distill_plugins.filters.dedup import NearDedup
     from distill_plugins.filters._text import normalize
+    from distill_plugins.filters.dedup import NearDedup
 
     o = NearDedup.Options()
     corpus = make_corpus(n, seed=seed)
@@ -98,7 +98,7 @@ def near_baseline(n: int, seed: int) -> dict:
         words = normalize(text).split()
         m = MinHash(num_perm=o.num_perm, seed=o.hash_seed)
         for j in range(max(len(words) - k + 1, 1)):
-            m.update(" ".join(words[j:j + k]).encode())
+            m.update(" ".join(words[j : j + k]).encode())
         hits = lsh.query(m)
         if hits:
             kept_for.append(min(hits))
@@ -117,7 +117,7 @@ def novelty_lsh(n: int, seed: int) -> dict:
     f = InstructionNovelty()
     dropped = []
     for b in range(0, n, BATCH):
-        for i, d in enumerate(f.filter_batch(records[b:b + BATCH]), b):
+        for i, d in enumerate(f.filter_batch(records[b : b + BATCH]), b):
             if hasattr(d, "reason"):
                 dropped.append(i)
     return {"seconds": time.perf_counter() - started, "dropped": dropped}
@@ -147,8 +147,12 @@ def novelty_all_pairs(n: int, seed: int) -> dict:
     return {"seconds": time.perf_counter() - started, "dropped": dropped}
 
 
-TASKS = {"near": near_distill, "near-baseline": near_baseline, "novelty": novelty_lsh,
-         "novelty-all-pairs": novelty_all_pairs}
+TASKS = {
+    "near": near_distill,
+    "near-baseline": near_baseline,
+    "novelty": novelty_lsh,
+    "novelty-all-pairs": novelty_all_pairs,
+}
 
 
 def worker(spec: dict) -> None:
@@ -163,8 +167,9 @@ def worker(spec: dict) -> None:
 
 
 def run(task: str, **spec) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps({"task": task, **spec})],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps({"task": task, **spec})], capture_output=True, text=True
+    )
     if out.returncode:
         raise SystemExit(f"{task} {spec} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -197,15 +202,19 @@ def main() -> None:
         runs["small"].append(run("near", n=small, seed=args.seed))
         runs["large"].append(run("near", n=large, seed=args.seed))
         runs["baseline"].append(run("near-baseline", n=large, seed=args.seed))
-        log(f"near-dedup round {i + 1}: {small} in {runs['small'][-1]['seconds']:.2f}s, {large} in "
-            f"{runs['large'][-1]['seconds']:.2f}s, baseline {runs['baseline'][-1]['seconds']:.2f}s")
+        log(
+            f"near-dedup round {i + 1}: {small} in {runs['small'][-1]['seconds']:.2f}s, {large} in "
+            f"{runs['large'][-1]['seconds']:.2f}s, baseline {runs['baseline'][-1]['seconds']:.2f}s"
+        )
     best = run("near", n=large, seed=args.seed, keep="best")
     log(f"keep: best {best['seconds']:.2f}s")
     for i in range(repeats):
         runs["novelty"].append(run("novelty", n=novelty_n, seed=args.seed + 1))
         runs["all_pairs"].append(run("novelty-all-pairs", n=novelty_n, seed=args.seed + 1))
-        log(f"novelty round {i + 1}: lsh {runs['novelty'][-1]['seconds']:.2f}s, "
-            f"all pairs {runs['all_pairs'][-1]['seconds']:.2f}s")
+        log(
+            f"novelty round {i + 1}: lsh {runs['novelty'][-1]['seconds']:.2f}s, "
+            f"all pairs {runs['all_pairs'][-1]['seconds']:.2f}s"
+        )
 
     t_small = median([r["seconds"] for r in runs["small"]])
     t_large = median([r["seconds"] for r in runs["large"]])
@@ -220,37 +229,50 @@ def main() -> None:
     figures = {
         "benchmark": "dedup filters on instructions with planted near-duplicates",
         "quick": args.quick,
-        "platform": {"machine": platform.machine(), "processor": platform.processor() or None,
-                     "system": platform.platform(), "python": platform.python_version(),
-                     "cpus": os.cpu_count(),
-                     "packages": {p: metadata.version(p) for p in ("datasketch", "numpy", "rapidfuzz")}},
-        "load_average": {"before": [round(x, 2) for x in load_before],
-                         "after": [round(x, 2) for x in os.getloadavg()]},
+        "platform": {
+            "machine": platform.machine(),
+            "processor": platform.processor() or None,
+            "system": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "packages": {p: metadata.version(p) for p in ("datasketch", "numpy", "rapidfuzz")},
+        },
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "corpus": {"planted_copy_rate": 0.1, "sibling_rate": 0.1, "seed": args.seed, "batch_size": BATCH},
         "near_dedup": {
             "options": large0["options"],
             "repeats": repeats,
-            f"seconds_{small}": t_small, f"seconds_{large}": t_large,
-            "runs_seconds": {str(small): [round(r["seconds"], 3) for r in runs["small"]],
-                             str(large): [round(r["seconds"], 3) for r in runs["large"]]},
+            f"seconds_{small}": t_small,
+            f"seconds_{large}": t_large,
+            "runs_seconds": {
+                str(small): [round(r["seconds"], 3) for r in runs["small"]],
+                str(large): [round(r["seconds"], 3) for r in runs["large"]],
+            },
             "scaling_exponent": round(exponent, 3),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["large"]),
             **{k: large0[k] for k in quality},
-            "keep_best": {"seconds": round(best["seconds"], 3), "peak_rss_mb": best["peak_rss_mb"],
-                          **{k: best[k] for k in quality}},
+            "keep_best": {
+                "seconds": round(best["seconds"], 3),
+                "peak_rss_mb": best["peak_rss_mb"],
+                **{k: best[k] for k in quality},
+            },
         },
         "baseline_datasketch_loop": {
-            "seconds_median": t_base, "runs_seconds": [round(r["seconds"], 3) for r in runs["baseline"]],
+            "seconds_median": t_base,
+            "runs_seconds": [round(r["seconds"], 3) for r in runs["baseline"]],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["baseline"]),
             **{k: base0[k] for k in quality},
             "ratio_baseline_over_distill_per_pair": [round(r, 3) for r in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
         },
         "novelty": {
-            "records": novelty_n, "options": {"threshold": 0.7},
-            "lsh_seconds_median": t_nov, "all_pairs_seconds_median": t_all,
+            "records": novelty_n,
+            "options": {"threshold": 0.7},
+            "lsh_seconds_median": t_nov,
+            "all_pairs_seconds_median": t_all,
             "speedup": round(t_all / t_nov, 2),
-            "dropped_lsh": len(lsh_drops), "dropped_all_pairs": len(naive_drops),
+            "dropped_lsh": len(lsh_drops),
+            "dropped_all_pairs": len(naive_drops),
             "same_drops": lsh_drops == naive_drops,
             "agreement": round(1 - len(lsh_drops ^ naive_drops) / novelty_n, 5),
         },

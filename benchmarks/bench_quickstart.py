@@ -35,8 +35,11 @@ def main() -> int:
             f.write("\ncache: {path: requests.sqlite}\n")  # cold: nothing answered before
         load_before = os.getloadavg()[0]
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(work / "config.yaml"), "--quiet"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "distill.cli", "run", str(work / "config.yaml"), "--quiet"],
+            capture_output=True,
+            text=True,
+        )
         seconds = time.monotonic() - started
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
@@ -52,13 +55,20 @@ def main() -> int:
         "benchmark": "quickstart",
         "what": "distill run examples/quickstart/config.yaml, empty output, cold request cache",
         "machine": {"arch": platform.machine(), "cpus": os.cpu_count()},
-        "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
-        "wall_seconds": round(seconds, 1), "target_seconds": 600,
-        "held_out_items": len(ev["items"]), "scores": scores,
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+        "wall_seconds": round(seconds, 1),
+        "target_seconds": 600,
+        "held_out_items": len(ev["items"]),
+        "scores": scores,
         "judge_details": next(m["details"] for m in ev["metrics"] if m["name"] == "judge-win-rate"),
         "stages": stages,
-        "meets_targets": bool(rubric["student"] >= 0.8 and rubric["base"] <= 0.2
-                              and rubric["student"] > rubric["teacher"] and seconds <= 600),
+        "meets_targets": bool(
+            rubric["student"] >= 0.8
+            and rubric["base"] <= 0.2
+            and rubric["student"] > rubric["teacher"]
+            and seconds <= 600
+        ),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")

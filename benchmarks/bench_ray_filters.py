@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dedup import _records  # noqa: E402
-from dedup_data import make_corpus  # noqa: E402
+from bench_dedup import _records
+from dedup_data import make_corpus
 
 BATCH = 1000
 CPUS = 2
@@ -59,13 +59,21 @@ def stage(executor: str, records: list, folder: Path) -> tuple[float, dict, list
 
         run = run_filters_ray(ctx, [f], records, BATCH)
         near = run.near
-        phases = {"driver_entries": run.seconds["driver-entries"], "signatures": near.signatures,
-                  "grouping": near.grouping, "resolution": near.resolution, "commit": run.seconds["commit"],
-                  "entries": near.entries, "bands": near.bands, "candidate_pairs": near.candidate_pairs,
-                  "pairs_over_threshold": near.pairs_over_threshold}
+        phases = {
+            "driver_entries": run.seconds["driver-entries"],
+            "signatures": near.signatures,
+            "grouping": near.grouping,
+            "resolution": near.resolution,
+            "commit": run.seconds["commit"],
+            "entries": near.entries,
+            "bands": near.bands,
+            "candidate_pairs": near.candidate_pairs,
+            "pairs_over_threshold": near.pairs_over_threshold,
+        }
     seconds = time.perf_counter() - started
-    decisions = [(r.id, None) for r in store.kept()] + [(r.id, r.provenance.events[-1].reason)
-                                                         for r in store.rejected()]
+    decisions = [(r.id, None) for r in store.kept()] + [
+        (r.id, r.provenance.events[-1].reason) for r in store.rejected()
+    ]
     return seconds, phases, sorted(decisions)
 
 
@@ -78,8 +86,10 @@ def signature_cpu_per_1k(records: list) -> float:
     assert spec is not None
     grouping = spec.grouping
     entries: list[Entry] = [project(r, spec.read, spec.against_seeds, i) for i, r in enumerate(records[:1000])]
-    batch = {k: v.to_numpy(zero_copy_only=False) for k, v in zip(entry_table(entries).column_names,
-                                                                   entry_table(entries).columns)}
+    batch = {
+        k: v.to_numpy(zero_copy_only=False)
+        for k, v in zip(entry_table(entries).column_names, entry_table(entries).columns)
+    }
     sign_entries(batch, tokens=grouping.tokens, signer=grouping.signer)  # warm: permutations, word cache
     times = []
     for _ in range(5):
@@ -147,12 +157,16 @@ def main() -> None:
                 runs["local" + key].append(local_s)
                 runs["ray" + key].append(ray_s)
                 phases["small" if key else "large"].append(ph)
-                log(f"round {i + 1}, {n} records: local {local_s:.2f}s, ray {ray_s:.2f}s, "
-                    f"{sum(1 for _, r in local_d if r)} dropped by both")
+                log(
+                    f"round {i + 1}, {n} records: local {local_s:.2f}s, ray {ray_s:.2f}s, "
+                    f"{sum(1 for _, r in local_d if r)} dropped by both"
+                )
     sign_cpu = signature_cpu_per_1k(data[large_n])
     ray.shutdown()
-    med = {p: {size: round(statistics.median(ph[p] for ph in phases[size]), 3) for size in ("small", "large")}
-           for p in PHASES}
+    med = {
+        p: {size: round(statistics.median(ph[p] for ph in phases[size]), 3) for size in ("small", "large")}
+        for p in PHASES
+    }
     model = fit({p: med[p]["small"] for p in PHASES}, {p: med[p]["large"] for p in PHASES}, small_n, large_n)
     counts = {k: phases["large"][-1][k] for k in ("entries", "bands", "candidate_pairs", "pairs_over_threshold")}
     local_s, ray_s = statistics.median(runs["local"]), statistics.median(runs["ray"])
@@ -160,26 +174,41 @@ def main() -> None:
     nodes = []
     for k in (1, 2, 4, 8, 16):
         wall = project(model, n_proj, k, CPUS)
-        nodes.append({"nodes": k, "cpus_per_node": CPUS, "wall_s": round(wall, 1),
-                      "records_per_s": round(n_proj / wall)})
+        nodes.append(
+            {"nodes": k, "cpus_per_node": CPUS, "wall_s": round(wall, 1), "records_per_s": round(n_proj / wall)}
+        )
     for prev, cur in zip(nodes, nodes[1:]):
-        cur["records_per_s_gained_per_added_node"] = round((cur["records_per_s"] - prev["records_per_s"])
-                                                           / (cur["nodes"] - prev["nodes"]))
-    check = {"records": large_n, "projected_wall_s": round(project(model, large_n, 1, CPUS), 2),
-             "measured_wall_s": round(ray_s, 2)}
+        cur["records_per_s_gained_per_added_node"] = round(
+            (cur["records_per_s"] - prev["records_per_s"]) / (cur["nodes"] - prev["nodes"])
+        )
+    check = {
+        "records": large_n,
+        "projected_wall_s": round(project(model, large_n, 1, CPUS), 2),
+        "measured_wall_s": round(ray_s, 2),
+    }
     driver_per_1k = sum(model[p]["per_1k_s"] for p in ("driver_entries", "resolution", "commit"))
     result = {
         "benchmark": "near-dedup filter stage (decide + commit every shard): local runner vs Ray Data executor",
         "quick": args.quick,
-        "platform": {"machine": platform.machine(), "system": platform.platform(), "python": platform.python_version(),
-                     "cpus": os.cpu_count(), "packages": {p: metadata.version(p) for p in
-                                                          ("ray", "datasketch", "numpy", "pyarrow")}},
-        "load_average": {"before": [round(x, 2) for x in load_before],
-                         "after": [round(x, 2) for x in os.getloadavg()]},
-        "corpus": {"generator": "benchmarks/dedup_data.py (as bench_dedup.py)", "records": large_n,
-                   "seed": args.seed, "batch_size": BATCH},
-        "ray": {"cluster": f"local, ray.init(num_cpus={CPUS})", "cluster_start_s": round(cluster_start, 2),
-                "shuffle_strategy": "sort_shuffle_pull_based"},
+        "platform": {
+            "machine": platform.machine(),
+            "system": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "packages": {p: metadata.version(p) for p in ("ray", "datasketch", "numpy", "pyarrow")},
+        },
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+        "corpus": {
+            "generator": "benchmarks/dedup_data.py (as bench_dedup.py)",
+            "records": large_n,
+            "seed": args.seed,
+            "batch_size": BATCH,
+        },
+        "ray": {
+            "cluster": f"local, ray.init(num_cpus={CPUS})",
+            "cluster_start_s": round(cluster_start, 2),
+            "shuffle_strategy": "sort_shuffle_pull_based",
+        },
         "repeats": repeats,
         "identical_decisions": True,
         "local_s": round(local_s, 3),

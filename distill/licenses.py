@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextvars
 import difflib
 import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -53,8 +54,11 @@ class LicenseInfo(BaseModel):
     name_prefix: str | None = Field(None, description="A model trained with it must have a name starting so.")
     acceptable_use_policy: str | None = Field(None, description="Link to the acceptable-use policy.")
     monthly_user_cap: int | None = Field(None, ge=1, description="Commercial use needs another license above it.")
-    family: str | None = Field(None, description="Model family (llama, gemma, qwen): a student based on the "
-                                                 "same family may satisfy no-improve-other-llm.")
+    family: str | None = Field(
+        None,
+        description="Model family (llama, gemma, qwen): a student based on the "
+        "same family may satisfy no-improve-other-llm.",
+    )
     hf_license: str | None = Field(None, description="The id a Hugging Face card's `license:` uses.")
     aliases: list[str] = Field(default_factory=list, description="Other names model cards use for it.")
     notes: str | None = None
@@ -87,8 +91,9 @@ class ModelRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Case-insensitive glob on the model id, e.g. `meta-llama/Llama-3.1-*`.")
-    provider: str | None = Field(None, description="openai, anthropic, google, local, self-hosted, or a "
-                                                   "plugin name; unset matches any.")
+    provider: str | None = Field(
+        None, description="openai, anthropic, google, local, self-hosted, or a plugin name; unset matches any."
+    )
     license: str = Field(description="SPDX expression or LicenseRef- id of the model's terms.")
 
 
@@ -154,16 +159,18 @@ class Registry(BaseModel):
     def _explain_unknown(self, unknown: list[str]) -> str:
         known = sorted(set(self.licenses) | {str(k) for k in self.licensing().known_symbols})
         parts = []
-        refs = {k[len("LicenseRef-"):].lower(): k for k in self.licenses if k.startswith("LicenseRef-")}
+        refs = {k[len("LicenseRef-") :].lower(): k for k in self.licenses if k.startswith("LicenseRef-")}
         for sym in unknown:
             if sym.startswith("LicenseRef-"):  # compare what follows the shared prefix
-                close = [refs[c] for c in difflib.get_close_matches(sym[len("LicenseRef-"):].lower(), refs, n=3)]
+                close = [refs[c] for c in difflib.get_close_matches(sym[len("LicenseRef-") :].lower(), refs, n=3)]
             else:
                 close = difflib.get_close_matches(sym, known, n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             if sym.startswith("LicenseRef-"):
-                parts.append(f"unknown license id {sym!r}: the registry has no such LicenseRef{hint}; "
-                             "declare your own under `licenses:` in the config")
+                parts.append(
+                    f"unknown license id {sym!r}: the registry has no such LicenseRef{hint}; "
+                    "declare your own under `licenses:` in the config"
+                )
             else:
                 parts.append(f"{sym!r} is not an SPDX license id{hint}")
         return "; ".join(parts)
@@ -231,11 +238,15 @@ class Registry(BaseModel):
                 if key not in spdx:
                     close = difflib.get_close_matches(key, sorted(spdx | set(merged)), n=3)
                     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                    raise ConfigError(f"licenses.{key}: not an SPDX license id nor a `LicenseRef-` id "
-                                      f"(letters, digits, '.', '-'){hint}")
+                    raise ConfigError(
+                        f"licenses.{key}: not an SPDX license id nor a `LicenseRef-` id "
+                        f"(letters, digits, '.', '-'){hint}"
+                    )
             if "use" not in fields:
-                raise ConfigError(f"licenses.{key}: a license the registry does not have needs `use` "
-                                  "(commercial, unspecified, non-commercial or academic-only)")
+                raise ConfigError(
+                    f"licenses.{key}: a license the registry does not have needs `use` "
+                    "(commercial, unspecified, non-commercial or academic-only)"
+                )
             merged[key] = LicenseInfo.model_validate(fields)
         return Registry(version=self.version, licenses=merged, models=self.models)
 
@@ -343,8 +354,9 @@ def student_tag(dataset_tags: Iterable[LicenseTag], base_model_license: str | No
 
 
 def _sorted_flags(tag: LicenseTag) -> LicenseTag:
-    return tag.model_copy(update={k: sorted(getattr(tag, k)) for k in
-                                  ("restrictions", "notices", "name_prefixes", "unknown")})
+    return tag.model_copy(
+        update={k: sorted(getattr(tag, k)) for k in ("restrictions", "notices", "name_prefixes", "unknown")}
+    )
 
 
 def _unique(items: Iterable[str]) -> list[str]:

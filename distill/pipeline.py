@@ -8,8 +8,8 @@ stage does, and when it is skipped, resumed or redone, is its runner's business.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from distill import __version__
 from distill.config.loader import LoadedConfig, validate_plugin_options
@@ -26,8 +26,14 @@ __all__ = ["Pipeline", "RunResult", "StageResult"]
 
 
 class Pipeline:
-    def __init__(self, loaded: LoadedConfig, registry: PluginRegistry, *, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        registry: PluginRegistry,
+        *,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.registry = registry
@@ -49,19 +55,23 @@ class Pipeline:
     def run(self, until: str | None = None) -> RunResult:
         if until is not None and until not in {"seeds", *(s.name for s in self.config.stages)}:
             raise ConfigError(f"no stage named {until!r}")
-        run = self.context = RunContext(self.loaded, self.registry, self.options, progress=self.progress,
-                                        log=self.log)
+        run = self.context = RunContext(self.loaded, self.registry, self.options, progress=self.progress, log=self.log)
         try:
             self._check_writable()
         except OSError as exc:
             raise StoreError(f"cannot write the output folder {self.output}: {exc.strerror or exc}") from None
         with RunLock(self.output), active(run.licenses):
-            write_json(self.output / RUN_FILE, {
-                "distill_version": __version__,
-                "config": self.loaded.raw,  # uninterpolated: secrets stay `${VAR}`
-                "plugins": [{"kind": s.kind, "name": s.name, "package": s.package, "version": s.version}
-                            for s in self.registry.all()],
-            })
+            write_json(
+                self.output / RUN_FILE,
+                {
+                    "distill_version": __version__,
+                    "config": self.loaded.raw,  # uninterpolated: secrets stay `${VAR}`
+                    "plugins": [
+                        {"kind": s.kind, "name": s.name, "package": s.package, "version": s.version}
+                        for s in self.registry.all()
+                    ],
+                },
+            )
             try:
                 store = run.seed_store = run_seeds(run)
                 for i, stage in enumerate(self.config.stages):

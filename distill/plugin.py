@@ -7,11 +7,13 @@ plugin: heavy imports go inside `__init__` or the methods that need them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
 from distill import deprecated
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,7 +67,7 @@ class Event(_Strict):
     plugin_version: str | None = None
     action: Action
     reason: str | None = None
-    time: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class LicenseTag(_Strict):
@@ -129,8 +129,15 @@ class Record(_Strict):
             return None
         return Preference(chosen=best.content, rejected=worst.content, margin=margin)
 
-    def add_event(self, stage: str, action: Action, *, plugin: str | None = None,
-                  plugin_version: str | None = None, reason: str | None = None) -> None:
+    def add_event(
+        self,
+        stage: str,
+        action: Action,
+        *,
+        plugin: str | None = None,
+        plugin_version: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.provenance.events.append(
             Event(stage=stage, action=action, plugin=plugin, plugin_version=plugin_version, reason=reason)
         )

@@ -17,16 +17,16 @@ from typing import Any
 import pluggy
 
 from distill import hookspecs
-from distill.errors import PluginError
-from distill.plugin import Plugin
-from distill.plugin import Options as BaseOptions
 from distill.audit.base import AuditRule
-from distill.filter import Filter
+from distill.errors import PluginError
 from distill.evaluator import Evaluator
-from distill.trainer import Trainer
+from distill.filter import Filter
+from distill.plugin import Options as BaseOptions
+from distill.plugin import Plugin
 from distill.ranker import Ranker
 from distill.task import Task
 from distill.teacher import Teacher
+from distill.trainer import Trainer
 
 GROUP = "distill"
 ENV_LOAD = "DISTILL_PLUGINS"  # comma-separated entry-point names to load; "" loads none
@@ -45,8 +45,15 @@ KINDS: dict[str, str] = {
 
 def _base_for(kind: str) -> type:
 
-    return {"teacher": Teacher, "task": Task, "ranker": Ranker, "filter": Filter,
-            "trainer": Trainer, "evaluator": Evaluator, "audit-rule": AuditRule}[kind]
+    return {
+        "teacher": Teacher,
+        "task": Task,
+        "ranker": Ranker,
+        "filter": Filter,
+        "trainer": Trainer,
+        "evaluator": Evaluator,
+        "audit-rule": AuditRule,
+    }[kind]
 
 
 @dataclass
@@ -98,7 +105,7 @@ class PluginRegistry:
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:  # noqa: BLE001 - an observer must never stop the run
+            except Exception as exc:
                 msg = f"observer plugin {impl.plugin_name!r} failed in {hook}: {type(exc).__name__}: {exc}"
                 problems.append(msg)
                 print(f"warning: {msg}", file=sys.stderr)
@@ -143,7 +150,7 @@ def make_registry(
                 impl.function(register=register)
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _fail(reg, strict, impl.plugin_name, package, f"{hook} raised {type(exc).__name__}: {exc}")
     return reg
 
@@ -161,7 +168,7 @@ def _load_entry_points(reg: PluginRegistry, origins: dict, strict: bool) -> None
         origin = (dist.name if dist else None, dist.version if dist else None)
         try:
             module = ep.load()
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the CLI
+        except Exception as exc:
             _fail(reg, strict, ep.name, origin[0], f"import failed: {type(exc).__name__}: {exc}")
             continue
         _register(reg, ep.name, module, origins, origin, strict)
@@ -182,8 +189,7 @@ def _fail(reg: PluginRegistry, strict: bool, plugin: str, package: str | None, e
     reg.failures.append(LoadFailure(plugin, package, error))
 
 
-def _registrar(reg: PluginRegistry, kind: str, plugin: str, package: str | None, version: str | None,
-               strict: bool):
+def _registrar(reg: PluginRegistry, kind: str, plugin: str, package: str | None, version: str | None, strict: bool):
     base = _base_for(kind)
 
     def register(cls: Any) -> None:

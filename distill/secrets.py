@@ -18,8 +18,21 @@ from typing import Any
 #: A word that contains one of these makes a name secret (`HF_TOKEN`, `authToken`, `oauth`, `PASSWD`).
 SECRET_PARTS = ("token", "secret", "passw", "pwd", "credential", "auth", "bearer", "cookie", "signature")
 #: ... unless it is one of these: counts and tools named after tokens, and authors.
-NOT_SECRET = frozenset({"tokens", "tokenizer", "tokenizers", "tokenize", "tokenized", "tokenization",
-                        "detokenize", "author", "authors", "authored", "authorship"})
+NOT_SECRET = frozenset(
+    {
+        "tokens",
+        "tokenizer",
+        "tokenizers",
+        "tokenize",
+        "tokenized",
+        "tokenization",
+        "detokenize",
+        "author",
+        "authors",
+        "authored",
+        "authorship",
+    }
+)
 #: Values shorter than this are not replaced in text: too many innocent strings would match.
 MIN_SECRET_LENGTH = 6
 REDACTED = "<redacted>"
@@ -67,8 +80,9 @@ def redact(obj: Any) -> Any:
 def environment_secrets(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Values of secret-named environment variables, each with the `$NAME` to show instead."""
     env = os.environ if environ is None else environ
-    return {value: f"${name}" for name, value in env.items()
-            if len(value) >= MIN_SECRET_LENGTH and is_secret_name(name)}
+    return {
+        value: f"${name}" for name, value in env.items() if len(value) >= MIN_SECRET_LENGTH and is_secret_name(name)
+    }
 
 
 def replace_values(text: str, values: Mapping[str, str]) -> str:

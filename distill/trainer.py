@@ -21,11 +21,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from distill import deprecated
 from distill.layout import CHECKPOINTS, TRAIN_STATE
-from distill.errors import PluginError
 from distill.plugin import Options, Plugin
 from distill.records import LicenseTag
-from distill import deprecated
 
 #: TRL config fields distill sets itself; `trl_args` may not override them.
 MANAGED_TRL_ARGS = frozenset({"output_dir", "resume_from_checkpoint"})
@@ -44,7 +43,8 @@ class LoraOptions(Options):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | str = Field("all-linear", description="Module names, or 'all-linear'.")
     quantize: Literal["none", "4bit", "8bit"] = Field(
-        "none", description="QLoRA: load the frozen base quantised (needs bitsandbytes and a CUDA GPU).")
+        "none", description="QLoRA: load the frozen base quantised (needs bitsandbytes and a CUDA GPU)."
+    )
 
 
 class TrainOptions(Options):
@@ -60,18 +60,22 @@ class TrainOptions(Options):
     learning_rate: float | None = Field(None, gt=0, description="Default: the TRL trainer's own.")
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="'auto' chooses from the machine (never from library defaults).")
+        "auto", description="'auto' chooses from the machine (never from library defaults)."
+    )
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="'auto' turns it on only when the model would not fit in memory otherwise.")
+        "auto", description="'auto' turns it on only when the model would not fit in memory otherwise."
+    )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a killed run resumes from the last.")
     save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept while training.")
     keep_checkpoints: bool = Field(False, description="Keep checkpoints after the step finished.")
     logging_steps: int = Field(10, ge=1)
     lora: LoraOptions | None = Field(None, description="Train a LoRA adapter instead of all weights.")
-    merge: bool | None = Field(None, description="With lora: also write merged full weights in `merged/` "
-                                                 "(default: the trainer's choice).")
-    trl_args: dict[str, Any] = Field(default_factory=dict,
-                                     description="Any other field of the TRL config class, passed as is.")
+    merge: bool | None = Field(
+        None, description="With lora: also write merged full weights in `merged/` (default: the trainer's choice)."
+    )
+    trl_args: dict[str, Any] = Field(
+        default_factory=dict, description="Any other field of the TRL config class, passed as is."
+    )
 
     @field_validator("lora", mode="before")
     @classmethod
@@ -165,9 +169,12 @@ class Hardware:
     processes: int = 1
 
     def trl_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"use_cpu": self.device == "cpu", "bf16": self.precision == "bf16",
-                                "fp16": self.precision == "fp16",
-                                "gradient_checkpointing": self.gradient_checkpointing}
+        args: dict[str, Any] = {
+            "use_cpu": self.device == "cpu",
+            "bf16": self.precision == "bf16",
+            "fp16": self.precision == "fp16",
+            "gradient_checkpointing": self.gradient_checkpointing,
+        }
         if self.device == "cpu":
             args["dataloader_pin_memory"] = False
         if self.processes > 1:  # every parameter of a causal LM is used: skip DDP's extra graph walk
@@ -245,4 +252,3 @@ def is_main_process() -> bool:
 
 
 __getattr__ = deprecated.moved_names(__name__)
-

@@ -6,19 +6,20 @@ import importlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
+from distill.models.folders import model_identity
 from distill.plugin import Options, PluginContext
 from distill.ranker import Judge, Ranker, candidates_of
 from distill.records import Generator, Message, Record
 from distill.task import Reject
 from distill.teacher import ChatRequest
-from distill.models.folders import model_identity
 
 RewardFn = Callable[..., float]
 
@@ -28,11 +29,15 @@ def load_callable(spec: str, base_dir: Path | None = None) -> RewardFn:
     named explicitly in the config: nothing is discovered."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise PluginError(f"reward function {spec!r} must be written 'package.module:function' or "
-                          "'path/to/file.py:function'")
+        raise PluginError(
+            f"reward function {spec!r} must be written 'package.module:function' or 'path/to/file.py:function'"
+        )
     try:
-        obj: Any = _module_from_file(module_name, base_dir) if module_name.endswith(".py") \
+        obj: Any = (
+            _module_from_file(module_name, base_dir)
+            if module_name.endswith(".py")
             else importlib.import_module(module_name)
+        )
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError, OSError, SyntaxError) as exc:
@@ -84,7 +89,10 @@ class RewardFunctionRanker(Ranker):
     name = "reward-function"
 
     class Options(Options):
-        function: str | None = Field(None, description="'package.module:function' or 'path/to/file.py:function' (relative to the config) to call.")
+        function: str | None = Field(
+            None,
+            description="'package.module:function' or 'path/to/file.py:function' (relative to the config) to call.",
+        )
         kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for it.")
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
@@ -151,15 +159,16 @@ class JudgeRanker(Ranker):
 
     class Options(Options):
         mode: Literal["score", "pairwise"] = "score"
-        rubric: str = Field("Helpful, correct, concise, and follows any instructions given.",
-                            description="What a good answer is.")
+        rubric: str = Field(
+            "Helpful, correct, concise, and follows any instructions given.", description="What a good answer is."
+        )
         scale_min: int = 1
         scale_max: int = 10
         structured: bool = Field(True, description="Ask for JSON with a JSON-schema response_format.")
         max_candidates: int = Field(4, ge=2, description="Pairwise cost grows as n*(n-1); cap n.")
 
         @model_validator(mode="after")
-        def _scale(self) -> "JudgeRanker.Options":
+        def _scale(self) -> JudgeRanker.Options:
             if self.scale_max <= self.scale_min:
                 raise ValueError("scale_max must be greater than scale_min")
             return self
@@ -179,15 +188,23 @@ class JudgeRanker(Ranker):
 
     def _scores(self, records: list[Record], judge: Judge) -> list[list[float] | Reject]:
         o = self.options
-        fmt = self._format({"type": "object", "properties": {"score": {"type": "integer"}},
-                            "required": ["score"], "additionalProperties": False})
+        fmt = self._format(
+            {
+                "type": "object",
+                "properties": {"score": {"type": "integer"}},
+                "required": ["score"],
+                "additionalProperties": False,
+            }
+        )
         requests, owners = [], []
         for i, r in enumerate(records):
             for c in candidates_of(r):
-                text = SCORE_PROMPT.format(rubric=o.rubric, question=self._question(r), answer=c.content,
-                                           low=o.scale_min, high=o.scale_max)
-                requests.append(ChatRequest(messages=[Message(role="user", content=text)], n=1, seed=0,
-                                            response_format=fmt))
+                text = SCORE_PROMPT.format(
+                    rubric=o.rubric, question=self._question(r), answer=c.content, low=o.scale_min, high=o.scale_max
+                )
+                requests.append(
+                    ChatRequest(messages=[Message(role="user", content=text)], n=1, seed=0, response_format=fmt)
+                )
                 owners.append(i)
         answers = judge.ask(requests)
         out: list[list[float] | Reject] = [[] for _ in records]
@@ -195,7 +212,9 @@ class JudgeRanker(Ranker):
             if isinstance(out[i], Reject):
                 continue
             value = self._read_score(samples[0].text)
-            out[i] = Reject(f"judge output unparseable: {samples[0].text[:60]!r}") if value is None else out[i] + [value]
+            out[i] = (
+                Reject(f"judge output unparseable: {samples[0].text[:60]!r}") if value is None else out[i] + [value]
+            )
         return out
 
     def _read_score(self, text: str) -> float | None:
@@ -214,16 +233,24 @@ class JudgeRanker(Ranker):
 
     def _pairwise(self, records: list[Record], judge: Judge) -> list[list[float] | Reject]:
         o = self.options
-        fmt = self._format({"type": "object", "properties": {"winner": {"enum": ["A", "B", "tie"]}},
-                            "required": ["winner"], "additionalProperties": False})
+        fmt = self._format(
+            {
+                "type": "object",
+                "properties": {"winner": {"enum": ["A", "B", "tie"]}},
+                "required": ["winner"],
+                "additionalProperties": False,
+            }
+        )
         requests, plan = [], []
         for i, r in enumerate(records):
             cands = candidates_of(r)[: o.max_candidates]
             for x, y in itertools.permutations(range(len(cands)), 2):  # both orders
-                text = PAIR_PROMPT.format(rubric=o.rubric, question=self._question(r),
-                                          a=cands[x].content, b=cands[y].content)
-                requests.append(ChatRequest(messages=[Message(role="user", content=text)], n=1, seed=0,
-                                            response_format=fmt))
+                text = PAIR_PROMPT.format(
+                    rubric=o.rubric, question=self._question(r), a=cands[x].content, b=cands[y].content
+                )
+                requests.append(
+                    ChatRequest(messages=[Message(role="user", content=text)], n=1, seed=0, response_format=fmt)
+                )
                 plan.append((i, x, y))
         answers = judge.ask(requests)
         wins: list[list[float]] = [[0.0] * len(candidates_of(r)) for r in records]
@@ -291,8 +318,9 @@ class RewardModelRanker(Ranker):
 
             self._tok = AutoTokenizer.from_pretrained(str(path))
             self._model = AutoModelForSequenceClassification.from_pretrained(  # never a pickled checkpoint
-                str(path), dtype=torch.float32, use_safetensors=True).eval()
-        except Exception as exc:  # noqa: BLE001
+                str(path), dtype=torch.float32, use_safetensors=True
+            ).eval()
+        except Exception as exc:
             raise PluginError(f"reward-model ranker: could not load {path}: {type(exc).__name__}: {exc}") from exc
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
@@ -303,8 +331,17 @@ class RewardModelRanker(Ranker):
         one declares the license it inherited) go into provenance."""
 
         info = model_identity(str(self._path), "reward-model ranker", progress=False)
-        return [Generator(role="judge", plugin=self.name, plugin_version=self.plugin_version, model=info.model,
-                          revision=info.revision, file_hash=info.file_hash, license=info.license)]
+        return [
+            Generator(
+                role="judge",
+                plugin=self.name,
+                plugin_version=self.plugin_version,
+                model=info.model,
+                revision=info.revision,
+                file_hash=info.file_hash,
+                license=info.license,
+            )
+        ]
 
     def score_batch(self, records: list[Record], judge: Judge | None) -> list[list[float] | Reject]:
         import torch
@@ -319,8 +356,13 @@ class RewardModelRanker(Ranker):
         scores: list[float] = []
         with torch.inference_mode():
             for k in range(0, len(texts), self.options.batch_size):
-                enc = self._tok(texts[k:k + self.options.batch_size], return_tensors="pt", padding=True,
-                                truncation=True, max_length=self.options.max_length)
+                enc = self._tok(
+                    texts[k : k + self.options.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.options.max_length,
+                )
                 scores.extend(self._model(**enc).logits[:, 0].float().tolist())
         out: list[list[float] | Reject] = [[] for _ in records]
         for i, s in zip(owners, scores):

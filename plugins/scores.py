@@ -23,11 +23,16 @@ class ScoreFilter(Filter):
 
     class Options(Options):
         min_score: float | None = Field(None, description="Drop records whose best candidate scored below this.")
-        min_margin: float | None = Field(None, ge=0.0, description="Drop records whose best and worst candidates "
-                                                                  "differ by less (no preference to learn).")
+        min_margin: float | None = Field(
+            None,
+            ge=0.0,
+            description="Drop records whose best and worst candidates differ by less (no preference to learn).",
+        )
         unscored: Literal["keep", "drop"] = Field(
-            "drop", description="Records without scored candidates (seed answers kept as they were, a "
-                                "single sample): keep them, or drop them as unranked.")
+            "drop",
+            description="Records without scored candidates (seed answers kept as they were, a "
+            "single sample): keep them, or drop them as unranked.",
+        )
 
     def check(self, record: Record) -> bool | tuple[bool, str]:
         o = self.options

@@ -23,15 +23,22 @@ class ResponseTask(MapTask):
     class Options(Options):
         system_prompt: str | None = Field(None, description="Sent to the teacher; replaces the record's own.")
         keep_system_prompt: bool = Field(
-            False, description="Keep the teacher's system prompt in the output. Off by default: the "
-                               "student should learn the behaviour without being told.")
+            False,
+            description="Keep the teacher's system prompt in the output. Off by default: the "
+            "student should learn the behaviour without being told.",
+        )
         min_chars: int = Field(1, ge=0, description="Shorter answers count as empty.")
-        prefix: str | None = Field(None, description="Start every answer with this text: the teacher continues "
-                                   "it (assistant prefill; local engines and vLLM servers support it). A small "
-                                   "teacher that ignores a format rule in the system prompt follows it this way.")
+        prefix: str | None = Field(
+            None,
+            description="Start every answer with this text: the teacher continues "
+            "it (assistant prefill; local engines and vLLM servers support it). A small "
+            "teacher that ignores a format rule in the system prompt follows it this way.",
+        )
         answered: Literal["regenerate", "keep"] = Field(
-            "regenerate", description="What to do with records that already end in an answer (seeds with "
-                                      "responses): ask the teacher again, or keep their answer unchanged.")
+            "regenerate",
+            description="What to do with records that already end in an answer (seeds with "
+            "responses): ask the teacher again, or keep their answer unchanged.",
+        )
 
     def build(self, record: Record) -> list[Message] | Reject | PassThrough:
         prompt = record.prompt()
@@ -41,7 +48,8 @@ class ResponseTask(MapTask):
             return PassThrough("already answered (answered: keep)")
         if self.options.system_prompt:
             prompt = [Message(role="system", content=self.options.system_prompt)] + [
-                m for m in prompt if m.role != "system"]
+                m for m in prompt if m.role != "system"
+            ]
         if self.options.prefix:
             prompt = prompt + [Message(role="assistant", content=self.options.prefix)]
         return prompt
@@ -54,13 +62,17 @@ class ResponseTask(MapTask):
         prompt = record.prompt()
         if self.options.system_prompt:
             others = [m for m in prompt if m.role != "system"]
-            prompt = ([Message(role="system", content=self.options.system_prompt)] + others
-                      if self.options.keep_system_prompt else others)
+            prompt = (
+                [Message(role="system", content=self.options.system_prompt)] + others
+                if self.options.keep_system_prompt
+                else others
+            )
         first = usable[0]
         record.messages = prompt + [Message(role="assistant", content=texts[first])]
         if len(samples) > 1:
-            record.candidates = [Candidate(content=texts[i], generator=generator,
-                                           finish_reason=samples[i].finish_reason) for i in usable]
+            record.candidates = [
+                Candidate(content=texts[i], generator=generator, finish_reason=samples[i].finish_reason) for i in usable
+            ]
         record.metadata["finish_reason"] = samples[first].finish_reason
         return record
 
@@ -128,9 +140,12 @@ class SelfInstructTask(ExpandTask):
             picked += rng.sample(made, min(o.generated_examples, len(made)))
             rng.shuffle(picked)
             examples = "\n".join(f"{i}. {self._instruction(r)}" for i, r in enumerate(picked, 1))
-            text = o.prompt.format(examples=examples, count=o.per_prompt,
-                                   plural="" if o.per_prompt == 1 else "s",
-                                   them="it" if o.per_prompt == 1 else "them")
+            text = o.prompt.format(
+                examples=examples,
+                count=o.per_prompt,
+                plural="" if o.per_prompt == 1 else "s",
+                them="it" if o.per_prompt == 1 else "them",
+            )
             proposals.append(Proposal(messages=[Message(role="user", content=text)], parents=picked))
         return proposals
 

@@ -23,12 +23,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 SERVED_MODEL = "distill-tiny"
@@ -46,17 +47,34 @@ class VLLMServer(NamedTuple):
     model: str
 
 
-def vllm_command(model_dir: Path, port: int, served_name: str = SERVED_MODEL,
-                 api_key: str | None = None) -> list[str]:
+def vllm_command(model_dir: Path, port: int, served_name: str = SERVED_MODEL, api_key: str | None = None) -> list[str]:
     """The command line that works on the project's CPUs (see ENVIRONMENT.md): fp32, eager.
 
     Whitespace between JSON tokens is disabled for structured output because a random tiny
     model, free to emit it, fills max_tokens with indentation and never closes the object.
     """
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--seed", "0",
-           "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--seed",
+        "0",
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+    ]
     if api_key:
         cmd += ["--api-key", api_key]
     return cmd
@@ -78,22 +96,41 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def vllm_server(model_dir: Path, *, served_name: str = SERVED_MODEL, api_key: str | None = None,
-                startup_timeout: float = 300.0, warmup: bool = True) -> Iterator[VLLMServer]:
+def vllm_server(
+    model_dir: Path,
+    *,
+    served_name: str = SERVED_MODEL,
+    api_key: str | None = None,
+    startup_timeout: float = 300.0,
+    warmup: bool = True,
+) -> Iterator[VLLMServer]:
     """Start a vLLM API server on a free local port; yield once it answers (and is warm)."""
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(vllm_command(model_dir, port, served_name, api_key), stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            vllm_command(model_dir, port, served_name, api_key),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_ready(proc, base_url, api_key, startup_timeout, log_path)
         if warmup:  # the first request compiles kernels (~7 s on CPU); keep that out of timeouts
-            _post(base_url, {"model": served_name, "messages": [{"role": "user", "content": "hi"}],
-                             "max_tokens": 4}, api_key)
+            _post(
+                base_url,
+                {"model": served_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                api_key,
+            )
         yield VLLMServer(base_url, served_name)
     finally:
         _stop_group(proc)
@@ -108,14 +145,14 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 
 def _post(base_url: str, body: dict, api_key: str | None, timeout: float = 120) -> dict:
-    req = urllib.request.Request(f"{base_url}/chat/completions", data=json.dumps(body).encode(),
-                                 headers=_headers(api_key), method="POST")
+    req = urllib.request.Request(
+        f"{base_url}/chat/completions", data=json.dumps(body).encode(), headers=_headers(api_key), method="POST"
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
-def _wait_ready(proc: subprocess.Popen, base_url: str, api_key: str | None, timeout: float,
-                log_path: Path) -> None:
+def _wait_ready(proc: subprocess.Popen, base_url: str, api_key: str | None, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -165,28 +202,57 @@ class FaultProxy:
     401 to any other key, echoing the key it was sent as some real servers do.
     """
 
-    def __init__(self, upstream: str, *, rate: float = 0.0, kinds: tuple[str, ...] = FAULT_KINDS,
-                 seed: int = 0, hang_seconds: float = 3.0, retry_after: str = "0",
-                 require_key: str | None = None, reject_response_format: bool = False,
-                 ignore_n: bool = False, delay_marker: str | None = None, delay_seconds: float = 0.0,
-                 lifetime: float = 600.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        rate: float = 0.0,
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        seed: int = 0,
+        hang_seconds: float = 3.0,
+        retry_after: str = "0",
+        require_key: str | None = None,
+        reject_response_format: bool = False,
+        ignore_n: bool = False,
+        delay_marker: str | None = None,
+        delay_seconds: float = 0.0,
+        lifetime: float = 600.0,
+    ) -> None:
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.lifetime = lifetime
-        self.configure(rate=rate, kinds=kinds, seed=seed, hang_seconds=hang_seconds,
-                       retry_after=retry_after, require_key=require_key,
-                       reject_response_format=reject_response_format, ignore_n=ignore_n,
-                       delay_marker=delay_marker, delay_seconds=delay_seconds)
+        self.configure(
+            rate=rate,
+            kinds=kinds,
+            seed=seed,
+            hang_seconds=hang_seconds,
+            retry_after=retry_after,
+            require_key=require_key,
+            reject_response_format=reject_response_format,
+            ignore_n=ignore_n,
+            delay_marker=delay_marker,
+            delay_seconds=delay_seconds,
+        )
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._timer: threading.Timer | None = None
         self.stats = ProxyStats()
 
-    def configure(self, *, rate: float = 0.0, kinds: tuple[str, ...] = FAULT_KINDS, seed: int = 0,
-                  hang_seconds: float = 3.0, retry_after: str = "0", require_key: str | None = None,
-                  reject_response_format: bool = False, ignore_n: bool = False,
-                  delay_marker: str | None = None, delay_seconds: float = 0.0) -> None:
+    def configure(
+        self,
+        *,
+        rate: float = 0.0,
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        seed: int = 0,
+        hang_seconds: float = 3.0,
+        retry_after: str = "0",
+        require_key: str | None = None,
+        reject_response_format: bool = False,
+        ignore_n: bool = False,
+        delay_marker: str | None = None,
+        delay_seconds: float = 0.0,
+    ) -> None:
         unknown = set(kinds) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
@@ -206,7 +272,7 @@ class FaultProxy:
         assert self._server is not None, "proxy not started"
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self.start()
         return self
 
@@ -286,18 +352,28 @@ class _Handler(BaseHTTPRequestHandler):
                     owner.stats.requests += 1
                     owner.stats.faults["401"] += 1
                 message = f"Incorrect API key provided: {presented}."
-                return self._send(401, json.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                                             "code": "invalid_api_key"}}).encode())
+                return self._send(
+                    401,
+                    json.dumps(
+                        {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}}
+                    ).encode(),
+                )
         body = self._rewrite(body)
         if owner.reject_response_format and b'"response_format"' in body:
             with owner._lock:
                 owner.stats.requests += 1
-            return self._send(400, b'{"error": {"message": "response_format is not supported by this server", '
-                                   b'"type": "BadRequestError", "code": 400}}')
+            return self._send(
+                400,
+                b'{"error": {"message": "response_format is not supported by this server", '
+                b'"type": "BadRequestError", "code": 400}}',
+            )
         fault = owner._pick_fault()
         if fault == "429":
-            return self._send(429, b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}',
-                              extra={"Retry-After": self._retry_after()})
+            return self._send(
+                429,
+                b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}',
+                extra={"Retry-After": self._retry_after()},
+            )
         if fault == "500":
             return self._send(500, b'{"error": {"message": "internal error (injected)"}}')
         if fault == "hang":
@@ -358,8 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(half)
         self.wfile.flush()
 
-    def _send(self, status: int, data: bytes, ctype: str = "application/json",
-              extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, data: bytes, ctype: str = "application/json", extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))

@@ -23,7 +23,7 @@ from distill.registry import make_registry
 
 pytest.importorskip("openai")
 
-from distill_plugins.teachers.openai import OPENAI_URL, OpenAITeacher  # noqa: E402
+from distill_plugins.teachers.openai import OPENAI_URL, OpenAITeacher
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CONFIG = EXAMPLES / "api_teacher" / "config.yaml"
@@ -56,9 +56,16 @@ def terms_of(loaded, validated, key: str):
 
     teacher = OpenAITeacher(validated[f"teachers.{key}"])
     info = teacher.model_info()
-    return resolve_terms(key=key, plugin=teacher.name, options=teacher.options, reported=info.license,
-                         model=info.model, config_models=loaded.config.models, reg=loaded.license_registry(),
-                         base_dir=loaded.base_dir)
+    return resolve_terms(
+        key=key,
+        plugin=teacher.name,
+        options=teacher.options,
+        reported=info.license,
+        model=info.model,
+        config_models=loaded.config.models,
+        reg=loaded.license_registry(),
+        base_dir=loaded.base_dir,
+    )
 
 
 def files_under(*roots: Path) -> list[Path]:
@@ -73,8 +80,17 @@ def test_config_validates_with_only_the_key_set_and_defaults_to_openai(env):
     validated = validate_plugin_options(loaded, make_registry())
     cfg = loaded.config
     assert [s.name for s in cfg.stages] == STAGES[1:] + ["student", "eval"]
-    assert [s.kind for s in cfg.stages] == ["generate", "filter", "generate", "rank", "filter", "export", "export",
-                                            "train", "evaluate"]
+    assert [s.kind for s in cfg.stages] == [
+        "generate",
+        "filter",
+        "generate",
+        "rank",
+        "filter",
+        "export",
+        "export",
+        "train",
+        "evaluate",
+    ]
     for key in TEACHERS:
         assert cfg.teachers[key].plugin == "openai"
         o = validated[f"teachers.{key}"]
@@ -125,8 +141,10 @@ def test_teacher_terms_are_openais_at_openai_and_declared_elsewhere(env):
     # Any model OpenAI serves, not only the names the built-in rules know.
     env.setenv("OPENAI_MODEL", "some-future-model")
     loaded = load_config(CONFIG)
-    assert terms_of(loaded, validate_plugin_options(loaded, make_registry()), "writer").license == \
-        "LicenseRef-OpenAI-Terms"
+    assert (
+        terms_of(loaded, validate_plugin_options(loaded, make_registry()), "writer").license
+        == "LicenseRef-OpenAI-Terms"
+    )
 
     # A server of one's own: unknown unless declared, and never OpenAI's terms.
     env.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
@@ -199,16 +217,18 @@ def read_stage(out: Path, stage: str) -> tuple[list, list]:
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.slow
 def test_example_runs_against_a_real_openai_compatible_server(vllm_server, tmp_path):
     import os
 
-    from distill.layout import CARD_FILES
     from servers import FaultProxy
+
+    from distill.layout import CARD_FILES
 
     datasets = pytest.importorskip("datasets", reason="the exports need the `datasets` extra")
     config = copy_examples(tmp_path / "examples")
@@ -217,9 +237,15 @@ def test_example_runs_against_a_real_openai_compatible_server(vllm_server, tmp_p
     # The proxy answers 401 to any other key, as OpenAI does: the key must travel from the
     # environment to the server on every request, and nowhere else.
     with FaultProxy(base_url, require_key=SECRET, lifetime=3600) as proxy:
-        env = {**os.environ, "OPENAI_BASE_URL": proxy.base_url, "OPENAI_MODEL": model, "OPENAI_API_KEY": SECRET,
-               # Stands in for OpenAI's terms, which a model at api.openai.com gets from the config's rule.
-               "TEACHER_LICENSE": "LicenseRef-OpenAI-Terms", "DISTILL_CACHE_DIR": str(cache)}
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": proxy.base_url,
+            "OPENAI_MODEL": model,
+            "OPENAI_API_KEY": SECRET,
+            # Stands in for OpenAI's terms, which a model at api.openai.com gets from the config's rule.
+            "TEACHER_LICENSE": "LicenseRef-OpenAI-Terms",
+            "DISTILL_CACHE_DIR": str(cache),
+        }
         run = cli("run", str(config), "--until", "student", "--quiet", env=env, timeout=1800)
         assert run.returncode == 0, run.stdout + run.stderr
     assert proxy.stats.forwarded > 0 and not proxy.stats.faults, proxy.stats.faults
@@ -273,8 +299,16 @@ def test_example_runs_against_a_real_openai_compatible_server(vllm_server, tmp_p
     rules = {(f["rule"], f["license"], f["severity"]) for f in report["findings"]}
     assert ("no-competing-models", "LicenseRef-OpenAI-Terms", "acknowledge") in rules
     assert ("acceptable-use", "LicenseRef-OpenAI-Terms", "info") in rules
-    acked = cli("audit", str(out), "--stage", "answers", "--json", "--no-write",
-                "--ack", "no-competing-models=the student does not compete with OpenAI")
+    acked = cli(
+        "audit",
+        str(out),
+        "--stage",
+        "answers",
+        "--json",
+        "--no-write",
+        "--ack",
+        "no-competing-models=the student does not compete with OpenAI",
+    )
     assert acked.returncode == 0 and json.loads(acked.stdout)["verdict"] == "cleared", acked.stdout + acked.stderr
 
     # The key is in no file the run wrote: output (records, manifests, state, cards) or cache.

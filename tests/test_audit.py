@@ -7,25 +7,30 @@ from dataclasses import dataclass, field
 
 import pytest
 from typer.testing import CliRunner
+from util import config_dict, pipeline
 
 from distill.audit.base import AuditRule, Finding, audit
 from distill.audit.rules import BUILTIN, make_rules
+from distill.config.release import Acknowledgement, ReleaseSettings, parse_ack
 from distill.errors import ConfigError
 from distill.hookspecs import hookimpl
 from distill.licenses import UNSPECIFIED, builtin_registry
 from distill.plugin import Options
 from distill.records import Generator
 from distill.registry import make_registry
-from distill.config.release import Acknowledgement, ReleaseSettings, parse_ack
 from distill.testing import make_record
-
-from util import config_dict, pipeline
 
 RULES = make_rules()
 
 
-def records(n: int = 3, *, sources: tuple[tuple[str, str], ...] = (("acme-seeds", "CC0-1.0"),),
-            models: tuple[tuple[str, str], ...] = (), judge: tuple[str, str] | None = None, start: int = 0):
+def records(
+    n: int = 3,
+    *,
+    sources: tuple[tuple[str, str], ...] = (("acme-seeds", "CC0-1.0"),),
+    models: tuple[tuple[str, str], ...] = (),
+    judge: tuple[str, str] | None = None,
+    start: int = 0,
+):
     """`n` records from `sources` (dataset, license), written by `models` (model id, license)."""
     out = []
     for i in range(start, start + n):
@@ -57,84 +62,158 @@ class Scenario:
 
 
 COMPETES = {"rule": "no-competing-models", "reason": "a support bot; does not compete with OpenAI", "by": "legal"}
-GEMMA_ACK = {"rule": "derivative-inherits-terms", "license": "LicenseRef-Gemma-Terms",
-             "reason": "we pass on the Gemma terms with the model"}
+GEMMA_ACK = {
+    "rule": "derivative-inherits-terms",
+    "license": "LicenseRef-Gemma-Terms",
+    "reason": "we pass on the Gemma terms with the model",
+}
 
 SCENARIOS = [
-    Scenario("non-commercial seeds, commercial release",
-             records(sources=(("nc-seeds", "CC-BY-NC-4.0"),), models=(("smollm2", "Apache-2.0"),)),
-             {"use": "commercial", "what": "data", "name": "acme"}, 1,
-             {("use-category", "blocking", "CC-BY-NC-4.0")}),
-    Scenario("non-commercial seeds, research release",
-             records(sources=(("nc-seeds", "CC-BY-NC-4.0"),), models=(("smollm2", "Apache-2.0"),)),
-             {"use": "research", "what": "data", "name": "acme"}, 0, set(), {"blocking", "acknowledge"}),
-    Scenario("API terms forbid competing models",
-             records(models=(("gpt-4o", "LicenseRef-OpenAI-Terms"),)),
-             {"what": "model", "name": "acme-7b", "base_model": "mistralai/Mistral-7B-v0.1"}, 1,
-             {("no-competing-models", "acknowledge", "LicenseRef-OpenAI-Terms")}, {"blocking"}),
-    Scenario("API terms forbid competing models, acknowledged",
-             records(models=(("gpt-4o", "LicenseRef-OpenAI-Terms"),)),
-             {"what": "model", "name": "acme-7b", "base_model": "mistralai/Mistral-7B-v0.1", "acks": [COMPETES]}, 0,
-             {("no-competing-models", "acknowledge", "LicenseRef-OpenAI-Terms")}),
-    Scenario("API judge outputs in a data release",
-             records(models=(("smollm2", "Apache-2.0"),), judge=("gpt-4o", "LicenseRef-OpenAI-Terms")),
-             {"what": "data"}, 1, {("no-competing-models", "acknowledge", "LicenseRef-OpenAI-Terms")}),
-    Scenario("Llama 3.0 outputs train a non-Llama student",
-             records(models=(("meta-llama/Meta-Llama-3-70B-Instruct", "LicenseRef-Llama-3"),)),
-             {"what": "model", "name": "acme-student", "base_model": "Qwen/Qwen2.5-7B"}, 1,
-             {("no-improve-other-llm", "blocking", "LicenseRef-Llama-3"),
-              ("name-prefix", "blocking", "LicenseRef-Llama-3")}),
-    Scenario("Llama 3.0 outputs train a Llama 3 student named for it",
-             records(models=(("meta-llama/Meta-Llama-3-70B-Instruct", "LicenseRef-Llama-3"),)),
-             {"what": "model", "name": "acme/Llama-3-Acme-8B", "base_model": "meta-llama/Meta-Llama-3-8B"}, 0,
-             {("no-improve-other-llm", "info", "LicenseRef-Llama-3"), ("name-prefix", "info", "LicenseRef-Llama-3"),
-              ("monthly-user-cap", "info", "LicenseRef-Llama-3")}, {"blocking", "acknowledge"}),
-    Scenario("Llama 3.1 outputs, student name lacks the prefix",
-             records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
-             {"what": "model", "name": "acme-student", "base_model": "Qwen/Qwen2.5-7B"}, 1,
-             {("name-prefix", "blocking", "LicenseRef-Llama-3.1")},
-             {("no-improve-other-llm", "blocking", "LicenseRef-Llama-3.1")}),
-    Scenario("Llama 3.1 outputs, student named Llama-...",
-             records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
-             {"what": "model", "name": "Llama-Acme-7B", "base_model": "Qwen/Qwen2.5-7B"}, 0,
-             {("name-prefix", "info", "LicenseRef-Llama-3.1"), ("acceptable-use", "info", "LicenseRef-Llama-3.1")},
-             {"blocking"}),
-    Scenario("Llama 3.1 outputs released as data",
-             records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
-             {"what": "data", "name": "acme-data"}, 0, {("name-prefix", "info", "LicenseRef-Llama-3.1")}),
-    Scenario("Gemma outputs pass on its terms",
-             records(models=(("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"),)),
-             {"what": "model", "name": "acme-student", "base_model": "HuggingFaceTB/SmolLM2-360M"}, 1,
-             {("derivative-inherits-terms", "acknowledge", "LicenseRef-Gemma-Terms")}, {"blocking"}),
-    Scenario("Gemma outputs pass on its terms, acknowledged",
-             records(models=(("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"),)),
-             {"what": "model", "name": "acme-student", "base_model": "HuggingFaceTB/SmolLM2-360M", "acks": [GEMMA_ACK]},
-             0, {("notices", "info", "LicenseRef-Gemma-Terms")}),
-    Scenario("mixed permissive sources",
-             records(sources=(("a", "MIT"), ("b", "CC-BY-4.0"), ("c", "CC0-1.0")), models=(("smollm2", "Apache-2.0"),)),
-             {"use": "commercial", "what": "data"}, 0,
-             {("notices", "info", "MIT"), ("notices", "info", "CC-BY-4.0"), ("notices", "info", "Apache-2.0")},
-             {"blocking", "acknowledge"}),
-    Scenario("an unknown model",
-             records(models=(("mystery-7b", UNSPECIFIED),)),
-             {"use": "research", "what": "data"}, 1, {("unknown-terms", "blocking", UNSPECIFIED)}),
-    Scenario("an unregistered LicenseRef in a record",
-             records(models=(("inhouse", "LicenseRef-Acme-Internal"),)),
-             {"use": "research", "what": "data"}, 1, {("unknown-terms", "blocking", "LicenseRef-Acme-Internal")},
-             {("use-category", "blocking", "LicenseRef-Acme-Internal")}),
-    Scenario("a share-alike source in a model release",
-             records(sources=(("wiki", "CC-BY-SA-4.0"),)),
-             {"what": "model", "name": "x", "base_model_license": "Apache-2.0"}, 1,
-             {("share-alike", "acknowledge", "CC-BY-SA-4.0")}),
-    Scenario("more users than the license allows",
-             records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
-             {"what": "data", "monthly_users": 800_000_000}, 1,
-             {("monthly-user-cap", "blocking", "LicenseRef-Llama-3.1")}),
-    Scenario("a model release without a base model",
-             records(), {"what": "model", "name": "x"}, 1, {("base-model", "acknowledge", None)}),
-    Scenario("a non-commercial base model",
-             records(), {"what": "model", "name": "x", "base_model": "Qwen/Qwen2.5-3B-Instruct"}, 1,
-             {("use-category", "blocking", "LicenseRef-Qwen-Research")}),
+    Scenario(
+        "non-commercial seeds, commercial release",
+        records(sources=(("nc-seeds", "CC-BY-NC-4.0"),), models=(("smollm2", "Apache-2.0"),)),
+        {"use": "commercial", "what": "data", "name": "acme"},
+        1,
+        {("use-category", "blocking", "CC-BY-NC-4.0")},
+    ),
+    Scenario(
+        "non-commercial seeds, research release",
+        records(sources=(("nc-seeds", "CC-BY-NC-4.0"),), models=(("smollm2", "Apache-2.0"),)),
+        {"use": "research", "what": "data", "name": "acme"},
+        0,
+        set(),
+        {"blocking", "acknowledge"},
+    ),
+    Scenario(
+        "API terms forbid competing models",
+        records(models=(("gpt-4o", "LicenseRef-OpenAI-Terms"),)),
+        {"what": "model", "name": "acme-7b", "base_model": "mistralai/Mistral-7B-v0.1"},
+        1,
+        {("no-competing-models", "acknowledge", "LicenseRef-OpenAI-Terms")},
+        {"blocking"},
+    ),
+    Scenario(
+        "API terms forbid competing models, acknowledged",
+        records(models=(("gpt-4o", "LicenseRef-OpenAI-Terms"),)),
+        {"what": "model", "name": "acme-7b", "base_model": "mistralai/Mistral-7B-v0.1", "acks": [COMPETES]},
+        0,
+        {("no-competing-models", "acknowledge", "LicenseRef-OpenAI-Terms")},
+    ),
+    Scenario(
+        "API judge outputs in a data release",
+        records(models=(("smollm2", "Apache-2.0"),), judge=("gpt-4o", "LicenseRef-OpenAI-Terms")),
+        {"what": "data"},
+        1,
+        {("no-competing-models", "acknowledge", "LicenseRef-OpenAI-Terms")},
+    ),
+    Scenario(
+        "Llama 3.0 outputs train a non-Llama student",
+        records(models=(("meta-llama/Meta-Llama-3-70B-Instruct", "LicenseRef-Llama-3"),)),
+        {"what": "model", "name": "acme-student", "base_model": "Qwen/Qwen2.5-7B"},
+        1,
+        {("no-improve-other-llm", "blocking", "LicenseRef-Llama-3"), ("name-prefix", "blocking", "LicenseRef-Llama-3")},
+    ),
+    Scenario(
+        "Llama 3.0 outputs train a Llama 3 student named for it",
+        records(models=(("meta-llama/Meta-Llama-3-70B-Instruct", "LicenseRef-Llama-3"),)),
+        {"what": "model", "name": "acme/Llama-3-Acme-8B", "base_model": "meta-llama/Meta-Llama-3-8B"},
+        0,
+        {
+            ("no-improve-other-llm", "info", "LicenseRef-Llama-3"),
+            ("name-prefix", "info", "LicenseRef-Llama-3"),
+            ("monthly-user-cap", "info", "LicenseRef-Llama-3"),
+        },
+        {"blocking", "acknowledge"},
+    ),
+    Scenario(
+        "Llama 3.1 outputs, student name lacks the prefix",
+        records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
+        {"what": "model", "name": "acme-student", "base_model": "Qwen/Qwen2.5-7B"},
+        1,
+        {("name-prefix", "blocking", "LicenseRef-Llama-3.1")},
+        {("no-improve-other-llm", "blocking", "LicenseRef-Llama-3.1")},
+    ),
+    Scenario(
+        "Llama 3.1 outputs, student named Llama-...",
+        records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
+        {"what": "model", "name": "Llama-Acme-7B", "base_model": "Qwen/Qwen2.5-7B"},
+        0,
+        {("name-prefix", "info", "LicenseRef-Llama-3.1"), ("acceptable-use", "info", "LicenseRef-Llama-3.1")},
+        {"blocking"},
+    ),
+    Scenario(
+        "Llama 3.1 outputs released as data",
+        records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
+        {"what": "data", "name": "acme-data"},
+        0,
+        {("name-prefix", "info", "LicenseRef-Llama-3.1")},
+    ),
+    Scenario(
+        "Gemma outputs pass on its terms",
+        records(models=(("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"),)),
+        {"what": "model", "name": "acme-student", "base_model": "HuggingFaceTB/SmolLM2-360M"},
+        1,
+        {("derivative-inherits-terms", "acknowledge", "LicenseRef-Gemma-Terms")},
+        {"blocking"},
+    ),
+    Scenario(
+        "Gemma outputs pass on its terms, acknowledged",
+        records(models=(("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"),)),
+        {"what": "model", "name": "acme-student", "base_model": "HuggingFaceTB/SmolLM2-360M", "acks": [GEMMA_ACK]},
+        0,
+        {("notices", "info", "LicenseRef-Gemma-Terms")},
+    ),
+    Scenario(
+        "mixed permissive sources",
+        records(sources=(("a", "MIT"), ("b", "CC-BY-4.0"), ("c", "CC0-1.0")), models=(("smollm2", "Apache-2.0"),)),
+        {"use": "commercial", "what": "data"},
+        0,
+        {("notices", "info", "MIT"), ("notices", "info", "CC-BY-4.0"), ("notices", "info", "Apache-2.0")},
+        {"blocking", "acknowledge"},
+    ),
+    Scenario(
+        "an unknown model",
+        records(models=(("mystery-7b", UNSPECIFIED),)),
+        {"use": "research", "what": "data"},
+        1,
+        {("unknown-terms", "blocking", UNSPECIFIED)},
+    ),
+    Scenario(
+        "an unregistered LicenseRef in a record",
+        records(models=(("inhouse", "LicenseRef-Acme-Internal"),)),
+        {"use": "research", "what": "data"},
+        1,
+        {("unknown-terms", "blocking", "LicenseRef-Acme-Internal")},
+        {("use-category", "blocking", "LicenseRef-Acme-Internal")},
+    ),
+    Scenario(
+        "a share-alike source in a model release",
+        records(sources=(("wiki", "CC-BY-SA-4.0"),)),
+        {"what": "model", "name": "x", "base_model_license": "Apache-2.0"},
+        1,
+        {("share-alike", "acknowledge", "CC-BY-SA-4.0")},
+    ),
+    Scenario(
+        "more users than the license allows",
+        records(models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),)),
+        {"what": "data", "monthly_users": 800_000_000},
+        1,
+        {("monthly-user-cap", "blocking", "LicenseRef-Llama-3.1")},
+    ),
+    Scenario(
+        "a model release without a base model",
+        records(),
+        {"what": "model", "name": "x"},
+        1,
+        {("base-model", "acknowledge", None)},
+    ),
+    Scenario(
+        "a non-commercial base model",
+        records(),
+        {"what": "model", "name": "x", "base_model": "Qwen/Qwen2.5-3B-Instruct"},
+        1,
+        {("use-category", "blocking", "LicenseRef-Qwen-Research")},
+    ),
 ]
 
 
@@ -149,9 +228,13 @@ def test_scenarios(s: Scenario):
         else:
             assert a not in found
     assert report.exit_code == s.exit, [f for f in report.open_findings()]
-    assert report.verdict == ("cleared" if s.exit == 0 else
-                              "blocked" if any(f.severity == "blocking" for f in report.findings)
-                              else "needs-acknowledgement")
+    assert report.verdict == (
+        "cleared"
+        if s.exit == 0
+        else "blocked"
+        if any(f.severity == "blocking" for f in report.findings)
+        else "needs-acknowledgement"
+    )
     from_records = {u.license for u in report.licenses if u.records}  # not only the base model's
     for f in report.findings:
         if f.license in from_records:
@@ -185,8 +268,13 @@ def test_the_dataset_tag_combines_records():
 
 def test_acknowledgements_are_recorded_with_their_source_and_unused_ones_warned():
     recs = records(models=(("gpt-4o", "LicenseRef-OpenAI-Terms"),))
-    report = audit(recs, ReleaseSettings(acknowledge=[Acknowledgement(**COMPETES)]), builtin_registry(), RULES,
-                   cli_acks=[parse_ack("share-alike=not relevant here")])
+    report = audit(
+        recs,
+        ReleaseSettings(acknowledge=[Acknowledgement(**COMPETES)]),
+        builtin_registry(),
+        RULES,
+        cli_acks=[parse_ack("share-alike=not relevant here")],
+    )
     assert report.exit_code == 0
     (f,) = [f for f in report.findings if f.rule == "no-competing-models"]
     assert f.acknowledged.reason == COMPETES["reason"] and f.acknowledged.by == "legal"
@@ -209,12 +297,15 @@ def test_blocking_findings_cannot_be_acknowledged():
     assert any("cannot be acknowledged" in w for w in report.warnings)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("no-competing-models", "expected RULE[:LICENSE]=REASON"),
-    ("no-competing-models=  ", "a reason is required"),
-    ("=because", "the rule is missing"),
-    ("no-competing-models:LicenseRef-Nope=x", "LicenseRef-Nope"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("no-competing-models", "expected RULE[:LICENSE]=REASON"),
+        ("no-competing-models=  ", "a reason is required"),
+        ("=because", "the rule is missing"),
+        ("no-competing-models:LicenseRef-Nope=x", "LicenseRef-Nope"),
+    ],
+)
 def test_bad_acks_are_errors(text, fragment):
     with pytest.raises(ConfigError, match="--ack") as exc:
         parse_ack(text)
@@ -222,12 +313,14 @@ def test_bad_acks_are_errors(text, fragment):
 
 
 def test_an_ack_of_an_unknown_rule_is_an_error_with_a_suggestion():
-    with pytest.raises(ConfigError, match="unknown audit rule 'no-competing-model' "
-                                          "\\(did you mean 'no-competing-models'"):
+    with pytest.raises(
+        ConfigError, match="unknown audit rule 'no-competing-model' \\(did you mean 'no-competing-models'"
+    ):
         run(records(), acks=[{"rule": "no-competing-model", "reason": "x"}])
 
 
 # -- custom rules through the plugin hook ----------------------------------------------------
+
 
 class NoApiTeachers(AuditRule):
     """An organisation's policy: nothing written by a hosted API model ships."""
@@ -270,7 +363,8 @@ def test_custom_rules_register_through_the_hook_and_take_options():
     release = ReleaseSettings(acknowledge=[Acknowledgement(**COMPETES)])
     report = audit(recs, release, builtin_registry(), make_rules(reg))
     assert ("acme-no-api-teachers", "blocking", "LicenseRef-OpenAI-Terms") in {
-        (f.rule, f.severity, f.license) for f in report.findings}
+        (f.rule, f.severity, f.license) for f in report.findings
+    }
     assert report.exit_code == 1
     allowed = make_rules(reg, {"acme-no-api-teachers": {"allowed": ["LicenseRef-OpenAI-Terms"]}})
     assert audit(recs, release, builtin_registry(), allowed).exit_code == 0
@@ -306,6 +400,7 @@ def test_builtin_rules_have_unique_names_and_descriptions():
 
 
 # -- the command, on a real pipeline's output ---------------------------------------------
+
 
 def _cli(*args):
     from distill.cli.app import app
@@ -346,8 +441,12 @@ def test_audit_command_needs_acknowledgement_then_records_it(tmp_path):
     assert rep["verdict"] == "needs-acknowledgement"
     (f,) = [f for f in rep["findings"] if f["rule"] == "no-competing-models"]
     assert f["severity"] == "acknowledge" and f["acknowledged"] is None and f["records"] > 0 and f["examples"]
-    r = _cli(*base, "--json", "--ack", "no-competing-models:LicenseRef-OpenAI-Terms=a router help desk, not a "
-                                      "general assistant")
+    r = _cli(
+        *base,
+        "--json",
+        "--ack",
+        "no-competing-models:LicenseRef-OpenAI-Terms=a router help desk, not a general assistant",
+    )
     assert r.exit_code == 0, r.stdout
     rep = json.loads(r.stdout)
     (a,) = rep["acknowledgements"]
@@ -357,8 +456,12 @@ def test_audit_command_needs_acknowledgement_then_records_it(tmp_path):
 
 
 def test_acknowledgements_in_the_config_are_recorded(tmp_path):
-    release = {"what": "model", "name": "acme-7b", "base_model_license": "Apache-2.0",
-               "acknowledge": [{"rule": "no-competing-models", "reason": "reviewed by counsel", "by": "legal"}]}
+    release = {
+        "what": "model",
+        "name": "acme-7b",
+        "base_model_license": "Apache-2.0",
+        "acknowledge": [{"rule": "no-competing-models", "reason": "reviewed by counsel", "by": "legal"}],
+    }
     out, _, _ = _run_pipeline(tmp_path, release=release, teacher_options={"license": "LicenseRef-OpenAI-Terms"})
     r = _cli(out, "--json", "--no-write")
     assert r.exit_code == 0, r.stdout
@@ -401,8 +504,9 @@ def test_model_rules_in_the_config_resolve_an_undeclared_teacher(tmp_path):
 
 def test_a_license_policy_style_filter_drop_removes_the_license_from_the_audit(tmp_path):
     """Two seed sets, one non-commercial; a filter drops its records; the audit no longer sees it."""
-    from distill.filter import Filter
     from util import write_seeds
+
+    from distill.filter import Filter
 
     class DropNonCommercial(Filter):
         name = "drop-nc"

@@ -26,8 +26,9 @@ SAMPLING = {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
 
 
 def request(question: str = "What is 2+2?", seed: int | None = 7, system: str = "Be brief.") -> ChatRequest:
-    return ChatRequest(messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
-                       seed=seed)
+    return ChatRequest(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}], seed=seed
+    )
 
 
 def parts(identity: dict | None = None, sampling: dict | None = None, req: ChatRequest | None = None) -> dict:
@@ -35,8 +36,7 @@ def parts(identity: dict | None = None, sampling: dict | None = None, req: ChatR
 
 
 def samples(text: str = "4") -> list[Sample]:
-    return [Sample(text=text, finish_reason="stop", completion_tokens=3, prompt_tokens=11,
-                   logprobs=[-0.25, -1.5, 0.0])]
+    return [Sample(text=text, finish_reason="stop", completion_tokens=3, prompt_tokens=11, logprobs=[-0.25, -1.5, 0.0])]
 
 
 def put(cache: RequestCache, p: dict, text: str = "4") -> str:
@@ -47,13 +47,17 @@ def put(cache: RequestCache, p: dict, text: str = "4") -> str:
 
 # --- keys ---------------------------------------------------------------------------------------
 
+
 def test_key_parts_are_canonical_and_hold_only_identity_sampling_request():
     p = key_parts({**IDENTITY, "license": "MIT", "plugin_version": "1.2"}, SAMPLING, request())
     assert list(p) == ["request", "sampling", "teacher"]
     assert p["teacher"] == IDENTITY
-    assert p["request"] == {"messages": [{"content": "Be brief.", "role": "system"},
-                                         {"content": "What is 2+2?", "role": "user"}],
-                            "n": None, "response_format": None, "seed": 7}
+    assert p["request"] == {
+        "messages": [{"content": "Be brief.", "role": "system"}, {"content": "What is 2+2?", "role": "user"}],
+        "n": None,
+        "response_format": None,
+        "seed": 7,
+    }
     # The key does not depend on dict order.
     reordered = key_parts(dict(reversed(list(IDENTITY.items()))), dict(reversed(list(SAMPLING.items()))), request())
     assert cache_key(reordered) == cache_key(p)
@@ -81,6 +85,7 @@ def test_default_cache_path_follows_the_cache_dir(monkeypatch, tmp_path):
 
 # --- put / get ----------------------------------------------------------------------------------
 
+
 def test_round_trip_keeps_every_sample_field_across_reopen(tmp_path):
     path = tmp_path / "deep" / "dir" / "requests.sqlite"
     with RequestCache(path) as cache:
@@ -94,12 +99,15 @@ def test_round_trip_keeps_every_sample_field_across_reopen(tmp_path):
         assert cache.get_many([]) == []
 
 
-@pytest.mark.parametrize("changed", [
-    {"req": request(seed=8)},
-    {"sampling": {**SAMPLING, "max_tokens": 512}},
-    {"req": request(question="What is 3+3?")},
-    {"identity": {**IDENTITY, "revision": "r2"}},
-])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"req": request(seed=8)},
+        {"sampling": {**SAMPLING, "max_tokens": 512}},
+        {"req": request(question="What is 3+3?")},
+        {"identity": {**IDENTITY, "revision": "r2"}},
+    ],
+)
 def test_any_change_misses(tmp_path, changed):
     with RequestCache(tmp_path / "c.sqlite") as cache:
         put(cache, parts())
@@ -131,10 +139,12 @@ def test_misses_are_capped(tmp_path, monkeypatch):
             cache.record_miss(cache_key(p), p)
         assert cache.stats().misses == 5
         assert [e.key for e in cache.explain(limit=50)] == [
-            cache_key(parts(req=request(question=f"q{i}"))) for i in range(11, 6, -1)]
+            cache_key(parts(req=request(question=f"q{i}"))) for i in range(11, 6, -1)
+        ]
 
 
 # --- concurrency --------------------------------------------------------------------------------
+
 
 def _writer(path: str, worker: int, count: int, start: multiprocessing.synchronize.Event) -> None:
     start.wait(30)
@@ -170,6 +180,7 @@ def test_two_processes_write_at_once_without_losing_entries(tmp_path):
 
 
 # --- corruption ---------------------------------------------------------------------------------
+
 
 def test_garbage_file_is_reported_not_rebuilt(tmp_path):
     path = tmp_path / "requests.sqlite"
@@ -235,6 +246,7 @@ def test_another_sqlite_database_is_not_taken_for_a_cache(tmp_path):
 
 # --- explain ------------------------------------------------------------------------------------
 
+
 def _miss(cache: RequestCache, p: dict) -> str:
     """What the core does: look up, record the miss, call the teacher, store the answer."""
     key = cache_key(p)
@@ -256,16 +268,20 @@ def test_explain_names_exactly_the_changed_path(tmp_path):
     assert len(explained) == 5
     for e in explained:
         assert [(d.path, d.change, d.cached, d.new) for d in e.differences] == [
-            ("sampling.max_tokens", "changed", 256, 512)]
+            ("sampling.max_tokens", "changed", 256, 512)
+        ]
         assert e.note is None and e.nearest_model == "acme/chat-1" and e.time is not None
 
 
-@pytest.mark.parametrize("changed, path, cached, new", [
-    ({"req": request(seed=8)}, "request.seed", 7, 8),
-    ({"identity": {**IDENTITY, "revision": "r2"}}, "teacher.revision", "r1", "r2"),
-    ({"req": request(system="Be thorough.")}, "request.messages[0].content", "Be brief.", "Be thorough."),
-    ({"sampling": {**SAMPLING, "max_tokens": 256.0}}, "sampling.max_tokens", 256, 256.0),
-])
+@pytest.mark.parametrize(
+    "changed, path, cached, new",
+    [
+        ({"req": request(seed=8)}, "request.seed", 7, 8),
+        ({"identity": {**IDENTITY, "revision": "r2"}}, "teacher.revision", "r1", "r2"),
+        ({"req": request(system="Be thorough.")}, "request.messages[0].content", "Be brief.", "Be thorough."),
+        ({"sampling": {**SAMPLING, "max_tokens": 256.0}}, "sampling.max_tokens", 256, 256.0),
+    ],
+)
 def test_explain_key(tmp_path, changed, path, cached, new):
     with RequestCache(tmp_path / "c.sqlite") as cache:
         put(cache, parts())
@@ -284,7 +300,8 @@ def test_explain_added_and_removed_fields_and_long_strings(tmp_path):
         put(cache, parts(req=request(question=long_a)))
         e = cache.explain_key(parts(sampling={**SAMPLING, "stop": ["\n"]}, req=request(question=long_a)))
         assert [(d.path, d.change, d.cached, d.new) for d in e.differences] == [
-            ("sampling.stop[0]", "added", None, "\n")]
+            ("sampling.stop[0]", "added", None, "\n")
+        ]
         e = cache.explain_key(parts(sampling={"n": 1}, req=request(question=long_b)))
         by_path = {d.path: d for d in e.differences}
         assert by_path["sampling.max_tokens"].change == "removed"
@@ -306,6 +323,7 @@ def test_explain_says_when_the_model_has_no_entry(tmp_path):
 
 
 # --- CLI ----------------------------------------------------------------------------------------
+
 
 def _cli(*args: str) -> tuple[int, str, str]:
     app = typer.Typer()

@@ -9,30 +9,34 @@ import random
 import pytest
 import yaml
 from typer.testing import CliRunner
+from util import config_dict, pipeline
 
 from distill.audit.base import audit
 from distill.audit.rules import make_rules
 from distill.audit.target import STUDENT_MANIFEST
-from distill.layout import CARD_FILES
 from distill.cards.dataset import croissant, dataset_card, notice, write_dataset_cards
-from distill.licenses import builtin_registry, tag_for
 from distill.cards.model import model_card
-from distill.records import Generator
 from distill.config.release import Acknowledgement, ReleaseSettings
+from distill.layout import CARD_FILES
+from distill.licenses import builtin_registry, tag_for
+from distill.records import Generator
 from distill.testing import make_record
-
-from util import config_dict, pipeline
 
 REG = builtin_registry()
 
 
 def _front(text: str) -> dict:
     assert text.startswith("---\n")
-    return yaml.safe_load(text[4:text.index("\n---\n", 4)])
+    return yaml.safe_load(text[4 : text.index("\n---\n", 4)])
 
 
-def _records(n=4, models=(("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),
-                          ("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"))):
+def _records(
+    n=4,
+    models=(
+        ("meta-llama/Llama-3.1-70B-Instruct", "LicenseRef-Llama-3.1"),
+        ("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"),
+    ),
+):
     out = []
     for i in range(n):
         r = make_record(f"q{i}", f"a{i}", id=f"r{i}", dataset="acme-seeds", license="CC-BY-4.0", row=i)
@@ -87,8 +91,12 @@ def test_cards_follow_the_release_policy_without_redoing_the_export(tmp_path):
     readme = tmp_path / "out" / "export" / "sft" / "README.md"
     assert "needs-acknowledgement" in readme.read_text()
     assert any("export 'sft': the license audit" in w for w in result.warnings)
-    cfg["release"] = {"name": "acme-support", "acknowledge": [
-        {"rule": "no-competing-models", "reason": "receivers are told of the OpenAI terms", "by": "legal"}]}
+    cfg["release"] = {
+        "name": "acme-support",
+        "acknowledge": [
+            {"rule": "no-competing-models", "reason": "receivers are told of the OpenAI terms", "by": "legal"}
+        ],
+    }
     result = pipeline(cfg).run()
     assert result.stages[-1].skipped  # the policy is not part of the data
     card = readme.read_text()
@@ -103,8 +111,9 @@ def test_audit_command_refreshes_the_cards_with_its_acknowledgements(tmp_path):
     cfg["teachers"]["writer"]["options"]["license"] = "LicenseRef-OpenAI-Terms"
     pipeline(cfg).run()
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["audit", str(out), "--name", "acme", "--ack",
-                                 "no-competing-models=help-desk answers only"])
+    r = CliRunner().invoke(
+        app, ["audit", str(out), "--name", "acme", "--ack", "no-competing-models=help-desk answers only"]
+    )
     assert r.exit_code == 0, r.output
     card = (out / "export" / "sft" / "README.md").read_text()
     assert "help-desk answers only" in card and "| no-competing-models | any |" in card
@@ -158,8 +167,9 @@ def test_dataset_card_for_a_single_license_uses_the_hub_id_and_lists_restriction
 
 def test_model_card_inherits_the_datasets_and_the_base_model():
     tags = [tag_for("CC0-1.0 AND LicenseRef-Gemma-Terms")]
-    card = model_card("acme-student", tags, "HuggingFaceTB/SmolLM2-360M", "Apache-2.0", REG,
-                      datasets=["acme/support-sft"])
+    card = model_card(
+        "acme-student", tags, "HuggingFaceTB/SmolLM2-360M", "Apache-2.0", REG, datasets=["acme/support-sft"]
+    )
     meta = _front(card)
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-360M" and meta["base_model_relation"] == "finetune"
     assert meta["datasets"] == ["acme/support-sft"] and meta["license"] == "other"
@@ -168,16 +178,21 @@ def test_model_card_inherits_the_datasets_and_the_base_model():
     assert "restrictions passed on: derivative-inherits-terms" in card and "Not legal advice" in card
     card = model_card("acme-student", [tag_for("LicenseRef-Llama-3.1")], None, None, REG)
     assert "required name prefix 'Llama': MISSING" in card and "base model: not declared" in card
-    assert "required name prefix 'Llama': present" in model_card("Llama-Acme", [tag_for("LicenseRef-Llama-3.1")],
-                                                                 None, None, REG)
+    assert "required name prefix 'Llama': present" in model_card(
+        "Llama-Acme", [tag_for("LicenseRef-Llama-3.1")], None, None, REG
+    )
     assert model_card("x", tags, "b", "MIT", REG) == model_card("x", list(reversed(tags)), "b", "MIT", REG)
 
 
 def test_model_card_carries_the_audit_and_its_acknowledgements():
     recs = _records(2, models=(("google/gemma-2-27b-it", "LicenseRef-Gemma-Terms"),))
     ack = Acknowledgement(rule="derivative-inherits-terms", reason="Gemma terms ship with the model")
-    report = audit(recs, ReleaseSettings(what="model", name="acme", base_model_license="Apache-2.0",
-                                         acknowledge=[ack]), REG, make_rules())
+    report = audit(
+        recs,
+        ReleaseSettings(what="model", name="acme", base_model_license="Apache-2.0", acknowledge=[ack]),
+        REG,
+        make_rules(),
+    )
     card = model_card("acme", [report.license], None, "Apache-2.0", REG, report=report)
     assert report.exit_code == 0 and "Gemma terms ship with the model" in card and "**Verdict: cleared**" in card
 
@@ -218,15 +233,19 @@ def test_a_trainer_lineage_marker_is_audited_as_a_student(tmp_path):
     pipeline(cfg).run()
     student = tmp_path / "student"
     student.mkdir()
-    marker = {"model": "acme-sft", "license": "x",
-              "base_model": {"id": "HuggingFaceTB/SmolLM2-135M", "license": "Apache-2.0"},
-              "datasets": [{"name": "sft", "path": str(tmp_path / "out" / "export" / "sft")}]}
+    marker = {
+        "model": "acme-sft",
+        "license": "x",
+        "base_model": {"id": "HuggingFaceTB/SmolLM2-135M", "license": "Apache-2.0"},
+        "datasets": [{"name": "sft", "path": str(tmp_path / "out" / "export" / "sft")}],
+    }
     (student / "distill-model.json").write_text(json.dumps(marker))
     r = CliRunner().invoke(app, ["audit", str(student), "--json", "--no-write"])
     rep = json.loads(r.stdout)
     assert r.exit_code == 1 and rep["release"]["name"] == "acme-sft" and rep["base_model_license"] == "Apache-2.0"
     assert ("no-improve-other-llm", "blocking", "LicenseRef-Llama-3") in {
-        (f["rule"], f["severity"], f["license"]) for f in rep["findings"]}
+        (f["rule"], f["severity"], f["license"]) for f in rep["findings"]
+    }
 
     # Trained on clean data, but distilled from a Llama 3 teacher's token distributions: the
     # teacher is audited like a model that wrote the data, and named in the findings.
@@ -234,8 +253,9 @@ def test_a_trainer_lineage_marker_is_audited_as_a_student(tmp_path):
     clean = config_dict(tmp_path / "clean")
     pipeline(clean).run()
     marker["datasets"] = [{"name": "sft", "path": str(tmp_path / "clean" / "out" / "export" / "sft")}]
-    marker["influences"] = [{"role": "teacher", "id": "meta-llama/Meta-Llama-3-8B-Instruct",
-                             "license": "LicenseRef-Llama-3"}]
+    marker["influences"] = [
+        {"role": "teacher", "id": "meta-llama/Meta-Llama-3-8B-Instruct", "license": "LicenseRef-Llama-3"}
+    ]
     (student / "distill-model.json").write_text(json.dumps(marker))
     rep = json.loads(CliRunner().invoke(app, ["audit", str(student), "--json", "--no-write"]).stdout)
     [f] = [f for f in rep["findings"] if f["rule"] == "no-improve-other-llm"]

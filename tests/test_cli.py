@@ -10,8 +10,9 @@ from util import QUESTIONS, dump, write_seeds
 
 
 def distill(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def _config(tmp_path) -> dict:
@@ -21,8 +22,10 @@ def _config(tmp_path) -> dict:
         "cache": {"path": "requests.sqlite"},
         "seeds": [{"path": seeds.name, "license": "CC0-1.0"}],
         "stages": [
-            {"kind": "filter", "filters": [{"plugin": "length", "options": {"field": "prompt", "min_words": 8}},
-                                           "exact-dedup"]},
+            {
+                "kind": "filter",
+                "filters": [{"plugin": "length", "options": {"field": "prompt", "min_words": 8}}, "exact-dedup"],
+            },
             {"kind": "export", "format": "sft"},
         ],
     }
@@ -82,7 +85,8 @@ def test_the_plugins_table_shows_option_defaults_in_brackets_as_text(tmp_path):
         "from distill.filter import Filter, Keep\nfrom distill.hookspecs import hookimpl\nfrom distill.plugin import Options\n"
         "class Mask(Filter):\n    name = 'mask-it'\n    class Options(Options):\n        mask_with: str = '[blocked]'\n"
         "    def check(self, record):\n        return Keep()\n"
-        "@hookimpl\ndef register_filters(register):\n    register(Mask)\n")
+        "@hookimpl\ndef register_filters(register):\n    register(Mask)\n"
+    )
     r = distill("plugins", env={**os.environ, "PYTHONPATH": str(site), "COLUMNS": "400"})
     assert r.returncode == 0, r.stderr
     assert "mask_with='[blocked]'" in r.stdout  # rich would read `[blocked]` as markup and drop it
@@ -93,7 +97,9 @@ def test_a_broken_third_party_plugin_does_not_break_the_cli(tmp_path):
 
     site = tmp_path / "site"
     (site / "brokenplug-0.1.dist-info").mkdir(parents=True)
-    (site / "brokenplug-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (site / "brokenplug-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n"
+    )
     (site / "brokenplug-0.1.dist-info" / "entry_points.txt").write_text("[distill]\nbroken = brokenplug_mod\n")
     (site / "brokenplug_mod.py").write_text("raise RuntimeError('plugin bug')\n")
     env = {**os.environ, "PYTHONPATH": str(site)}

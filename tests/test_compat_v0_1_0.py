@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fake_plugins import EchoTeacher
+from util import registry
 
 from distill.cache.store import cache_key, key_parts
 from distill.config import load_config
@@ -24,8 +26,6 @@ from distill.seeding import derive_seed as model_seed
 from distill.seeding import request_seed as stage_seed
 from distill.stages.digests import digest
 from distill.teacher import ChatRequest
-from fake_plugins import EchoTeacher
-from util import registry
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v0_1_0_run"
 PINS = json.loads((FIXTURE / "pins.json").read_text())
@@ -58,8 +58,13 @@ def _copy(tmp_path: Path) -> Path:
 
 def _records(out: Path) -> dict[str, list[dict]]:
     stages = sorted(p.name for p in (out / "stages").iterdir() if p.is_dir())
-    return {s: sorted((r.model_dump(mode="json") for r in read_shards(out / "stages" / s, _kept(out / "stages" / s))),
-                      key=lambda r: r["id"]) for s in stages}
+    return {
+        s: sorted(
+            (r.model_dump(mode="json") for r in read_shards(out / "stages" / s, _kept(out / "stages" / s))),
+            key=lambda r: r["id"],
+        )
+        for s in stages
+    }
 
 
 def _kept(folder: Path) -> list[str]:

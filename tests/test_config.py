@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from util import config_dict, dump, pipeline, registry
 
 from distill.config.loader import load_config, parse_config, validate_plugin_options
 from distill.errors import ConfigError
-
-from util import config_dict, dump, pipeline, registry
 
 
 def _err(cfg) -> str:
@@ -68,12 +67,15 @@ def test_unknown_stage_kind(tmp_path):
     assert "stages[0]" in _err(cfg)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("- a\n- b\n", "must be a mapping of keys to values"),
-    ("", "got empty"),
-    ("output: [unclosed\n", "invalid YAML at line"),
-    ("just a string", "got a str"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("- a\n- b\n", "must be a mapping of keys to values"),
+        ("", "got empty"),
+        ("output: [unclosed\n", "invalid YAML at line"),
+        ("just a string", "got a str"),
+    ],
+)
 def test_bad_files_get_a_message_not_a_traceback(tmp_path, text, expected):
     p = tmp_path / "c.yaml"
     p.write_text(text)

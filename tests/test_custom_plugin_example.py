@@ -32,11 +32,28 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The example package installed into `site`, from a copy of the example in `src`."""
     work = tmp_path_factory.mktemp("acme")
     src, site = work / "src", work / "site"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("out", "build", "*.egg-info", "__pycache__",
-                                                                ".pytest_cache"))
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                        "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)],
-                       capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        EXAMPLE, src, ignore=shutil.ignore_patterns("out", "build", "*.egg-info", "__pycache__", ".pytest_cache")
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (site / "acme_distill" / "faq.json").is_file(), "the FAQ table was not installed as package data"
     return {"work": work, "src": src, "site": site}
@@ -49,8 +66,13 @@ def _env(site: Path, work: Path) -> dict[str, str]:
 
 
 def distill(installed: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
-                          env=_env(installed["site"], installed["work"]), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args],
+        capture_output=True,
+        text=True,
+        env=_env(installed["site"], installed["work"]),
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +93,12 @@ def run_output(installed: dict[str, Path]) -> Path:
 
 
 def _records(folder: Path, kind: str) -> list[Record]:
-    return [Record.model_validate_json(line) for f in sorted(folder.glob(f"{kind}-*.jsonl"))
-            for line in f.read_text().splitlines() if line.strip()]
+    return [
+        Record.model_validate_json(line)
+        for f in sorted(folder.glob(f"{kind}-*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def test_both_plugins_are_listed_with_their_package_and_version(installed):
@@ -86,8 +112,13 @@ def test_both_plugins_are_listed_with_their_package_and_version(installed):
     assert {"terms", "field", "action"} <= set(found[("filter", "acme-blocklist")]["options"])
     assert not [f for f in data["failed"] if f["package"] == PACKAGE]
     # without the package on the path, neither exists: the listing above is the package's doing
-    bare = subprocess.run([sys.executable, "-m", "distill.cli", "plugins", "--json"], capture_output=True, text=True,
-                          env=_env(installed["work"] / "empty", installed["work"]), timeout=300)
+    bare = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=_env(installed["work"] / "empty", installed["work"]),
+        timeout=300,
+    )
     assert PACKAGE not in bare.stdout
 
 
@@ -115,7 +146,12 @@ def test_the_custom_teacher_is_named_in_every_answers_provenance(run_output):
     for rec in answered:
         [g] = rec.provenance.generators
         assert (g.plugin, g.plugin_version, g.model, g.revision, g.license) == (
-            "acme-faq", VERSION, "acme-router-faq", "2025.1", "CC0-1.0")
+            "acme-faq",
+            VERSION,
+            "acme-router-faq",
+            "2025.1",
+            "CC0-1.0",
+        )
         assert g.file_hash == hashlib.sha256(table).hexdigest()
         assert g.sampling == {"n": 2, "seed": 0, "fallback": ""}
         assert rec.response().startswith("Acme Support: ")
@@ -151,10 +187,16 @@ def acme(installed, monkeypatch):
 
 def test_the_filter_under_distill_testing_run_filter(acme):
     f = acme.BlocklistFilter(terms=["NetGiant"])
-    records = [make_record("Which router?", "Acme."), make_record("Which router?", "Not a NetGiant."),
-               make_record("Which router?")]
-    assert run_filter(f, records) == [Keep(), Drop("blocked term: 'NetGiant' in response"),
-                                      Drop("missing field: no response to check")]
+    records = [
+        make_record("Which router?", "Acme."),
+        make_record("Which router?", "Not a NetGiant."),
+        make_record("Which router?"),
+    ]
+    assert run_filter(f, records) == [
+        Keep(),
+        Drop("blocked term: 'NetGiant' in response"),
+        Drop("missing field: no response to check"),
+    ]
     masked = run_filter(acme.BlocklistFilter(terms=["NetGiant"], action="mask"), records[:2])
     assert masked[0] == Keep() and isinstance(masked[1], Edit)
     assert masked[1].record.response() == "Not a [blocked]." and records[1].response() == "Not a NetGiant."
@@ -162,8 +204,13 @@ def test_the_filter_under_distill_testing_run_filter(acme):
 
 def test_the_packages_own_unit_tests_pass(installed):
     """The tests the tutorial shows, run as the package's author would run them."""
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                       cwd=installed["src"], capture_output=True, text=True, timeout=300,
-                       env=_env(installed["site"], installed["work"]))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=installed["src"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(installed["site"], installed["work"]),
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from util import config_dict, pipeline
 
 from distill.filter import KEEP, Drop
 from distill.io.inspect import inspect_output
@@ -19,8 +20,6 @@ from distill.testing import make_record, run_filter
 from distill_plugins import _sketch
 from distill_plugins.filters.dedup import ExactDedup, NearDedup
 from distill_plugins.filters.novelty import InstructionNovelty, rouge_tokens
-
-from util import config_dict, pipeline
 
 ROUTER = "How do I reset my Acme router to its factory settings?"
 ROUTER_EDIT = "how do I QUICKLY reset my Acme router to its factory settings"  # one word inserted
@@ -45,12 +44,12 @@ def seed(prompt: str, row: int):
 
 # --- exact ------------------------------------------------------------------------------
 
+
 def test_exact_dedup_against_the_seed_set_checks_generated_records_only():
     f = with_seeds(ExactDedup(), seed(FRANCE, 3), seed(ROUTER, 4))
     copy = generated("how do I reset my ACME router to its factory settings", id="g1")
     own = make_record(ROUTER, id="from-seed", row=4)  # the seed's own record passes through
-    assert run_filter(f, [copy, own]) == [
-        Drop("duplicate: same normalised prompt as seed 'acme-seeds' row 4"), KEEP]
+    assert run_filter(f, [copy, own]) == [Drop("duplicate: same normalised prompt as seed 'acme-seeds' row 4"), KEEP]
     assert run_filter(with_seeds(ExactDedup(against_seeds=False), seed(ROUTER, 4)), [copy]) == [KEEP]
 
 
@@ -58,10 +57,13 @@ def test_exact_dedup_drops_missing_fields_and_restores_past_them():
     f = ExactDedup(field="response")
     f.restore([make_record("q", id="no-answer")])  # nothing to index, no crash
     assert run_filter(f, [make_record("q", id="x"), make_record("q", "  ", id="y")]) == [
-        Drop("missing field: no response to read"), Drop("missing field: empty response")]
+        Drop("missing field: no response to read"),
+        Drop("missing field: empty response"),
+    ]
 
 
 # --- near-duplicates --------------------------------------------------------------------
+
 
 def test_near_dedup_keeps_the_earliest_and_names_it():
     f = NearDedup()
@@ -98,14 +100,19 @@ def test_near_dedup_keep_best_keeps_the_best_scored_of_a_cluster():
     f.prepare([a, b, c, d])
     # decisions are by id, whatever the batches
     assert run_filter(f, [a, b]) + run_filter(f, [c, d]) == [
-        Drop("near-duplicate: of record b (estimated Jaccard 0.72)"), KEEP,
-        Drop("near-duplicate: of record b (estimated Jaccard 0.72)"), KEEP]
+        Drop("near-duplicate: of record b (estimated Jaccard 0.72)"),
+        KEEP,
+        Drop("near-duplicate: of record b (estimated Jaccard 0.72)"),
+        KEEP,
+    ]
 
 
 def test_near_dedup_keep_best_ties_go_to_the_earliest():
     f = NearDedup(keep="best")
-    recs = [make_record(ROUTER, id="a", candidates=[("x", 2.0)]), make_record(ROUTER_EDIT, id="b",
-                                                                              candidates=[("x", 2.0)])]
+    recs = [
+        make_record(ROUTER, id="a", candidates=[("x", 2.0)]),
+        make_record(ROUTER_EDIT, id="b", candidates=[("x", 2.0)]),
+    ]
     f.prepare(recs)
     f.prepare(recs)  # deciding again gives the same answer, not "duplicate of itself"
     assert run_filter(f, recs) == [KEEP, Drop("near-duplicate: of record a (estimated Jaccard 0.72)")]
@@ -116,10 +123,16 @@ def test_near_dedup_keep_best_ties_go_to_the_earliest():
 def test_near_dedup_against_the_seed_set():
     seeds = [seed(FRANCE, 3), seed(ROUTER, 4)]
     f = with_seeds(NearDedup(), *seeds)
-    recs = [generated(ROUTER_EDIT, id="g1"), make_record(ROUTER, id="from-seed", row=4),
-            generated("Which wine goes well with a spicy curry?", id="g2")]
+    recs = [
+        generated(ROUTER_EDIT, id="g1"),
+        make_record(ROUTER, id="from-seed", row=4),
+        generated("Which wine goes well with a spicy curry?", id="g2"),
+    ]
     assert run_filter(f, recs) == [
-        Drop("near-duplicate: of seed 'acme-seeds' row 4 (estimated Jaccard 0.72)"), KEEP, KEEP]
+        Drop("near-duplicate: of seed 'acme-seeds' row 4 (estimated Jaccard 0.72)"),
+        KEEP,
+        KEEP,
+    ]
     assert run_filter(with_seeds(NearDedup(against_seeds=False), *seeds), recs[:1]) == [KEEP]
     best = with_seeds(NearDedup(keep="best"), *seeds)
     best.prepare(recs)
@@ -128,8 +141,12 @@ def test_near_dedup_against_the_seed_set():
 
 def test_near_dedup_missing_fields_are_drops_not_crashes():
     f = NearDedup(field="both")
-    recs = [make_record("q", id="a"), make_record("q", "", id="b"), make_record("?!", "...", id="c"),
-            make_record("!?", "…", id="d")]
+    recs = [
+        make_record("q", id="a"),
+        make_record("q", "", id="b"),
+        make_record("?!", "...", id="c"),
+        make_record("!?", "…", id="d"),
+    ]
     out = run_filter(f, recs)
     assert out[:2] == [Drop("missing field: no response to read"), Drop("missing field: empty response")]
     # text without words is one empty shingle: two of them are duplicates, as exact dedup says
@@ -137,16 +154,23 @@ def test_near_dedup_missing_fields_are_drops_not_crashes():
     f.prepare([])  # nothing to decide is fine too
 
 
-@pytest.mark.parametrize("bad", [{"shingle": 3}, {"threshold": 1.5}, {"keep": "latest"}, {"num_perm": 4},
-                                 {"shingle_size": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"shingle": 3}, {"threshold": 1.5}, {"keep": "latest"}, {"num_perm": 4}, {"shingle_size": 0}]
+)
 def test_near_dedup_rejects_bad_options(bad):
     with pytest.raises(ValidationError):
         NearDedup(**bad)
 
 
-@pytest.mark.parametrize("cls, bad", [(InstructionNovelty, {"threshhold": 0.5}),
-                                      (InstructionNovelty, {"threshold": 1.0}),
-                                      (ExactDedup, {"fields": "prompt"}), (ExactDedup, {"field": "title"})])
+@pytest.mark.parametrize(
+    "cls, bad",
+    [
+        (InstructionNovelty, {"threshhold": 0.5}),
+        (InstructionNovelty, {"threshold": 1.0}),
+        (ExactDedup, {"fields": "prompt"}),
+        (ExactDedup, {"field": "title"}),
+    ],
+)
 def test_other_filters_reject_bad_options(cls, bad):
     with pytest.raises(ValidationError):
         cls(**bad)
@@ -164,6 +188,7 @@ def test_unknown_option_key_is_a_config_error_naming_it(tmp_path):
 
 # --- signatures -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k, multiset", [(1, False), (2, False), (3, False), (1, True)])
 def test_signatures_are_datasketch_minhash_of_the_shingle_hashes(monkeypatch, k, multiset):
     """The vectorised signature equals `datasketch.MinHash.update_batch` over the same shingle
@@ -179,18 +204,19 @@ def test_signatures_are_datasketch_minhash_of_the_shingle_hashes(monkeypatch, k,
     ends = [*starts[1:], len(hashes)]
     for i in range(len(lists)):
         m = MinHash(64, seed=7, hashfunc=int)
-        m.update_batch(list(hashes[starts[i]:ends[i]]))
+        m.update_batch(list(hashes[starts[i] : ends[i]]))
         assert (m.hashvalues == sigs[i]).all()
     assert (signer.sign(lists[::-1]) == sigs[::-1]).all()  # a record's signature does not depend on its batch
 
 
 def test_band_params_find_pairs_at_the_bound():
     b, r = _sketch.band_params(128, 0.54, 1e-3)
-    assert b * r <= 128 and (1 - 0.54 ** r) ** b <= 1e-3
+    assert b * r <= 128 and (1 - 0.54**r) ** b <= 1e-3
     assert (1 - 0.54 ** (r + 1)) ** (128 // (r + 1)) > 1e-3  # the longest bands that do
 
 
 # --- self-instruct novelty ----------------------------------------------------------------
+
 
 def test_rouge_tokens_follow_rouge_score():
     assert rouge_tokens("Hello, World! It's 2024_now.") == ["hello", "world", "it", "s", "2024", "now"]
@@ -198,13 +224,18 @@ def test_rouge_tokens_follow_rouge_score():
 
 def test_novelty_drops_a_paraphrase_of_a_seed_and_keeps_a_distinct_instruction():
     f = with_seeds(InstructionNovelty(), seed("Write a short poem about the sea at night.", 4))
-    recs = [generated("Write a short poem about the sea at dawn.", id="g1"),
-            generated("List three uses of baking soda in cleaning.", id="g2"),
-            generated("Please list three uses of baking soda for cleaning.", id="g3"),
-            make_record("Write a short poem about the sea at night.", id="from-seed", row=4)]
+    recs = [
+        generated("Write a short poem about the sea at dawn.", id="g1"),
+        generated("List three uses of baking soda in cleaning.", id="g2"),
+        generated("Please list three uses of baking soda for cleaning.", id="g3"),
+        make_record("Write a short poem about the sea at night.", id="from-seed", row=4),
+    ]
     assert run_filter(f, recs) == [
-        Drop("too similar: ROUGE-L 0.89 with seed 'acme-seeds' row 4"), KEEP,
-        Drop("too similar: ROUGE-L 0.82 with record g2"), KEEP]
+        Drop("too similar: ROUGE-L 0.89 with seed 'acme-seeds' row 4"),
+        KEEP,
+        Drop("too similar: ROUGE-L 0.82 with record g2"),
+        KEEP,
+    ]
     # LCS 7 of 8 and 9 tokens: 2 * 7 / 17 is not *above* a threshold of exactly that
     assert run_filter(InstructionNovelty(threshold=14 / 17), recs[1:3]) == [KEEP, KEEP]
 
@@ -213,13 +244,16 @@ def test_novelty_remembers_kept_instructions_after_restore():
     f = InstructionNovelty()
     f.restore([make_record("List three uses of baking soda in cleaning.", id="g2")])
     assert run_filter(f, [make_record("Please list three uses of baking soda for cleaning.", id="g3")]) == [
-        Drop("too similar: ROUGE-L 0.82 with record g2")]
+        Drop("too similar: ROUGE-L 0.82 with record g2")
+    ]
 
 
 def test_novelty_missing_fields():
     f = InstructionNovelty(field="response")
     assert run_filter(f, [make_record("q", id="a"), make_record("q", "Sure.", id="b")]) == [
-        Drop("missing field: no response to read"), KEEP]
+        Drop("missing field: no response to read"),
+        KEEP,
+    ]
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -268,10 +302,13 @@ def test_novelty_equals_all_pairs_rouge_l(threshold):
 
 # --- plugin discovery and a whole run -----------------------------------------------------
 
+
 def test_discovery_stays_light():
-    code = ("import sys\nfrom distill.registry import make_registry\nr = make_registry()\n"
-            "assert {'exact-dedup', 'near-dedup', 'instruction-novelty'} <= set(r.specs['filter'])\n"
-            "print(','.join(m for m in ('numpy', 'datasketch', 'rapidfuzz', 'scipy') if m in sys.modules))")
+    code = (
+        "import sys\nfrom distill.registry import make_registry\nr = make_registry()\n"
+        "assert {'exact-dedup', 'near-dedup', 'instruction-novelty'} <= set(r.specs['filter'])\n"
+        "print(','.join(m for m in ('numpy', 'datasketch', 'rapidfuzz', 'scipy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -279,8 +316,11 @@ def test_discovery_stays_light():
 def test_pipeline_counts_near_duplicates_per_reason(tmp_path):
     cfg = config_dict(tmp_path)
     # the fake teacher's instructions differ in one token: near-duplicates of each other
-    cfg["stages"][2]["filters"] = [{"plugin": "near-dedup", "options": {"keep": "best"}},
-                                   "instruction-novelty", "exact-dedup"]
+    cfg["stages"][2]["filters"] = [
+        {"plugin": "near-dedup", "options": {"keep": "best"}},
+        "instruction-novelty",
+        "exact-dedup",
+    ]
     pipeline(cfg).run()
     (report,) = [r for r in inspect_output(tmp_path / "out") if r.stage == "clean"]
     generated_count = next(r for r in inspect_output(tmp_path / "out") if r.stage == "instructions").totals["generated"]

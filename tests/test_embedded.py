@@ -12,10 +12,18 @@ import time
 
 import pytest
 
-from distill.layout import MODEL_MARKER
-from distill.models.embedded import (EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, GGUF_NAME, ensure_converted,
-                              file_hash, gguf_path, is_converted, read_marker)
 from distill.errors import PluginError
+from distill.layout import MODEL_MARKER
+from distill.models.embedded import (
+    EMBEDDED_LICENSE,
+    EMBEDDED_MODEL_ID,
+    GGUF_NAME,
+    ensure_converted,
+    file_hash,
+    gguf_path,
+    is_converted,
+    read_marker,
+)
 
 
 def test_gguf_file_is_found_in_the_wheel_without_importing_it():
@@ -84,8 +92,10 @@ def test_folder_without_marker_or_with_another_files_marker_is_not_trusted(embed
     assert not is_converted(copy, digest)
 
 
-_CONVERT = "import sys; from pathlib import Path; from distill.models.embedded import ensure_converted; " \
-           "print(ensure_converted(Path(sys.argv[1]), progress=False))"
+_CONVERT = (
+    "import sys; from pathlib import Path; from distill.models.embedded import ensure_converted; "
+    "print(ensure_converted(Path(sys.argv[1]), progress=False))"
+)
 
 
 @pytest.mark.slow
@@ -98,8 +108,12 @@ def test_two_processes_convert_once_and_replace_a_half_written_folder(embedded_m
     stale = models / f".tmp-{embedded_model_dir.name}-killed"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
-    procs = [subprocess.Popen([sys.executable, "-c", _CONVERT, str(cache)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONVERT, str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     assert {out.strip() for out, _ in outs} == {str(half)}

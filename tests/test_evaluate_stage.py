@@ -11,13 +11,12 @@ import json
 import math
 
 import pytest
-
 from conftest import require_ml
+from fake_plugins import EchoTeacher
+from util import config_dict, pipeline, registry
+
 from distill.config.loader import parse_config, validate_plugin_options
 from distill.errors import ConfigError, PluginError
-from fake_plugins import EchoTeacher
-
-from util import config_dict, pipeline, registry
 
 HELD_OUT = [
     ("How do I change my router's Wi-Fi password?", "Answer: open the admin page", "on"),
@@ -39,17 +38,28 @@ def _held_out(tmp_path, bad_line: bool = False):
 def _cfg(tmp_path, **stage):
     cfg = config_dict(tmp_path)
     cfg["teachers"]["judge"] = {"plugin": "echo", "options": {"style": "judge"}}
-    cfg["stages"].append({
-        "kind": "evaluate", "name": "eval",
-        "data": {"path": str(_held_out(tmp_path, stage.pop("bad_line", False))),
-                 "prompt_field": "question", "response_field": "answer"},
-        "contenders": [{"name": "short", "teacher": "writer", "system_prompt": "Be brief."},
-                       {"name": "long", "teacher": "inventor"}],
-        "evaluators": [{"plugin": "rubric", "options": {"function": "reward_fns:tagged_rubric"}},
-                       {"plugin": "judge-win-rate", "options": {"judge": "judge", "candidate": "long",
-                                                                "baseline": "short"}},
-                       "perplexity"],
-        "worst": 2, **stage})
+    cfg["stages"].append(
+        {
+            "kind": "evaluate",
+            "name": "eval",
+            "data": {
+                "path": str(_held_out(tmp_path, stage.pop("bad_line", False))),
+                "prompt_field": "question",
+                "response_field": "answer",
+            },
+            "contenders": [
+                {"name": "short", "teacher": "writer", "system_prompt": "Be brief."},
+                {"name": "long", "teacher": "inventor"},
+            ],
+            "evaluators": [
+                {"plugin": "rubric", "options": {"function": "reward_fns:tagged_rubric"}},
+                {"plugin": "judge-win-rate", "options": {"judge": "judge", "candidate": "long", "baseline": "short"}},
+                "perplexity",
+            ],
+            "worst": 2,
+            **stage,
+        }
+    )
     return cfg
 
 
@@ -80,8 +90,15 @@ def test_every_contender_answers_every_item_and_every_evaluator_scores(tmp_path)
     # The echo judge prefers the longer answer, in both orders: `long` wins every item.
     judge = next(m for m in doc["metrics"] if m["name"] == "judge-win-rate")
     assert judge["scores"] == {"long": 1.0, "short": 0.0}
-    assert judge["details"] == {"judge": "judge", "candidate": "long", "baseline": "short",
-                                     "wins": 4, "ties": 0, "losses": 0, "unparseable": 0}
+    assert judge["details"] == {
+        "judge": "judge",
+        "candidate": "long",
+        "baseline": "short",
+        "wins": 4,
+        "ties": 0,
+        "losses": 0,
+        "unparseable": 0,
+    }
 
     # No contender has local weights: perplexity says who it could not score rather than inventing it.
     ppl = next(m for m in doc["metrics"] if m["name"] == "perplexity")
@@ -101,30 +118,45 @@ def test_a_rerun_is_skipped_and_a_changed_stage_pays_no_teacher_again(tmp_path):
 
 def test_a_crashing_rubric_is_named_with_the_item(tmp_path):
     cfg = _cfg(tmp_path, evaluators=[{"plugin": "rubric", "options": {"function": "reward_fns:broken_rubric"}}])
-    with pytest.raises(PluginError, match=r"rubric function 'reward_fns:broken_rubric' failed on held-out item "
-                                          r"\S+ \(short\): ValueError: rubric bug"):
+    with pytest.raises(
+        PluginError,
+        match=r"rubric function 'reward_fns:broken_rubric' failed on held-out item "
+        r"\S+ \(short\): ValueError: rubric bug",
+    ):
         pipeline(cfg).run()
 
 
 def test_a_judge_contender_that_does_not_exist_is_named(tmp_path):
-    cfg = _cfg(tmp_path, evaluators=[{"plugin": "judge-win-rate", "options": {"judge": "judge",
-                                                                              "candidate": "student"}}])
+    cfg = _cfg(
+        tmp_path, evaluators=[{"plugin": "judge-win-rate", "options": {"judge": "judge", "candidate": "student"}}]
+    )
     with pytest.raises(ConfigError, match="no contender named 'student' \\(contenders: short, long\\)"):
         pipeline(cfg).run()
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"contenders": [{"name": "s", "student": "train"}]},
-     "stages[4].contenders[0].student: 'train' is not a train stage before this one (train stages so far: none)"),
-    ({"contenders": [{"name": "s", "teacher": "writer", "model": "embedded"}]},
-     "needs exactly one of model, teacher, student (got model, teacher)"),
-    ({"contenders": [{"name": "s", "teacher": "wrtier"}]},
-     "stages[4].contenders[0].teacher: no teacher named 'wrtier' (did you mean 'writer'?)"),
-    ({"contenders": [{"name": "s", "teacher": "writer"}, {"name": "s", "teacher": "inventor"}]},
-     "duplicate contender name 's'"),
-    ({"evaluators": ["rubrik"]}, "stages[4].evaluators[0].plugin: unknown evaluator plugin 'rubrik'"),
-    ({"evaluators": [{"plugin": "perplexity", "options": {"batch": 2}}]}, "stages[4].evaluators[0].options.batch"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (
+            {"contenders": [{"name": "s", "student": "train"}]},
+            "stages[4].contenders[0].student: 'train' is not a train stage before this one (train stages so far: none)",
+        ),
+        (
+            {"contenders": [{"name": "s", "teacher": "writer", "model": "embedded"}]},
+            "needs exactly one of model, teacher, student (got model, teacher)",
+        ),
+        (
+            {"contenders": [{"name": "s", "teacher": "wrtier"}]},
+            "stages[4].contenders[0].teacher: no teacher named 'wrtier' (did you mean 'writer'?)",
+        ),
+        (
+            {"contenders": [{"name": "s", "teacher": "writer"}, {"name": "s", "teacher": "inventor"}]},
+            "duplicate contender name 's'",
+        ),
+        ({"evaluators": ["rubrik"]}, "stages[4].evaluators[0].plugin: unknown evaluator plugin 'rubrik'"),
+        ({"evaluators": [{"plugin": "perplexity", "options": {"batch": 2}}]}, "stages[4].evaluators[0].options.batch"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, change, fragment):
     try:
         cfg = _cfg(tmp_path, **change)
@@ -139,25 +171,57 @@ def test_a_trained_student_is_measured_against_its_base(tmp_path, tiny_model_dir
     require_ml()
     pytest.importorskip("trl", reason="trl not installed (pip install 'distill[train]')")
     cfg = _cfg(tmp_path)
-    cfg["teachers"]["tiny"] = {"plugin": "transformers", "options": {"model": str(tiny_model_dir),
-                                                                      "max_tokens": 8, "temperature": 0.0}}
-    cfg["stages"].insert(4, {"kind": "train", "name": "train", "student": str(tiny_model_dir),
-                             "student_license": "Apache-2.0", "steps": [
-                                 {"trainer": "sft", "data": "sft", "options": {
-                                     "max_steps": 8, "batch_size": 2, "learning_rate": 5e-3, "logging_steps": 1,
-                                     "lora": {"r": 8}, "merge": False}}]})
+    cfg["teachers"]["tiny"] = {
+        "plugin": "transformers",
+        "options": {"model": str(tiny_model_dir), "max_tokens": 8, "temperature": 0.0},
+    }
+    cfg["stages"].insert(
+        4,
+        {
+            "kind": "train",
+            "name": "train",
+            "student": str(tiny_model_dir),
+            "student_license": "Apache-2.0",
+            "steps": [
+                {
+                    "trainer": "sft",
+                    "data": "sft",
+                    "options": {
+                        "max_steps": 8,
+                        "batch_size": 2,
+                        "learning_rate": 5e-3,
+                        "logging_steps": 1,
+                        "lora": {"r": 8},
+                        "merge": False,
+                    },
+                }
+            ],
+        },
+    )
     held = tmp_path / "train_like.jsonl"  # references in the form the student was trained on
     answers = [json.loads(line) for line in (tmp_path / "seeds.jsonl").read_text().splitlines()]
-    held.write_text("".join(json.dumps({"question": a["prompt"], "answer": f"Answer 1a2b3c4d: {a['prompt']}",
-                                        "topic": "on"}) + "\n" for a in answers[:4]))
-    cfg["stages"][-1].update({
-        "data": {"path": str(held), "prompt_field": "question", "response_field": "answer"},
-        "contenders": [{"name": "base", "model": str(tiny_model_dir)},
-                       {"name": "teacher", "teacher": "tiny", "system_prompt": "Be brief."},
-                       {"name": "student", "student": "train"}],
-        "engine": {"plugin": "transformers", "options": {"max_tokens": 8, "temperature": 0.0}},
-        "evaluators": [{"plugin": "rubric", "options": {"function": "reward_fns:tagged_rubric"}},
-                       {"plugin": "judge-win-rate", "options": {"judge": "judge"}}, "perplexity"]})
+    held.write_text(
+        "".join(
+            json.dumps({"question": a["prompt"], "answer": f"Answer 1a2b3c4d: {a['prompt']}", "topic": "on"}) + "\n"
+            for a in answers[:4]
+        )
+    )
+    cfg["stages"][-1].update(
+        {
+            "data": {"path": str(held), "prompt_field": "question", "response_field": "answer"},
+            "contenders": [
+                {"name": "base", "model": str(tiny_model_dir)},
+                {"name": "teacher", "teacher": "tiny", "system_prompt": "Be brief."},
+                {"name": "student", "student": "train"},
+            ],
+            "engine": {"plugin": "transformers", "options": {"max_tokens": 8, "temperature": 0.0}},
+            "evaluators": [
+                {"plugin": "rubric", "options": {"function": "reward_fns:tagged_rubric"}},
+                {"plugin": "judge-win-rate", "options": {"judge": "judge"}},
+                "perplexity",
+            ],
+        }
+    )
     result = pipeline(cfg).run()
     [ev] = result.evaluations
     doc = json.loads(ev.path.read_text())

@@ -14,8 +14,11 @@ datasets = pytest.importorskip("datasets")
 
 
 def _rec(id: str, *turns: tuple[str, str], candidates: list[Candidate] | None = None) -> Record:
-    return Record(id=id, messages=[Message(role=r, content=c) for r, c in turns],  # type: ignore[arg-type]
-                  candidates=candidates or [])
+    return Record(
+        id=id,
+        messages=[Message(role=r, content=c) for r, c in turns],  # type: ignore[arg-type]
+        candidates=candidates or [],
+    )
 
 
 def test_sft_round_trip(tmp_path: Path) -> None:
@@ -32,19 +35,36 @@ def test_sft_round_trip(tmp_path: Path) -> None:
     ds = datasets.load_from_disk(str(out))
     assert ds.column_names == ["id", "messages"]
     assert ds.num_rows == 2
-    assert ds[0] == {"id": "a", "messages": [{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": "Hi"},
-                                             {"role": "assistant", "content": "Hello"}]}
+    assert ds[0] == {
+        "id": "a",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ],
+    }
     assert ds[1]["messages"][-1] == {"role": "assistant", "content": "4"}
 
 
 def test_preference_round_trip(tmp_path: Path) -> None:
-    ranked = _rec("p1", ("system", "Be kind."), ("user", "Tell a joke"),
-                  candidates=[Candidate(content="meh", score=0.2), Candidate(content="great", score=0.9),
-                              Candidate(content="ok", score=0.5), Candidate(content="unscored")])
+    ranked = _rec(
+        "p1",
+        ("system", "Be kind."),
+        ("user", "Tell a joke"),
+        candidates=[
+            Candidate(content="meh", score=0.2),
+            Candidate(content="great", score=0.9),
+            Candidate(content="ok", score=0.5),
+            Candidate(content="unscored"),
+        ],
+    )
     # A trailing assistant answer is not part of the prompt.
-    answered = _rec("p2", ("user", "Hi"), ("assistant", "old"),
-                    candidates=[Candidate(content="A", score=1.0), Candidate(content="B", score=3.0)])
+    answered = _rec(
+        "p2",
+        ("user", "Hi"),
+        ("assistant", "old"),
+        candidates=[Candidate(content="A", score=1.0), Candidate(content="B", score=3.0)],
+    )
     tie = _rec("t", ("user", "Q"), candidates=[Candidate(content="x", score=1.0), Candidate(content="y", score=1.0)])
     single = _rec("s", ("user", "Q"), candidates=[Candidate(content="x", score=1.0)])
     unscored = _rec("u", ("user", "Q"), candidates=[Candidate(content="x"), Candidate(content="y")])
@@ -65,8 +85,9 @@ def test_preference_round_trip(tmp_path: Path) -> None:
     assert ds[1]["chosen"][0]["content"] == "B" and ds[1]["margin"] == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("fmt,columns", [("sft", ["id", "messages"]),
-                                         ("preference", ["id", "prompt", "chosen", "rejected", "margin"])])
+@pytest.mark.parametrize(
+    "fmt,columns", [("sft", ["id", "messages"]), ("preference", ["id", "prompt", "chosen", "rejected", "margin"])]
+)
 def test_zero_rows_still_write_a_readable_dataset(tmp_path: Path, fmt: str, columns: list[str]) -> None:
     out = tmp_path / fmt
     result = export_records([_rec("x", ("user", "no answer"))], fmt, out)  # type: ignore[arg-type]

@@ -4,14 +4,13 @@ their edits next to their drops."""
 from __future__ import annotations
 
 import pytest
+from util import QUESTIONS, config_dict, pipeline
 
 from distill.errors import ConfigError
 from distill.filter import KEEP, Drop, Edit, Filter
 from distill.hookspecs import hookimpl
 from distill.io.inspect import inspect_output
 from distill.records import Message
-
-from util import QUESTIONS, config_dict, pipeline
 
 
 class ShortestOnly(Filter):

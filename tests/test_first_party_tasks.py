@@ -16,8 +16,15 @@ def test_response_task_sends_the_system_prompt_but_does_not_keep_it():
     rec = make_record("How do I reset it?", "old answer")
     sent = t.build(rec)
     assert [m.role for m in sent] == ["system", "user"] and sent[0].content == "Be brief."
-    out = t.apply(rec, [Sample(text="  Hold the button. ", finish_reason="stop"),
-                        Sample(text="", finish_reason="stop"), Sample(text="Unplug it.", finish_reason="length")], 0)
+    out = t.apply(
+        rec,
+        [
+            Sample(text="  Hold the button. ", finish_reason="stop"),
+            Sample(text="", finish_reason="stop"),
+            Sample(text="Unplug it.", finish_reason="length"),
+        ],
+        0,
+    )
     assert [m.role for m in out.messages] == ["user", "assistant"]
     assert out.messages[-1].content == "Hold the button."
     assert [c.content for c in out.candidates] == ["Hold the button.", "Unplug it."]
@@ -37,11 +44,22 @@ def test_response_task_prefix_is_continued_and_kept_once():
     rec = make_record("How do I reset it?")
     sent = t.build(rec)
     assert [(m.role, m.content) for m in sent][-1] == ("assistant", "Acme Support:")
-    out = t.apply(rec, [Sample(text=" Hold the button."), Sample(text="Acme Support: Unplug it."),
-                        Sample(text="Press reset."), Sample(text="  ")], 0)
+    out = t.apply(
+        rec,
+        [
+            Sample(text=" Hold the button."),
+            Sample(text="Acme Support: Unplug it."),
+            Sample(text="Press reset."),
+            Sample(text="  "),
+        ],
+        0,
+    )
     # continued, echoed by the engine, glued without a space, empty continuation dropped
-    assert [c.content for c in out.candidates] == ["Acme Support: Hold the button.", "Acme Support: Unplug it.",
-                                                   "Acme Support: Press reset."]
+    assert [c.content for c in out.candidates] == [
+        "Acme Support: Hold the button.",
+        "Acme Support: Unplug it.",
+        "Acme Support: Press reset.",
+    ]
     assert [m.role for m in out.messages] == ["user", "assistant"]  # the prefix is the answer's, not a turn
     assert t.apply(make_record("q"), [Sample(text=" ")], 0) == Reject("empty response")
 
@@ -71,16 +89,24 @@ def test_self_instruct_parsing():
     t = SelfInstructTask(per_prompt=2, min_words=3)
     parent = make_record("How do I reset my router?")
     p = Proposal(messages=[Message(role="user", content="x")], parents=[parent])
-    got = t.parse(p, Sample(text="Sure! Here are some:\n1. How do I change my Wi-Fi name?\n2) Question: Why is it slow?"))
+    got = t.parse(
+        p, Sample(text="Sure! Here are some:\n1. How do I change my Wi-Fi name?\n2) Question: Why is it slow?")
+    )
     assert [c[0].content for c in got] == ["How do I change my Wi-Fi name?", "Why is it slow?"]
-    assert t.parse(p, Sample(text="How can I see connected devices?\nMore text"))[0][0].content == \
-        "How can I see connected devices?"
-    assert t.parse(p, Sample(text="Here is a new request:\nHow can I hide my network name?"))[0][0].content == \
-        "How can I hide my network name?"
+    assert (
+        t.parse(p, Sample(text="How can I see connected devices?\nMore text"))[0][0].content
+        == "How can I see connected devices?"
+    )
+    assert (
+        t.parse(p, Sample(text="Here is a new request:\nHow can I hide my network name?"))[0][0].content
+        == "How can I hide my network name?"
+    )
     assert t.parse(p, Sample(text="")) == Reject("empty output")
-    assert t.parse(p, Sample(text="Here's a revised version of the requests:")) == \
-        Reject("no instruction found: only preamble lines")
+    assert t.parse(p, Sample(text="Here's a revised version of the requests:")) == Reject(
+        "no instruction found: only preamble lines"
+    )
     assert t.parse(p, Sample(text="1. Ok")) == Reject("too short: 1 words < 3")
     assert t.parse(p, Sample(text="1. how do I reset my router")) == Reject("copied a few-shot example")
-    assert t.accept([parent], [Message(role="user", content="HOW do I reset my router!")]) == \
-        Reject("duplicate: same instruction already in the pool")
+    assert t.accept([parent], [Message(role="user", content="HOW do I reset my router!")]) == Reject(
+        "duplicate: same instruction already in the pool"
+    )

@@ -25,8 +25,11 @@ IMPL = re.compile(r"@hookimpl\s*\n\s*def (\w+)\(([^)]*)\)")
 
 def hookspec_functions() -> dict[str, object]:
     """The functions distill declares as hooks (pluggy marks them with `distill_spec`)."""
-    return {name: f for name, f in vars(hookspecs).items()
-            if inspect.isfunction(f) and hasattr(f, f"{hookspecs.hookspec.project_name}_spec")}
+    return {
+        name: f
+        for name, f in vars(hookspecs).items()
+        if inspect.isfunction(f) and hasattr(f, f"{hookspecs.hookspec.project_name}_spec")
+    }
 
 
 def _annotation(a: object) -> str:
@@ -37,8 +40,10 @@ def _annotation(a: object) -> str:
 def signature(name: str, func: object) -> str:
     """`name(arg: Type, ...) -> Return`, as written in hookspecs.py."""
     sig = inspect.signature(func)
-    params = ", ".join(p.name if p.annotation is inspect.Parameter.empty else f"{p.name}: {_annotation(p.annotation)}"
-                       for p in sig.parameters.values())
+    params = ", ".join(
+        p.name if p.annotation is inspect.Parameter.empty else f"{p.name}: {_annotation(p.annotation)}"
+        for p in sig.parameters.values()
+    )
     ret = "" if sig.return_annotation is inspect.Signature.empty else f" -> {_annotation(sig.return_annotation)}"
     return f"{name}({params}){ret}"
 
@@ -48,7 +53,7 @@ def sections(page: str) -> dict[str, str]:
     found: dict[str, str] = {}
     heads = list(SECTION.finditer(page))
     for m in heads:
-        rest = page[m.end():]
+        rest = page[m.end() :]
         end = re.search(r"^#{1,3} ", rest, re.M)
         found[m.group(1)] = rest[: end.start()] if end else rest
     return found
@@ -62,8 +67,9 @@ def page_problems(page: str, specs: dict[str, object]) -> list[str]:
             problems.append(f"{name}: not documented (no '### `{name}`' section)")
         elif f"def {signature(name, func)}" not in documented[name]:
             problems.append(f"{name}: the section does not show the signature `def {signature(name, func)}`")
-    problems += [f"{name}: documented, but no such hook in distill/hookspecs.py"
-                 for name in documented if name not in specs]
+    problems += [
+        f"{name}: documented, but no such hook in distill/hookspecs.py" for name in documented if name not in specs
+    ]
     return problems + example_problems(page, specs)
 
 
@@ -98,7 +104,10 @@ def test_the_plugin_tutorial_implements_only_real_hooks():
 def test_signatures_are_read_from_the_hookspecs():
     specs = hookspec_functions()
     assert signature("register_filters", specs["register_filters"]) == "register_filters(register: Register) -> None"
-    assert signature("stage_finished", specs["stage_finished"]) == "stage_finished(stage: str, stats: dict[str, Any]) -> None"
+    assert (
+        signature("stage_finished", specs["stage_finished"])
+        == "stage_finished(stage: str, stats: dict[str, Any]) -> None"
+    )
 
 
 # -- the checks catch what they are for ---------------------------------------------------------
@@ -112,7 +121,7 @@ def page() -> str:
 def _without_section(page: str, name: str) -> str:
     start = page.index(f"### `{name}`")
     end = page.index("\n#", start + 1)
-    return page[:start] + page[end + 1:]
+    return page[:start] + page[end + 1 :]
 
 
 def test_a_missing_hook_is_caught(page):
@@ -127,8 +136,10 @@ def test_a_hook_that_does_not_exist_is_caught(page):
 
 
 def test_a_stale_signature_is_caught(page):
-    stale = page.replace("def stage_finished(stage: str, stats: dict[str, Any]) -> None",
-                         "def stage_finished(stage: str, totals: dict[str, int]) -> None")
+    stale = page.replace(
+        "def stage_finished(stage: str, stats: dict[str, Any]) -> None",
+        "def stage_finished(stage: str, totals: dict[str, int]) -> None",
+    )
     assert stale != page
     assert [p.split(":")[0] for p in page_problems(stale, hookspec_functions())] == ["stage_finished"]
 
@@ -144,5 +155,7 @@ def test_a_hook_added_to_hookspecs_but_not_the_page_is_caught(page):
 def test_an_example_with_a_wrong_hook_or_argument_is_caught():
     specs = hookspec_functions()
     bad = "@hookimpl\ndef register_filter(register):\n    pass\n\n@hookimpl\ndef stage_finished(stage, totals):\n    pass\n"
-    assert example_problems(bad, specs) == ["example implements 'register_filter', which is no hook",
-                                            "example stage_finished: arguments ['totals'] are not offered by the hook"]
+    assert example_problems(bad, specs) == [
+        "example implements 'register_filter', which is no hook",
+        "example stage_finished: arguments ['totals'] are not offered by the hook",
+    ]

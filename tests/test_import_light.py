@@ -19,8 +19,10 @@ def test_import_distill_is_light():
 
 
 def test_core_modules_and_plugin_discovery_are_light():
-    code = ("import distill.cli.app, distill.pipeline, distill.config.loader, distill.io.seeds, distill.io.export, "
-            "distill.registry, distill.io.inspect\nfrom distill.registry import make_registry\nmake_registry()")
+    code = (
+        "import distill.cli.app, distill.pipeline, distill.config.loader, distill.io.seeds, distill.io.export, "
+        "distill.registry, distill.io.inspect\nfrom distill.registry import make_registry\nmake_registry()"
+    )
     assert _loaded_after(code) == []
 
 

@@ -13,10 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from util import config_dict, pipeline
 
 from distill.io.store import read_shards
-
-from util import config_dict, pipeline
 
 pytest.importorskip("openai")
 
@@ -31,16 +30,30 @@ def _stage(out: Path, name: str) -> tuple[list, list, dict]:
 
 def _config(tmp_path: Path, server: tuple[str, str], mode: str) -> dict:
     base_url, model = server
-    api = {"plugin": "openai", "options": {"model": model, "base_url": base_url, "max_tokens": 16,
-                                           "temperature": 1.0, "license": "Apache-2.0"}}
+    api = {
+        "plugin": "openai",
+        "options": {
+            "model": model,
+            "base_url": base_url,
+            "max_tokens": 16,
+            "temperature": 1.0,
+            "license": "Apache-2.0",
+        },
+    }
     cfg = config_dict(tmp_path)
-    cfg["teachers"] = {"writer": {**api, "options": {**api["options"], "n": 2}},
-                       "judge": {**api, "options": {**api["options"], "max_tokens": 24}}}
+    cfg["teachers"] = {
+        "writer": {**api, "options": {**api["options"], "n": 2}},
+        "judge": {**api, "options": {**api["options"], "max_tokens": 24}},
+    }
     cfg["stages"] = [
-        {"kind": "generate", "name": "responses", "teacher": "writer", "batch_size": 3,
-         "task": {"plugin": "response"}},
-        {"kind": "rank", "name": "rank", "teacher": "judge", "batch_size": 3,
-         "ranker": {"plugin": "judge", "options": {"mode": mode}}},
+        {"kind": "generate", "name": "responses", "teacher": "writer", "batch_size": 3, "task": {"plugin": "response"}},
+        {
+            "kind": "rank",
+            "name": "rank",
+            "teacher": "judge",
+            "batch_size": 3,
+            "ranker": {"plugin": "judge", "options": {"mode": mode}},
+        },
         {"kind": "export", "name": "prefs", "format": "preference"},
     ]
     return cfg

@@ -19,8 +19,18 @@ from distill.io.store import read_shards
 
 pytestmark = pytest.mark.slow
 
-TOPICS = ["router", "Wi-Fi", "mesh node", "guest network", "firmware", "port", "channel", "modem",
-          "password", "parental controls"]
+TOPICS = [
+    "router",
+    "Wi-Fi",
+    "mesh node",
+    "guest network",
+    "firmware",
+    "port",
+    "channel",
+    "modem",
+    "password",
+    "parental controls",
+]
 
 
 def _write(folder: Path, model_dir: Path) -> Path:
@@ -34,11 +44,14 @@ def _write(folder: Path, model_dir: Path) -> Path:
         "cache": {"enabled": False},  # resume alone must reproduce the batch in flight
         "seed": 3,
         "seeds": [{"path": "seeds.jsonl", "license": "CC0-1.0"}],
-        "teachers": {"tiny": {"plugin": "transformers",
-                              "options": {"model": str(model_dir), "max_tokens": 24, "n": 2, "batch_size": 4}}},
+        "teachers": {
+            "tiny": {
+                "plugin": "transformers",
+                "options": {"model": str(model_dir), "max_tokens": 24, "n": 2, "batch_size": 4},
+            }
+        },
         "stages": [
-            {"kind": "generate", "name": "answers", "teacher": "tiny", "batch_size": 2,
-             "task": {"plugin": "response"}},
+            {"kind": "generate", "name": "answers", "teacher": "tiny", "batch_size": 2, "task": {"plugin": "response"}},
             {"kind": "filter", "name": "clean", "filters": ["exact-dedup"]},
             {"kind": "export", "name": "sft", "format": "sft"},
         ],
@@ -49,8 +62,12 @@ def _write(folder: Path, model_dir: Path) -> Path:
 
 
 def _run(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _committed(out: Path, stage: str) -> tuple[int, bool]:
@@ -82,7 +99,7 @@ def test_sigkill_during_generation_then_resume_loses_and_duplicates_nothing(tmp_
     out = run_dir / "out"
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(3):  # kill at a few points, each after some shards are committed
+    for _attempt in range(3):  # kill at a few points, each after some shards are committed
         proc = _run(config)
         start_shards = _committed(out, "answers")[0]
         deadline = time.monotonic() + 300

@@ -10,12 +10,12 @@ from pydantic import ValidationError
 
 pytest.importorskip("py3langid", reason="the language filter needs the `language` extra (py3langid)")
 
-from distill.errors import PluginError  # noqa: E402
-from distill.filter import KEEP, Drop  # noqa: E402
-from distill.plugin import PluginContext  # noqa: E402
-from distill.registry import make_registry  # noqa: E402
-from distill.testing import make_record, run_filter  # noqa: E402
-from distill_plugins.filters.language import LanguageFilter  # noqa: E402
+from distill.errors import PluginError
+from distill.filter import KEEP, Drop
+from distill.plugin import PluginContext
+from distill.registry import make_registry
+from distill.testing import make_record, run_filter
+from distill_plugins.filters.language import LanguageFilter
 
 SENTENCES = {
     "en": "Please explain how a router assigns addresses to the devices in my home network.",
@@ -41,15 +41,24 @@ def test_registered_under_its_name():
 def test_only_the_allowed_language_is_kept():
     f = LanguageFilter(field="prompt", languages=["en"])
     assert run_filter(f, prompts(*SENTENCES.values())) == [
-        KEEP, wrong("de", "1.00", "en"), wrong("fr", "1.00", "en"), wrong("es", "0.83", "en"),
-        wrong("zh", "1.00", "en")]
+        KEEP,
+        wrong("de", "1.00", "en"),
+        wrong("fr", "1.00", "en"),
+        wrong("es", "0.83", "en"),
+        wrong("zh", "1.00", "en"),
+    ]
 
 
 def test_several_allowed_languages():
     f = LanguageFilter(field="prompt", languages=["DE", "zh", "en"])
     assert f.options.languages == ["de", "zh", "en"]
     assert run_filter(f, prompts(*SENTENCES.values())) == [
-        KEEP, KEEP, wrong("fr", "1.00", "de, zh, en"), wrong("es", "0.83", "de, zh, en"), KEEP]
+        KEEP,
+        KEEP,
+        wrong("fr", "1.00", "de, zh, en"),
+        wrong("es", "0.83", "de, zh, en"),
+        KEEP,
+    ]
 
 
 def test_chinese_varieties_count_as_chinese():
@@ -60,33 +69,44 @@ def test_chinese_varieties_count_as_chinese():
 
 def test_short_text_is_kept_as_undecidable():
     f = LanguageFilter(field="response", languages=["en"])
-    answers = [make_record("Where were the 2016 Olympics?", "Rio de Janeiro"), make_record("6 x 7?", "42"),
-               make_record("Translate 'thanks' to German.", "Danke")]
+    answers = [
+        make_record("Where were the 2016 Olympics?", "Rio de Janeiro"),
+        make_record("6 x 7?", "42"),
+        make_record("Translate 'thanks' to German.", "Danke"),
+    ]
     assert run_filter(f, answers) == [KEEP, KEEP, KEEP]
     # what min_chars guards against: a place name read as Portuguese
-    assert run_filter(LanguageFilter(field="response", min_chars=0), answers) == [
-        wrong("pt", "0.52", "en"), KEEP, KEEP]
+    assert run_filter(LanguageFilter(field="response", min_chars=0), answers) == [wrong("pt", "0.52", "en"), KEEP, KEEP]
 
 
 def test_unsure_verdicts_are_kept():
-    spanish, german, short_german = prompts("¿Cuál es la capital de Francia?", "Nenne drei Primzahlen.",
-                                            "Erkläre Rekursion.")
+    spanish, german, short_german = prompts(
+        "¿Cuál es la capital de Francia?", "Nenne drei Primzahlen.", "Erkläre Rekursion."
+    )
     assert run_filter(LanguageFilter(field="prompt"), [spanish, german]) == [wrong("es", "0.68", "en"), KEEP]
     assert run_filter(LanguageFilter(field="prompt", min_confidence=0.9), [spanish]) == [KEEP]
     assert run_filter(LanguageFilter(field="prompt", min_confidence=0.3), [german]) == [wrong("de", "0.33", "en")]
     # why a floor at all: on short text the detector's guesses are sometimes wrong, but then unsure
-    assert run_filter(LanguageFilter(field="prompt", languages=["de"], min_confidence=0.0, min_chars=0),
-                      [short_german]) == [wrong("sv", "0.21", "de")]
+    assert run_filter(
+        LanguageFilter(field="prompt", languages=["de"], min_confidence=0.0, min_chars=0), [short_german]
+    ) == [wrong("sv", "0.21", "de")]
     assert run_filter(LanguageFilter(field="prompt", languages=["de"]), [short_german]) == [KEEP]
 
 
 def test_code_is_not_read_as_language():
-    response = ('Print the greeting like this:\n```js\nconst mensaje = "Hola mundo, bienvenidos a la aplicación";\n'
-                'console.log(mensaje);\n```')
+    response = (
+        'Print the greeting like this:\n```js\nconst mensaje = "Hola mundo, bienvenidos a la aplicación";\n'
+        "console.log(mensaje);\n```"
+    )
     f = LanguageFilter(field="response")
     assert f.detect(response)[0] == "es"  # what the detector says with the code left in
-    assert run_filter(f, [make_record("Show me a greeting in JavaScript.", response),
-                          make_record("q", "`SELECT nombre, apellido FROM usuarios`")]) == [KEEP, KEEP]
+    assert run_filter(
+        f,
+        [
+            make_record("Show me a greeting in JavaScript.", response),
+            make_record("q", "`SELECT nombre, apellido FROM usuarios`"),
+        ],
+    ) == [KEEP, KEEP]
     german = SENTENCES["de"] + "\n```python\nfor device in network.devices:\n    print(device.address)\n```"
     assert run_filter(f, [make_record("q", german)]) == [wrong("de", "1.00", "en")]
 
@@ -94,7 +114,9 @@ def test_code_is_not_read_as_language():
 def test_field_both_and_missing_fields():
     f = LanguageFilter(field="both", languages=["en"])
     assert run_filter(f, [make_record(SENTENCES["en"], SENTENCES["en"]), make_record(SENTENCES["en"])]) == [
-        KEEP, Drop("missing field: no response to read")]
+        KEEP,
+        Drop("missing field: no response to read"),
+    ]
     assert run_filter(LanguageFilter(), [make_record(SENTENCES["en"], "")]) == [Drop("missing field: empty response")]
 
 

@@ -25,8 +25,13 @@ def generated(license: str, model: str, seed_license: str = "CC0-1.0", role: str
 
 def test_intended_commercial_use_denies_non_commercial_and_academic():
     f = LicensePolicy(intended_use="commercial")
-    recs = [seeded("CC-BY-4.0"), seeded("CC-BY-NC-4.0", "nc-set"), seeded("LicenseRef-Unspecified"),
-            generated("LicenseRef-Qwen-Research", "qwen-r"), seeded("LicenseRef-Made-Up", "odd")]
+    recs = [
+        seeded("CC-BY-4.0"),
+        seeded("CC-BY-NC-4.0", "nc-set"),
+        seeded("LicenseRef-Unspecified"),
+        generated("LicenseRef-Qwen-Research", "qwen-r"),
+        seeded("LicenseRef-Made-Up", "odd"),
+    ]
     assert run_filter(f, recs) == [
         KEEP,
         Drop("license policy: use non-commercial not allowed (CC-BY-NC-4.0 from seed 'nc-set')"),
@@ -40,19 +45,28 @@ def test_intended_commercial_use_denies_non_commercial_and_academic():
 def test_deny_use_list():
     f = LicensePolicy(deny_use=["academic-only", "unspecified"])
     assert run_filter(f, [seeded("CC-BY-NC-4.0"), seeded("LicenseRef-Unspecified")]) == [
-        KEEP, Drop("license policy: use unspecified not allowed (LicenseRef-Unspecified from seed 'seeds')")]
+        KEEP,
+        Drop("license policy: use unspecified not allowed (LicenseRef-Unspecified from seed 'seeds')"),
+    ]
 
 
 def test_restrictions_name_the_model_that_brought_them():
     f = LicensePolicy(deny_restrictions=["no-competing-models"])
-    recs = [generated("LicenseRef-OpenAI-Terms", "gpt-4o"), generated("Apache-2.0", "smollm2"),
-            generated("LicenseRef-Anthropic-Commercial-Terms", "claude", role="judge")]
+    recs = [
+        generated("LicenseRef-OpenAI-Terms", "gpt-4o"),
+        generated("Apache-2.0", "smollm2"),
+        generated("LicenseRef-Anthropic-Commercial-Terms", "claude", role="judge"),
+    ]
     assert run_filter(f, recs) == [
-        Drop("license policy: restriction no-competing-models not allowed "
-             "(LicenseRef-OpenAI-Terms from generator 'gpt-4o')"),
+        Drop(
+            "license policy: restriction no-competing-models not allowed "
+            "(LicenseRef-OpenAI-Terms from generator 'gpt-4o')"
+        ),
         KEEP,
-        Drop("license policy: restriction no-competing-models not allowed "
-             "(LicenseRef-Anthropic-Commercial-Terms from judge 'claude')"),
+        Drop(
+            "license policy: restriction no-competing-models not allowed "
+            "(LicenseRef-Anthropic-Commercial-Terms from judge 'claude')"
+        ),
     ]
 
 
@@ -63,27 +77,34 @@ def test_deny_and_allow_license_ids_in_compound_expressions():
     f = LicensePolicy(deny_licenses=["gpl-3.0"])  # alias and case normalised to GPL-3.0-only
     assert f.options.deny_licenses == ["GPL-3.0-only"]
     assert run_filter(f, [two, seeded("MIT")]) == [
-        Drop("license policy: license GPL-3.0-only denied (MIT OR GPL-3.0-only from seed 'code')"), KEEP]
+        Drop("license policy: license GPL-3.0-only denied (MIT OR GPL-3.0-only from seed 'code')"),
+        KEEP,
+    ]
     f = LicensePolicy(allow_licenses=["MIT", "CC-BY-SA-4.0", "CC0-1.0"])
     assert run_filter(f, [seeded("CC0-1.0"), seeded("Apache-2.0", "apache-set"), two]) == [
-        KEEP, Drop("license policy: license Apache-2.0 not in allow_licenses (Apache-2.0 from seed 'apache-set')"),
-        Drop("license policy: license GPL-3.0-only not in allow_licenses (MIT OR GPL-3.0-only from seed 'code')")]
+        KEEP,
+        Drop("license policy: license Apache-2.0 not in allow_licenses (Apache-2.0 from seed 'apache-set')"),
+        Drop("license policy: license GPL-3.0-only not in allow_licenses (MIT OR GPL-3.0-only from seed 'code')"),
+    ]
 
 
 def test_deny_unknown_and_unspecified():
     f = LicensePolicy(deny_unknown=True)
-    assert run_filter(f, [seeded("LicenseRef-Unspecified", "anon"), seeded("LicenseRef-Made-Up", "odd"),
-                          seeded("MIT")]) == [
+    assert run_filter(
+        f, [seeded("LicenseRef-Unspecified", "anon"), seeded("LicenseRef-Made-Up", "odd"), seeded("MIT")]
+    ) == [
         Drop("license policy: unspecified license (LicenseRef-Unspecified from seed 'anon')"),
         Drop("license policy: unknown license LicenseRef-Made-Up (LicenseRef-Made-Up from seed 'odd')"),
-        KEEP]
+        KEEP,
+    ]
 
 
 def test_the_filter_reads_the_tag_not_the_sources():
     r = seeded("MIT")
     r.provenance.license = r.provenance.license.model_copy(update={"use": "non-commercial"})
     assert run_filter(LicensePolicy(deny_use=["non-commercial"]), [r]) == [
-        Drop("license policy: use non-commercial not allowed (MIT)")]  # no source explains it
+        Drop("license policy: use non-commercial not allowed (MIT)")
+    ]  # no source explains it
 
 
 def test_policy_values_are_validated():
@@ -102,4 +123,5 @@ def test_policy_values_are_validated():
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         LicensePolicy(deny_use=["non-commercial"], deny_uses=["academic-only"])
     assert LicensePolicy(deny_licenses=["LicenseRef-Not-Yet-Listed"]).options.deny_licenses == [
-        "LicenseRef-Not-Yet-Listed"]
+        "LicenseRef-Not-Yet-Listed"
+    ]

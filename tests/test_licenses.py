@@ -8,14 +8,24 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from util import config_dict
 
 from distill.config.loader import parse_config
 from distill.errors import ConfigError
-from distill.licenses import (LICENSE_REF, UNSPECIFIED, LicenseOverride, active, builtin_registry, dataset_tag,
-                              model_matches, normalize, registry, student_tag, tag_for)
+from distill.licenses import (
+    LICENSE_REF,
+    UNSPECIFIED,
+    LicenseOverride,
+    active,
+    builtin_registry,
+    dataset_tag,
+    model_matches,
+    normalize,
+    registry,
+    student_tag,
+    tag_for,
+)
 from distill.models.terms import card_license, provider_of, resolve_terms, unknown_warning
-
-from util import config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,12 +52,15 @@ def test_every_entry_is_well_formed_and_every_model_rule_names_a_known_license()
     assert reg.info("LicenseRef-Qwen-Research").use == "non-commercial"
 
 
-@pytest.mark.parametrize("expression, fragment", [
-    ("Apache-2", "'Apache-2' is not an SPDX license id (did you mean Apache-2.0"),
-    ("MIT AND LicenseRef-Nope", "unknown license id 'LicenseRef-Nope': the registry has no such LicenseRef"),
-    ("LicenseRef-Lama-3", "(did you mean LicenseRef-Llama-3"),
-    ("MIT AND", "invalid license expression 'MIT AND'"),
-])
+@pytest.mark.parametrize(
+    "expression, fragment",
+    [
+        ("Apache-2", "'Apache-2' is not an SPDX license id (did you mean Apache-2.0"),
+        ("MIT AND LicenseRef-Nope", "unknown license id 'LicenseRef-Nope': the registry has no such LicenseRef"),
+        ("LicenseRef-Lama-3", "(did you mean LicenseRef-Llama-3"),
+        ("MIT AND", "invalid license expression 'MIT AND'"),
+    ],
+)
 def test_invalid_expressions_are_errors_that_name_them(expression, fragment):
     with pytest.raises(ConfigError) as exc:
         normalize(expression)
@@ -66,15 +79,20 @@ def test_a_misspelt_seed_license_is_a_config_error_with_a_suggestion(tmp_path):
     cfg["seeds"][0]["license"] = "CC-BY-NC-4"
     with pytest.raises(ConfigError) as exc:
         parse_config(cfg)
-    assert ("seeds[0].license: invalid license expression 'CC-BY-NC-4': 'CC-BY-NC-4' is not an SPDX license id "
-            "(did you mean CC-BY-NC-4.0") in str(exc.value)
+    assert (
+        "seeds[0].license: invalid license expression 'CC-BY-NC-4': 'CC-BY-NC-4' is not an SPDX license id "
+        "(did you mean CC-BY-NC-4.0"
+    ) in str(exc.value)
 
 
 def test_config_licenses_extend_the_registry_for_seeds_and_tags(tmp_path):
     cfg = config_dict(tmp_path)
     cfg["seeds"][0]["license"] = "LicenseRef-Acme-Internal"
-    with pytest.raises(ConfigError, match=r"seeds\[0\]\.license: invalid license expression.*LicenseRef-Acme-Internal.*"
-                                          r"declare your own under `licenses:`"):
+    with pytest.raises(
+        ConfigError,
+        match=r"seeds\[0\]\.license: invalid license expression.*LicenseRef-Acme-Internal.*"
+        r"declare your own under `licenses:`",
+    ):
         parse_config(cfg)
     cfg["licenses"] = {"LicenseRef-Acme-Internal": {"use": "non-commercial", "notices": ["(c) Acme"]}}
     loaded = parse_config(cfg)
@@ -95,11 +113,14 @@ def test_config_licenses_override_a_builtin_entry(tmp_path):
     assert builtin_registry().info("LicenseRef-OpenAI-Terms").use == "commercial"
 
 
-@pytest.mark.parametrize("entry, fragment", [
-    ({"LicenseRef-New": {"attribution": True}}, "LicenseRef-New: a license the registry does not have needs `use`"),
-    ({"Not A License": {"use": "commercial"}}, "Not A License: not an SPDX license id nor a `LicenseRef-` id"),
-    ({"LicenseRef-X": {"use": "free"}}, "licenses.LicenseRef-X.use"),
-])
+@pytest.mark.parametrize(
+    "entry, fragment",
+    [
+        ({"LicenseRef-New": {"attribution": True}}, "LicenseRef-New: a license the registry does not have needs `use`"),
+        ({"Not A License": {"use": "commercial"}}, "Not A License: not an SPDX license id nor a `LicenseRef-` id"),
+        ({"LicenseRef-X": {"use": "free"}}, "licenses.LicenseRef-X.use"),
+    ],
+)
 def test_bad_license_entries_are_config_errors(tmp_path, entry, fragment):
     with pytest.raises(ConfigError, match="invalid config") as exc:
         parse_config(config_dict(tmp_path, licenses=entry))
@@ -107,18 +128,24 @@ def test_bad_license_entries_are_config_errors(tmp_path, entry, fragment):
 
 
 def test_invalid_licenses_in_teachers_and_model_rules_are_named_by_path(tmp_path):
-    from distill.config.loader import validate_plugin_options
-
     from util import registry as fake_registry
 
+    from distill.config.loader import validate_plugin_options
+
     cfg = config_dict(tmp_path, models=[{"model": "acme-*", "license": "LicenseRef-Lama-3"}])
-    with pytest.raises(ConfigError, match=r"models\[0\]\.license: invalid license expression.*did you mean "
-                                          r"LicenseRef-Llama-3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"models\[0\]\.license: invalid license expression.*did you mean "
+        r"LicenseRef-Llama-3",
+    ):
         parse_config(cfg)
     cfg = config_dict(tmp_path)
     cfg["teachers"]["writer"]["options"]["license"] = "MIT AND Apache2"
-    with pytest.raises(ConfigError, match=r"teachers\.writer\.options\.license: .*'Apache2' is not an SPDX license "
-                                          r"id \(did you mean Apache-2.0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"teachers\.writer\.options\.license: .*'Apache2' is not an SPDX license "
+        r"id \(did you mean Apache-2.0",
+    ):
         validate_plugin_options(parse_config(cfg), fake_registry())
 
 
@@ -134,15 +161,18 @@ def test_dataset_and_student_tags():
     assert student_tag([d], None).use == "unspecified"
 
 
-@pytest.mark.parametrize("pattern, model, hit", [
-    ("gpt-*", "gpt-4o-mini", True),
-    ("gpt-*", "openai/gpt-4o", True),
-    ("meta-llama/Llama-3.1-*", "meta-llama/Llama-3.1-8B-Instruct", True),
-    ("meta-llama/Llama-3.1-*", "meta-llama/llama-3.1-70b", True),
-    ("meta-llama/Llama-3.1-*", "Llama-3.1-8B-Instruct", True),  # a local folder named like the repo
-    ("meta-llama/Llama-3.1-*", "someone/Llama-3.1-8B-finetune", False),
-    ("meta-llama/Meta-Llama-3-*", "meta-llama/Llama-3.1-8B", False),
-])
+@pytest.mark.parametrize(
+    "pattern, model, hit",
+    [
+        ("gpt-*", "gpt-4o-mini", True),
+        ("gpt-*", "openai/gpt-4o", True),
+        ("meta-llama/Llama-3.1-*", "meta-llama/Llama-3.1-8B-Instruct", True),
+        ("meta-llama/Llama-3.1-*", "meta-llama/llama-3.1-70b", True),
+        ("meta-llama/Llama-3.1-*", "Llama-3.1-8B-Instruct", True),  # a local folder named like the repo
+        ("meta-llama/Llama-3.1-*", "someone/Llama-3.1-8B-finetune", False),
+        ("meta-llama/Meta-Llama-3-*", "meta-llama/Llama-3.1-8B", False),
+    ],
+)
 def test_model_globs(pattern, model, hit):
     assert model_matches(pattern, model) is hit
 
@@ -152,8 +182,16 @@ def _opts(**kw):
 
 
 def _resolve(plugin, options, reported=UNSPECIFIED, model=None, models=(), base=Path(".")):
-    return resolve_terms(key="writer", plugin=plugin, options=options, reported=reported,
-                         model=model or options.model, config_models=models, reg=builtin_registry(), base_dir=base)
+    return resolve_terms(
+        key="writer",
+        plugin=plugin,
+        options=options,
+        reported=reported,
+        model=model or options.model,
+        config_models=models,
+        reg=builtin_registry(),
+        base_dir=base,
+    )
 
 
 def test_api_models_resolve_by_provider_and_id():
@@ -167,8 +205,10 @@ def test_api_models_resolve_by_provider_and_id():
     served = _opts(model="meta-llama/Llama-3.1-8B-Instruct", base_url="http://127.0.0.1:8000/v1")
     assert _resolve("openai", served).license == "LicenseRef-Llama-3.1"
     assert _resolve("vllm", _opts(model="meta-llama/Meta-Llama-3-8B-Instruct")).license == "LicenseRef-Llama-3"
-    assert _resolve("openai", _opts(model="claude-sonnet-4", base_url="https://api.anthropic.com/v1")).license \
+    assert (
+        _resolve("openai", _opts(model="claude-sonnet-4", base_url="https://api.anthropic.com/v1")).license
         == "LicenseRef-Anthropic-Commercial-Terms"
+    )
 
 
 def test_declared_and_configured_terms_come_first():
@@ -184,13 +224,16 @@ def test_declared_and_configured_terms_come_first():
     assert t.license == "Apache-2.0" and t.how == "reported by the vllm plugin"
 
 
-@pytest.mark.parametrize("front, expected", [
-    ("license: gemma", "LicenseRef-Gemma-Terms"),
-    ("license: other\nlicense_name: qwen-research", "LicenseRef-Qwen-Research"),
-    ("license: apache-2.0", "Apache-2.0"),
-    ("license: llama3.1", "LicenseRef-Llama-3.1"),
-    ("license: other\nlicense_name: my-own", None),
-])
+@pytest.mark.parametrize(
+    "front, expected",
+    [
+        ("license: gemma", "LicenseRef-Gemma-Terms"),
+        ("license: other\nlicense_name: qwen-research", "LicenseRef-Qwen-Research"),
+        ("license: apache-2.0", "Apache-2.0"),
+        ("license: llama3.1", "LicenseRef-Llama-3.1"),
+        ("license: other\nlicense_name: my-own", None),
+    ],
+)
 def test_local_folders_by_what_their_card_declares(tmp_path, front, expected):
     folder = tmp_path / "student-base"
     folder.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distill.errors import PluginError
-from distill.seeding import derive_seed
 from distill.models.folders import local_model_folder, model_identity, resolve_model_path, weight_files
+from distill.seeding import derive_seed
 
 
 def test_derive_seed_is_stable_and_fits_the_width():
@@ -36,8 +36,10 @@ def test_identity_hashes_weights_and_a_changed_shard_shows(tmp_path):
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"a")
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"b")
     (tmp_path / "ignored.bin").write_bytes(b"c")  # safetensors win over .bin
-    assert [p.name for p in weight_files(tmp_path)] == ["model-00001-of-00002.safetensors",
-                                                       "model-00002-of-00002.safetensors"]
+    assert [p.name for p in weight_files(tmp_path)] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
     first = model_identity(str(tmp_path), "transformers")
     assert first.license == "LicenseRef-Unspecified" and first.model == tmp_path.name
     assert model_identity(str(tmp_path), "vllm", license="MIT").file_hash == first.file_hash

@@ -21,19 +21,30 @@ from distill.teacher import ChatRequest
 
 pytest.importorskip("openai")
 
-from distill_plugins.teachers._api_support import Budget, retry_after_seconds  # noqa: E402
-from distill_plugins.teachers.openai import OpenAITeacher  # noqa: E402
-from servers import FaultProxy  # noqa: E402
+from servers import FaultProxy
+
+from distill_plugins.teachers._api_support import Budget, retry_after_seconds
+from distill_plugins.teachers.openai import OpenAITeacher
 
 SECRET = "sk-test-DO-NOT-LEAK-4f9a1c2e"
-ANSWER_SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-    "type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
-    "required": ["answer"], "additionalProperties": False}}}
+ANSWER_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def req(i: int, text: str | None = None, **kw) -> ChatRequest:
-    return ChatRequest(messages=[Message(role="user", content=text or f"Say something about number {i}.")],
-                       seed=1000 + i, **kw)
+    return ChatRequest(
+        messages=[Message(role="user", content=text or f"Say something about number {i}.")], seed=1000 + i, **kw
+    )
 
 
 @pytest.fixture
@@ -77,7 +88,8 @@ def test_missing_key_and_key_pasted_as_env_name(monkeypatch):
         teacher.setup(PluginContext(base_dir=Path(".")))
     # A local server needs no key: the variable may be missing when base_url is set.
     OpenAITeacher(model="m", base_url="http://127.0.0.1:1/v1", api_key_env="DISTILL_NO_SUCH_KEY").setup(
-        PluginContext(base_dir=Path(".")))
+        PluginContext(base_dir=Path("."))
+    )
     with pytest.raises(ValueError) as err:
         OpenAITeacher.Options(model="m", api_key_env=SECRET)
     assert "NAME of an environment variable" in str(err.value)
@@ -120,8 +132,10 @@ def test_cost_budget_is_counted_and_persisted(tmp_path):
     budget.add(4, 2)
     assert budget.exhausted() is None
     budget.add(1, 1)
-    assert "budget spent: $0.0110" in Budget(tmp_path, max_cost_usd=0.01, price_per_1k_prompt=1.0,
-                                             price_per_1k_completion=2.0).exhausted()
+    assert (
+        "budget spent: $0.0110"
+        in Budget(tmp_path, max_cost_usd=0.01, price_per_1k_prompt=1.0, price_per_1k_completion=2.0).exhausted()
+    )
 
 
 # -- against the real server -----------------------------------------------------------------
@@ -142,8 +156,14 @@ def test_n_samples_logprobs_usage_and_seeded_determinism(vllm_server, make_teach
     assert teacher.usage.requests == 4
     assert teacher.usage.completion_tokens == sum(s.completion_tokens for pair in out for s in pair)
     assert teacher.usage.prompt_tokens == sum(pair[0].prompt_tokens for pair in out)
-    assert teacher.sampling() == {"n": 2, "temperature": 1.0, "top_p": 0.95, "max_tokens": 12, "seed": 0,
-                                  "logprobs": True}
+    assert teacher.sampling() == {
+        "n": 2,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "max_tokens": 12,
+        "seed": 0,
+        "logprobs": True,
+    }
     again = make_teacher(base_url, model, n=2, temperature=1.0).generate([req(i) for i in range(4)])
     assert [[s.text for s in pair] for pair in again] == [[s.text for s in pair] for pair in out]
     other = make_teacher(base_url, model, n=2, temperature=1.0).generate([req(0).model_copy(update={"seed": 7})])
@@ -197,8 +217,7 @@ def test_concurrency_is_bounded(vllm_server, make_teacher):
 def test_thirty_percent_faults_every_request_answered(vllm_server, make_teacher):
     base_url, model = vllm_server
     with FaultProxy(base_url, rate=0.3, seed=7, hang_seconds=2.5, retry_after="1") as proxy:
-        teacher = make_teacher(proxy.base_url, model, concurrency=8, timeout=1.5, backoff_base=0.05,
-                               backoff_max=0.5)
+        teacher = make_teacher(proxy.base_url, model, concurrency=8, timeout=1.5, backoff_base=0.05, backoff_max=0.5)
         out = teacher.generate([req(i) for i in range(40)])
         assert all(len(samples) == 1 and samples[0].completion_tokens for samples in out)
         stats = proxy.stats
@@ -210,8 +229,9 @@ def test_thirty_percent_faults_every_request_answered(vllm_server, make_teacher)
 def test_circuit_breaker_opens_when_everything_fails(vllm_server, make_teacher):
     base_url, model = vllm_server
     with FaultProxy(base_url, rate=1.0, kinds=("500",)) as proxy:
-        teacher = make_teacher(proxy.base_url, model, concurrency=2, circuit_breaker=3, max_retries=1,
-                               backoff_base=0.01)
+        teacher = make_teacher(
+            proxy.base_url, model, concurrency=2, circuit_breaker=3, max_retries=1, backoff_base=0.01
+        )
         with pytest.raises(TeacherUnavailable) as err:
             teacher.generate([req(i) for i in range(30)])
         message = str(err.value)
@@ -255,8 +275,7 @@ def test_rejected_key_is_named_but_never_shown(vllm_server, make_teacher, monkey
         assert proxy.stats.faults["401"] == 1  # not retried
         message = str(err.value)
         assert "$DISTILL_TEST_KEY" in message and "401" in message
-        for shown in (message, repr(err.value), repr(teacher), teacher.sampling(), teacher.model_info(),
-                      caplog.text):
+        for shown in (message, repr(err.value), repr(teacher), teacher.sampling(), teacher.model_info(), caplog.text):
             assert SECRET not in str(shown)
 
         monkeypatch.setenv("DISTILL_TEST_KEY", "the-right-key")  # the key really is sent
@@ -285,8 +304,14 @@ def test_response_format_gives_json_and_falls_back_when_refused(vllm_server, mak
 def test_replicas_share_the_teachers_limits_and_what_is_left_of_its_budget(tmp_path):
     """executor: ray runs one replica per actor: together they keep the teacher's totals."""
     state = tmp_path / "state"
-    teacher = OpenAITeacher(model="m", base_url="http://127.0.0.1:1/v1", concurrency=5, requests_per_minute=60,
-                            tokens_per_minute=9000, max_total_tokens=1000)
+    teacher = OpenAITeacher(
+        model="m",
+        base_url="http://127.0.0.1:1/v1",
+        concurrency=5,
+        requests_per_minute=60,
+        tokens_per_minute=9000,
+        max_total_tokens=1000,
+    )
     teacher.setup(PluginContext(base_dir=tmp_path, progress=False, state_dir=state))
     shares = [teacher.replica_options(i, 2) for i in range(2)]
     assert [o.concurrency for o in shares] == [3, 2]

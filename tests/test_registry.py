@@ -6,18 +6,21 @@ import sys
 import textwrap
 
 import pytest
+from fake_plugins import EchoTeacher, FakePlugins
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
 from distill.registry import make_registry
 
-from fake_plugins import EchoTeacher, FakePlugins
-
 
 def test_first_party_plugins_register_through_entry_points():
     reg = make_registry()
-    for kind, name in [("task", "response"), ("task", "self-instruct"), ("filter", "length"),
-                       ("filter", "exact-dedup")]:
+    for kind, name in [
+        ("task", "response"),
+        ("task", "self-instruct"),
+        ("filter", "length"),
+        ("filter", "exact-dedup"),
+    ]:
         spec = reg.get(kind, name)
         assert spec.package == "distill" and spec.version
         assert spec.cls.__module__.startswith("distill_plugins.")
@@ -77,11 +80,15 @@ def broken_dist(tmp_path, monkeypatch):
     """A real installed distribution whose entry point fails to import."""
     site = tmp_path / "site"
     (site / "brokenplug-0.1.dist-info").mkdir(parents=True)
-    (site / "brokenplug-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (site / "brokenplug-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n"
+    )
     (site / "brokenplug-0.1.dist-info" / "entry_points.txt").write_text("[distill]\nbroken = brokenplug_mod\n")
-    (site / "brokenplug_mod.py").write_text(textwrap.dedent("""
+    (site / "brokenplug_mod.py").write_text(
+        textwrap.dedent("""
         import a_module_that_does_not_exist
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(site))
     yield
     sys.modules.pop("brokenplug_mod", None)

@@ -18,11 +18,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
-from distill.report.html import write_report
-from distill.report.eval import _EvalFile, _worst
-
 from util import QUESTIONS, config_dict, dump, pipeline, write_seeds
+
+from distill.report.eval import _EvalFile, _worst
+from distill.report.html import write_report
 
 SECTIONS = ["funnel", "training", "evaluation", "audit", "samples"]
 EVIL = "Why does <script>alert('owned')</script> end my </section> early?"
@@ -102,22 +101,45 @@ def _config(folder: Path) -> dict:
 def write_eval(out: Path, stage: str = "evaluate", worst: bool = True) -> Path:
     """An `evaluate` stage's result file, in the format that stage writes."""
     data = {
-        "stage": stage, "data": "eval/heldout.jsonl",
-        "contenders": [{"name": "base", "kind": "model", "model": "embedded", "system_prompt": False},
-                       {"name": "teacher", "kind": "teacher", "model": EVIL_MODEL, "system_prompt": True},
-                       {"name": "student", "kind": "student", "model": "out/models/student/dpo",
-                        "system_prompt": False}],
-        "metrics": [{"evaluator": "rubric", "name": "rubric", "higher_is_better": True,
-                     "description": "answers start with the brand", "details": {},
-                     "scores": {"base": 0.125, "teacher": 0.45, "student": 0.875}},
-                    {"evaluator": "perplexity", "name": "perplexity", "higher_is_better": False, "details": {},
-                     "scores": {"base": 12.3, "student": 8.1}}],
-        "items": [{"id": f"e{i}", "prompt": f"question {i} </section><script>x()</script>", "reference": None,
-                   "tags": {"topic": "off" if i % 2 else "on"},
-                   "answers": {"base": f"base answer {i}", "teacher": f"teacher answer {i}",
-                               "student": f"student answer {i} <img src=x onerror=alert(1)>"},
-                   "scores": {"rubric": {"base": 0.0, "teacher": 1.0, "student": [0.0, 1.0, 1.0, 0.5][i]}}}
-                  for i in range(4)],
+        "stage": stage,
+        "data": "eval/heldout.jsonl",
+        "contenders": [
+            {"name": "base", "kind": "model", "model": "embedded", "system_prompt": False},
+            {"name": "teacher", "kind": "teacher", "model": EVIL_MODEL, "system_prompt": True},
+            {"name": "student", "kind": "student", "model": "out/models/student/dpo", "system_prompt": False},
+        ],
+        "metrics": [
+            {
+                "evaluator": "rubric",
+                "name": "rubric",
+                "higher_is_better": True,
+                "description": "answers start with the brand",
+                "details": {},
+                "scores": {"base": 0.125, "teacher": 0.45, "student": 0.875},
+            },
+            {
+                "evaluator": "perplexity",
+                "name": "perplexity",
+                "higher_is_better": False,
+                "details": {},
+                "scores": {"base": 12.3, "student": 8.1},
+            },
+        ],
+        "items": [
+            {
+                "id": f"e{i}",
+                "prompt": f"question {i} </section><script>x()</script>",
+                "reference": None,
+                "tags": {"topic": "off" if i % 2 else "on"},
+                "answers": {
+                    "base": f"base answer {i}",
+                    "teacher": f"teacher answer {i}",
+                    "student": f"student answer {i} <img src=x onerror=alert(1)>",
+                },
+                "scores": {"rubric": {"base": 0.0, "teacher": 1.0, "student": [0.0, 1.0, 1.0, 0.5][i]}},
+            }
+            for i in range(4)
+        ],
         "worst": {"rubric": {"student": ["e0", "e3"]}} if worst else {},
     }
     path = out / "eval" / stage / "eval.json"
@@ -141,8 +163,10 @@ def _manifest_totals(out: Path) -> dict[str, tuple[str, dict[str, int], dict[str
     found = {}
     for m in (out / "stages").glob("*/manifest.json"):
         data = json.loads(m.read_text())
-        t = {k: sum(s.get(f, 0) for s in data["shards"])
-             for k, f in (("in", "inputs"), ("generated", "generated"), ("kept", "kept"), ("rejected", "rejected"))}
+        t = {
+            k: sum(s.get(f, 0) for s in data["shards"])
+            for k, f in (("in", "inputs"), ("generated", "generated"), ("kept", "kept"), ("rejected", "rejected"))
+        }
         reasons: Counter[str] = Counter()
         for s in data["shards"]:
             reasons.update(s["reasons"])
@@ -166,8 +190,14 @@ def test_every_section_has_its_content_and_markup_stays_text(run_out):
     manifests = _manifest_totals(run_out)
     rows = {r[0]: r for r in page.rows["funnel"] if len(r) == 8}
     for stage, (kind, t, _) in manifests.items():
-        assert rows[stage][:6] == [stage, kind, str(t["in"]), str(t["generated"]), str(t["kept"]),
-                                   str(t["rejected"])], stage
+        assert rows[stage][:6] == [
+            stage,
+            kind,
+            str(t["in"]),
+            str(t["generated"]),
+            str(t["kept"]),
+            str(t["rejected"]),
+        ], stage
     drops = {(r[0], f"{r[1]}: {r[2]}"): int(r[3]) for r in page.rows["funnel"] if len(r) == 5 and r[3].isdigit()}
     expected = {(s, reason): n for s, (_, _, reasons) in manifests.items() for reason, n in reasons.items()}
     assert expected and drops == expected
@@ -242,8 +272,10 @@ def test_missing_and_unreadable_parts_are_named_not_fatal(run_out, tmp_path):
 def test_a_run_with_nothing_exported_says_so(tmp_path):
     _need_datasets()
     cfg = config_dict(tmp_path)
-    cfg["stages"] = [{"kind": "filter", "filters": [{"plugin": "length", "options": {"min_words": 50}}]},
-                     {"kind": "export", "format": "sft"}]
+    cfg["stages"] = [
+        {"kind": "filter", "filters": [{"plugin": "length", "options": {"min_words": 50}}]},
+        {"kind": "export", "format": "sft"},
+    ]
     pipeline(cfg).run()
     page = Page(write_report(tmp_path / "out").read_text(encoding="utf-8"))
     assert "no exported records in this run" in page.text["samples"]
@@ -259,8 +291,11 @@ def test_worst_cases_are_ranked_when_the_file_lists_none(tmp_path):
     cases = _worst(ev)
     # rubric: the student (the only student contender) lowest first, ties in file order
     assert [(c.metric, c.contender, c.id, c.score) for c in cases] == [
-        ("rubric", "student", "e0", 0.0), ("rubric", "student", "e3", 0.5), ("rubric", "student", "e1", 1.0),
-        ("rubric", "student", "e2", 1.0)]
+        ("rubric", "student", "e0", 0.0),
+        ("rubric", "student", "e3", 0.5),
+        ("rubric", "student", "e1", 1.0),
+        ("rubric", "student", "e2", 1.0),
+    ]
     ev.metrics[0].higher_is_better = False  # then the highest scores are the worst
     assert [c.id for c in _worst(ev)][:2] == ["e1", "e2"]
 
@@ -275,14 +310,21 @@ def _browser() -> str | None:
 def test_the_report_renders_in_headless_chromium(run_out, tmp_path):
     browser = _browser()
     if browser is None:
-        pytest.skip("no chromium-headless-shell or chromium binary on PATH (scripts/install.sh installs "
-                    "chromium-headless-shell with apt, as root)")
+        pytest.skip(
+            "no chromium-headless-shell or chromium binary on PATH (scripts/install.sh installs "
+            "chromium-headless-shell with apt, as root)"
+        )
     path = write_report(run_out)
     source = Page(path.read_text(encoding="utf-8"))
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}"]
-    done = subprocess.run([*args, "--dump-dom", path.resolve().as_uri()], capture_output=True, text=True,
-                          timeout=180)
+    args = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    done = subprocess.run([*args, "--dump-dom", path.resolve().as_uri()], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Page(done.stdout)
     assert dom.order == SECTIONS and dom.title.startswith("distill report")
@@ -291,8 +333,12 @@ def test_the_report_renders_in_headless_chromium(run_out, tmp_path):
     assert EVIL in dom.text["samples"] and EVIL_MODEL in dom.text["evaluation"]
     assert dom.rows["funnel"] == source.rows["funnel"]
     shot = tmp_path / "report.png"
-    done = subprocess.run([*args, f"--screenshot={shot}", "--window-size=1200,2400", path.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [*args, f"--screenshot={shot}", "--window-size=1200,2400", path.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a rendered page, not a blank one
@@ -316,9 +362,15 @@ def test_cli_report_prints_the_path_and_refuses_other_folders(run_out, tmp_path)
 def test_run_writes_the_report_and_a_failure_to_is_only_a_warning(tmp_path):
     _need_datasets()
     seeds = write_seeds(tmp_path)
-    cfg = {"output": "out", "cache": {"path": "requests.sqlite"}, "seeds": [{"path": seeds.name, "license": "CC0-1.0"}],
-           "stages": [{"kind": "filter", "filters": [{"plugin": "length", "options": {"min_words": 8}}]},
-                      {"kind": "export", "format": "sft"}]}
+    cfg = {
+        "output": "out",
+        "cache": {"path": "requests.sqlite"},
+        "seeds": [{"path": seeds.name, "license": "CC0-1.0"}],
+        "stages": [
+            {"kind": "filter", "filters": [{"plugin": "length", "options": {"min_words": 8}}]},
+            {"kind": "export", "format": "sft"},
+        ],
+    }
     config = dump(tmp_path, cfg)
     done = distill("run", str(config), "--quiet")
     report = tmp_path / "out" / "report.html"
@@ -333,8 +385,10 @@ def test_run_writes_the_report_and_a_failure_to_is_only_a_warning(tmp_path):
 
 
 def test_report_modules_import_no_plotting_library():
-    code = ("import sys, distill.report.data, distill.report.html, distill.report.plots, distill.report.eval, distill.cli.app\n"
-            "print(','.join(m for m in ('matplotlib', 'torch', 'transformers', 'datasets') if m in sys.modules))")
+    code = (
+        "import sys, distill.report.data, distill.report.html, distill.report.plots, distill.report.eval, distill.cli.app\n"
+        "print(','.join(m for m in ('matplotlib', 'torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
 
@@ -359,14 +413,24 @@ def test_a_trained_student_has_curves_metrics_and_its_audit(tmp_path, tiny_model
     _need_train()
     cfg = _config(tmp_path)
     cfg["stages"] = cfg["stages"][:2] + [
-        {"kind": "rank", "name": "rank",
-         "ranker": {"plugin": "reward-function", "options": {"function": "reward_fns:prefers_short"}}},
+        {
+            "kind": "rank",
+            "name": "rank",
+            "ranker": {"plugin": "reward-function", "options": {"function": "reward_fns:prefers_short"}},
+        },
         {"kind": "export", "name": "sft", "format": "sft"},
         {"kind": "export", "name": "prefs", "format": "preference"},
-        {"kind": "train", "name": "student", "student": str(tiny_model_dir), "student_license": "Apache-2.0",
-         "model_name": "acme-student",
-         "steps": [{"trainer": "sft", "data": "sft", "options": {**FAST, "max_steps": 3}},
-                   {"trainer": "dpo", "data": ["prefs"], "options": {**FAST, "max_steps": 2, "lora": {"r": 4}}}]},
+        {
+            "kind": "train",
+            "name": "student",
+            "student": str(tiny_model_dir),
+            "student_license": "Apache-2.0",
+            "model_name": "acme-student",
+            "steps": [
+                {"trainer": "sft", "data": "sft", "options": {**FAST, "max_steps": 3}},
+                {"trainer": "dpo", "data": ["prefs"], "options": {**FAST, "max_steps": 2, "lora": {"r": 4}}},
+            ],
+        },
     ]
     pipeline(cfg).run()
     out = tmp_path / "out"

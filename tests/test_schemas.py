@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_checked_in_schema_is_current(name):
     path = ROOT / "schemas" / f"{name}.schema.json"
     assert path.read_text() == render(name), (
-        f"{path} is out of date: run `distill schema {name} > schemas/{name}.schema.json`")
+        f"{path} is out of date: run `distill schema {name} > schemas/{name}.schema.json`"
+    )
 
 
 def test_record_schema_validates_a_real_record():

@@ -12,11 +12,40 @@ from distill.records import Message
 from distill.secrets import is_secret_name, redact
 from distill.teacher import ChatRequest
 
-SECRET_NAMES = ["OPENAI_API_KEY", "HF_TOKEN", "api_key", "apiKey", "x-api-key", "Authorization", "auth",
-                "auth_token", "bearer", "Bearer_Token", "password", "db_passwd", "client_secret",
-                "aws_secret_access_key", "hub_token", "access_token", "credentials", "authToken", "oauth"]
-PLAIN_NAMES = ["max_tokens", "max_new_tokens", "tokenizer", "tokens_per_minute", "author", "model", "temperature",
-               "top_p", "seed", "base_url", "num_instructions"]
+SECRET_NAMES = [
+    "OPENAI_API_KEY",
+    "HF_TOKEN",
+    "api_key",
+    "apiKey",
+    "x-api-key",
+    "Authorization",
+    "auth",
+    "auth_token",
+    "bearer",
+    "Bearer_Token",
+    "password",
+    "db_passwd",
+    "client_secret",
+    "aws_secret_access_key",
+    "hub_token",
+    "access_token",
+    "credentials",
+    "authToken",
+    "oauth",
+]
+PLAIN_NAMES = [
+    "max_tokens",
+    "max_new_tokens",
+    "tokenizer",
+    "tokens_per_minute",
+    "author",
+    "model",
+    "temperature",
+    "top_p",
+    "seed",
+    "base_url",
+    "num_instructions",
+]
 VALUE = "sk-test-0123456789abcdef"
 
 

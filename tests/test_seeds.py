@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from distill.errors import SeedError
-from distill.records import Record
 from distill.io.seeds import SeedLoad, SeedSource, load_seeds
+from distill.records import Record
 
 
 def _write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -33,9 +33,11 @@ def _pairs(records: list[Record]) -> list[list[tuple[str, str]]]:
 
 # --- formats ---
 
+
 def test_jsonl_prompt_response(tmp_path: Path) -> None:
-    f = _write_jsonl(tmp_path / "qa.jsonl", [{"prompt": "2+2?", "response": "4", "topic": "math"},
-                                             {"prompt": "Capital of France?"}])
+    f = _write_jsonl(
+        tmp_path / "qa.jsonl", [{"prompt": "2+2?", "response": "4", "topic": "math"}, {"prompt": "Capital of France?"}]
+    )
     load = _load(f)
     assert not load.rejected and not load.warnings
     assert _pairs(load.records) == [[("user", "2+2?"), ("assistant", "4")], [("user", "Capital of France?")]]
@@ -53,8 +55,10 @@ def test_csv_line_numbers_count_the_header_and_multiline_cells(tmp_path: Path) -
     f = tmp_path / "seeds.csv"
     f.write_text('question,answer,level\n"What is\na haiku?",A poem,2\n\nWhy?,Because,3\n', encoding="utf-8")
     load = _load(f)
-    assert _pairs(load.records) == [[("user", "What is\na haiku?"), ("assistant", "A poem")],
-                                    [("user", "Why?"), ("assistant", "Because")]]
+    assert _pairs(load.records) == [
+        [("user", "What is\na haiku?"), ("assistant", "A poem")],
+        [("user", "Why?"), ("assistant", "Because")],
+    ]
     assert [r.metadata["seed_row"] for r in load.records] == [2, 5]
     assert load.records[0].metadata["fields"] == {"level": "2"}
 
@@ -84,8 +88,14 @@ def test_parquet_rows_are_zero_based(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     f = tmp_path / "data.parquet"
-    table = pa.table({"instruction": ["Say hi", "", "Count"], "output": ["hi", "x", None],
-                      "score": [0.5, 1.0, 2.0], "tags": [["a"], [], ["b"]]})
+    table = pa.table(
+        {
+            "instruction": ["Say hi", "", "Count"],
+            "output": ["hi", "x", None],
+            "score": [0.5, 1.0, 2.0],
+            "tags": [["a"], [], ["b"]],
+        }
+    )
     pq.write_table(table, f)
     load = _load(f)
     assert _pairs(load.records) == [[("user", "Say hi"), ("assistant", "hi")], [("user", "Count")]]
@@ -100,15 +110,23 @@ def test_hf_folder_with_messages_column(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     folder = tmp_path / "chat_ds"
     rows = [
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                      {"role": "assistant", "content": "Hello"}], "source": "web"},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ],
+            "source": "web",
+        },
         {"messages": [{"role": "user", "content": "Bye"}], "source": "web"},
         {"messages": [{"role": "robot", "content": "beep"}], "source": "web"},
     ]
     datasets.Dataset.from_list(rows).save_to_disk(str(folder))
     load = _load(folder)
-    assert _pairs(load.records) == [[("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")],
-                                    [("user", "Bye")]]
+    assert _pairs(load.records) == [
+        [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")],
+        [("user", "Bye")],
+    ]
     assert load.records[0].provenance.sources[0].dataset == "chat_ds"
     assert load.records[1].metadata == {"seed_row": 1, "fields": {"source": "web"}}
     assert len(_reasons(load)) == 1 and _reasons(load)[0].startswith("row 2: invalid messages list")
@@ -126,6 +144,7 @@ def test_hf_dataset_dict_with_several_splits_names_them(tmp_path: Path) -> None:
 
 # --- fields ---
 
+
 def test_explicit_fields_and_system(tmp_path: Path) -> None:
     f = _write_jsonl(tmp_path / "s.jsonl", [{"q": "Why?", "a": "So.", "sys": "Be kind.", "prompt": "ignored"}])
     load = _load(f, prompt_field="q", response_field="a", system_field="sys")
@@ -134,13 +153,16 @@ def test_explicit_fields_and_system(tmp_path: Path) -> None:
 
 
 def test_auto_detection_order(tmp_path: Path) -> None:
-    f = _write_jsonl(tmp_path / "s.jsonl", [
-        {"question": "Q1", "answer": "A1"},
-        {"prompt": "P", "question": "Q", "completion": "C", "output": "O"},
-        {"instruction": "Translate", "input": "bonjour", "output": "hello"},
-        {"instruction": "Greet", "input": "", "output": "hi"},
-        {"input": "I"},
-    ])
+    f = _write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {"question": "Q1", "answer": "A1"},
+            {"prompt": "P", "question": "Q", "completion": "C", "output": "O"},
+            {"instruction": "Translate", "input": "bonjour", "output": "hello"},
+            {"instruction": "Greet", "input": "", "output": "hi"},
+            {"input": "I"},
+        ],
+    )
     load = _load(f)
     assert _pairs(load.records) == [
         [("user", "Q1"), ("assistant", "A1")],
@@ -154,10 +176,13 @@ def test_auto_detection_order(tmp_path: Path) -> None:
 
 
 def test_messages_list_with_response_field_appended(tmp_path: Path) -> None:
-    f = _write_jsonl(tmp_path / "m.jsonl", [
-        {"messages": [{"role": "user", "content": "Hi"}], "response": "Hello"},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], "response": "x"},
-    ])
+    f = _write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "Hi"}], "response": "Hello"},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], "response": "x"},
+        ],
+    )
     load = _load(f)
     assert _pairs(load.records) == [[("user", "Hi"), ("assistant", "Hello")]]
     assert _reasons(load)[0].startswith("line 2: invalid messages list: ends with an assistant reply")
@@ -172,20 +197,21 @@ def test_limit_counts_good_records(tmp_path: Path) -> None:
 
 # --- malformed input ---
 
+
 def test_malformed_jsonl_lines_are_rejected_and_the_rest_load(tmp_path: Path) -> None:
     lines = [
-        b'{"prompt": "good one", "response": "yes"}',        # 1
-        b'{"prompt": "broken',                               # 2 invalid JSON
-        b'[1, 2, 3]',                                        # 3 not an object
-        b'{"text": "no prompt here"}',                       # 4 missing prompt field
-        b'{"prompt": 42}',                                   # 5 non-string content
-        b'{"prompt": "   "}',                                # 6 empty prompt
-        b'{"messages": [{"role": "user"}]}',                 # 7 invalid messages list
-        b'{"prompt": "caf\xe9"}',                            # 8 invalid UTF-8 (latin-1 byte)
-        b'',                                                 # 9 blank: skipped, not counted
-        b'{"prompt": "hi", "response": 7}',                  # 10 non-string response
-        b'{"messages": []}',                                 # 11 no user message
-        b'{"prompt": "good two"}',                           # 12
+        b'{"prompt": "good one", "response": "yes"}',  # 1
+        b'{"prompt": "broken',  # 2 invalid JSON
+        b"[1, 2, 3]",  # 3 not an object
+        b'{"text": "no prompt here"}',  # 4 missing prompt field
+        b'{"prompt": 42}',  # 5 non-string content
+        b'{"prompt": "   "}',  # 6 empty prompt
+        b'{"messages": [{"role": "user"}]}',  # 7 invalid messages list
+        b'{"prompt": "caf\xe9"}',  # 8 invalid UTF-8 (latin-1 byte)
+        b"",  # 9 blank: skipped, not counted
+        b'{"prompt": "hi", "response": 7}',  # 10 non-string response
+        b'{"messages": []}',  # 11 no user message
+        b'{"prompt": "good two"}',  # 12
     ]
     f = tmp_path / "bad.jsonl"
     f.write_bytes(b"\n".join(lines) + b"\n")
@@ -196,10 +222,15 @@ def test_malformed_jsonl_lines_are_rejected_and_the_rest_load(tmp_path: Path) ->
     assert len(load.records) + len(load.rejected) == non_blank
     reasons = _reasons(load)
     expected = [
-        "line 2: invalid JSON: ", "line 3: not a JSON object: got an array",
-        "line 4: missing prompt field", "line 5: non-string content: field 'prompt' is a number",
-        "line 6: empty prompt", "line 7: invalid messages list", "line 8: invalid UTF-8",
-        "line 10: non-string content: response field 'response'", "line 11: invalid messages list: no user message",
+        "line 2: invalid JSON: ",
+        "line 3: not a JSON object: got an array",
+        "line 4: missing prompt field",
+        "line 5: non-string content: field 'prompt' is a number",
+        "line 6: empty prompt",
+        "line 7: invalid messages list",
+        "line 8: invalid UTF-8",
+        "line 10: non-string content: response field 'response'",
+        "line 11: invalid messages list: no user message",
     ]
     assert len(reasons) == len(expected)
     for got, want in zip(reasons, expected):
@@ -252,6 +283,7 @@ def test_relative_path_resolves_against_base_dir(tmp_path: Path) -> None:
 
 
 # --- licenses and ids ---
+
 
 def test_no_license_is_unspecified_with_a_warning(tmp_path: Path) -> None:
     f = _write_jsonl(tmp_path / "s.jsonl", [{"prompt": "p"}])
@@ -306,8 +338,10 @@ def test_import_stays_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, distill.io.seeds, distill.io.export; "
-            "bad = [m for m in ('torch', 'transformers', 'datasets', 'pyarrow', 'pandas') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, distill.io.seeds, distill.io.export; "
+        "bad = [m for m in ('torch', 'transformers', 'datasets', 'pyarrow', 'pandas') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

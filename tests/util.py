@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fake_plugins import EchoTeacher, FakePlugins
 
 from distill.config.loader import parse_config
 from distill.pipeline import Pipeline
 from distill.registry import make_registry
-
-from fake_plugins import EchoTeacher, FakePlugins
 
 QUESTIONS = [
     "How do I reset my Acme router to factory settings?",
@@ -44,12 +43,26 @@ def config_dict(folder: Path, **over: Any) -> dict[str, Any]:
             "inventor": {"plugin": "echo", "options": {"style": "instructions"}},
         },
         "stages": [
-            {"kind": "generate", "name": "instructions", "teacher": "inventor", "batch_size": 2,
-             "task": {"plugin": "self-instruct", "options": {"num_instructions": 4}}},
-            {"kind": "generate", "name": "responses", "teacher": "writer", "batch_size": 3,
-             "task": {"plugin": "response", "options": {"system_prompt": "Be brief."}}},
-            {"kind": "filter", "name": "clean", "batch_size": 4,
-             "filters": [{"plugin": "length", "options": {"min_words": 2}}, "exact-dedup"]},
+            {
+                "kind": "generate",
+                "name": "instructions",
+                "teacher": "inventor",
+                "batch_size": 2,
+                "task": {"plugin": "self-instruct", "options": {"num_instructions": 4}},
+            },
+            {
+                "kind": "generate",
+                "name": "responses",
+                "teacher": "writer",
+                "batch_size": 3,
+                "task": {"plugin": "response", "options": {"system_prompt": "Be brief."}},
+            },
+            {
+                "kind": "filter",
+                "name": "clean",
+                "batch_size": 4,
+                "filters": [{"plugin": "length", "options": {"min_words": 2}}, "exact-dedup"],
+            },
             {"kind": "export", "name": "sft", "format": "sft"},
         ],
     }

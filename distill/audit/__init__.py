@@ -4,22 +4,22 @@
 and of the audit's entry points (`audit`, `AuditReport`)."""
 
 from distill.audit.base import (
-    Severity,
-    SEVERITIES,
-    Verdict,
-    EXAMPLES,
     DISCLAIMER,
-    Contributor,
-    LicenseUse,
-    Finding,
+    EXAMPLES,
+    SEVERITIES,
     AckRecord,
-    AuditReport,
     AuditInput,
+    AuditReport,
     AuditRule,
-    base_model_license,
-    collect,
+    Contributor,
+    Finding,
+    LicenseUse,
+    Severity,
+    Verdict,
     audit,
+    base_model_license,
     check_ack_rules,
+    collect,
 )
 
 __all__ = [

@@ -13,16 +13,17 @@ decide is never silently fine: it is a finding that needs acknowledgement.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Iterable, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from distill.config.release import Acknowledgement, ReleaseSettings
 from distill.errors import ConfigError
 from distill.licenses import UNSPECIFIED, LicenseInfo, ModelRule, Registry, dataset_tag, model_matches
 from distill.plugin import Plugin
 from distill.records import LicenseTag
-from distill.config.release import Acknowledgement, ReleaseSettings
 
 if TYPE_CHECKING:
     from distill.records import Record
@@ -32,9 +33,11 @@ SEVERITIES: tuple[Severity, ...] = ("blocking", "acknowledge", "info")
 Verdict = Literal["cleared", "needs-acknowledgement", "blocked"]
 EXAMPLES = 5
 
-DISCLAIMER = ("Not legal advice: this audit summarises public license texts and the terms recorded with "
-              "each record, as distill's license registry describes them. Findings that need "
-              "acknowledgement are legal questions only you (and your counsel) can answer.")
+DISCLAIMER = (
+    "Not legal advice: this audit summarises public license texts and the terms recorded with "
+    "each record, as distill's license registry describes them. Findings that need "
+    "acknowledgement are legal questions only you (and your counsel) can answer."
+)
 
 
 class _Model(BaseModel):
@@ -107,8 +110,11 @@ class AuditReport(_Model):
 
     def open_findings(self) -> list[Finding]:
         """What stands between this release and exit code 0."""
-        return [f for f in self.findings
-                if f.severity == "blocking" or (f.severity == "acknowledge" and f.acknowledged is None)]
+        return [
+            f
+            for f in self.findings
+            if f.severity == "blocking" or (f.severity == "acknowledge" and f.acknowledged is None)
+        ]
 
 
 @dataclass
@@ -130,12 +136,20 @@ class AuditInput:
         info = self.info(key)
         return f"{key} ({info.name})" if info is not None and info.name else key
 
-    def finding(self, rule: str, severity: Severity, license: str | None, message: str,
-                fix: str | None = None) -> Finding:
+    def finding(
+        self, rule: str, severity: Severity, license: str | None, message: str, fix: str | None = None
+    ) -> Finding:
         """A finding about `license`, with its record count and example ids filled in."""
         use = self.licenses.get(license) if license else None
-        return Finding(rule=rule, severity=severity, license=license, message=message, fix=fix,
-                       records=use.records if use else 0, examples=list(use.examples) if use else [])
+        return Finding(
+            rule=rule,
+            severity=severity,
+            license=license,
+            message=message,
+            fix=fix,
+            records=use.records if use else 0,
+            examples=list(use.examples) if use else [],
+        )
 
     def with_terms(self) -> list[tuple[str, LicenseInfo]]:
         """Registered licenses present, sorted; unknown ids are the `unknown-terms` rule's."""
@@ -165,8 +179,9 @@ def base_model_license(release: ReleaseSettings, registry: Registry, models: Ite
     return UNSPECIFIED
 
 
-def collect(records: Iterable[Record], registry: Registry, release: ReleaseSettings,
-            base_license: str | None) -> AuditInput:
+def collect(
+    records: Iterable[Record], registry: Registry, release: ReleaseSettings, base_license: str | None
+) -> AuditInput:
     """Group the records by license id, remembering who contributed each."""
     ids: dict[str, set[str]] = {}
     who: dict[str, set[tuple[str, str, str | None]]] = {}  # (kind, name, plugin): cheap per record
@@ -177,7 +192,8 @@ def collect(records: Iterable[Record], registry: Registry, release: ReleaseSetti
         tag = registry.effective_tag(r)
         tags.setdefault(tag.model_dump_json(), tag)
         contributions: list[tuple[str, tuple[str, str, str | None]]] = [
-            (s.license, ("source", s.dataset, None)) for s in r.provenance.sources]
+            (s.license, ("source", s.dataset, None)) for s in r.provenance.sources
+        ]
         contributions += [(g.license, (g.role, g.model, g.plugin)) for g in r.provenance.generators]
         for expression, contributor in contributions:
             for key in registry.keys(expression):
@@ -197,19 +213,41 @@ def collect(records: Iterable[Record], registry: Registry, release: ReleaseSetti
     for key in sorted(ids):
         info = registry.info(key)
         licenses[key] = LicenseUse(
-            license=key, name=info.name if info else None, url=info.url if info else None,
-            use=info.use if info else "unknown", records=len(ids[key]), examples=sorted(ids[key])[:EXAMPLES],
-            contributors=[Contributor(kind=k, name=nm, plugin=p)
-                          for k, nm, p in sorted(who.get(key, set()), key=lambda c: (c[0], c[1], c[2] or ""))])
-    return AuditInput(release=release, registry=registry, records=n, licenses=licenses,
-                      tag=dataset_tag(tags.values()),
-                      base_model_license=base_license, base_keys=base_keys)
+            license=key,
+            name=info.name if info else None,
+            url=info.url if info else None,
+            use=info.use if info else "unknown",
+            records=len(ids[key]),
+            examples=sorted(ids[key])[:EXAMPLES],
+            contributors=[
+                Contributor(kind=k, name=nm, plugin=p)
+                for k, nm, p in sorted(who.get(key, set()), key=lambda c: (c[0], c[1], c[2] or ""))
+            ],
+        )
+    return AuditInput(
+        release=release,
+        registry=registry,
+        records=n,
+        licenses=licenses,
+        tag=dataset_tag(tags.values()),
+        base_model_license=base_license,
+        base_keys=base_keys,
+    )
 
 
-def audit(records: Iterable[Record], release: ReleaseSettings, registry: Registry, rules: list[AuditRule], *,
-          target: str = "", kind: Literal["dataset", "student"] = "dataset", stage: str | None = None,
-          models: Iterable[ModelRule] = (), cli_acks: Iterable[Acknowledgement] = (),
-          warnings: Iterable[str] = ()) -> AuditReport:
+def audit(
+    records: Iterable[Record],
+    release: ReleaseSettings,
+    registry: Registry,
+    rules: list[AuditRule],
+    *,
+    target: str = "",
+    kind: Literal["dataset", "student"] = "dataset",
+    stage: str | None = None,
+    models: Iterable[ModelRule] = (),
+    cli_acks: Iterable[Acknowledgement] = (),
+    warnings: Iterable[str] = (),
+) -> AuditReport:
     """Run every rule over the records and apply the acknowledgements."""
     if release.what == "data" and (release.base_model or release.base_model_license):
         release = release.model_copy(update={"base_model": None, "base_model_license": None})
@@ -219,10 +257,15 @@ def audit(records: Iterable[Record], release: ReleaseSettings, registry: Registr
     for rule in rules:
         try:
             found = list(rule.check(inp))
-        except Exception as exc:  # noqa: BLE001 - a broken policy check must not pass silently
-            found = [Finding(rule=rule.name, severity="blocking",
-                             message=f"audit rule {rule.name!r} failed: {type(exc).__name__}: {exc}",
-                             fix="fix or remove the audit rule plugin; its policy was not checked")]
+        except Exception as exc:
+            found = [
+                Finding(
+                    rule=rule.name,
+                    severity="blocking",
+                    message=f"audit rule {rule.name!r} failed: {type(exc).__name__}: {exc}",
+                    fix="fix or remove the audit rule plugin; its policy was not checked",
+                )
+            ]
         findings.extend(found)
     acks = [AckRecord(**a.model_dump(), source="config") for a in release.acknowledge]
     acks += [AckRecord(**a.model_dump(), source="cli") for a in cli_acks]
@@ -236,21 +279,40 @@ def audit(records: Iterable[Record], release: ReleaseSettings, registry: Registr
                 f.acknowledged = Acknowledgement(**a.model_dump(include={"rule", "license", "reason", "by"}))
                 a.matched += 1
             elif f.severity == "blocking":
-                notes.append(f"acknowledgement of {a.rule}{':' + a.license if a.license else ''} does not apply: "
-                             "blocking findings cannot be acknowledged; change the data or the release")
+                notes.append(
+                    f"acknowledgement of {a.rule}{':' + a.license if a.license else ''} does not apply: "
+                    "blocking findings cannot be acknowledged; change the data or the release"
+                )
     for a in acks:
         if a.matched == 0:
-            notes.append(f"acknowledgement of {a.rule}{':' + a.license if a.license else ''} matched no "
-                         "finding that needs one")
+            notes.append(
+                f"acknowledgement of {a.rule}{':' + a.license if a.license else ''} matched no finding that needs one"
+            )
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.rule, f.license or "", f.message))
     open_ = [f for f in findings if f.severity == "blocking" or (f.severity == "acknowledge" and not f.acknowledged)]
-    verdict: Verdict = ("blocked" if any(f.severity == "blocking" for f in findings)
-                        else "needs-acknowledgement" if open_ else "cleared")
-    return AuditReport(verdict=verdict, exit_code=1 if open_ else 0, target=target, kind=kind, stage=stage,
-                       records=inp.records, release=release, base_model_license=base,
-                       registry_version=registry.version, license=inp.tag,
-                       licenses=list(inp.licenses.values()), findings=findings, acknowledgements=acks,
-                       warnings=_unique(notes))
+    verdict: Verdict = (
+        "blocked"
+        if any(f.severity == "blocking" for f in findings)
+        else "needs-acknowledgement"
+        if open_
+        else "cleared"
+    )
+    return AuditReport(
+        verdict=verdict,
+        exit_code=1 if open_ else 0,
+        target=target,
+        kind=kind,
+        stage=stage,
+        records=inp.records,
+        release=release,
+        base_model_license=base,
+        registry_version=registry.version,
+        license=inp.tag,
+        licenses=list(inp.licenses.values()),
+        findings=findings,
+        acknowledgements=acks,
+        warnings=_unique(notes),
+    )
 
 
 def check_ack_rules(acks: Iterable[Acknowledgement], names: list[str]) -> None:
@@ -259,8 +321,9 @@ def check_ack_rules(acks: Iterable[Acknowledgement], names: list[str]) -> None:
         if a.rule not in names:
             close = difflib.get_close_matches(a.rule, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"acknowledgement names an unknown audit rule {a.rule!r}{hint}; "
-                              f"rules: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"acknowledgement names an unknown audit rule {a.rule!r}{hint}; rules: {', '.join(sorted(names))}"
+            )
 
 
 def _unique(items: Iterable[str]) -> list[str]:

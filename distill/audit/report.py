@@ -21,6 +21,7 @@ VERDICT_TEXT = {
 
 def explain(report: AuditReport) -> str:
     """The verdict in one sentence, naming what decided it."""
+
     def names(fs: list[Finding]) -> str:
         return "; ".join(f"{f.rule}" + (f" ({f.license}, {f.records} records)" if f.license else "") for f in fs)
 
@@ -34,10 +35,14 @@ def explain(report: AuditReport) -> str:
             text += f"; {len(pending)} more need acknowledgement"
         return text + "."
     if pending:
-        return (f"{len(pending)} finding(s) need an explicit acknowledgement (--ack RULE[:LICENSE]=REASON, or "
-                f"release.acknowledge in the config): {names(pending)}.")
-    text = (f"every one of the {len(report.licenses)} license(s) allows this {report.release.use} release and "
-            "nothing blocks it")
+        return (
+            f"{len(pending)} finding(s) need an explicit acknowledgement (--ack RULE[:LICENSE]=REASON, or "
+            f"release.acknowledge in the config): {names(pending)}."
+        )
+    text = (
+        f"every one of the {len(report.licenses)} license(s) allows this {report.release.use} release and "
+        "nothing blocks it"
+    )
     if acked:
         text += f"; {len(acked)} finding(s) acknowledged with a recorded reason"
     if info:
@@ -77,38 +82,53 @@ def to_markdown(report: AuditReport, level: int = 1) -> str:
     """The report as Markdown; `level` is the heading level of its title (cards nest it)."""
     h = "#" * level
     counts = report.counts()
-    lines = [f"{h} License audit: {plain_text(summary(report))}", "",
-             f"**Verdict: {report.verdict}** ({VERDICT_TEXT[report.verdict]}); exit code {report.exit_code}.", "",
-             f"Why: {plain_text(explain(report))}", "",
-             f"> {report.disclaimer}", "",
-             f"- audited: {report.kind} `{report.target}`" + (f", stage `{report.stage}`" if report.stage else "")
-             + f", {report.records} records",
-             f"- effective license: `{report.license.expression}` (use: {report.license.use})",
-             f"- findings: {counts['blocking']} blocking, {counts['acknowledge']} needing acknowledgement, "
-             f"{counts['info']} informational",
-             f"- license registry version {report.registry_version}"]
+    lines = [
+        f"{h} License audit: {plain_text(summary(report))}",
+        "",
+        f"**Verdict: {report.verdict}** ({VERDICT_TEXT[report.verdict]}); exit code {report.exit_code}.",
+        "",
+        f"Why: {plain_text(explain(report))}",
+        "",
+        f"> {report.disclaimer}",
+        "",
+        f"- audited: {report.kind} `{report.target}`"
+        + (f", stage `{report.stage}`" if report.stage else "")
+        + f", {report.records} records",
+        f"- effective license: `{report.license.expression}` (use: {report.license.use})",
+        f"- findings: {counts['blocking']} blocking, {counts['acknowledge']} needing acknowledgement, "
+        f"{counts['info']} informational",
+        f"- license registry version {report.registry_version}",
+    ]
     if report.base_model_license:
         lines.append(f"- base model: {plain_text(report.release.base_model or '-')} (`{report.base_model_license}`)")
     lines += ["", f"{h}# Findings", ""]
     if report.findings:
-        lines += ["| severity | rule | license | records | examples | finding | status |",
-                  "|---|---|---|---:|---|---|---|"]
+        lines += [
+            "| severity | rule | license | records | examples | finding | status |",
+            "|---|---|---|---:|---|---|---|",
+        ]
         for f in report.findings:
             message = f.message + (f" Fix: {f.fix}." if f.fix else "")
-            lines.append(f"| {f.severity} | {f.rule} | {table_cell(f.license or '-')} | {f.records} | "
-                         f"{table_cell(', '.join(f.examples) or '-')} | {table_cell(message)} | {table_cell(_status(f))} |")
+            lines.append(
+                f"| {f.severity} | {f.rule} | {table_cell(f.license or '-')} | {f.records} | "
+                f"{table_cell(', '.join(f.examples) or '-')} | {table_cell(message)} | {table_cell(_status(f))} |"
+            )
     else:
         lines.append("No findings.")
     lines += ["", f"{h}# Licenses", "", "| license | name | use | records | from |", "|---|---|---|---:|---|"]
     for u in report.licenses:
         who = "; ".join(c.describe() for c in u.contributors)
-        lines.append(f"| {table_cell(u.license)} | {table_cell(u.name or '-')} | {u.use} | {u.records} | {table_cell(who)} |")
+        lines.append(
+            f"| {table_cell(u.license)} | {table_cell(u.name or '-')} | {u.use} | {u.records} | {table_cell(who)} |"
+        )
     lines += ["", f"{h}# Acknowledgements", ""]
     if report.acknowledgements:
         lines += ["| rule | license | reason | by | given in | findings |", "|---|---|---|---|---|---:|"]
         for a in report.acknowledgements:
-            lines.append(f"| {a.rule} | {table_cell(a.license or 'any')} | {table_cell(a.reason)} | {table_cell(a.by or '-')} | "
-                         f"{a.source} | {a.matched} |")
+            lines.append(
+                f"| {a.rule} | {table_cell(a.license or 'any')} | {table_cell(a.reason)} | {table_cell(a.by or '-')} | "
+                f"{a.source} | {a.matched} |"
+            )
     else:
         lines.append("None given.")
     if report.warnings:

@@ -35,11 +35,15 @@ class UnknownTerms(AuditRule):
             who = ", ".join(c.describe() for c in use.contributors) or "records with no recorded source"
             if key == UNSPECIFIED:
                 msg = f"no terms declared for {who}; unknown terms count as the most restrictive"
-                fix = ("declare them: `license:` on the seed source, `license:` in the teacher's options "
-                       "(or a `models:` entry), or release.base_model_license; then run again")
+                fix = (
+                    "declare them: `license:` on the seed source, `license:` in the teacher's options "
+                    "(or a `models:` entry), or release.base_model_license; then run again"
+                )
             else:
-                msg = (f"{key!r} (from {who}) is not in the license registry, so what it allows is unknown "
-                       "(counted as academic-only; never guessed from a similar name)")
+                msg = (
+                    f"{key!r} (from {who}) is not in the license registry, so what it allows is unknown "
+                    "(counted as academic-only; never guessed from a similar name)"
+                )
                 fix = f"add `{key}` under `licenses:` in the config with its `use` and obligations"
             out.append(audit.finding(self.name, "blocking", key, msg, fix))
         return out
@@ -55,16 +59,34 @@ class UseCategory(AuditRule):
         for key, info in audit.with_terms():
             label = audit.label(key)
             if info.use in ("non-commercial", "academic-only") and commercial:
-                out.append(audit.finding(self.name, "blocking", key,
-                                         f"{label} allows {info.use} use only; the release is for commercial use",
-                                         "drop these records (e.g. with the license-policy filter) or release "
-                                         "for research (--use research)"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "blocking",
+                        key,
+                        f"{label} allows {info.use} use only; the release is for commercial use",
+                        "drop these records (e.g. with the license-policy filter) or release "
+                        "for research (--use research)",
+                    )
+                )
             elif info.use == "academic-only":
-                out.append(audit.finding(self.name, "acknowledge", key,
-                                         f"{label} allows academic use only: is this release academic research?"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "acknowledge",
+                        key,
+                        f"{label} allows academic use only: is this release academic research?",
+                    )
+                )
             elif info.use == "unspecified":
-                out.append(audit.finding(self.name, "acknowledge", key,
-                                         f"{label} does not say whether {audit.release.use} use is allowed"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "acknowledge",
+                        key,
+                        f"{label} does not say whether {audit.release.use} use is allowed",
+                    )
+                )
         return out
 
 
@@ -78,11 +100,15 @@ class CompetingModels(AuditRule):
             if info.restriction != "no-competing-models":
                 continue
             if audit.release.what == "model":
-                msg = (f"{audit.label(key)} forbid using its outputs to develop models that compete with the "
-                       "provider: does this student compete? distill cannot decide that")
+                msg = (
+                    f"{audit.label(key)} forbid using its outputs to develop models that compete with the "
+                    "provider: does this student compete? distill cannot decide that"
+                )
             else:
-                msg = (f"{audit.label(key)} forbid using its outputs to develop competing models; receivers of "
-                       "this data may train models with it, and whether the terms bind them is unsettled")
+                msg = (
+                    f"{audit.label(key)} forbid using its outputs to develop competing models; receivers of "
+                    "this data may train models with it, and whether the terms bind them is unsettled"
+                )
             out.append(audit.finding(self.name, "acknowledge", key, msg))
         return out
 
@@ -98,31 +124,61 @@ class ImproveOtherModels(AuditRule):
                 continue
             label, family = audit.label(key), info.family or key
             if audit.release.what == "data":
-                out.append(audit.finding(self.name, "info", key,
-                                         f"{label}: receivers may not use this data to improve LLMs other than "
-                                         f"{family} derivatives; the card and NOTICE pass this on"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "info",
+                        key,
+                        f"{label}: receivers may not use this data to improve LLMs other than "
+                        f"{family} derivatives; the card and NOTICE pass this on",
+                    )
+                )
                 continue
             base = audit.base_keys
             families = {i.family for k in base if (i := audit.info(k)) is not None and i.family}
             if key in base:
-                out.append(audit.finding(self.name, "info", key, f"{label}: the student's base model is under "
-                                         "the same license, so it is a derivative of it"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "info",
+                        key,
+                        f"{label}: the student's base model is under the same license, so it is a derivative of it",
+                    )
+                )
             elif info.family and info.family in families:
-                out.append(audit.finding(self.name, "acknowledge", key,
-                                         f"{label} forbids improving other LLMs; the base model is another "
-                                         f"{info.family} model ({audit.base_model_license}): does it count as a "
-                                         "derivative under these terms?"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "acknowledge",
+                        key,
+                        f"{label} forbids improving other LLMs; the base model is another "
+                        f"{info.family} model ({audit.base_model_license}): does it count as a "
+                        "derivative under these terms?",
+                    )
+                )
             elif base and UNSPECIFIED not in base:
-                out.append(audit.finding(self.name, "blocking", key,
-                                         f"{label} forbids using its outputs to improve any LLM other than "
-                                         f"{family} derivatives; the student's base model is under "
-                                         f"{audit.base_model_license}",
-                                         f"train a {family} base model, or drop these records"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "blocking",
+                        key,
+                        f"{label} forbids using its outputs to improve any LLM other than "
+                        f"{family} derivatives; the student's base model is under "
+                        f"{audit.base_model_license}",
+                        f"train a {family} base model, or drop these records",
+                    )
+                )
             else:
-                out.append(audit.finding(self.name, "acknowledge", key,
-                                         f"{label} forbids improving LLMs other than {family} derivatives and the "
-                                         "base model is not declared: is the student one?",
-                                         "declare the base model (--base-model)"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "acknowledge",
+                        key,
+                        f"{label} forbids improving LLMs other than {family} derivatives and the "
+                        "base model is not declared: is the student one?",
+                        "declare the base model (--base-model)",
+                    )
+                )
         return out
 
 
@@ -136,14 +192,26 @@ class DerivativeTerms(AuditRule):
             if info.restriction != "derivative-inherits-terms":
                 continue
             if audit.release.what == "model":
-                out.append(audit.finding(self.name, "acknowledge", key,
-                                         f"a model trained on {audit.label(key)} outputs to perform like it is a "
-                                         "derivative: distributing it passes on the use restrictions and the terms "
-                                         "(the model card and NOTICE carry them); is this student one?"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "acknowledge",
+                        key,
+                        f"a model trained on {audit.label(key)} outputs to perform like it is a "
+                        "derivative: distributing it passes on the use restrictions and the terms "
+                        "(the model card and NOTICE carry them); is this student one?",
+                    )
+                )
             else:
-                out.append(audit.finding(self.name, "info", key,
-                                         f"{audit.label(key)}: its use restrictions pass on to receivers; the card "
-                                         "and NOTICE carry them"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "info",
+                        key,
+                        f"{audit.label(key)}: its use restrictions pass on to receivers; the card "
+                        "and NOTICE carry them",
+                    )
+                )
         return out
 
 
@@ -163,19 +231,42 @@ class NamePrefix(AuditRule):
                 continue
             prefix = info.name_prefix
             if audit.release.what == "data":
-                out.append(audit.finding(self.name, "info", key, f"{audit.label(key)}: a model trained on this "
-                                         f"data and distributed must have a name beginning {prefix!r}"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "info",
+                        key,
+                        f"{audit.label(key)}: a model trained on this "
+                        f"data and distributed must have a name beginning {prefix!r}",
+                    )
+                )
             elif not name:
-                out.append(audit.finding(self.name, "blocking", key, f"{audit.label(key)} requires the model's "
-                                         f"name to begin with {prefix!r}, and no release name was given",
-                                         "give the release name (--name)"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "blocking",
+                        key,
+                        f"{audit.label(key)} requires the model's "
+                        f"name to begin with {prefix!r}, and no release name was given",
+                        "give the release name (--name)",
+                    )
+                )
             elif not _norm(name).startswith(_norm(prefix)):
-                out.append(audit.finding(self.name, "blocking", key, f"{audit.label(key)} requires the model's "
-                                         f"name to begin with {prefix!r}; {name!r} does not",
-                                         f"rename the student, e.g. {prefix + ' ' + name.rsplit('/', 1)[-1]!r}"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "blocking",
+                        key,
+                        f"{audit.label(key)} requires the model's name to begin with {prefix!r}; {name!r} does not",
+                        f"rename the student, e.g. {prefix + ' ' + name.rsplit('/', 1)[-1]!r}",
+                    )
+                )
             else:
-                out.append(audit.finding(self.name, "info", key, f"{name!r} begins with {prefix!r}, as "
-                                         f"{audit.label(key)} requires"))
+                out.append(
+                    audit.finding(
+                        self.name, "info", key, f"{name!r} begins with {prefix!r}, as {audit.label(key)} requires"
+                    )
+                )
         return out
 
 
@@ -191,11 +282,24 @@ class UserCap(AuditRule):
             if cap is None:
                 continue
             if users is not None and users > cap:
-                out.append(audit.finding(self.name, "blocking", key, f"{audit.label(key)} needs a separate license "
-                                         f"above {cap:,} monthly active users; the release expects {users:,}"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "blocking",
+                        key,
+                        f"{audit.label(key)} needs a separate license "
+                        f"above {cap:,} monthly active users; the release expects {users:,}",
+                    )
+                )
             else:
-                out.append(audit.finding(self.name, "info", key, f"{audit.label(key)}: above {cap:,} monthly "
-                                         "active users, a separate license is needed"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "info",
+                        key,
+                        f"{audit.label(key)}: above {cap:,} monthly active users, a separate license is needed",
+                    )
+                )
         return out
 
 
@@ -208,8 +312,11 @@ class Notices(AuditRule):
         for key, info in audit.with_terms():
             if info.attribution or info.notices:
                 what = f" ({len(info.notices)} notice(s))" if info.notices else ""
-                out.append(audit.finding(self.name, "info", key, f"{audit.label(key)} requires attribution{what}; "
-                                         "NOTICE collects it"))
+                out.append(
+                    audit.finding(
+                        self.name, "info", key, f"{audit.label(key)} requires attribution{what}; NOTICE collects it"
+                    )
+                )
         return out
 
 
@@ -223,11 +330,25 @@ class ShareAlike(AuditRule):
             if not info.share_alike:
                 continue
             if audit.release.what == "data":
-                out.append(audit.finding(self.name, "info", key, f"{audit.label(key)} is share-alike: the data must "
-                                         "be released under the same terms (the card's license includes them)"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "info",
+                        key,
+                        f"{audit.label(key)} is share-alike: the data must "
+                        "be released under the same terms (the card's license includes them)",
+                    )
+                )
             else:
-                out.append(audit.finding(self.name, "acknowledge", key, f"{audit.label(key)} is share-alike: is a "
-                                         "model trained on this data an adaptation that must be shared alike?"))
+                out.append(
+                    audit.finding(
+                        self.name,
+                        "acknowledge",
+                        key,
+                        f"{audit.label(key)} is share-alike: is a "
+                        "model trained on this data an adaptation that must be shared alike?",
+                    )
+                )
         return out
 
 
@@ -236,9 +357,16 @@ class AcceptableUse(AuditRule):
     description = "Acceptable-use policies that bind users of the release."
 
     def check(self, audit: AuditInput) -> list[Finding]:
-        return [audit.finding(self.name, "info", key, f"{audit.label(key)}: its acceptable-use policy applies "
-                              f"({info.acceptable_use_policy})")
-                for key, info in audit.with_terms() if info.acceptable_use_policy]
+        return [
+            audit.finding(
+                self.name,
+                "info",
+                key,
+                f"{audit.label(key)}: its acceptable-use policy applies ({info.acceptable_use_policy})",
+            )
+            for key, info in audit.with_terms()
+            if info.acceptable_use_policy
+        ]
 
 
 class BaseModelDeclared(AuditRule):
@@ -248,23 +376,43 @@ class BaseModelDeclared(AuditRule):
     def check(self, audit: AuditInput) -> list[Finding]:
         if audit.release.what != "model" or audit.base_model_license is not None:
             return []
-        return [audit.finding(self.name, "acknowledge", None, "the student's base model is not declared, so its "
-                              "terms are not part of this audit", "declare it (--base-model, --base-model-license)")]
+        return [
+            audit.finding(
+                self.name,
+                "acknowledge",
+                None,
+                "the student's base model is not declared, so its terms are not part of this audit",
+                "declare it (--base-model, --base-model-license)",
+            )
+        ]
 
 
-BUILTIN: tuple[type[AuditRule], ...] = (UnknownTerms, UseCategory, CompetingModels, ImproveOtherModels,
-                                        DerivativeTerms, NamePrefix, UserCap, Notices, ShareAlike,
-                                        AcceptableUse, BaseModelDeclared)
+BUILTIN: tuple[type[AuditRule], ...] = (
+    UnknownTerms,
+    UseCategory,
+    CompetingModels,
+    ImproveOtherModels,
+    DerivativeTerms,
+    NamePrefix,
+    UserCap,
+    Notices,
+    ShareAlike,
+    AcceptableUse,
+    BaseModelDeclared,
+)
 
 
-def make_rules(plugins: PluginRegistry | None = None,
-               options: dict[str, dict[str, Any]] | None = None) -> list[AuditRule]:
+def make_rules(
+    plugins: PluginRegistry | None = None, options: dict[str, dict[str, Any]] | None = None
+) -> list[AuditRule]:
     """The built-in rules, then every registered rule plugin, each with its `release.rules` options."""
     classes: dict[str, type[AuditRule]] = {c.name: c for c in BUILTIN}
     for spec in (plugins.specs.get("audit-rule", {}) if plugins is not None else {}).values():
         if spec.name in classes:
-            raise ConfigError(f"audit rule plugin {spec.plugin!r} ({spec.package or 'no package'}) registers "
-                              f"{spec.name!r}, a built-in rule's name; pick another name")
+            raise ConfigError(
+                f"audit rule plugin {spec.plugin!r} ({spec.package or 'no package'}) registers "
+                f"{spec.name!r}, a built-in rule's name; pick another name"
+            )
         classes[spec.name] = spec.cls  # type: ignore[assignment]
     options = options or {}
     for name in options:
@@ -277,7 +425,8 @@ def make_rules(plugins: PluginRegistry | None = None,
         try:
             opts = cls.Options.model_validate(options.get(name, {}))
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, cls.Options, prefix=f"release.rules.{name}",
-                                                      header=False)) from None
+            raise ConfigError(
+                format_validation_error(exc, cls.Options, prefix=f"release.rules.{name}", header=False)
+            ) from None
         rules.append(cls(opts))
     return rules

@@ -17,16 +17,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distill.layout import MANIFEST, MODEL_MARKER, RUN_FILE, STUDENT_MANIFEST
 from distill.config.errors import format_validation_error
-from distill.errors import ConfigError, StoreError
-from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
-from distill.records import Record
-from distill.config.release import ReleaseSettings
-from distill.io.store import StageManifest, as_dict, read_shards
 from distill.config.loader import interpolate
-from distill.licenses import UNSPECIFIED, effective_tag
-from distill.records import Event, Generator, Provenance
+from distill.config.release import ReleaseSettings
+from distill.errors import ConfigError, StoreError
+from distill.io.store import StageManifest, as_dict, read_shards
+from distill.layout import MANIFEST, MODEL_MARKER, RUN_FILE, STUDENT_MANIFEST
+from distill.licenses import UNSPECIFIED, LicenseOverride, ModelRule, Registry, active, builtin_registry, effective_tag
+from distill.records import Event, Generator, Provenance, Record
 
 #: The marker a distill trainer writes beside a student's weights (see distill.training.lineage).
 
@@ -49,10 +47,14 @@ class StudentManifest(BaseModel):
     name: str = Field(description="The student's release name.")
     base_model: str | None = None
     base_model_license: str | None = Field(None, description="SPDX expression of the base model's terms.")
-    datasets: list[str] = Field(min_length=1, description="Run outputs or export folders it was trained on, "
-                                                          "relative to this file's folder.")
-    influences: list[Influence] = Field(default_factory=list, description="Models that shaped the student in "
-                                        "training without writing its data: a distillation teacher, a reward model.")
+    datasets: list[str] = Field(
+        min_length=1, description="Run outputs or export folders it was trained on, relative to this file's folder."
+    )
+    influences: list[Influence] = Field(
+        default_factory=list,
+        description="Models that shaped the student in "
+        "training without writing its data: a distillation teacher, a reward model.",
+    )
 
 
 class _Sections(BaseModel):
@@ -96,7 +98,7 @@ def settings_from(raw: dict[str, Any] | None, source: str = RUN_FILE) -> Setting
         registry = builtin_registry().with_overrides(overrides)
         with active(registry):
             sections = _Sections.model_validate(data)
-            for i, rule in enumerate(sections.models):
+            for _i, rule in enumerate(sections.models):
                 rule.license = registry.normalize(rule.license)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, _Sections, source=Path(source))) from None
@@ -115,8 +117,10 @@ def load_target(path: Path, stage: str | None = None, config: dict[str, Any] | N
         if stage is not None and stage != path.name:
             raise ConfigError(f"{path} is the export of stage {path.name!r}, not {stage!r}")
         return _dataset(path.parent.parent, path.name, config)
-    raise StoreError(f"{path} is not a distill output folder (run.json), an export folder (OUT/export/NAME) "
-                     f"or a trained student (with {STUDENT_MANIFEST})")
+    raise StoreError(
+        f"{path} is not a distill output folder (run.json), an export folder (OUT/export/NAME) "
+        f"or a trained student (with {STUDENT_MANIFEST})"
+    )
 
 
 def _run_config(root: Path) -> dict[str, Any]:
@@ -134,8 +138,10 @@ def _stages(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     counts: dict[str, int] = {}
     for kind in kinds:
         counts[kind] = counts.get(kind, 0) + 1
-    return [(str(s.get("name") or (kind if counts[kind] == 1 else f"{kind}-{i}")), kind, s)
-            for i, (s, kind) in enumerate(zip(stages, kinds))]
+    return [
+        (str(s.get("name") or (kind if counts[kind] == 1 else f"{kind}-{i}")), kind, s)
+        for i, (s, kind) in enumerate(zip(stages, kinds))
+    ]
 
 
 def _dataset(root: Path, stage: str | None, config: dict[str, Any] | None) -> Target:
@@ -159,8 +165,13 @@ def _dataset(root: Path, stage: str | None, config: dict[str, Any] | None) -> Ta
     except ValueError as exc:
         raise StoreError(f"manifest of stage {stage!r} is corrupted ({manifest_path}): {exc}") from None
     records = list(read_shards(manifest_path.parent, [s.kept_file for s in manifest.shards]))
-    target = Target(kind="dataset", root=root, records=records, stage=stage,
-                    settings=settings_from(config if config is not None else cfg))
+    target = Target(
+        kind="dataset",
+        root=root,
+        records=records,
+        stage=stage,
+        settings=settings_from(config if config is not None else cfg),
+    )
     if not manifest.complete:
         target.warnings.append(f"stage {stage!r} is incomplete: auditing its {len(records)} committed records")
     if manifest.kind == "export":
@@ -188,9 +199,13 @@ def _manifest(folder: Path) -> StudentManifest | None:
     if not paths:
         return None
     influences = [i for i in marker.get("influences") or [] if isinstance(i, dict) and isinstance(i.get("role"), str)]
-    return StudentManifest(name=str(marker.get("model") or folder.name), base_model=base.get("id"),
-                           base_model_license=base.get("license"), datasets=paths,
-                           influences=[Influence.model_validate(i) for i in influences])
+    return StudentManifest(
+        name=str(marker.get("model") or folder.name),
+        base_model=base.get("id"),
+        base_model_license=base.get("license"),
+        datasets=paths,
+        influences=[Influence.model_validate(i) for i in influences],
+    )
 
 
 def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | None) -> Target:
@@ -210,13 +225,18 @@ def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | N
         settings = settings or part.settings
     assert settings is not None
     records += [_influence_record(folder, i) for i in manifest.influences]
-    release = settings.release.model_copy(update={
-        "what": "model", "name": manifest.name, "base_model": manifest.base_model,
-        "base_model_license": (settings.registry.normalize(manifest.base_model_license)
-                               if manifest.base_model_license else None)})
+    release = settings.release.model_copy(
+        update={
+            "what": "model",
+            "name": manifest.name,
+            "base_model": manifest.base_model,
+            "base_model_license": (
+                settings.registry.normalize(manifest.base_model_license) if manifest.base_model_license else None
+            ),
+        }
+    )
     settings = Settings(registry=settings.registry, models=settings.models, release=release)
-    return Target(kind="student", root=folder, records=records, settings=settings, manifest=manifest,
-                  warnings=warnings)
+    return Target(kind="student", root=folder, records=records, settings=settings, manifest=manifest, warnings=warnings)
 
 
 def _influence_record(folder: Path, influence: Influence) -> Record:
@@ -229,10 +249,20 @@ def _influence_record(folder: Path, influence: Influence) -> Record:
         id=f"influence:{influence.role}:{influence.id or 'unknown'}",
         messages=[],
         provenance=Provenance(
-            generators=[Generator(role=role, plugin=f"trainer {influence.role}", model=influence.id or "unknown",
-                                  license=influence.license or UNSPECIFIED)],
-            events=[Event(stage="train", action="loaded",
-                         reason=f"{influence.role} of {folder.name}: shaped it in training")]),
+            generators=[
+                Generator(
+                    role=role,
+                    plugin=f"trainer {influence.role}",
+                    model=influence.id or "unknown",
+                    license=influence.license or UNSPECIFIED,
+                )
+            ],
+            events=[
+                Event(
+                    stage="train", action="loaded", reason=f"{influence.role} of {folder.name}: shaped it in training"
+                )
+            ],
+        ),
     )
     record.provenance.license = effective_tag(record)
     return record

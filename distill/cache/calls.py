@@ -8,12 +8,13 @@ halfway, the requests that finished are never paid for again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from distill.cache.store import cache_key, key_parts
 from distill.errors import PluginError
 from distill.teacher import ChatRequest, Sample, Teacher
-from distill.cache.store import cache_key, key_parts
 
 if TYPE_CHECKING:
     from distill.cache.store import RequestCache
@@ -31,8 +32,13 @@ class CallStats:
         return self.hits / self.requests if self.requests else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "cache_hits": self.hits, "teacher_calls": self.requests - self.hits,
-                "completion_tokens": self.completion_tokens, "teacher_seconds": round(self.seconds, 3)}
+        return {
+            "requests": self.requests,
+            "cache_hits": self.hits,
+            "teacher_calls": self.requests - self.hits,
+            "completion_tokens": self.completion_tokens,
+            "teacher_seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -44,8 +50,12 @@ class TeacherCaller:
 
     def __post_init__(self) -> None:
         info = self.teacher.model_info()
-        self._identity = {"plugin": self.teacher.name, "model": info.model, "revision": info.revision,
-                          "file_hash": info.file_hash}
+        self._identity = {
+            "plugin": self.teacher.name,
+            "model": info.model,
+            "revision": info.revision,
+            "file_hash": info.file_hash,
+        }
         self._sampling = self.teacher.sampling()
 
     def __call__(self, requests: list[ChatRequest], where: str) -> list[list[Sample]]:
@@ -55,7 +65,6 @@ class TeacherCaller:
         keys: list[str] = []
         parts: list[dict[str, Any]] = []
         if self.cache is not None:
-
             parts = [key_parts(self._identity, self._sampling, r) for r in requests]
             keys = [cache_key(p) for p in parts]
             for i, hit in enumerate(self.cache.get_many(keys)):
@@ -68,8 +77,15 @@ class TeacherCaller:
         self.on_progress(self.stats)
         return results  # type: ignore[return-value]
 
-    def _generate(self, requests: list[ChatRequest], missing: list[int], results: list[Any],
-                  keys: list[str], parts: list[dict[str, Any]], where: str) -> None:
+    def _generate(
+        self,
+        requests: list[ChatRequest],
+        missing: list[int],
+        results: list[Any],
+        keys: list[str],
+        parts: list[dict[str, Any]],
+        where: str,
+    ) -> None:
         if self.cache is not None:
             self.cache.record_misses([(keys[i], parts[i]) for i in missing])
         sub = [requests[i] for i in missing]
@@ -85,11 +101,13 @@ class TeacherCaller:
                     self.cache.put(keys[i], parts[i], samples)
         except PluginError:
             raise
-        except Exception as exc:  # noqa: BLE001 - named; finished requests are already cached
-            raise PluginError(f"teacher plugin {self.teacher.name!r} failed on {where}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise PluginError(
+                f"teacher plugin {self.teacher.name!r} failed on {where}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             self.stats.seconds += time.monotonic() - started
         if done != len(sub) or any(results[i] is None for i in missing):
-            raise PluginError(f"teacher plugin {self.teacher.name!r} returned {done} results "
-                              f"for {len(sub)} requests on {where}")
+            raise PluginError(
+                f"teacher plugin {self.teacher.name!r} returned {done} results for {len(sub)} requests on {where}"
+            )

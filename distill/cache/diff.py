@@ -55,8 +55,7 @@ def _leaf_eq(a: Any, b: Any) -> bool:
 
 
 def diff_paths(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [p for p in sorted(old.keys() | new.keys())
-            if not _leaf_eq(old.get(p, ABSENT), new.get(p, ABSENT))]
+    return [p for p in sorted(old.keys() | new.keys()) if not _leaf_eq(old.get(p, ABSENT), new.get(p, ABSENT))]
 
 
 def _clip(a: str, b: str) -> tuple[str, str]:
@@ -71,14 +70,14 @@ def _clip(a: str, b: str) -> tuple[str, str]:
     start = max(0, common - 20)
 
     def one(s: str) -> str:
-        part = s[start:start + CLIP]
+        part = s[start : start + CLIP]
         return ("…" if start else "") + part + ("…" if start + CLIP < len(s) else "")
+
     return one(a), one(b)
 
 
 def field_diff(path: str, old: Any, new: Any) -> FieldDiff:
     clipped = _clip(old if isinstance(old, str) else "", new if isinstance(new, str) else "")
-    cached, fresh = (c if isinstance(v, str) else None if v is ABSENT else v
-                     for c, v in zip(clipped, (old, new)))
+    cached, fresh = (c if isinstance(v, str) else None if v is ABSENT else v for c, v in zip(clipped, (old, new)))
     change = "added" if old is ABSENT else "removed" if new is ABSENT else "changed"
     return FieldDiff(path=path, change=change, cached=cached, new=fresh)

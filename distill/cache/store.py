@@ -17,21 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from distill.cache.diff import ABSENT, MissExplanation, diff_paths, field_diff, flatten
+from distill.errors import PluginError, StoreError
 from distill.layout import CACHE_FILE
 from distill.models.embedded import default_cache_dir
-from distill.cache.diff import ABSENT, MissExplanation, diff_paths, field_diff, flatten
 from distill.secrets import secret_paths
-from distill.errors import PluginError, StoreError
 from distill.teacher import ChatRequest, Sample
 
 #: `PRAGMA user_version` of a distill request cache; another value is another file format.
@@ -87,8 +87,10 @@ def key_parts(identity: dict[str, Any], sampling: dict[str, Any], request: ChatR
     }
     secret = secret_paths(sampling, f"teacher plugin {identity.get('plugin')!r}: sampling")
     if secret:
-        raise PluginError(f"{secret[0]} looks like a secret; it must never go into a cache key "
-                          f"(a teacher's sampling() is stored in clear text)")
+        raise PluginError(
+            f"{secret[0]} looks like a secret; it must never go into a cache key "
+            f"(a teacher's sampling() is stored in clear text)"
+        )
     # A JSON round trip with sorted keys: tuples become lists, and the dict compares and
     # prints exactly like what is stored.
     return json.loads(_canonical(parts))
@@ -131,8 +133,9 @@ class RequestCache:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the request cache {self.path}: {exc}") from exc
         try:
@@ -145,7 +148,8 @@ class RequestCache:
         return StoreError(
             f"the request cache {self.path} is corrupted ({detail}). It holds paid-for results, so "
             f"distill will not rebuild it: move it aside (with any {self.path.name}-wal and "
-            f"{self.path.name}-shm files beside it) and run again to start a new cache")
+            f"{self.path.name}-shm files beside it) and run again to start a new cache"
+        )
 
     def _open(self) -> None:
         db = self._db
@@ -161,8 +165,10 @@ class RequestCache:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version != FORMAT and (version or tables):
-                raise StoreError(f"{self.path} is not a distill request cache of format {FORMAT} "
-                                 f"(user_version {version}); use another cache file or move it aside")
+                raise StoreError(
+                    f"{self.path} is not a distill request cache of format {FORMAT} "
+                    f"(user_version {version}); use another cache file or move it aside"
+                )
             if not tables >= {"entries", "misses"}:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(stmt)
@@ -173,9 +179,11 @@ class RequestCache:
         try:
             yield
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, ...
-            raise StoreError(f"the request cache {self.path} failed: {exc}. Results it already holds are kept "
-                             f"(if the disk is full or the file unwritable, fix that); then run the same command "
-                             f"again to resume") from exc
+            raise StoreError(
+                f"the request cache {self.path} failed: {exc}. Results it already holds are kept "
+                f"(if the disk is full or the file unwritable, fix that); then run the same command "
+                f"again to resume"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(str(exc)) from exc
 
@@ -205,8 +213,9 @@ class RequestCache:
             return adapter.validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise self._corrupt(f"the {what} of entry {key[:12]} no longer parse: "
-                                f"{first['msg']} at {list(first['loc'])}") from exc
+            raise self._corrupt(
+                f"the {what} of entry {key[:12]} no longer parse: {first['msg']} at {list(first['loc'])}"
+            ) from exc
 
     def get(self, key: str) -> list[Sample] | None:
         return self.get_many([key])[0]
@@ -220,21 +229,23 @@ class RequestCache:
         now = time.time()
         with self._write(durable=False):
             for i in range(0, len(unique), 900):  # under SQLite's bound-parameter limit
-                chunk = unique[i:i + 900]
+                chunk = unique[i : i + 900]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"UPDATE entries SET hits = hits + 1, last_hit = ? "
-                                        f"WHERE key IN ({marks}) RETURNING key, samples",
-                                        [now, *chunk]).fetchall()
-                found.update((k, self._load(_SAMPLES, k, s, 'samples')) for k, s in rows)
+                rows = self._db.execute(
+                    f"UPDATE entries SET hits = hits + 1, last_hit = ? WHERE key IN ({marks}) RETURNING key, samples",
+                    [now, *chunk],
+                ).fetchall()
+                found.update((k, self._load(_SAMPLES, k, s, "samples")) for k, s in rows)
         return [found.get(k) for k in keys]
 
     def put(self, key: str, parts: dict[str, Any], samples: list[Sample]) -> None:
         """Store one result, durably, before returning; an existing entry is kept as it is."""
         blob = _canonical([s.model_dump(mode="json") for s in samples])
         with self._write():
-            self._db.execute("INSERT OR IGNORE INTO entries (key, model, prompt, parts, samples, created) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             (key, _model_of(parts), _prompt_of(parts), _canonical(parts), blob, time.time()))
+            self._db.execute(
+                "INSERT OR IGNORE INTO entries (key, model, prompt, parts, samples, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (key, _model_of(parts), _prompt_of(parts), _canonical(parts), blob, time.time()),
+            )
 
     def record_miss(self, key: str, parts: dict[str, Any]) -> None:
         self.record_misses([(key, parts)])
@@ -247,46 +258,59 @@ class RequestCache:
         with self._write(durable=False):
             for key, parts in misses:
                 self._db.execute("DELETE FROM misses WHERE key = ?", (key,))
-                self._db.execute("INSERT INTO misses (key, model, parts, time) VALUES (?, ?, ?, ?)",
-                                 (key, _model_of(parts), _canonical(parts), now))
+                self._db.execute(
+                    "INSERT INTO misses (key, model, parts, time) VALUES (?, ?, ?, ?)",
+                    (key, _model_of(parts), _canonical(parts), now),
+                )
             self._db.execute("DELETE FROM misses WHERE id <= (SELECT MAX(id) FROM misses) - ?", (MAX_MISSES,))
 
     def stats(self) -> CacheStats:
         with self._lock, self._errors():
             entries, hits = self._db.execute("SELECT COUNT(*), COALESCE(SUM(hits), 0) FROM entries").fetchone()
             misses = self._db.execute("SELECT COUNT(*) FROM misses").fetchone()[0]
-            models = dict(self._db.execute(
-                "SELECT COALESCE(model, '(none)'), COUNT(*) FROM entries GROUP BY model ORDER BY 2 DESC"))
-        size = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
-                   if p.exists())
-        return CacheStats(path=str(self.path), entries=entries, size_bytes=size, hits=hits,
-                          misses=misses, models=models)
+            models = dict(
+                self._db.execute(
+                    "SELECT COALESCE(model, '(none)'), COUNT(*) FROM entries GROUP BY model ORDER BY 2 DESC"
+                )
+            )
+        size = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+        return CacheStats(
+            path=str(self.path), entries=entries, size_bytes=size, hits=hits, misses=misses, models=models
+        )
 
     def _rows(self, where: str, args: list[Any]) -> list[_Candidate]:
         with self._lock, self._errors():
-            rows = self._db.execute(f"SELECT key, model, created, parts FROM entries {where} "
-                                    f"ORDER BY created DESC LIMIT ?", [*args, SCAN_LIMIT]).fetchall()
-        return [_Candidate(k, m, c, flatten(self._load(_PARTS, k, p, 'parts'))) for k, m, c, p in rows]
+            rows = self._db.execute(
+                f"SELECT key, model, created, parts FROM entries {where} ORDER BY created DESC LIMIT ?",
+                [*args, SCAN_LIMIT],
+            ).fetchall()
+        return [_Candidate(k, m, c, flatten(self._load(_PARTS, k, p, "parts"))) for k, m, c, p in rows]
 
     def explain(self, limit: int = 20) -> list[MissExplanation]:
         """The most recent misses, newest first, each against the cache as it was then."""
         with self._lock, self._errors():
-            rows = self._db.execute("SELECT key, parts, time FROM misses ORDER BY id DESC LIMIT ?",
-                                    (limit,)).fetchall()
+            rows = self._db.execute("SELECT key, parts, time FROM misses ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         recent: dict[str, list[_Candidate]] = {}
-        return [self._explain(k, self._load(_PARTS, k, p, 'parts'), t, recent) for k, p, t in rows]
+        return [self._explain(k, self._load(_PARTS, k, p, "parts"), t, recent) for k, p, t in rows]
 
     def explain_key(self, parts: dict[str, Any]) -> MissExplanation:
         """Why these parts miss (or hit) against the cache as it is now."""
         key, model = cache_key(parts), _model_of(parts)
         with self._lock, self._errors():
             if self._db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone():
-                return MissExplanation(key=key, model=model, nearest_key=key, nearest_model=model,
-                                       note="this request is cached: it hits")
+                return MissExplanation(
+                    key=key, model=model, nearest_key=key, nearest_model=model, note="this request is cached: it hits"
+                )
         return self._explain(key, parts, None, {})
 
-    def _pool(self, key: str, parts: dict[str, Any], model: str | None, when: float | None,
-              recent: dict[str, list[_Candidate]]) -> list[_Candidate]:
+    def _pool(
+        self,
+        key: str,
+        parts: dict[str, Any],
+        model: str | None,
+        when: float | None,
+        recent: dict[str, list[_Candidate]],
+    ) -> list[_Candidate]:
         """Entries with the same prompt (found by index, however old), plus the most recent ones.
 
         The same question asked before is what explains a miss; the recent entries cover a
@@ -306,8 +330,9 @@ class RequestCache:
                 pool.append(c)
         return pool
 
-    def _explain(self, key: str, parts: dict[str, Any], when: float | None,
-                 recent: dict[str, list[_Candidate]]) -> MissExplanation:
+    def _explain(
+        self, key: str, parts: dict[str, Any], when: float | None, recent: dict[str, list[_Candidate]]
+    ) -> MissExplanation:
         model = _model_of(parts)
         result = MissExplanation(key=key, model=model, time=when)
         flat = flatten(parts)
@@ -323,15 +348,17 @@ class RequestCache:
             paths = diff_paths(c.flat, flat)
             # Fewest differences; on a tie, the entry with the same messages, then the one whose
             # differing texts share the longest start (an edited prompt), then the newest.
-            shared = sum(len(os.path.commonprefix([a, b])) for a, b in
-                         ((c.flat.get(p), flat.get(p)) for p in paths) if isinstance(a, str) and isinstance(b, str))
+            shared = sum(
+                len(os.path.commonprefix([a, b]))
+                for a, b in ((c.flat.get(p), flat.get(p)) for p in paths)
+                if isinstance(a, str) and isinstance(b, str)
+            )
             rank = (len(paths), sum(p.startswith("request.messages") for p in paths), -shared, -c.created)
             if best_rank is None or rank < best_rank:
                 best, best_rank, best_paths = c, rank, paths
         assert best is not None
         result.nearest_key, result.nearest_model = best.key, best.model
-        result.differences = [field_diff(p, best.flat.get(p, ABSENT), flat.get(p, ABSENT))
-                              for p in best_paths]
+        result.differences = [field_diff(p, best.flat.get(p, ABSENT), flat.get(p, ABSENT)) for p in best_paths]
         return result
 
     def close(self) -> None:

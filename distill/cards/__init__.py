@@ -2,11 +2,11 @@
 
 from distill.cards.dataset import (
     ProvenanceSummary,
-    summarize,
-    hf_license_fields,
-    dataset_card,
-    notice,
     croissant,
+    dataset_card,
+    hf_license_fields,
+    notice,
+    summarize,
     write_dataset_cards,
 )
 

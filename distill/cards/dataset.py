@@ -13,32 +13,55 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
-from distill.layout import AUDIT_JSON, AUDIT_MD, CARD_FILES, CARD_README, CROISSANT, DATASET_SIDECAR, NOTICE
 from distill.audit.base import DISCLAIMER, AuditReport
-from distill.audit.report import table_cell, plain_text, summary, to_markdown
+from distill.audit.report import plain_text, summary, table_cell, to_json, to_markdown
+from distill.io.store import atomic_write
+from distill.layout import AUDIT_JSON, AUDIT_MD, CARD_README, CROISSANT, DATASET_SIDECAR, NOTICE
 from distill.licenses import Registry
 from distill.records import LicenseTag, Record
-from distill.io.store import atomic_write
-from distill.audit.report import to_json
 
 _CROISSANT_CONTEXT = {
-    "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
-    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
-    "rai": "http://mlcommons.org/croissant/RAI/", "prov": "http://www.w3.org/ns/prov#",
-    "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-    "dct": "http://purl.org/dc/terms/", "examples": {"@id": "cr:examples", "@type": "@json"},
-    "extract": "cr:extract", "field": "cr:field", "fileProperty": "cr:fileProperty",
-    "fileObject": "cr:fileObject", "fileSet": "cr:fileSet", "format": "cr:format", "includes": "cr:includes",
-    "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath", "key": "cr:key", "md5": "cr:md5",
-    "parentField": "cr:parentField", "path": "cr:path", "recordSet": "cr:recordSet",
-    "references": "cr:references", "regex": "cr:regex", "repeated": "cr:repeated", "replace": "cr:replace",
-    "sc": "https://schema.org/", "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField",
+    "@language": "en",
+    "@vocab": "https://schema.org/",
+    "citeAs": "cr:citeAs",
+    "column": "cr:column",
+    "conformsTo": "dct:conformsTo",
+    "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
+    "prov": "http://www.w3.org/ns/prov#",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/",
+    "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract",
+    "field": "cr:field",
+    "fileProperty": "cr:fileProperty",
+    "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet",
+    "format": "cr:format",
+    "includes": "cr:includes",
+    "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath",
+    "key": "cr:key",
+    "md5": "cr:md5",
+    "parentField": "cr:parentField",
+    "path": "cr:path",
+    "recordSet": "cr:recordSet",
+    "references": "cr:references",
+    "regex": "cr:regex",
+    "repeated": "cr:repeated",
+    "replace": "cr:replace",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator",
+    "source": "cr:source",
+    "subField": "cr:subField",
     "transform": "cr:transform",
 }
 _COLUMNS = {"sft": ["id", "messages"], "preference": ["id", "prompt", "chosen", "rejected", "margin"]}
@@ -108,42 +131,65 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         "size_categories": [_size_category(len(records))],
         "tags": sorted({"synthetic", "distill", "distillation"}),
     }
-    lines = [front_matter(meta), f"# {plain_text(name)}", "",
-             f"Synthetic {fmt} dataset made with distill: {len(records)} records, each with its own provenance "
-             "(sources, every model that wrote or judged it, every stage's decision) and license tag.", "",
-             f"> {DISCLAIMER}", "", "## License", "",
-             f"- effective license: `{tag.expression}`", f"- use: {tag.use}",
-             f"- attribution required: {'yes' if tag.attribution else 'no'}",
-             f"- share-alike: {'yes' if tag.share_alike else 'no'}"]
+    lines = [
+        front_matter(meta),
+        f"# {plain_text(name)}",
+        "",
+        f"Synthetic {fmt} dataset made with distill: {len(records)} records, each with its own provenance "
+        "(sources, every model that wrote or judged it, every stage's decision) and license tag.",
+        "",
+        f"> {DISCLAIMER}",
+        "",
+        "## License",
+        "",
+        f"- effective license: `{tag.expression}`",
+        f"- use: {tag.use}",
+        f"- attribution required: {'yes' if tag.attribution else 'no'}",
+        f"- share-alike: {'yes' if tag.share_alike else 'no'}",
+    ]
     if tag.restrictions:
         lines.append(f"- output restrictions passed on: {', '.join(sorted(tag.restrictions))}")
     if tag.name_prefixes:
         lines.append(f"- a model trained on it must have a name beginning: {', '.join(sorted(tag.name_prefixes))}")
     lines.append("- notices: see `NOTICE`")
     lines += ["", "## Sources", "", "| dataset | license | records |", "|---|---|---:|"]
-    lines += [f"| {table_cell(d)} | `{lic}` | {n} |" for (d, lic), n in sorted(prov.sources.items())] or ["| - | - | 0 |"]
-    lines += ["", "## Models", "", "| role | plugin | model | revision | license | records |",
-              "|---|---|---|---|---|---:|"]
-    lines += [f"| {role} | {table_cell(plugin)} | {table_cell(model)} | {table_cell(rev)} | `{lic}` | {n} |"
-              for (role, plugin, model, rev, lic), n in sorted(prov.models.items())] or ["| - | - | - | - | - | 0 |"]
+    lines += [f"| {table_cell(d)} | `{lic}` | {n} |" for (d, lic), n in sorted(prov.sources.items())] or [
+        "| - | - | 0 |"
+    ]
+    lines += [
+        "",
+        "## Models",
+        "",
+        "| role | plugin | model | revision | license | records |",
+        "|---|---|---|---|---|---:|",
+    ]
+    lines += [
+        f"| {role} | {table_cell(plugin)} | {table_cell(model)} | {table_cell(rev)} | `{lic}` | {n} |"
+        for (role, plugin, model, rev, lic), n in sorted(prov.models.items())
+    ] or ["| - | - | - | - | - | 0 |"]
     lines += ["", to_markdown(report, level=2)]
     return "\n".join(lines)
 
 
 def notice(name: str, report: AuditReport, registry: Registry) -> str:
     """Every notice, attribution and passed-on restriction the release's licenses require."""
-    lines = [f"NOTICE for {name}", "",
-             "This release contains material under the terms listed below. It was compiled by distill from",
-             f"its license registry (version {report.registry_version}) and each record's provenance.",
-             DISCLAIMER, ""]
+    lines = [
+        f"NOTICE for {name}",
+        "",
+        "This release contains material under the terms listed below. It was compiled by distill from",
+        f"its license registry (version {report.registry_version}) and each record's provenance.",
+        DISCLAIMER,
+        "",
+    ]
     for use in sorted(report.licenses, key=lambda u: u.license):
         info = registry.info(use.license)
         title = f"{use.license}" + (f": {info.name}" if info and info.name else "")
         lines += [title, "-" * len(title)]
         if use.url:
             lines.append(f"Terms: {use.url}")
-        lines.append(f"Applies to {use.records} record(s); from: "
-                     + ("; ".join(c.describe() for c in use.contributors) or "-"))
+        lines.append(
+            f"Applies to {use.records} record(s); from: " + ("; ".join(c.describe() for c in use.contributors) or "-")
+        )
         if info is None:
             lines.append("Not in the license registry: its terms are unknown.")
         else:
@@ -160,31 +206,59 @@ def notice(name: str, report: AuditReport, registry: Registry) -> str:
     return "\n".join(lines)
 
 
-def croissant(name: str, records: list[Record], report: AuditReport, registry: Registry, fmt: str = "sft",
-              files: Iterable[tuple[str, str, int]] = ()) -> dict[str, Any]:
+def croissant(
+    name: str,
+    records: list[Record],
+    report: AuditReport,
+    registry: Registry,
+    fmt: str = "sft",
+    files: Iterable[tuple[str, str, int]] = (),
+) -> dict[str, Any]:
     """Croissant 1.0 metadata with PROV-O provenance and RAI fields; `files` is (name, sha256, size)."""
     prov = summarize(records)
     files = sorted(files)
     urls = sorted({u.url or u.license for u in report.licenses})
-    distribution: list[dict[str, Any]] = [{"@type": "cr:FileObject", "@id": f, "name": f, "contentUrl": f, "sha256": digest,
-                     "contentSize": f"{size} B", "encodingFormat": "application/vnd.apache.arrow.file"}
-                    for f, digest, size in files]
+    distribution: list[dict[str, Any]] = [
+        {
+            "@type": "cr:FileObject",
+            "@id": f,
+            "name": f,
+            "contentUrl": f,
+            "sha256": digest,
+            "contentSize": f"{size} B",
+            "encodingFormat": "application/vnd.apache.arrow.file",
+        }
+        for f, digest, size in files
+    ]
     source = {"fileSet": {"@id": "data"}} if files else {}
     fields = []
     for col in _COLUMNS.get(fmt, ["id"]):
-        f: dict[str, Any] = {"@type": "cr:Field", "@id": f"records/{col}", "name": col,
-                             "dataType": "sc:Float" if col == "margin" else "sc:Text"}
+        f: dict[str, Any] = {
+            "@type": "cr:Field",
+            "@id": f"records/{col}",
+            "name": col,
+            "dataType": "sc:Float" if col == "margin" else "sc:Text",
+        }
         if col not in ("id", "margin"):
             f["repeated"] = True
-            f["subField"] = [{"@type": "cr:Field", "@id": f"records/{col}/{sub}", "name": sub, "dataType": "sc:Text"}
-                             for sub in ("role", "content")]
+            f["subField"] = [
+                {"@type": "cr:Field", "@id": f"records/{col}/{sub}", "name": sub, "dataType": "sc:Text"}
+                for sub in ("role", "content")
+            ]
         if source:
             f["source"] = {**source, "extract": {"column": col}}
         fields.append(f)
     if files:
-        distribution.append({"@type": "cr:FileSet", "@id": "data", "name": "data", "containedIn":
-                             [{"@id": f} for f, _, _ in files], "encodingFormat": "application/vnd.apache.arrow.file",
-                             "includes": "data-*.arrow"})
+        distribution.append(
+            {
+                "@type": "cr:FileSet",
+                "@id": "data",
+                "name": "data",
+                "containedIn": [{"@id": f} for f, _, _ in files],
+                "encodingFormat": "application/vnd.apache.arrow.file",
+                "includes": "data-*.arrow",
+            }
+        )
     models = sorted(prov.models.items())
     return {
         "@context": _CROISSANT_CONTEXT,
@@ -193,22 +267,38 @@ def croissant(name: str, records: list[Record], report: AuditReport, registry: R
         "name": name,
         "description": f"Synthetic {fmt} dataset made with distill ({len(records)} records).",
         "license": urls,
-        "sc:usageInfo": (f"License: {report.license.expression} (use: {report.license.use}). Audit for "
-                         f"{summary(report)}: {report.verdict}. See NOTICE. {DISCLAIMER}"),
+        "sc:usageInfo": (
+            f"License: {report.license.expression} (use: {report.license.use}). Audit for "
+            f"{summary(report)}: {report.verdict}. See NOTICE. {DISCLAIMER}"
+        ),
         "distribution": distribution,
         "recordSet": [{"@type": "cr:RecordSet", "@id": "records", "name": "records", "field": fields}],
-        "prov:wasDerivedFrom": [{"@type": "prov:Entity", "@id": f"source:{d}", "name": d, "license": lic,
-                                 "prov:value": n} for (d, lic), n in sorted(prov.sources.items())],
-        "prov:wasGeneratedBy": [{"@type": "prov:Activity", "@id": f"stage:{st}:{plugin}", "name": st,
-                                 "prov:used": plugin, "prov:value": n}
-                                for (st, plugin), n in sorted(prov.stages.items())],
-        "prov:wasAttributedTo": [{"@type": "prov:SoftwareAgent", "@id": f"model:{role}:{model}:{rev}:{lic}",
-                                  "name": model, "prov:hadRole": role, "version": rev, "license": lic,
-                                  "plugin": plugin, "prov:value": n}
-                                 for (role, plugin, model, rev, lic), n in models],
-        "rai:dataCollection": ("Synthetic: prompts derived from the seed sets in prov:wasDerivedFrom, answered, "
-                               "judged and filtered by the models in prov:wasAttributedTo; every record carries "
-                               "its own provenance."),
+        "prov:wasDerivedFrom": [
+            {"@type": "prov:Entity", "@id": f"source:{d}", "name": d, "license": lic, "prov:value": n}
+            for (d, lic), n in sorted(prov.sources.items())
+        ],
+        "prov:wasGeneratedBy": [
+            {"@type": "prov:Activity", "@id": f"stage:{st}:{plugin}", "name": st, "prov:used": plugin, "prov:value": n}
+            for (st, plugin), n in sorted(prov.stages.items())
+        ],
+        "prov:wasAttributedTo": [
+            {
+                "@type": "prov:SoftwareAgent",
+                "@id": f"model:{role}:{model}:{rev}:{lic}",
+                "name": model,
+                "prov:hadRole": role,
+                "version": rev,
+                "license": lic,
+                "plugin": plugin,
+                "prov:value": n,
+            }
+            for (role, plugin, model, rev, lic), n in models
+        ],
+        "rai:dataCollection": (
+            "Synthetic: prompts derived from the seed sets in prov:wasDerivedFrom, answered, "
+            "judged and filtered by the models in prov:wasAttributedTo; every record carries "
+            "its own provenance."
+        ),
         "rai:dataCollectionType": ["Synthetic"],
         "rai:machineAnnotationTools": sorted({m for (_, _, m, _, _) in prov.models}),
     }
@@ -225,8 +315,9 @@ def _data_files(path: Path) -> list[tuple[str, str, int]]:
     return out
 
 
-def write_dataset_cards(path: Path, name: str, records: list[Record], report: AuditReport, registry: Registry,
-                        fmt: str = "sft") -> list[Path]:
+def write_dataset_cards(
+    path: Path, name: str, records: list[Record], report: AuditReport, registry: Registry, fmt: str = "sft"
+) -> list[Path]:
     """Write the cards (`distill.layout.CARD_FILES`: README.md, croissant.json, NOTICE and the
     audit as `distill audit --json` and `distill audit` print it) and the dataset's sidecar into
     an exported dataset's folder."""
@@ -235,14 +326,25 @@ def write_dataset_cards(path: Path, name: str, records: list[Record], report: Au
     carded = report.model_copy(update={"target": "."})
     texts = {
         CARD_README: dataset_card(name, records, report, registry, fmt),
-        CROISSANT: json.dumps(croissant(name, records, report, registry, fmt, _data_files(path)),
-                                     indent=2, sort_keys=True) + "\n",
+        CROISSANT: json.dumps(
+            croissant(name, records, report, registry, fmt, _data_files(path)), indent=2, sort_keys=True
+        )
+        + "\n",
         NOTICE: notice(name, report, registry),
-        DATASET_SIDECAR: json.dumps({
-            "name": name, "format": fmt, "records": len(records), "license": report.license.expression,
-            "license_tag": report.license.model_dump(mode="json"), "registry_version": report.registry_version,
-            "audit": {"use": report.release.use, "what": report.release.what, "verdict": report.verdict}},
-            indent=2, sort_keys=True) + "\n",
+        DATASET_SIDECAR: json.dumps(
+            {
+                "name": name,
+                "format": fmt,
+                "records": len(records),
+                "license": report.license.expression,
+                "license_tag": report.license.model_dump(mode="json"),
+                "registry_version": report.registry_version,
+                "audit": {"use": report.release.use, "what": report.release.what, "verdict": report.verdict},
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n",
         AUDIT_JSON: to_json(carded),  # no local paths in what is published
         AUDIT_MD: to_markdown(carded),
     }

@@ -2,16 +2,16 @@
 
 from distill.cli.app import (
     app,
-    out,
     err,
-    run,
     inspect,
-    report,
-    repair,
+    main,
+    out,
     plugins,
+    repair,
+    report,
+    run,
     schema,
     version,
-    main,
 )
 
 __all__ = [

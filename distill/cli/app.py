@@ -6,31 +6,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from distill.layout import REPORT_FILE
-from distill.errors import DistillError, scrub
-from distill.config.loader import load_config
-from distill.pipeline import Pipeline
-from distill.registry import make_registry
-from distill.io.inspect import inspect_output, to_json
-from distill.report.html import write_report
-from distill.io.store import repair as repair_output
-from distill.config.schema import SCHEMAS, render
 from distill import __version__
 from distill.cli.audit import audit_command
 from distill.cli.cache import cache_app
-from distill.io.store import repair_hint
-from distill.errors import StoreError
-from distill.io.store import write_failure
+from distill.config.loader import load_config
+from distill.config.schema import SCHEMAS, render
+from distill.errors import DistillError, StoreError, scrub
+from distill.io.inspect import inspect_output, to_json
+from distill.io.store import repair as repair_output
+from distill.io.store import repair_hint, write_failure
+from distill.layout import REPORT_FILE
+from distill.pipeline import Pipeline
+from distill.registry import make_registry
+from distill.report.html import write_report
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Synthetic data and teacher-student distillation with per-record provenance.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Synthetic data and teacher-student distillation with per-record provenance.",
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -44,7 +45,7 @@ def _fail(exc: DistillError) -> None:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
-    until: Annotated[Optional[str], typer.Option(help="Stop before this stage.")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop before this stage.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     strict_plugins: Annotated[bool, typer.Option(help="Fail if any installed plugin cannot load.")] = False,
 ) -> None:
@@ -54,21 +55,23 @@ def run(
         loaded = load_config(config)
         registry = make_registry(strict=strict_plugins or loaded.config.plugins.strict or None)
         _report_failures(registry)
-        result = Pipeline(loaded, registry, progress=not quiet and sys.stderr.isatty(),
-                          log=lambda m: err.print(scrub(m), markup=False, highlight=False)).run(until=until)
+        result = Pipeline(
+            loaded,
+            registry,
+            progress=not quiet and sys.stderr.isatty(),
+            log=lambda m: err.print(scrub(m), markup=False, highlight=False),
+        ).run(until=until)
     except DistillError as exc:
         _fail(exc)
         return
     except OSError as exc:  # the disk filled up, a folder became read-only: not a bug, say what and where
-
         where = Path(exc.filename) if getattr(exc, "filename", None) else config
         _fail(StoreError(write_failure(where, exc)))
         return
     except KeyboardInterrupt:
         err.print("interrupted: committed shards are kept; run the same command again to resume")
         raise typer.Exit(130) from None
-    _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s")
-                   for s in result.stages])
+    _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s") for s in result.stages])
     if result.students:
         table = Table(title="students")
         for col in ("stage", "step", "trainer steps", "status", "model", "audit"):
@@ -76,8 +79,14 @@ def run(
         for st in result.students:
             for n, (step, r) in enumerate(st.steps):
                 last = n == len(st.steps) - 1
-                table.add_row(escape(st.stage), escape(step), str(r.global_step), "cached" if r.skipped else "trained",
-                              escape(str(r.model_path)), st.verdict if last else "")
+                table.add_row(
+                    escape(st.stage),
+                    escape(step),
+                    str(r.global_step),
+                    "cached" if r.skipped else "trained",
+                    escape(str(r.model_path)),
+                    st.verdict if last else "",
+                )
         out.print(table)
     out.print(f"output: {result.output}", markup=False, highlight=False)
     _write_report(result.output)
@@ -86,11 +95,14 @@ def run(
 def _write_report(output: Path) -> None:
     """The run's HTML report; a failure here is a warning: the run itself succeeded."""
     try:
-
         path = write_report(output)
-    except Exception as exc:  # noqa: BLE001 - whatever broke the report, the data is committed
-        err.print(f"[yellow]warning:[/] could not write the report: {escape(scrub(f'{type(exc).__name__}: {exc}'))}"
-                  f" (retry with `distill report {escape(str(output))}`)", highlight=False, soft_wrap=True)
+    except Exception as exc:
+        err.print(
+            f"[yellow]warning:[/] could not write the report: {escape(scrub(f'{type(exc).__name__}: {exc}'))}"
+            f" (retry with `distill report {escape(str(output))}`)",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     out.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)
 
@@ -119,10 +131,19 @@ def inspect(
     if as_json:
         out.print_json(to_json(reports))
     else:
-        _print_stages([(r.stage, r.kind, r.totals,
-                        ("complete" if r.complete else f"partial ({r.shards} shards)")
-                        + ("" if r.balanced else " LOST RECORDS") + (" DAMAGED" if r.damaged else ""))
-                       for r in reports])
+        _print_stages(
+            [
+                (
+                    r.stage,
+                    r.kind,
+                    r.totals,
+                    ("complete" if r.complete else f"partial ({r.shards} shards)")
+                    + ("" if r.balanced else " LOST RECORDS")
+                    + (" DAMAGED" if r.damaged else ""),
+                )
+                for r in reports
+            ]
+        )
         for r in reports:
             for title, counts in ((f"rejected in {r.stage}", r.reasons), (f"edited in {r.stage}", r.edits)):
                 if counts:
@@ -136,7 +157,6 @@ def inspect(
     for r in damaged:
         err.print(f"[bold red]error:[/] stage {escape(repr(r.stage))}: {escape(r.damaged or '')}", highlight=False)
     if damaged:
-
         err.print(repair_hint(output), markup=False, highlight=False)
     if damaged or not all(r.balanced for r in reports):
         raise typer.Exit(1)
@@ -154,8 +174,11 @@ def report(output: Annotated[Path, typer.Argument(help="A run's output folder.")
         raise typer.Exit(2) from None
     except OSError as exc:  # a read-only or full disk: say where, never a traceback
         where = exc.filename or output / REPORT_FILE
-        err.print(f"[bold red]error:[/] cannot write {escape(str(where))}: {escape(exc.strerror or str(exc))}",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] cannot write {escape(str(where))}: {escape(exc.strerror or str(exc))}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(2) from None
     out.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
@@ -170,13 +193,16 @@ def repair(output: Annotated[Path, typer.Argument(help="A run's output folder.")
         _fail(exc)
         return
     except OSError as exc:
-
         _fail(StoreError(write_failure(Path(exc.filename or output), exc, "repair")))
         return
     for line in done:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
-    out.print("nothing to repair: every committed shard matches its manifest" if not done
-              else "run the pipeline again to redo what was set aside", highlight=False)
+    out.print(
+        "nothing to repair: every committed shard matches its manifest"
+        if not done
+        else "run the pipeline again to redo what was set aside",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -193,10 +219,20 @@ def plugins(
         return
     specs = reg.all()
     if as_json:
-        data = {"plugins": [{"kind": s.kind, "name": s.name, "entry_point": s.plugin, "package": s.package,
-                             "version": s.version, "options": s.options_schema().get("properties", {})}
-                            for s in specs],
-                "failed": [{"plugin": f.plugin, "package": f.package, "error": f.error} for f in reg.failures]}
+        data = {
+            "plugins": [
+                {
+                    "kind": s.kind,
+                    "name": s.name,
+                    "entry_point": s.plugin,
+                    "package": s.package,
+                    "version": s.version,
+                    "options": s.options_schema().get("properties", {}),
+                }
+                for s in specs
+            ],
+            "failed": [{"plugin": f.plugin, "package": f.package, "error": f.error} for f in reg.failures],
+        }
         out.print_json(json.dumps(data, default=str))
         return
     table = Table(title="distill plugins")
@@ -217,8 +253,11 @@ def _short(value: object, width: int = 24) -> str:
 
 def _report_failures(reg) -> None:
     for f in reg.failures:
-        err.print(f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} ({escape(f.package or 'no package')}) "
-                  f"was skipped: {escape(f.error)}", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} ({escape(f.package or 'no package')}) "
+            f"was skipped: {escape(f.error)}",
+            highlight=False,
+        )
 
 
 @app.command()

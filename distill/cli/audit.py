@@ -10,27 +10,26 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape as _e
 from rich.table import Table
 
-from distill.layout import AUDIT_JSON, AUDIT_MD, MODEL_MARKER
-from distill.errors import ConfigError, DistillError
-from distill.audit.report import to_json, to_markdown
 from distill.audit.base import audit
+from distill.audit.report import VERDICT_TEXT, explain, summary, to_json, to_markdown
 from distill.audit.rules import make_rules
 from distill.audit.target import load_target
-from distill.config.loader import load_config
+from distill.cards.dataset import write_dataset_cards
 from distill.config.errors import format_validation_error
+from distill.config.loader import load_config
+from distill.config.release import ReleaseSettings, parse_ack
+from distill.errors import ConfigError, DistillError
+from distill.io.store import atomic_write
+from distill.layout import AUDIT_JSON, AUDIT_MD, MODEL_MARKER
 from distill.licenses import active
 from distill.registry import make_registry
-from distill.config.release import ReleaseSettings, parse_ack
-from distill.io.store import atomic_write
-from distill.audit.report import VERDICT_TEXT, explain, summary
-from distill.cards.dataset import write_dataset_cards
 from distill.stages.train import record_student_audit
 
 if TYPE_CHECKING:
@@ -44,28 +43,34 @@ _VERDICT_STYLE = {"cleared": "bold green", "needs-acknowledgement": "bold yellow
 
 
 def audit_command(
-    path: Annotated[Path, typer.Argument(help="A run's output folder, one of its export folders, or a "
-                                              "trained student's folder.")],
-    use: Annotated[Optional[str], typer.Option(help="Intended use: commercial or research.")] = None,
-    release: Annotated[Optional[str], typer.Option("--release", help="What is released: data, or a model "
-                                                   "trained on it.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Release name (some licenses require a model name "
-                                                     "prefix).")] = None,
-    base_model: Annotated[Optional[str], typer.Option(help="Model release: the student's base model id.")] = None,
-    base_model_license: Annotated[Optional[str], typer.Option(help="SPDX expression of the base model's "
-                                                              "terms (default: from the model rules).")] = None,
-    monthly_users: Annotated[Optional[int], typer.Option(help="Expected monthly active users.")] = None,
-    ack: Annotated[Optional[list[str]], typer.Option(
-        "--ack", help="Acknowledge a finding: RULE[:LICENSE]=REASON (repeatable; recorded).")] = None,
-    stage: Annotated[Optional[str], typer.Option(help="Stage to audit (default: the last export).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Read licenses/models/release from this config "
-                                                        "instead of the run's own.")] = None,
+    path: Annotated[
+        Path, typer.Argument(help="A run's output folder, one of its export folders, or a trained student's folder.")
+    ],
+    use: Annotated[str | None, typer.Option(help="Intended use: commercial or research.")] = None,
+    release: Annotated[
+        str | None, typer.Option("--release", help="What is released: data, or a model trained on it.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Release name (some licenses require a model name prefix).")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Model release: the student's base model id.")] = None,
+    base_model_license: Annotated[
+        str | None, typer.Option(help="SPDX expression of the base model's terms (default: from the model rules).")
+    ] = None,
+    monthly_users: Annotated[int | None, typer.Option(help="Expected monthly active users.")] = None,
+    ack: Annotated[
+        list[str] | None,
+        typer.Option("--ack", help="Acknowledge a finding: RULE[:LICENSE]=REASON (repeatable; recorded)."),
+    ] = None,
+    stage: Annotated[str | None, typer.Option(help="Stage to audit (default: the last export).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Read licenses/models/release from this config instead of the run's own.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the report (JSON or "
-                                                   "Markdown by its suffix) to this file.")] = None,
-    write: Annotated[bool, typer.Option(help="Save the report beside what was audited and refresh its "
-                                             "cards.")] = True,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Also write the report (JSON or Markdown by its suffix) to this file."),
+    ] = None,
+    write: Annotated[bool, typer.Option(help="Save the report beside what was audited and refresh its cards.")] = True,
 ) -> None:
     """Check a dataset or a student against its licenses for a release; exit 0 only when cleared.
 
@@ -75,8 +80,9 @@ def audit_command(
     try:
         if fmt not in ("table", "json", "markdown"):
             raise ConfigError(f"--format {fmt!r}: expected table, json or markdown")
-        report, target = _run(path, use, release, name, base_model, base_model_license, monthly_users,
-                              ack or [], stage, config)
+        report, target = _run(
+            path, use, release, name, base_model, base_model_license, monthly_users, ack or [], stage, config
+        )
         if write:
             _record(report, target)
         if output is not None:
@@ -94,28 +100,42 @@ def audit_command(
     raise typer.Exit(report.exit_code)
 
 
-def _run(path, use, release, name, base_model, base_model_license, monthly_users, acks, stage,
-         config) -> tuple[AuditReport, Target]:
+def _run(
+    path, use, release, name, base_model, base_model_license, monthly_users, acks, stage, config
+) -> tuple[AuditReport, Target]:
     from pydantic import ValidationError
 
     raw = load_config(config).raw if config is not None else None
     target = load_target(path, stage, raw)
     settings = target.settings
     with active(settings.registry):
-        given = {"use": use, "what": release, "name": name, "base_model": base_model,
-                 "base_model_license": base_model_license, "monthly_users": monthly_users}
+        given = {
+            "use": use,
+            "what": release,
+            "name": name,
+            "base_model": base_model,
+            "base_model_license": base_model_license,
+            "monthly_users": monthly_users,
+        }
         given = {k: v for k, v in given.items() if v is not None}
         if target.kind == "student" and given.get("what", "model") != "model":
             raise ConfigError(f"{path} is a trained student: only --release model applies")
         merged = {**settings.release.model_dump(exclude_unset=True), **given}
         if target.kind == "student":
-            merged.update({k: v for k, v in settings.release.model_dump().items()
-                           if k in ("what", "name", "base_model", "base_model_license") and k not in given})
+            merged.update(
+                {
+                    k: v
+                    for k, v in settings.release.model_dump().items()
+                    if k in ("what", "name", "base_model", "base_model_license") and k not in given
+                }
+            )
         try:
             settings_release = ReleaseSettings.model_validate(merged)
         except ValidationError as exc:
-            raise ConfigError("invalid release settings: " + format_validation_error(
-                exc, ReleaseSettings, prefix="release", header=False)) from None
+            raise ConfigError(
+                "invalid release settings: "
+                + format_validation_error(exc, ReleaseSettings, prefix="release", header=False)
+            ) from None
         if settings_release.name is None and settings_release.what == "data" and target.stage:
             settings_release = settings_release.model_copy(update={"name": target.stage})
         cli_acks = [parse_ack(a) for a in acks]
@@ -123,9 +143,18 @@ def _run(path, use, release, name, base_model, base_model_license, monthly_users
         for f in plugins.failures:
             err.print(f"[yellow]warning:[/] plugin {_e(repr(f.plugin))} was skipped: {_e(f.error)}", highlight=False)
         rules = make_rules(plugins, settings_release.rules)
-        report = audit(target.records, settings_release, settings.registry, rules, target=str(path),
-                       kind=target.kind, stage=target.stage, models=settings.models, cli_acks=cli_acks,
-                       warnings=target.warnings)
+        report = audit(
+            target.records,
+            settings_release,
+            settings.registry,
+            rules,
+            target=str(path),
+            kind=target.kind,
+            stage=target.stage,
+            models=settings.models,
+            cli_acks=cli_acks,
+            warnings=target.warnings,
+        )
     return report, target
 
 
@@ -139,7 +168,6 @@ def _record(report: AuditReport, target: Target) -> None:
     r = report.release
     if target.kind == "student":
         if (target.root / MODEL_MARKER).is_file():  # trained by distill: its card shows the audit
-
             record_student_audit(target.root, report, target.settings.registry)
             return
         # A student trained elsewhere: its README.md is not ours, so the audit goes beside it.
@@ -151,10 +179,15 @@ def _record(report: AuditReport, target: Target) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / f"{_slug(f'{r.what}-{r.use}-{r.name or target.stage}')}.json", to_json(report).encode())
     if target.export_path is not None and target.export_path.is_dir() and r.what == "data":
-
         carded = report.model_copy(update={"target": f"export/{target.stage}"})  # no local paths in cards
-        write_dataset_cards(target.export_path, r.name or target.stage or "dataset", target.records, carded,
-                            target.settings.registry, target.export_format or "sft")
+        write_dataset_cards(
+            target.export_path,
+            r.name or target.stage or "dataset",
+            target.records,
+            carded,
+            target.settings.registry,
+            target.export_format or "sft",
+        )
 
 
 def _save(report: AuditReport, output: Path) -> None:
@@ -170,19 +203,38 @@ def _print(report: AuditReport) -> None:
 
     style = _VERDICT_STYLE[report.verdict]
     # Names, reasons and messages quote user input: printed as text, never as rich markup.
-    out.print(_e(f"License audit: {summary(report)} — {report.records} records of {report.target}"
-                 + (f" (stage {report.stage})" if report.stage else "")), highlight=False)
+    out.print(
+        _e(
+            f"License audit: {summary(report)} — {report.records} records of {report.target}"
+            + (f" (stage {report.stage})" if report.stage else "")
+        ),
+        highlight=False,
+    )
     out.print(f"effective license: {report.license.expression} (use: {report.license.use})", highlight=False)
     if report.findings:
         t = Table(title="findings")
         for col in ("severity", "rule", "license", "records", "examples", "finding", "status"):
             t.add_column(col, justify="right" if col == "records" else "left", overflow="fold")
         for f in report.findings:
-            status = ("acknowledged: " + f.acknowledged.reason if f.acknowledged else
-                      "NEEDS ACK" if f.severity == "acknowledge" else "BLOCKING" if f.severity == "blocking" else "")
+            status = (
+                "acknowledged: " + f.acknowledged.reason
+                if f.acknowledged
+                else "NEEDS ACK"
+                if f.severity == "acknowledge"
+                else "BLOCKING"
+                if f.severity == "blocking"
+                else ""
+            )
             msg = f.message + (f" Fix: {f.fix}." if f.fix else "")
-            t.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", _e(f.rule), _e(f.license or "-"), str(f.records),
-                      _e(", ".join(f.examples[:3]) or "-"), _e(msg), _e(status))
+            t.add_row(
+                f"[{_STYLE[f.severity]}]{f.severity}[/]",
+                _e(f.rule),
+                _e(f.license or "-"),
+                str(f.records),
+                _e(", ".join(f.examples[:3]) or "-"),
+                _e(msg),
+                _e(status),
+            )
         out.print(t)
     t = Table(title="licenses")
     for col in ("license", "use", "records", "from"):

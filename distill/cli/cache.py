@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,20 +18,24 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from distill.errors import DistillError
 from distill.cache.store import RequestCache, default_cache_path
+from distill.errors import DistillError
 
 if TYPE_CHECKING:
     from distill.cache.store import RequestCache
 
-cache_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                        help="The request cache shared by all teachers: statistics and misses.")
+cache_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="The request cache shared by all teachers: statistics and misses."
+)
 out = Console()
 err = Console(stderr=True)
 
-CacheOption = Annotated[Optional[Path], typer.Option(
-    "--cache", help="Cache file (default: $DISTILL_CACHE_DIR/requests.sqlite or "
-                    "~/.cache/distill/requests.sqlite).")]
+CacheOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache", help="Cache file (default: $DISTILL_CACHE_DIR/requests.sqlite or ~/.cache/distill/requests.sqlite)."
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -44,8 +48,10 @@ def _open(cache: Path | None) -> RequestCache:
 
     path = cache if cache is not None else default_cache_path()
     if not path.expanduser().is_file():
-        _fail(f"no request cache at {path} (it is created by the first run that calls a teacher; "
-              f"--cache points at another file)")
+        _fail(
+            f"no request cache at {path} (it is created by the first run that calls a teacher; "
+            f"--cache points at another file)"
+        )
     try:
         return RequestCache(path, create=False)
     except DistillError as exc:
@@ -82,8 +88,12 @@ def stats(cache: CacheOption = None, as_json: JsonOption = False) -> None:
     table = Table(title=Text(f"request cache {s.path}"))
     table.add_column("")
     table.add_column("", justify="right")
-    for name, value in (("entries", str(s.entries)), ("size", _size(s.size_bytes)),
-                        ("lifetime hits", str(s.hits)), ("recorded misses", str(s.misses))):
+    for name, value in (
+        ("entries", str(s.entries)),
+        ("size", _size(s.size_bytes)),
+        ("lifetime hits", str(s.hits)),
+        ("recorded misses", str(s.misses)),
+    ):
         table.add_row(name, value)
     out.print(table)
     if s.models:

@@ -1,19 +1,19 @@
 """The pipeline config: one YAML file, validated by pydantic, errors named by key path."""
 
 from distill.config.loader import (
-    CacheSettings,
-    PluginSettings,
-    Config,
-    LoadedConfig,
-    interpolate,
-    digest_view,
-    interpolated_values,
-    parse_config,
-    load_config,
     MAX_DEPTH,
     MAX_VALUES,
-    validate_plugin_options,
+    CacheSettings,
+    Config,
+    LoadedConfig,
+    PluginSettings,
+    digest_view,
     dump_yaml,
+    interpolate,
+    interpolated_values,
+    load_config,
+    parse_config,
+    validate_plugin_options,
 )
 from distill.config.release import Acknowledgement, ReleaseSettings
 from distill.config.stages import (

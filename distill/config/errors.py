@@ -7,15 +7,14 @@ suggestion from the fields that are valid at that exact place.
 
 from __future__ import annotations
 
-import difflib
-
-from distill.errors import suggest
 import types
 import typing
 from pathlib import Path
 from typing import Any, Union
 
 from pydantic import BaseModel, ValidationError
+
+from distill.errors import suggest
 
 
 def _unwrap(tp: Any) -> Any:
@@ -37,7 +36,9 @@ def _unwrap(tp: Any) -> Any:
 def _union_members(tp: Any) -> list[type[BaseModel]]:
     tp = _unwrap(tp)
     if typing.get_origin(tp) in (Union, types.UnionType):
-        return [a for a in (_unwrap(x) for x in typing.get_args(tp)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return [
+            a for a in (_unwrap(x) for x in typing.get_args(tp)) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
     return []
 
 
@@ -84,8 +85,9 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[BaseM
     return path, parent_model
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel], *, prefix: str = "",
-                            source: Path | None = None, header: bool = True) -> str:
+def format_validation_error(
+    exc: ValidationError, model: type[BaseModel], *, prefix: str = "", source: Path | None = None, header: bool = True
+) -> str:
     lines: list[str] = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -102,7 +104,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], *, pre
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
+                msg = msg[len("Value error, ") :]
             got = err.get("input")
             if err["type"] not in ("value_error", "assertion_error") and isinstance(got, (str, int, float, bool)):
                 msg += f" (got {got!r})"

@@ -16,20 +16,31 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from distill.config.errors import format_validation_error
-from distill.errors import suggest
-from distill.config.stages import EvaluateStage, FilterStage, GenerateStage, PluginRef, RankStage, Stage, TrainStage, StrictModel, stage_ref_errors
-from distill.errors import ConfigError
-from distill.secrets import MIN_SECRET_LENGTH, is_secret_name, replace_values
-from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry
 from distill.config.release import ReleaseSettings
+from distill.config.stages import (
+    EvaluateStage,
+    FilterStage,
+    GenerateStage,
+    PluginRef,
+    RankStage,
+    Stage,
+    StrictModel,
+    TrainStage,
+    stage_ref_errors,
+)
+from distill.errors import ConfigError, suggest
 from distill.io.seeds import SeedSource
-from distill.licenses import normalize
+from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry, normalize
+from distill.secrets import MIN_SECRET_LENGTH, is_secret_name, replace_values
 
 
 class CacheSettings(StrictModel):
     enabled: bool = Field(True, description="Look every teacher request up before making it.")
-    path: Path | None = Field(None, description="SQLite file; default ~/.cache/distill/requests.sqlite "
-                                                "($DISTILL_CACHE_DIR moves it). Shared by runs and teachers.")
+    path: Path | None = Field(
+        None,
+        description="SQLite file; default ~/.cache/distill/requests.sqlite "
+        "($DISTILL_CACHE_DIR moves it). Shared by runs and teachers.",
+    )
 
 
 class PluginSettings(StrictModel):
@@ -46,14 +57,20 @@ class Config(StrictModel):
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     licenses: dict[str, LicenseOverride] = Field(
-        default_factory=dict, description="Extend or override the license registry: an id (SPDX or "
-        "LicenseRef-...) and the fields to set; a new id needs `use`.")
+        default_factory=dict,
+        description="Extend or override the license registry: an id (SPDX or "
+        "LicenseRef-...) and the fields to set; a new id needs `use`.",
+    )
     models: list[ModelRule] = Field(
-        default_factory=list, description="Which terms models are under, by glob on the model id; tried "
-        "before the registry's rules, after a teacher's own `license:` option.")
+        default_factory=list,
+        description="Which terms models are under, by glob on the model id; tried "
+        "before the registry's rules, after a teacher's own `license:` option.",
+    )
     release: ReleaseSettings = Field(
-        default_factory=ReleaseSettings, description="The release policy the cards written at export are "
-        "audited against; `distill audit` flags override it.")
+        default_factory=ReleaseSettings,
+        description="The release policy the cards written at export are "
+        "audited against; `distill audit` flags override it.",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -93,7 +110,7 @@ class Config(StrictModel):
         return models
 
     @model_validator(mode="after")
-    def _teachers_exist(self) -> "Config":
+    def _teachers_exist(self) -> Config:
         for i, s in enumerate(self.stages):
             wanted: list[tuple[str, str | None]] = []
             if isinstance(s, (GenerateStage, RankStage)):
@@ -132,6 +149,7 @@ def interpolate(data: Any, where: str = "") -> Any:
     if isinstance(data, list):
         return [interpolate(v, f"{where}[{i}]") for i, v in enumerate(data)]
     if isinstance(data, str):
+
         def repl(m: re.Match[str]) -> str:
             value = os.environ.get(m.group(1))
             if value is None:
@@ -139,6 +157,7 @@ def interpolate(data: Any, where: str = "") -> Any:
                     raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
                 return m.group(2)
             return value
+
         return _ENV.sub(repl, data)
     return data
 
@@ -154,11 +173,13 @@ def digest_view(data: Any, where: str = "") -> Any:
     if isinstance(data, list):
         return [digest_view(v, f"{where}[{i}]") for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
+
         def repl(m: re.Match[str]) -> str:
             if is_secret_name(m.group(1)):
                 return m.group(0)
             value = os.environ.get(m.group(1))
             return m.group(2) or "" if value is None else value
+
         return _ENV.sub(repl, data)
     return data
 
@@ -199,7 +220,9 @@ def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
         with active(_license_registry(data.get("licenses"))):
             config = Config.model_validate(data)
     except ValidationError as exc:  # it may quote a value that came from the environment: a key
-        raise ConfigError(replace_values(format_validation_error(exc, Config, source=path), interpolated_values(raw))) from None
+        raise ConfigError(
+            replace_values(format_validation_error(exc, Config, source=path), interpolated_values(raw))
+        ) from None
     if path is not None and not config.output.is_absolute():
         config.output = path.parent / config.output
     if path is not None and config.cache.path is not None and not config.cache.path.is_absolute():
@@ -272,11 +295,16 @@ def _check_shape(data: Any, where: str) -> None:
         for k, v in items:
             if isinstance(k, str) and "\x00" in k:
                 raise ConfigError(f"{where}{at or '(top level)'}: a key contains a NUL character")
-            total += walk(v, f"{at}.{k}" if isinstance(node, dict) and at else
-                          (str(k) if isinstance(node, dict) else f"{at}[{k}]"), depth + 1)
+            total += walk(
+                v,
+                f"{at}.{k}" if isinstance(node, dict) and at else (str(k) if isinstance(node, dict) else f"{at}[{k}]"),
+                depth + 1,
+            )
             if total > MAX_VALUES:
-                raise ConfigError(f"{where}the config expands to more than {MAX_VALUES:,} values "
-                                  "(YAML aliases repeating a large anchor?)")
+                raise ConfigError(
+                    f"{where}the config expands to more than {MAX_VALUES:,} values "
+                    "(YAML aliases repeating a large anchor?)"
+                )
         open_.discard(id(node))
         sizes[id(node)] = total
         return total
@@ -287,9 +315,7 @@ def _check_shape(data: Any, where: str) -> None:
 def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, Any]:
     """Check every plugin reference against the registry; return validated options by path."""
     cfg = loaded.config
-    refs: list[tuple[str, str, PluginRef]] = [
-        (f"teachers.{k}", "teacher", ref) for k, ref in cfg.teachers.items()
-    ]
+    refs: list[tuple[str, str, PluginRef]] = [(f"teachers.{k}", "teacher", ref) for k, ref in cfg.teachers.items()]
     for i, s in enumerate(cfg.stages):
         if isinstance(s, GenerateStage):
             refs.append((f"stages[{i}].task", "task", s.task))
@@ -298,8 +324,10 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         elif isinstance(s, FilterStage):
             refs.extend((f"stages[{i}].filters[{j}]", "filter", f) for j, f in enumerate(s.filters))
         elif isinstance(s, TrainStage):
-            refs.extend((f"stages[{i}].steps[{j}]", "trainer", PluginRef(plugin=t.trainer, options=t.options))
-                        for j, t in enumerate(s.steps))
+            refs.extend(
+                (f"stages[{i}].steps[{j}]", "trainer", PluginRef(plugin=t.trainer, options=t.options))
+                for j, t in enumerate(s.steps)
+            )
         elif isinstance(s, EvaluateStage):
             refs.extend((f"stages[{i}].evaluators[{j}]", "evaluator", e) for j, e in enumerate(s.evaluators))
     validated: dict[str, Any] = {}
@@ -314,8 +342,9 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
         try:
             validated[where] = spec.cls.Options.model_validate(ref.options)
         except ValidationError as exc:
-            errors.append(format_validation_error(exc, spec.cls.Options, prefix=f"{where}.options",
-                                                  source=None, header=False))
+            errors.append(
+                format_validation_error(exc, spec.cls.Options, prefix=f"{where}.options", source=None, header=False)
+            )
             continue
         declared = getattr(validated[where], "license", None)
         if kind == "teacher" and isinstance(declared, str):
@@ -331,11 +360,13 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
                 errors.append(f"stages[{i}].student_license: {exc}")
         if isinstance(s, RankStage) and s.teacher is None and f"stages[{i}].ranker" in validated:
             if getattr(registry.get("ranker", s.ranker.plugin).cls, "needs_judge", False):
-                errors.append(f"stages[{i}].teacher: ranker {s.ranker.plugin!r} needs a judge model; "
-                              "name one of `teachers`")
+                errors.append(
+                    f"stages[{i}].teacher: ranker {s.ranker.plugin!r} needs a judge model; name one of `teachers`"
+                )
     if errors:
-        raise ConfigError(replace_values("invalid config:\n" + "\n".join(f"  {e}" for e in errors),
-                                 interpolated_values(loaded.raw)))
+        raise ConfigError(
+            replace_values("invalid config:\n" + "\n".join(f"  {e}" for e in errors), interpolated_values(loaded.raw))
+        )
     return validated
 
 

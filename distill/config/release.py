@@ -52,16 +52,20 @@ class ReleaseSettings(BaseModel):
 
     use: ReleaseUse = Field("commercial", description="Intended use of the release: commercial or research.")
     what: ReleaseKind = Field("data", description="What is released: the data, or a model trained on it.")
-    name: str | None = Field(None, description="Release name (dataset or model name); some licenses "
-                                               "require a model name prefix.")
+    name: str | None = Field(
+        None, description="Release name (dataset or model name); some licenses require a model name prefix."
+    )
     base_model: str | None = Field(None, description="For a model release: the student's base model id.")
-    base_model_license: str | None = Field(None, description="SPDX expression of the base model's terms; "
-                                           "default: from the registry's model rules.")
-    monthly_users: int | None = Field(None, ge=0, description="Expected monthly active users, checked "
-                                      "against licenses' user caps.")
+    base_model_license: str | None = Field(
+        None, description="SPDX expression of the base model's terms; default: from the registry's model rules."
+    )
+    monthly_users: int | None = Field(
+        None, ge=0, description="Expected monthly active users, checked against licenses' user caps."
+    )
     acknowledge: list[Acknowledgement] = Field(default_factory=list)
-    rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options of audit rule "
-                                             "plugins, by rule name.")
+    rules: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options of audit rule plugins, by rule name."
+    )
 
     @field_validator("base_model_license")
     @classmethod

@@ -9,24 +9,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from distill.records import Record
+
 from distill.config.loader import Config
 from distill.licenses import Registry
+from distill.records import Record
 
 SCHEMAS = ("record", "config", "licenses")
 
 
 def schema(name: str) -> dict[str, Any]:
     if name == "record":
-
         out = Record.model_json_schema()
         out["title"] = "distill record"
     elif name == "config":
-
         out = Config.model_json_schema()
         out["title"] = "distill config"
     elif name == "licenses":
-
         out = Registry.model_json_schema()
         out["title"] = "distill license registry"
     else:

@@ -4,7 +4,7 @@ earlier export; an evaluation's student an earlier train stage)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,8 +31,12 @@ class PluginRef(StrictModel):
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         """The schema accepts the shorthand the loader does: a plugin's bare name."""
         schema = handler.resolve_ref_schema(handler(core_schema))
-        return {"anyOf": [{"type": "string", "description": "A plugin's name, with default options."},
-                          {k: v for k, v in schema.items()}]}
+        return {
+            "anyOf": [
+                {"type": "string", "description": "A plugin's name, with default options."},
+                {k: v for k, v in schema.items()},
+            ]
+        }
 
 
 class _Stage(StrictModel):
@@ -42,12 +46,18 @@ class _Stage(StrictModel):
 class RayOptions(StrictModel):
     """Where a stage's Ray cluster is: an existing one, or a local one started for the run."""
 
-    address: str | None = Field(None, description="null: start a local Ray cluster in this process; 'auto': "
-                                "the cluster `ray start` runs on this machine; 'ray://HOST:PORT' (Ray Client) or "
-                                "'HOST:PORT' (its GCS): a remote one, where distill and the stage's "
-                                "plugins must be installed on every node.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started when `address` is "
-                                 "null (default: all of this machine's).")
+    address: str | None = Field(
+        None,
+        description="null: start a local Ray cluster in this process; 'auto': "
+        "the cluster `ray start` runs on this machine; 'ray://HOST:PORT' (Ray Client) or "
+        "'HOST:PORT' (its GCS): a remote one, where distill and the stage's "
+        "plugins must be installed on every node.",
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs of the local cluster started when `address` is null (default: all of this machine's).",
+    )
 
     @field_validator("address")
     @classmethod
@@ -57,7 +67,7 @@ class RayOptions(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _cpus_only_when_local(self) -> "RayOptions":
+    def _cpus_only_when_local(self) -> RayOptions:
         if self.num_cpus is not None and self.address is not None:
             raise ValueError("num_cpus sizes a local cluster (address: null); an existing cluster has its own CPUs")
         return self
@@ -68,29 +78,35 @@ class RayTeacherOptions(RayOptions):
     its own engine (a vLLM engine, a transformers model, an API client with its share of the
     teacher's concurrency and rate limits, a rank stage's reward model)."""
 
-    actors: int = Field(1, ge=1, description="Replicas of the teacher (or ranker), one Ray actor and one "
-                                              "engine each.")
+    actors: int = Field(1, ge=1, description="Replicas of the teacher (or ranker), one Ray actor and one engine each.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves for each actor.")
-    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor: for vLLM, tensor_parallel_size x "
-                                  "data_parallel_size of the teacher's options (0: CPU engines or API clients).")
+    gpus_per_actor: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per actor: for vLLM, tensor_parallel_size x "
+        "data_parallel_size of the teacher's options (0: CPU engines or API clients).",
+    )
 
 
 def _ray_options_need_ray(cls: Any, value: Any, info: Any) -> Any:
     if value is not None and info.data.get("executor", "local") != "ray":
-        raise ValueError("ray options apply to `executor: ray` only; this stage runs locally "
-                         "(set executor: ray, or remove `ray`)")
+        raise ValueError(
+            "ray options apply to `executor: ray` only; this stage runs locally (set executor: ray, or remove `ray`)"
+        )
     return value
 
 
 class _ReplicatedStage(_Stage):
     """A stage whose teacher (or ranker) can run as replicas in Ray actors."""
 
-    executor: Literal["local", "ray"] = Field("local", description="Where the stage's teacher runs: `local` "
-                                              "(this process) or `ray` (replicas in Ray actors, `pip install "
-                                              "'distill[ray]'`; a rank stage without a judge teacher replicates "
-                                              "its ranker): the same records, see docs/scaling.md.")
-    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the replicas, for "
-                                                            "`executor: ray`.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the stage's teacher runs: `local` "
+        "(this process) or `ray` (replicas in Ray actors, `pip install "
+        "'distill[ray]'`; a rank stage without a judge teacher replicates "
+        "its ranker): the same records, see docs/scaling.md.",
+    )
+    ray: RayTeacherOptions | None = Field(None, description="The Ray cluster and the replicas, for `executor: ray`.")
 
     _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
 
@@ -113,9 +129,12 @@ class FilterStage(_Stage):
     kind: Literal["filter"]
     filters: list[PluginRef] = Field(min_length=1)
     batch_size: int = Field(1000, ge=1)
-    executor: Literal["local", "ray"] = Field("local", description="Where the filters run: `local` (this "
-                                              "process) or `ray` (Ray Data, `pip install 'distill[ray]'`): the "
-                                              "same decisions and shards, see docs/scaling.md.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the filters run: `local` (this "
+        "process) or `ray` (Ray Data, `pip install 'distill[ray]'`): the "
+        "same decisions and shards, see docs/scaling.md.",
+    )
     ray: RayOptions | None = Field(None, description="The Ray cluster, for `executor: ray`.")
 
     _ray_needs_ray = field_validator("ray")(_ray_options_need_ray)
@@ -130,12 +149,16 @@ class TrainStep(StrictModel):
     """One trainer run; a stage's steps form a chain, each starting from the previous output."""
 
     name: str = Field("", description="Step name (its output folder); defaults to the trainer's name.")
-    trainer: str = Field(description="Registered trainer plugin: `sft`, `reward-model`, `dpo`, `grpo`, "
-                                     "`distillation`, ...")
+    trainer: str = Field(
+        description="Registered trainer plugin: `sft`, `reward-model`, `dpo`, `grpo`, `distillation`, ..."
+    )
     # `str` only for the schema: the validator below makes one name a list.
     data: list[str] | str = Field(min_length=1, description="Export stages, by name, whose datasets it trains on.")
-    student: str | None = Field(None, description="Where it starts: an earlier step's name, a local model "
-                                                  "folder or 'embedded'; default: the previous step's output.")
+    student: str | None = Field(
+        None,
+        description="Where it starts: an earlier step's name, a local model "
+        "folder or 'embedded'; default: the previous step's output.",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("data", mode="before")
@@ -146,17 +169,25 @@ class TrainStep(StrictModel):
 
 class TrainStage(_Stage):
     kind: Literal["train"]
-    student: str = Field("embedded", description="The base model: a local model folder (safetensors) or "
-                                                 "'embedded'.")
-    student_license: str | None = Field(None, description="The base model's terms (SPDX), when its folder "
-                                                          "does not declare them.")
-    model_name: str | None = Field(None, description="The student's release name, checked against required "
-                                                     "name prefixes; default: `release.name`, else the stage name.")
+    student: str = Field("embedded", description="The base model: a local model folder (safetensors) or 'embedded'.")
+    student_license: str | None = Field(
+        None, description="The base model's terms (SPDX), when its folder does not declare them."
+    )
+    model_name: str | None = Field(
+        None,
+        description="The student's release name, checked against required "
+        "name prefixes; default: `release.name`, else the stage name.",
+    )
     steps: list[TrainStep] = Field(min_length=1)
-    processes: int = Field(1, ge=1, description="Training processes; above 1 the steps run under "
-                                                "`accelerate launch` (DDP; FSDP or DeepSpeed via accelerate_args).")
-    accelerate_args: list[str] = Field(default_factory=list, description="Extra `accelerate launch` arguments, "
-                                       "e.g. ['--config_file', 'fsdp.yaml'].")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Training processes; above 1 the steps run under "
+        "`accelerate launch` (DDP; FSDP or DeepSpeed via accelerate_args).",
+    )
+    accelerate_args: list[str] = Field(
+        default_factory=list, description="Extra `accelerate launch` arguments, e.g. ['--config_file', 'fsdp.yaml']."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -184,19 +215,26 @@ class Contender(StrictModel):
 
     name: str = Field(description="Its name in the results: `base`, `teacher`, `student`, ...")
     model: str | None = Field(None, description="'embedded' or a local model folder, answered by `engine`.")
-    teacher: str | None = Field(None, description="Key in `teachers`: answers with that teacher's engine "
-                                                  "and sampling.")
-    student: str | None = Field(None, description="An earlier train stage (its final model) or "
-                                                  "'stage.step' (that step's model), answered by `engine`.")
-    system_prompt: str | None = Field(None, description="Sent before every question (the prompted teacher); "
-                                                        "default none, as a student is meant to be used.")
+    teacher: str | None = Field(None, description="Key in `teachers`: answers with that teacher's engine and sampling.")
+    student: str | None = Field(
+        None,
+        description="An earlier train stage (its final model) or "
+        "'stage.step' (that step's model), answered by `engine`.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="Sent before every question (the prompted teacher); "
+        "default none, as a student is meant to be used.",
+    )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "Contender":
+    def _one_source(self) -> Contender:
         given = [k for k in ("model", "teacher", "student") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"contender {self.name!r} needs exactly one of model, teacher, student "
-                             f"(got {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"contender {self.name!r} needs exactly one of model, teacher, student "
+                f"(got {', '.join(given) or 'none'})"
+            )
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ValueError(f"contender name {self.name!r} must be letters, digits, '.', '_' or '-'")
         return self
@@ -212,17 +250,21 @@ class EvaluateStage(_Stage):
 
     kind: Literal["evaluate"]
     # `str` only for the schema: the validator below makes a path a SeedSource.
-    data: SeedSource | str = Field(description="The held-out set, read like a seed file (`path`, fields, "
-                                         "`limit`); never used for training: point the decontamination "
-                                         "filter at it.")
+    data: SeedSource | str = Field(
+        description="The held-out set, read like a seed file (`path`, fields, "
+        "`limit`); never used for training: point the decontamination "
+        "filter at it."
+    )
     contenders: list[Contender] = Field(min_length=1)
-    evaluators: list[PluginRef] = Field(min_length=1, description="`rubric`, `judge-win-rate`, "
-                                                                  "`perplexity`, or any evaluator plugin.")
-    engine: PluginRef = Field(default_factory=lambda: PluginRef(plugin="transformers", options={
-        "temperature": 0.0, "max_tokens": 128}), description="The teacher plugin that answers for `model` and "
-        "`student` contenders; its options minus `model` (default: transformers, greedy, 128 tokens).")
-    worst: int = Field(5, ge=0, description="Worst-scored items kept per metric and contender for the "
-                                            "error analysis.")
+    evaluators: list[PluginRef] = Field(
+        min_length=1, description="`rubric`, `judge-win-rate`, `perplexity`, or any evaluator plugin."
+    )
+    engine: PluginRef = Field(
+        default_factory=lambda: PluginRef(plugin="transformers", options={"temperature": 0.0, "max_tokens": 128}),
+        description="The teacher plugin that answers for `model` and "
+        "`student` contenders; its options minus `model` (default: transformers, greedy, 128 tokens).",
+    )
+    worst: int = Field(5, ge=0, description="Worst-scored items kept per metric and contender for the error analysis.")
 
     @property
     def held_out(self) -> SeedSource:
@@ -245,9 +287,9 @@ class EvaluateStage(_Stage):
         return contenders
 
 
-Stage = Annotated[Union[GenerateStage, RankStage, FilterStage, ExportStage, TrainStage, EvaluateStage],
-                  Field(discriminator="kind")]
-
+Stage = Annotated[
+    GenerateStage | RankStage | FilterStage | ExportStage | TrainStage | EvaluateStage, Field(discriminator="kind")
+]
 
 
 def stage_ref_errors(cfg: Any, registry: Any) -> list[str]:
@@ -268,20 +310,22 @@ def stage_ref_errors(cfg: Any, registry: Any) -> list[str]:
         for j, step in enumerate(s.steps):
             try:
                 formats = registry.get("trainer", step.trainer).cls.formats
-            except Exception:  # noqa: BLE001 - the unknown trainer is reported with the plugin checks
+            except Exception:
                 formats = None
             for k, name in enumerate(step.data):
                 where = f"stages[{i}].steps[{j}].data[{k}]"
                 if name not in exports:
                     known = ", ".join(repr(e) for e in exports) or "none"
-                    errors.append(f"{where}: {name!r} is not an export stage before this one "
-                                  f"(export stages so far: {known}){suggest(name, list(exports))}")
+                    errors.append(
+                        f"{where}: {name!r} is not an export stage before this one "
+                        f"(export stages so far: {known}){suggest(name, list(exports))}"
+                    )
                 elif formats is not None and exports[name] not in formats:
-                    errors.append(f"{where}: the {step.trainer} trainer reads {' or '.join(formats)} exports; "
-                                  f"{name!r} is a {exports[name]} export")
+                    errors.append(
+                        f"{where}: the {step.trainer} trainer reads {' or '.join(formats)} exports; "
+                        f"{name!r} is a {exports[name]} export"
+                    )
     return errors
-
-
 
 
 def _student_errors(i: int, stage: EvaluateStage, trained: dict[str, list[str]]) -> list[str]:
@@ -293,9 +337,13 @@ def _student_errors(i: int, stage: EvaluateStage, trained: dict[str, list[str]])
         where = f"stages[{i}].contenders[{j}].student"
         if name not in trained:
             known = ", ".join(repr(t) for t in trained) or "none"
-            errors.append(f"{where}: {name!r} is not a train stage before this one (train stages so far: "
-                          f"{known}){suggest(name, list(trained))}")
+            errors.append(
+                f"{where}: {name!r} is not a train stage before this one (train stages so far: "
+                f"{known}){suggest(name, list(trained))}"
+            )
         elif step and step not in trained[name]:
-            errors.append(f"{where}: train stage {name!r} has no step {step!r} (steps: "
-                          f"{', '.join(trained[name])}){suggest(step, trained[name])}")
+            errors.append(
+                f"{where}: train stage {name!r} has no step {step!r} (steps: "
+                f"{', '.join(trained[name])}){suggest(step, trained[name])}"
+            )
     return errors

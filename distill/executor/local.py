@@ -7,25 +7,24 @@ the input and the run seed, so a resumed run redoes exactly the batch that was i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from distill.cache.calls import CallStats, TeacherCaller
 from distill.errors import ConfigError, PluginError
 from distill.filter import Drop, Edit, Filter, Keep
+from distill.io.export import export_records
+from distill.io.store import StageStore
 from distill.licenses import effective_tag
 from distill.ranker import Judge, Ranker, candidates_of
 from distill.records import Generator, Message, Record, Source, stable_id
-from distill.io.store import StageStore
+from distill.seeding import request_seed
 from distill.task import ExpandTask, MapTask, PassThrough, Reject, Task
 from distill.teacher import ChatRequest
-from distill.seeding import request_seed
-from distill.io.export import export_records
 
 
 @dataclass
@@ -45,8 +44,15 @@ class StageContext:
         license = self.terms(teacher)
         return g if license is None or license == g.license else g.model_copy(update={"license": license})
 
-    def commit(self, kept: list[Record], rejected: list[Record], *, inputs: int, generated: int = 0,
-               meta: dict[str, Any] | None = None) -> None:
+    def commit(
+        self,
+        kept: list[Record],
+        rejected: list[Record],
+        *,
+        inputs: int,
+        generated: int = 0,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         for r in kept + rejected:
             r.provenance.license = effective_tag(r)
         self.store.commit(kept, rejected, inputs=inputs, generated=generated, meta=meta)
@@ -54,8 +60,13 @@ class StageContext:
 
 
 def drop_record(record: Record, stage: str, plugin: Task | Filter | Ranker | None, reason: str) -> Record:
-    record.add_event(stage, "dropped", plugin=plugin.name if plugin else None,
-                     plugin_version=plugin.plugin_version if plugin else None, reason=reason)
+    record.add_event(
+        stage,
+        "dropped",
+        plugin=plugin.name if plugin else None,
+        plugin_version=plugin.plugin_version if plugin else None,
+        reason=reason,
+    )
     return record
 
 
@@ -63,13 +74,12 @@ def _call_meta(caller: TeacherCaller, before: CallStats) -> dict[str, Any]:
     return {"requests": caller.stats.requests - before.requests, "cache_hits": caller.stats.hits - before.hits}
 
 
-def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Sequence[Record],
-            batch_size: int) -> None:
+def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Sequence[Record], batch_size: int) -> None:
     generator = ctx.generator(caller.teacher)
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(ctx.store.next_index * batch_size)
     for b in range(ctx.store.next_index, batches):
-        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
         before = replace(caller.stats)
         kept: list[Record] = []
         rejected: list[Record] = []
@@ -79,7 +89,9 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Seq
             if isinstance(built, Reject):
                 rejected.append(drop_record(r, ctx.stage, task, built.reason))
             elif isinstance(built, PassThrough):
-                r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason)
+                r.add_event(
+                    ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason
+                )
                 kept.append(r)
             else:
                 pending.append((r, ChatRequest(messages=built, seed=request_seed(ctx.run_seed, ctx.stage, r.id))))
@@ -96,16 +108,22 @@ def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Seq
         ctx.advance(len(chunk))
 
 
-def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, inputs: Sequence[Record],
-               batch_size: int) -> None:
+def run_expand(
+    ctx: StageContext, task: ExpandTask, caller: TeacherCaller, inputs: Sequence[Record], batch_size: int
+) -> None:
     generator = ctx.generator(caller.teacher)
     store = ctx.store
     if store.next_index == 0:
         passed = [r.model_copy(deep=True) for r in inputs]
         if task.keep_inputs:
             for r in passed:
-                r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version,
-                            reason="input passes through")
+                r.add_event(
+                    ctx.stage,
+                    "kept",
+                    plugin=task.name,
+                    plugin_version=task.plugin_version,
+                    reason="input passes through",
+                )
             ctx.commit(passed, [], inputs=len(passed), meta={"round": "inputs"})
         else:
             for r in passed:
@@ -121,9 +139,13 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
         rng = random.Random(request_seed(ctx.run_seed, ctx.stage, "round", rnd))
         count = min(batch_size, target - produced)
         before = replace(caller.stats)
-        proposals = guarded(task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}")
-        requests = [ChatRequest(messages=p.messages, seed=request_seed(ctx.run_seed, ctx.stage, rnd, j))
-                    for j, p in enumerate(proposals)]
+        proposals = guarded(
+            task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}"
+        )
+        requests = [
+            ChatRequest(messages=p.messages, seed=request_seed(ctx.run_seed, ctx.stage, rnd, j))
+            for j, p in enumerate(proposals)
+        ]
         results = caller(requests, f"round {rnd} of stage {ctx.stage!r}")
         kept: list[Record] = []
         rejected: list[Record] = []
@@ -133,8 +155,9 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
                 parsed = guarded(task, "parse", lambda: task.parse(p, sample), f"round {rnd} of stage {ctx.stage!r}")
                 convs = [] if isinstance(parsed, Reject) else parsed
                 if isinstance(parsed, Reject):
-                    raw = _new_record(ctx, rnd, j, k, 0, [Message(role="assistant", content=sample.text)],
-                                      sources, generator, task)
+                    raw = _new_record(
+                        ctx, rnd, j, k, 0, [Message(role="assistant", content=sample.text)], sources, generator, task
+                    )
                     raw.metadata["raw_output"] = True
                     rejected.append(drop_record(raw, ctx.stage, task, parsed.reason))
                 for m, conv in enumerate(convs):
@@ -144,21 +167,40 @@ def run_expand(ctx: StageContext, task: ExpandTask, caller: TeacherCaller, input
                         rejected.append(drop_record(rec, ctx.stage, task, verdict.reason))
                     else:
                         kept.append(rec)
-        ctx.commit(kept, rejected, inputs=0, generated=len(kept) + len(rejected),
-                   meta={"round": rnd, **_call_meta(caller, before)})
+        ctx.commit(
+            kept,
+            rejected,
+            inputs=0,
+            generated=len(kept) + len(rejected),
+            meta={"round": rnd, **_call_meta(caller, before)},
+        )
         pool.extend(kept)
         produced += len(kept)
         ctx.advance(len(kept))
         rnd += 1
     if produced < target:
-        ctx.warnings.append(f"stage {ctx.stage!r}: produced {produced} of {target} records in {rnd} rounds; "
-                            "the teacher's output was often unusable (see `distill inspect` for reasons)")
+        ctx.warnings.append(
+            f"stage {ctx.stage!r}: produced {produced} of {target} records in {rnd} rounds; "
+            "the teacher's output was often unusable (see `distill inspect` for reasons)"
+        )
 
 
-def _new_record(ctx: StageContext, rnd: int, j: int, k: int, m: int, conv: list[Message],
-                sources: list[Source], generator: Any, task: Task) -> Record:
-    rec = Record(id=stable_id(ctx.stage, ctx.run_seed, rnd, j, k, m, [c.content for c in conv]),
-                 messages=conv, metadata={"generated_by": ctx.stage})
+def _new_record(
+    ctx: StageContext,
+    rnd: int,
+    j: int,
+    k: int,
+    m: int,
+    conv: list[Message],
+    sources: list[Source],
+    generator: Any,
+    task: Task,
+) -> Record:
+    rec = Record(
+        id=stable_id(ctx.stage, ctx.run_seed, rnd, j, k, m, [c.content for c in conv]),
+        messages=conv,
+        metadata={"generated_by": ctx.stage},
+    )
     rec.provenance.sources = [s.model_copy() for s in sources]
     rec.add_generator(generator)
     rec.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
@@ -178,10 +220,11 @@ def guarded(plugin: Task | Filter | Ranker, method: str, call: Callable[[], Any]
         return call()
     except PluginError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         on = f" on record {on.id}" if isinstance(on, Record) else (f" on {on}" if on else "")
-        raise PluginError(f"{plugin.kind} plugin {plugin.name!r} failed in {method}{on}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"{plugin.kind} plugin {plugin.name!r} failed in {method}{on}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Record], batch_size: int) -> None:
@@ -189,9 +232,11 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
     for i, f in enumerate(filters):
         if f.needs_whole_input():
             if i:
-                raise ConfigError(f"stage {ctx.stage!r}: filter {f.name!r} (as configured) chooses among all of the "
-                                  f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
-                                  f"move it first, or into a stage of its own after the others")
+                raise ConfigError(
+                    f"stage {ctx.stage!r}: filter {f.name!r} (as configured) chooses among all of the "
+                    f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
+                    f"move it first, or into a stage of its own after the others"
+                )
             whole = list(inputs)  # it chooses among all of them at once
             guarded(f, "prepare", lambda: f.prepare(whole), f"stage {ctx.stage!r}")
     if store.next_index:
@@ -199,13 +244,17 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), store.next_index * batch_size))
     for b in range(store.next_index, batches):
-        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
         current, rejected = chunk, []
         for f in filters:
-            where = f"batch {b} of stage {ctx.stage!r}" + (f" (records {current[0].id}..{current[-1].id})" if current else "")
+            where = f"batch {b} of stage {ctx.stage!r}" + (
+                f" (records {current[0].id}..{current[-1].id})" if current else ""
+            )
             decisions = guarded(f, "filter_batch", lambda: f.filter_batch(current), where)
             if len(decisions) != len(current):
-                raise PluginError(f"filter plugin {f.name!r} returned {len(decisions)} decisions for {len(current)} records")
+                raise PluginError(
+                    f"filter plugin {f.name!r} returned {len(decisions)} decisions for {len(current)} records"
+                )
             survivors = []
             for r, d in zip(current, decisions):
                 if isinstance(d, Keep):
@@ -216,8 +265,9 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
                 elif isinstance(d, Edit):
                     if d.record.id != r.id:
                         raise PluginError(f"filter plugin {f.name!r} changed a record's id ({r.id} -> {d.record.id})")
-                    d.record.add_event(ctx.stage, "edited", plugin=f.name, plugin_version=f.plugin_version,
-                                       reason=d.reason)
+                    d.record.add_event(
+                        ctx.stage, "edited", plugin=f.name, plugin_version=f.plugin_version, reason=d.reason
+                    )
                     survivors.append(d.record)
                 else:
                     raise PluginError(f"filter plugin {f.name!r} returned {d!r}, not Keep, Drop or Edit")
@@ -250,14 +300,13 @@ def run_export(ctx: StageContext, fmt: str, inputs: Sequence[Record], path: Path
     ctx.advance(len(chunk))
 
 
-def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record],
-             batch_size: int) -> None:
+def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record], batch_size: int) -> None:
     judge_gen = ctx.generator(judge.caller.teacher, role="judge") if judge is not None else None
     own = guarded(ranker, "generators", ranker.generators, f"stage {ctx.stage!r}")
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), ctx.store.next_index * batch_size))
     for b in range(ctx.store.next_index, batches):
-        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size:(b + 1) * batch_size]]
+        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
         before = replace(judge.caller.stats) if judge is not None else None
         kept: list[Record] = []
         rejected: list[Record] = []
@@ -268,15 +317,18 @@ def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Seq
         where = f"batch {b} of stage {ctx.stage!r}"
         verdicts = guarded(ranker, "score_batch", lambda: ranker.score_batch(rankable, judge), where)
         if len(verdicts) != len(rankable):
-            raise PluginError(f"ranker plugin {ranker.name!r} returned {len(verdicts)} results for {len(rankable)} records")
+            raise PluginError(
+                f"ranker plugin {ranker.name!r} returned {len(verdicts)} results for {len(rankable)} records"
+            )
         for r, v in zip(rankable, verdicts):
             if isinstance(v, Reject):
                 rejected.append(drop_record(r, ctx.stage, ranker, v.reason))
                 continue
             cands = candidates_of(r)
             if len(v) != len(cands):
-                raise PluginError(f"ranker plugin {ranker.name!r} gave {len(v)} scores for {len(cands)} candidates "
-                                  f"of record {r.id}")
+                raise PluginError(
+                    f"ranker plugin {ranker.name!r} gave {len(v)} scores for {len(cands)} candidates of record {r.id}"
+                )
             r.candidates = [c.model_copy(update={"score": float(s)}) for c, s in zip(cands, v)]
             best = max(r.candidates, key=lambda c: c.score)  # type: ignore[arg-type,return-value]
             if r.messages and r.messages[-1].role == "assistant":

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from distill.errors import StoreError
 from distill.records import Record
@@ -88,13 +89,15 @@ def _features(fmt: ExportFormat) -> datasets.Features:
 
     if fmt == "sft":
         return datasets.Features({"id": datasets.Value("string"), "messages": conversation()})
-    return datasets.Features({
-        "id": datasets.Value("string"),
-        "prompt": conversation(),
-        "chosen": conversation(),
-        "rejected": conversation(),
-        "margin": datasets.Value("float64"),
-    })
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "prompt": conversation(),
+            "chosen": conversation(),
+            "rejected": conversation(),
+            "margin": datasets.Value("float64"),
+        }
+    )
 
 
 def _write(rows: list[dict[str, Any]], features: datasets.Features, path: Path) -> None:

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distill.layout import MANIFEST, RUN_FILE
 from distill.errors import StoreError
 from distill.io.store import StageManifest, first_damaged_shard, manifest_problem, repair_hint
+from distill.layout import MANIFEST, RUN_FILE
 
 
 @dataclass
@@ -39,17 +39,27 @@ def inspect_output(root: Path, *, verify: bool = True) -> list[StageReport]:
         try:
             manifests.append((d, StageManifest.model_validate_json(p.read_bytes())))
         except ValueError as exc:
-            raise StoreError(f"manifest of stage {d.name!r} is corrupted ({p}): {manifest_problem(exc)}. "
-                             f"{repair_hint(root)}") from None
+            raise StoreError(
+                f"manifest of stage {d.name!r} is corrupted ({p}): {manifest_problem(exc)}. {repair_hint(root)}"
+            ) from None
     manifests.sort(key=lambda dm: (order.get(dm[1].stage, len(order)), dm[1].started_at))
     reports = []
     for d, m in manifests:
         t = m.totals()
         damage = first_damaged_shard(d, m) if verify else None
-        reports.append(StageReport(m.stage, m.kind, m.complete, len(m.shards), t,
-                                   dict(m.reasons().most_common()), dict(m.edits().most_common()),
-                                   t["in"] + t["generated"] == t["kept"] + t["rejected"],
-                                   f"shard {damage[1]} {damage[2]}" if damage else None))
+        reports.append(
+            StageReport(
+                m.stage,
+                m.kind,
+                m.complete,
+                len(m.shards),
+                t,
+                dict(m.reasons().most_common()),
+                dict(m.edits().most_common()),
+                t["in"] + t["generated"] == t["kept"] + t["rejected"],
+                f"shard {damage[1]} {damage[2]}" if damage else None,
+            )
+        )
     return reports
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
-from types import TracebackType
-
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class _Rate(TextColumn):
@@ -35,8 +41,11 @@ class _Calls(TextColumn):
         if not calls or not calls.requests:
             return Text("")
         secs = max(task.elapsed or 0.0, 1e-9)
-        return Text(f"{calls.requests / secs:,.1f} req/s {calls.completion_tokens / secs:,.0f} tok/s "
-                    f"cache {calls.hit_rate:.0%}", style="progress.data.speed")
+        return Text(
+            f"{calls.requests / secs:,.1f} req/s {calls.completion_tokens / secs:,.0f} tok/s "
+            f"cache {calls.hit_rate:.0%}",
+            style="progress.data.speed",
+        )
 
 
 class StageProgress:
@@ -48,12 +57,19 @@ class StageProgress:
         self._task: Any = None
         self.stage, self.total = stage, total
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         if self.enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TaskProgressColumn(), _Rate(), _Calls(), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=False,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                _Rate(),
+                _Calls(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task(self.stage, total=self.total or None)

@@ -13,23 +13,28 @@ import io
 import json
 import math
 import re
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from distill.errors import ConfigError, SeedError
+from distill.errors import ConfigError, SeedError, suggest
 from distill.licenses import UNSPECIFIED, effective_tag, normalize
 from distill.records import Event, Message, Provenance, Record, Source, stable_id
-from distill.errors import suggest
 
 PROMPT_FIELDS = ("messages", "prompt", "instruction", "question", "input")
 RESPONSE_FIELDS = ("response", "output", "answer", "completion")
 SeedFormat = Literal["auto", "jsonl", "csv", "parquet", "hf"]
 
-_SUFFIXES: dict[str, SeedFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
-                                    ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIXES: dict[str, SeedFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _RAW_CHARS = 500
 _MESSAGES = TypeAdapter(list[Message])
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -60,7 +65,7 @@ class SeedSource(BaseModel):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _default_name(self) -> "SeedSource":
+    def _default_name(self) -> SeedSource:
         if self.name is None:
             self.name = self.path.stem or self.path.name or "seeds"
         return self
@@ -96,7 +101,8 @@ def load_seeds(src: SeedSource, base_dir: Path | None = None) -> SeedLoad:
         out.warnings.append(
             f"seed set {name!r} ({path}) has no declared license: its records are tagged {UNSPECIFIED} "
             "(use: unspecified), so no dataset built from them can be cleared for release; "
-            "set `license:` on the seed source to the SPDX expression it was published under")
+            "set `license:` on the seed source to the SPDX expression it was published under"
+        )
     fields = _Fields(src.prompt_field, src.response_field, src.system_field, src.prompt_field is None)
     unit = "line" if fmt in ("jsonl", "csv") else "row"
     skipped_columns: set[str] = set()
@@ -122,8 +128,10 @@ def load_seeds(src: SeedSource, base_dir: Path | None = None) -> SeedLoad:
     elif not out.records:
         out.warnings.append(f"seed file {path}: all {len(out.rejected)} rows were rejected; no seed records loaded")
     if skipped_columns:
-        out.warnings.append(f"seed file {path}: columns {', '.join(sorted(skipped_columns))} hold values that "
-                            "are not JSON scalars and were not kept in metadata")
+        out.warnings.append(
+            f"seed file {path}: columns {', '.join(sorted(skipped_columns))} hold values that "
+            "are not JSON scalars and were not kept in metadata"
+        )
     return out
 
 
@@ -139,8 +147,10 @@ def _format(src: SeedSource, path: Path) -> SeedFormat:
         return "hf"
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise SeedError(f"seed file {path}: cannot tell the format from the suffix {path.suffix!r}; "
-                        f"use one of {', '.join(_SUFFIXES)} or set `format:` (jsonl, csv, parquet, hf)")
+        raise SeedError(
+            f"seed file {path}: cannot tell the format from the suffix {path.suffix!r}; "
+            f"use one of {', '.join(_SUFFIXES)} or set `format:` (jsonl, csv, parquet, hf)"
+        )
     return fmt
 
 
@@ -249,8 +259,10 @@ def _hf_rows(path: Path, fields: _Fields) -> Generator[Row, None, None]:
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
         if len(splits) != 1:
-            raise SeedError(f"seed folder {path} holds the splits {', '.join(splits)}; "
-                            f"point `path:` at one of them, e.g. {path / splits[0]}")
+            raise SeedError(
+                f"seed folder {path} holds the splits {', '.join(splits)}; "
+                f"point `path:` at one of them, e.g. {path / splits[0]}"
+            )
         ds = ds[splits[0]]
     _resolve_columns(path, list(ds.column_names), fields)
     n = 0
@@ -269,21 +281,24 @@ def _resolve_columns(path: Path, columns: list[str], fields: _Fields) -> None:
     for kind in ("prompt", "response", "system"):
         name = getattr(fields, kind)
         if name is not None and name not in columns:
-            raise SeedError(f"seed file {path}: no column {name!r} for {kind}_field"
-                            f"{suggest(name, columns)} (columns: {have})")
+            raise SeedError(
+                f"seed file {path}: no column {name!r} for {kind}_field{suggest(name, columns)} (columns: {have})"
+            )
     if fields.prompt is None:
         fields.prompt = next((c for c in PROMPT_FIELDS if c in columns), None)
         if fields.prompt is None:
-            raise SeedError(f"seed file {path}: no prompt column (looked for {', '.join(PROMPT_FIELDS)}; "
-                            f"columns: {have}); set `prompt_field:`")
+            raise SeedError(
+                f"seed file {path}: no prompt column (looked for {', '.join(PROMPT_FIELDS)}; "
+                f"columns: {have}); set `prompt_field:`"
+            )
     if fields.response is None:
         fields.response = next((c for c in RESPONSE_FIELDS if c in columns), None)
 
 
 # --- rows to records ---
 
-def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields,
-            skipped_columns: set[str]) -> Record:
+
+def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields, skipped_columns: set[str]) -> Record:
     prompt_key = fields.prompt or next((k for k in PROMPT_FIELDS if row.get(k) is not None), None)
     if prompt_key is None or row.get(prompt_key) is None:
         looked = repr(prompt_key) if prompt_key else f"looked for {', '.join(PROMPT_FIELDS)}"
@@ -328,8 +343,9 @@ def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields,
         id=stable_id("seed", name, n, content),
         messages=messages,
         metadata={"seed_row": n, **({"fields": extra} if extra else {})},
-        provenance=Provenance(sources=[Source(dataset=name, row=n, license=expr)],
-                              events=[Event(stage="seeds", action="loaded")]),
+        provenance=Provenance(
+            sources=[Source(dataset=name, row=n, license=expr)], events=[Event(stage="seeds", action="loaded")]
+        ),
     )
     record.provenance.license = effective_tag(record)
     try:  # what cannot be written as UTF-8 JSON would fail the commit of every good row with it
@@ -391,8 +407,10 @@ def _rejected(n: int, unit: str, raw: str, name: str, expr: str, reason: str) ->
         id=stable_id("seed-rejected", name, n),
         messages=[],
         metadata={unit: n, "raw": raw[:_RAW_CHARS]},
-        provenance=Provenance(sources=[Source(dataset=name, row=n, license=expr)],
-                              events=[Event(stage="seeds", action="dropped", reason=f"{unit} {n}: {reason}")]),
+        provenance=Provenance(
+            sources=[Source(dataset=name, row=n, license=expr)],
+            events=[Event(stage="seeds", action="dropped", reason=f"{unit} {n}: {reason}")],
+        ),
     )
     record.provenance.license = effective_tag(record)
     return record
@@ -405,8 +423,15 @@ def _scalar(v: Any) -> bool:
 
 
 def _json_type(v: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(v), type(v).__name__)
 
 
@@ -415,4 +440,4 @@ def _lossy(data: bytes) -> str:
 
 
 def _raw_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=str, ensure_ascii=False)[: _RAW_CHARS]
+    return json.dumps(row, default=str, ensure_ascii=False)[:_RAW_CHARS]

@@ -15,14 +15,15 @@ import json
 import os
 import re
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from distill.layout import KEPT_SHARD, MANIFEST, REJECTED_SHARD
 from distill.errors import StoreError
+from distill.layout import KEPT_SHARD, MANIFEST, REJECTED_SHARD
 from distill.records import Event, Record
 
 #: Where `repair` puts what it takes out of a stage: never deleted, someone may have paid for it.
@@ -58,7 +59,7 @@ class StageManifest(BaseModel):
     hash: str = Field(description="Digest of this stage's config and every stage before it.")
     shards: list[ShardInfo] = Field(default_factory=list)
     complete: bool = False
-    started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
 
@@ -146,8 +147,10 @@ class StageStore:
         try:
             manifest = StageManifest.model_validate_json(path.read_bytes())
         except (ValidationError, ValueError) as exc:
-            raise StoreError(f"manifest of stage {self.stage!r} is corrupted ({path}): {manifest_problem(exc)}. "
-                             f"{repair_hint(self.dir.parent.parent)}") from None
+            raise StoreError(
+                f"manifest of stage {self.stage!r} is corrupted ({path}): {manifest_problem(exc)}. "
+                f"{repair_hint(self.dir.parent.parent)}"
+            ) from None
         if manifest.hash != self.digest:  # its config or its input changed: redo it
             self.stale = bool(manifest.shards)
             if self.stale:
@@ -159,7 +162,7 @@ class StageStore:
     def _move_aside(self) -> Path:
         """Keep a stale stage's output under `stale/` rather than deleting it: it may hold
         generations someone paid for."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         dest = self.dir.parent.parent / "stale" / f"{self.stage}-{stamp}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.dir, dest)
@@ -182,15 +185,24 @@ class StageStore:
         damage = first_damaged_shard(self.dir, self.manifest)
         if damage is not None:
             i, name, why = damage
-            raise StoreError(f"stage {self.stage!r}: committed shard {name} {why} ({self.dir / name}). "
-                             f"{repair_hint(self.dir.parent.parent)}")
+            raise StoreError(
+                f"stage {self.stage!r}: committed shard {name} {why} ({self.dir / name}). "
+                f"{repair_hint(self.dir.parent.parent)}"
+            )
 
     @property
     def next_index(self) -> int:
         return len(self.manifest.shards)
 
-    def commit(self, kept: list[Record], rejected: list[Record], *, inputs: int, generated: int = 0,
-               meta: dict[str, Any] | None = None) -> ShardInfo:
+    def commit(
+        self,
+        kept: list[Record],
+        rejected: list[Record],
+        *,
+        inputs: int,
+        generated: int = 0,
+        meta: dict[str, Any] | None = None,
+    ) -> ShardInfo:
         if inputs + generated != len(kept) + len(rejected):
             raise StoreError(
                 f"stage {self.stage!r} would lose records: {inputs} in + {generated} generated "
@@ -203,11 +215,22 @@ class StageStore:
             data = "".join(r.model_dump_json() + "\n" for r in recs).encode()
             digests[name] = self._write(name, data)
         reasons = Counter(_reason(r) for r in rejected)
-        edits = Counter(_label(e) for r in kept for e in r.provenance.events
-                        if e.action == "edited" and e.stage == self.stage)
-        info = ShardInfo(index=i, kept_file=names[0], rejected_file=names[1], inputs=inputs,
-                         generated=generated, kept=len(kept), rejected=len(rejected),
-                         reasons=dict(reasons), edits=dict(edits), sha256=digests, meta=meta or {})
+        edits = Counter(
+            _label(e) for r in kept for e in r.provenance.events if e.action == "edited" and e.stage == self.stage
+        )
+        info = ShardInfo(
+            index=i,
+            kept_file=names[0],
+            rejected_file=names[1],
+            inputs=inputs,
+            generated=generated,
+            kept=len(kept),
+            rejected=len(rejected),
+            reasons=dict(reasons),
+            edits=dict(edits),
+            sha256=digests,
+            meta=meta or {},
+        )
         self.manifest.shards.append(info)
         try:
             self._write_manifest()
@@ -219,7 +242,7 @@ class StageStore:
     def finish(self, stats: dict[str, Any] | None = None) -> None:
         before = self.manifest.model_copy()
         self.manifest.complete = True
-        self.manifest.finished_at = datetime.now(timezone.utc)
+        self.manifest.finished_at = datetime.now(UTC)
         self.manifest.stats = stats or {}
         try:
             self._write_manifest()
@@ -270,7 +293,9 @@ def read_shards(folder: Path, names: list[str]) -> Iterator[Record]:
                 try:
                     yield Record.model_validate_json(line)
                 except ValidationError as exc:
-                    raise StoreError(f"{folder / name} line {n}: not a valid record: {exc.errors()[0]['msg']}") from None
+                    raise StoreError(
+                        f"{folder / name} line {n}: not a valid record: {exc.errors()[0]['msg']}"
+                    ) from None
 
 
 def first_damaged_shard(folder: Path, manifest: StageManifest) -> tuple[int, str, str] | None:
@@ -294,8 +319,10 @@ def first_damaged_shard(folder: Path, manifest: StageManifest) -> tuple[int, str
 
 def write_failure(path: Path, exc: OSError, who: str = "distill") -> str:
     """The message for a write the file system refused (full, read-only, no permission)."""
-    return (f"{who}: cannot write {path}: {exc.strerror or exc}. Everything committed before is kept; "
-            f"free some space or make the folder writable, then run the same command again to resume")
+    return (
+        f"{who}: cannot write {path}: {exc.strerror or exc}. Everything committed before is kept; "
+        f"free some space or make the folder writable, then run the same command again to resume"
+    )
 
 
 def manifest_problem(exc: Exception) -> str:
@@ -309,8 +336,10 @@ def manifest_problem(exc: Exception) -> str:
 
 
 def repair_hint(root: Path) -> str:
-    return (f"Run `distill repair {root}` to set the damaged part aside (under {root / DAMAGED}); the next "
-            "run redoes only that, and the teacher calls it already made come from the request cache")
+    return (
+        f"Run `distill repair {root}` to set the damaged part aside (under {root / DAMAGED}); the next "
+        "run redoes only that, and the teacher calls it already made come from the request cache"
+    )
 
 
 def repair(root: Path) -> list[str]:
@@ -323,7 +352,7 @@ def repair(root: Path) -> list[str]:
     stages = root / "stages"
     if not stages.is_dir():
         raise StoreError(f"{root} is not a distill output folder (no stages/ inside)")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     done: list[str] = []
     with RunLock(root):
         for d in sorted(p for p in stages.iterdir() if p.is_dir()):
@@ -336,8 +365,10 @@ def repair(root: Path) -> list[str]:
             except (ValidationError, ValueError) as exc:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(d, dest)
-                done.append(f"stage {d.name!r}: its manifest is unreadable ({manifest_problem(exc)}); moved the stage "
-                            f"to {dest}; the next run redoes it")
+                done.append(
+                    f"stage {d.name!r}: its manifest is unreadable ({manifest_problem(exc)}); moved the stage "
+                    f"to {dest}; the next run redoes it"
+                )
                 continue
             damage = first_damaged_shard(d, manifest)
             if damage is None:
@@ -354,8 +385,10 @@ def repair(root: Path) -> list[str]:
             manifest.complete, manifest.finished_at, manifest.stats = False, None, {}
             atomic_write(path, manifest.model_dump_json(indent=1).encode())
             fsync_dir(dest)
-            done.append(f"stage {d.name!r}: shard {name} {why}; moved it and the {len(moved) - 1} shard(s) after it "
-                        f"to {dest}, kept the {index} before it; the next run redoes the rest")
+            done.append(
+                f"stage {d.name!r}: shard {name} {why}; moved it and the {len(moved) - 1} shard(s) after it "
+                f"to {dest}, kept the {index} before it; the next run redoes the rest"
+            )
     return done
 
 
@@ -366,7 +399,7 @@ class RunLock:
         self.path = root / ".lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -374,8 +407,9 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise StoreError(f"another distill run (pid {holder}) is writing {self.path.parent}; "
-                             "wait for it to finish or stop it") from None
+            raise StoreError(
+                f"another distill run (pid {holder}) is writing {self.path.parent}; wait for it to finish or stop it"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
-from typing import Iterator, Sequence, overload
+from typing import overload
 
-from distill.records import Record
 from distill.io.store import StageStore, read_shards
+from distill.records import Record
 
 
 class UpstreamRecords(Sequence[Record]):
@@ -60,7 +61,7 @@ class UpstreamRecords(Sequence[Record]):
             k = bisect_right(self._starts, lo) - 1
             while lo < hi:
                 shard = self._shard(k)
-                take = shard[lo - self._starts[k]:min(hi, self._starts[k + 1]) - self._starts[k]]
+                take = shard[lo - self._starts[k] : min(hi, self._starts[k + 1]) - self._starts[k]]
                 out.extend(take)
                 lo = self._starts[k + 1]
                 k += 1
@@ -74,4 +75,3 @@ class UpstreamRecords(Sequence[Record]):
     def __iter__(self) -> Iterator[Record]:
         for k in range(len(self._files)):
             yield from self._shard(k)
-

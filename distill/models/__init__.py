@@ -4,11 +4,11 @@ from distill import deprecated
 from distill.models.folders import (
     EMBEDDED,
     SAMPLING_FIELDS,
-    weight_files,
-    resolve_model_path,
+    library_bars_off,
     local_model_folder,
     model_identity,
-    library_bars_off,
+    resolve_model_path,
+    weight_files,
 )
 
 __all__ = [

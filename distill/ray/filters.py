@@ -69,8 +69,10 @@ def plan(filters: list[Filter], where: str = "the filter stage") -> list[Planned
         d = guarded(f, "distributed", f.distributed, where)
         if d is not None:
             if d.order is not None and not f.needs_whole_input():
-                raise PluginError(f"filter plugin {f.name!r} gives a decision order over the whole input "
-                                  f"(DistributedDedup.order) but does not ask for it (needs_whole_input)")
+                raise PluginError(
+                    f"filter plugin {f.name!r} gives a decision order over the whole input "
+                    f"(DistributedDedup.order) but does not ask for it (needs_whole_input)"
+                )
             out.append(("exact" if isinstance(d.grouping, ExactKeys) else "near", d))
         elif f.needs_whole_input() or type(f).restore is not Filter.restore:
             out.append(("driver", None))
@@ -135,15 +137,23 @@ def _settings() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Record], batch_size: int,
-                    options: Any = None, log: Callable[[str], None] = lambda m: None) -> RayRun:
+def run_filters_ray(
+    ctx: StageContext,
+    filters: list[Filter],
+    inputs: list[Record],
+    batch_size: int,
+    options: Any = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> RayRun:
     """The filter stage on Ray Data; see the module docstring. Same arguments as `run_filters`,
     plus the stage's `ray:` options."""
     for i, f in enumerate(filters):
         if f.needs_whole_input() and i:
-            raise ConfigError(f"stage {ctx.stage!r}: filter {f.name!r} (as configured) chooses among all of the "
-                              f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
-                              f"move it first, or into a stage of its own after the others")
+            raise ConfigError(
+                f"stage {ctx.stage!r}: filter {f.name!r} (as configured) chooses among all of the "
+                f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
+                f"move it first, or into a stage of its own after the others"
+            )
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(f"stage {ctx.stage!r}: executor: ray needs Ray: pip install 'distill[ray]'")
     planned = plan(filters, f"stage {ctx.stage!r}")
@@ -151,9 +161,11 @@ def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Recor
     split = kinds.index("driver") if "driver" in kinds else len(filters)
     run = RayRun(plan=kinds[:split] + ["driver"] * (len(filters) - split))
     if split < len(filters):
-        log(f"stage {ctx.stage!r}: filter {filters[split].name!r} cannot run on Ray workers (it keeps state "
+        log(
+            f"stage {ctx.stage!r}: filter {filters[split].name!r} cannot run on Ray workers (it keeps state "
             f"only its local implementation rebuilds, or cannot be pickled); it and the filters after it run "
-            f"in order on the driver")
+            f"in order on the driver"
+        )
     if split == 0 and filters[0].needs_whole_input():
         guarded(filters[0], "prepare", lambda: filters[0].prepare(inputs), f"stage {ctx.stage!r}")
     store = ctx.store
@@ -181,8 +193,10 @@ def run_filters_ray(ctx: StageContext, filters: list[Filter], inputs: list[Recor
     except Exception as exc:
         if not type(exc).__module__.startswith("ray"):
             raise
-        raise PluginError(f"filter stage {ctx.stage!r} failed on Ray: {remote_cause(exc)} (are distill and the "
-                          f"stage's filter plugins installed on every node?)") from exc
+        raise PluginError(
+            f"filter stage {ctx.stage!r} failed on Ray: {remote_cause(exc)} (are distill and the "
+            f"stage's filter plugins installed on every node?)"
+        ) from exc
     return run
 
 
@@ -193,9 +207,18 @@ def remote_cause(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _run(ctx: StageContext, filters: list[Filter], planned: list[Planned], inputs: list[Record],
-         batch_size: int, start: int, batches: int, restored: list[list[Record]] | None,
-         tail: list[tuple[int, Filter]], run: RayRun) -> None:
+def _run(
+    ctx: StageContext,
+    filters: list[Filter],
+    planned: list[Planned],
+    inputs: list[Record],
+    batch_size: int,
+    start: int,
+    batches: int,
+    restored: list[list[Record]] | None,
+    tail: list[tuple[int, Filter]],
+    run: RayRun,
+) -> None:
     """The distributed part (`planned`: the filters before the first driver one), then the commits."""
 
     first = start * batch_size
@@ -220,8 +243,11 @@ def _run(ctx: StageContext, filters: list[Filter], planned: list[Planned], input
         started = time.perf_counter()
         source = ds if ds is not None else _input_dataset(inputs, first, batch_size)
         segment = [(k, f) for k in range(i, j) if isinstance(f := planned[k][1], Filter)]
-        ds = source.map_batches(partial(run_segment, stage=ctx.stage, batch_size=batch_size, pending=pending,
-                                        filters=segment), batch_size=None, batch_format="numpy")
+        ds = source.map_batches(
+            partial(run_segment, stage=ctx.stage, batch_size=batch_size, pending=pending, filters=segment),
+            batch_size=None,
+            batch_format="numpy",
+        )
         pending = []
         if j < len(kinds):  # read again by the dedup after it: run it once
             ds = ds.materialize()
@@ -242,14 +268,30 @@ def _input_dataset(inputs: list[Record], first: int, batch_size: int) -> Any:
 
     tables = []
     for lo in range(first, len(inputs), batch_size):
-        chunk = inputs[lo:lo + batch_size]
-        tables.append(pa.table({"pos": range(lo, lo + len(chunk)), "rec": [r.to_json() for r in chunk],
-                                "at": [-1] * len(chunk), "error": [""] * len(chunk)}, schema=shard_schema()))
+        chunk = inputs[lo : lo + batch_size]
+        tables.append(
+            pa.table(
+                {
+                    "pos": range(lo, lo + len(chunk)),
+                    "rec": [r.to_json() for r in chunk],
+                    "at": [-1] * len(chunk),
+                    "error": [""] * len(chunk),
+                },
+                schema=shard_schema(),
+            )
+        )
     return ray.data.from_arrow(tables)
 
 
-def _dedup(dedup: DistributedDedup, inputs: list[Record], first: int, ds: Any,
-           pending: list[Decided], restored: list[Record], run: RayRun) -> dict[int, str]:
+def _dedup(
+    dedup: DistributedDedup,
+    inputs: list[Record],
+    first: int,
+    ds: Any,
+    pending: list[Decided],
+    restored: list[Record],
+    run: RayRun,
+) -> dict[int, str]:
     """One dedup filter's drops by stage position (positions from `first` on). Its entries: the
     live records (from the driver's `inputs`, or from `ds` once a batch step has changed them),
     and on resume the committed records its local `restore` would get."""
@@ -269,12 +311,13 @@ def _dedup(dedup: DistributedDedup, inputs: list[Record], first: int, ds: Any,
     if order is None:  # what `restore` gives the local filter on resume, in its order, below every new rank
         ranked += [project(r, read, against_seeds, k - len(restored)) for k, r in enumerate(restored)]
     step = 2000
-    tables = [entry_table(ranked[k:k + step]) for k in range(0, len(ranked), step)]
+    tables = [entry_table(ranked[k : k + step]) for k in range(0, len(ranked), step)]
     entries = ray.data.from_arrow(tables) if tables else None
     run.seconds["driver-entries"] = run.seconds.get("driver-entries", 0.0) + time.perf_counter() - started
     if ds is not None:
-        live = ds.map_batches(partial(dedup_entries, read=read, against_seeds=against_seeds, skip=skip),
-                              batch_format="numpy")
+        live = ds.map_batches(
+            partial(dedup_entries, read=read, against_seeds=against_seeds, skip=skip), batch_format="numpy"
+        )
         entries = live if entries is None else live.union(entries)
     if entries is None:
         return {}
@@ -291,27 +334,49 @@ def _dedup(dedup: DistributedDedup, inputs: list[Record], first: int, ds: Any,
     return {p: reason for p, reason in drops.items() if p >= first}
 
 
-def _commit(ctx: StageContext, b: int, live: list[Row], dropped: list[tuple[int, int, Record]], size: int,
-            pending: list[Decided], tail: list[tuple[int, Filter]]) -> None:
+def _commit(
+    ctx: StageContext,
+    b: int,
+    live: list[Row],
+    dropped: list[tuple[int, int, Record]],
+    size: int,
+    pending: list[Decided],
+    tail: list[tuple[int, Filter]],
+) -> None:
     kept, gone = process_shard(ctx.stage, b, live, pending, tail)
     rejected = [r for _, _, r in sorted(dropped + gone, key=lambda t: (t[0], t[1]))]
     ctx.commit([r for _, r in kept], rejected, inputs=size)
     ctx.advance(size)
 
 
-def _commit_from_driver(ctx: StageContext, inputs: list[Record], batch_size: int, start: int, batches: int,
-                        pending: list[Decided], tail: list[tuple[int, Filter]]) -> None:
+def _commit_from_driver(
+    ctx: StageContext,
+    inputs: list[Record],
+    batch_size: int,
+    start: int,
+    batches: int,
+    pending: list[Decided],
+    tail: list[tuple[int, Filter]],
+) -> None:
     """Commit shards of the driver's own records (no batch step changed them on the workers).
     Each is copied through its JSON, as shards store it: an equal record, in half the time of
     the local runner's deep copy, on the one process every shard passes through."""
     for b in range(start, batches):
         lo = b * batch_size
-        chunk = [(lo + k, Record.model_validate_json(r.to_json())) for k, r in enumerate(inputs[lo:lo + batch_size])]
+        chunk = [(lo + k, Record.model_validate_json(r.to_json())) for k, r in enumerate(inputs[lo : lo + batch_size])]
         _commit(ctx, b, chunk, [], len(chunk), pending, tail)
 
 
-def _commit_from_dataset(ctx: StageContext, ds: Any, batch_size: int, start: int, batches: int, total: int,
-                         pending: list[Decided], tail: list[tuple[int, Filter]]) -> None:
+def _commit_from_dataset(
+    ctx: StageContext,
+    ds: Any,
+    batch_size: int,
+    start: int,
+    batches: int,
+    total: int,
+    pending: list[Decided],
+    tail: list[tuple[int, Filter]],
+) -> None:
     """Commit shards in order as the last batch step yields them; an error row raises, as the
     local runner would have, once every shard before it is committed."""
     rows: list[tuple[int, str, int, str]] = []
@@ -322,8 +387,7 @@ def _commit_from_dataset(ctx: StageContext, ds: Any, batch_size: int, start: int
         b = rows[0][0] // batch_size
         size = min(batch_size, total - b * batch_size)
         if b != expected or len(rows) != size:
-            raise AssertionError(f"shard {b}: {len(rows)} records back from Ray, expected shard {expected} "
-                                 f"with {size}")
+            raise AssertionError(f"shard {b}: {len(rows)} records back from Ray, expected shard {expected} with {size}")
         error = next((e for _, _, _, e in rows if e), None)
         if error:
             raise PluginError(error)

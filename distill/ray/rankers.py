@@ -10,7 +10,8 @@ ranker on the driver and runs the teacher's replicas instead (`distill.ray.teach
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from distill.ranker import Judge, Ranker
 from distill.ray.replicas import cause, shares, start, stop

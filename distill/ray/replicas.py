@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from distill.errors import ConfigError, PluginError
 from distill.plugin import Plugin, PluginContext
-from distill.ray.filters import connect, remote_cause as cause
+from distill.ray.filters import connect
+from distill.ray.filters import remote_cause as cause
 
 T = TypeVar("T")
 
@@ -27,18 +29,26 @@ T = TypeVar("T")
 class Replica:
     """One replica of a stage's plugin, living in a Ray actor."""
 
-    def __init__(self, cls: type[Plugin], options: Any, version: str | None, package: str | None,
-                 base_dir: str, state_dir: str | None) -> None:
+    def __init__(
+        self,
+        cls: type[Plugin],
+        options: Any,
+        version: str | None,
+        package: str | None,
+        base_dir: str,
+        state_dir: str | None,
+    ) -> None:
         self.error: str | None = None
         self.plugin: Any = None
         try:
             plugin = cls(options)
             plugin.plugin_version = version  # type: ignore[misc]  # the registry's, not this process's
             plugin.plugin_package = package  # type: ignore[misc]
-            plugin.setup(PluginContext(base_dir=Path(base_dir), progress=False,
-                                       state_dir=Path(state_dir) if state_dir else None))
+            plugin.setup(
+                PluginContext(base_dir=Path(base_dir), progress=False, state_dir=Path(state_dir) if state_dir else None)
+            )
             self.plugin = plugin
-        except Exception as exc:  # noqa: BLE001 - reported by `ready`, with the plugin's name
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def ready(self) -> tuple[str | None, str]:
@@ -50,16 +60,18 @@ class Replica:
     def generate(self, requests: list[Any]) -> Iterator[tuple[int, Any]]:
         """A teacher's (index in `requests`, samples) per completed request; (-1, why) and stop on failure."""
         try:
-            for j, samples in self.plugin.iter_generate(requests):
+            # Not `yield from`: Ray's streaming generator sends values, which a delegated
+            # iterator (enumerate, a plugin's own iterator) cannot take.
+            for j, samples in self.plugin.iter_generate(requests):  # noqa: UP028
                 yield j, samples
-        except Exception as exc:  # noqa: BLE001 - the driver names the plugin and the actor
+        except Exception as exc:
             yield -1, f"{type(exc).__name__}: {exc}"
 
     def score(self, records: list[Any]) -> tuple[bool, Any]:
         """A ranker's verdicts for `records`: (True, verdicts), or (False, why)."""
         try:
             return True, self.plugin.score_batch(records, None)
-        except Exception as exc:  # noqa: BLE001 - the driver names the plugin and the actor
+        except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
 
     def close(self) -> None:
@@ -79,8 +91,13 @@ def shares(items: Sequence[T], count: int) -> list[tuple[int, list[T]]]:
     return out
 
 
-def start(plugin: Plugin, options: Any, stage: str, replica_options: Callable[[int, int], Any],
-          log: Callable[[str], None] = lambda m: None) -> tuple[list[Any], list[str]]:
+def start(
+    plugin: Plugin,
+    options: Any,
+    stage: str,
+    replica_options: Callable[[int, int], Any],
+    log: Callable[[str], None] = lambda m: None,
+) -> tuple[list[Any], list[str]]:
     """Start `options.actors` replicas of `plugin` (set up on the driver as a stand-in) on the
     configured cluster; the actors, and where each runs."""
     if importlib.util.find_spec("ray") is None:
@@ -100,21 +117,29 @@ def start(plugin: Plugin, options: Any, stage: str, replica_options: Callable[[i
             own = replica_options(i, options.actors)
         except PluginError:
             raise
-        except Exception as exc:  # noqa: BLE001 - named
-            raise PluginError(f"{what} cannot be split into {options.actors} replicas: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise PluginError(
+                f"{what} cannot be split into {options.actors} replicas: {type(exc).__name__}: {exc}"
+            ) from exc
         # One call at a time, on the actor's main thread (engines install signal handlers there).
-        actors.append(remote.options(num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,
-                                     max_concurrency=1).remote(
-            type(plugin), own, plugin.plugin_version, plugin.plugin_package, base_dir,
-            str(Path(state_dir) / f"replica-{i}") if state_dir is not None else None))
+        actors.append(
+            remote.options(num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor, max_concurrency=1).remote(
+                type(plugin),
+                own,
+                plugin.plugin_version,
+                plugin.plugin_package,
+                base_dir,
+                str(Path(state_dir) / f"replica-{i}") if state_dir is not None else None,
+            )
+        )
     log(f"stage {stage!r}: starting {options.actors} replica(s) of {plugin.kind} plugin {plugin.name!r} in Ray actors")
     try:
         states = _wait_ready(actors, stage, log)
     except ray.exceptions.RayError as exc:
         stop(actors)
-        raise PluginError(f"{what} could not start in a Ray actor: {cause(exc)} (are distill and the plugin "
-                          f"installed on every node?)") from exc
+        raise PluginError(
+            f"{what} could not start in a Ray actor: {cause(exc)} (are distill and the plugin installed on every node?)"
+        ) from exc
     failed = [(k, err, where) for k, (err, where) in enumerate(states) if err is not None]
     if failed:
         stop(actors)
@@ -129,7 +154,7 @@ def stop(actors: list[Any]) -> None:
 
     try:
         ray.get([a.close.remote() for a in actors], timeout=60)
-    except Exception:  # noqa: BLE001 - closing is best effort; the actors go anyway
+    except Exception:
         pass
     for a in actors:
         ray.kill(a)
@@ -147,8 +172,10 @@ def _wait_ready(actors: list[Any], stage: str, log: Callable[[str], None], every
         if not pending:
             return ray.get(refs)
         waited += every
-        log(f"stage {stage!r}: {len(pending)} of {len(refs)} replica(s) not started after {waited:.0f} s "
-            f"(loading an engine, or waiting for resources no node has free: see `ray status`)")
+        log(
+            f"stage {stage!r}: {len(pending)} of {len(refs)} replica(s) not started after {waited:.0f} s "
+            f"(loading an engine, or waiting for resources no node has free: see `ray status`)"
+        )
 
 
 def _check_resources(options: Any, stage: str, log: Callable[[str], None]) -> None:
@@ -157,13 +184,14 @@ def _check_resources(options: Any, stage: str, log: Callable[[str], None]) -> No
     import ray
 
     have = ray.cluster_resources()
-    short = [f"{need:g} {name} ({options.actors} actors x {per:g}) but the cluster has {have.get(name, 0):g}"
-             for name, per in (("CPU", options.cpus_per_actor), ("GPU", options.gpus_per_actor))
-             if (need := per * options.actors) > have.get(name, 0) + 1e-9]
+    short = [
+        f"{need:g} {name} ({options.actors} actors x {per:g}) but the cluster has {have.get(name, 0):g}"
+        for name, per in (("CPU", options.cpus_per_actor), ("GPU", options.gpus_per_actor))
+        if (need := per * options.actors) > have.get(name, 0) + 1e-9
+    ]
     if not short:
         return
     msg = f"stage {stage!r}: ray: the replicas need " + "; ".join(short)
     if options.address is None:
-        raise ConfigError(msg + " (lower ray.actors, ray.cpus_per_actor or ray.gpus_per_actor, or raise "
-                                "ray.num_cpus)")
+        raise ConfigError(msg + " (lower ray.actors, ray.cpus_per_actor or ray.gpus_per_actor, or raise ray.num_cpus)")
     log(f"warning: {msg}; waiting for the cluster to provide them")

@@ -57,8 +57,9 @@ def apply_filter(stage: str, f: Filter, current: list[Row], where: str) -> tuple
     return survivors, dropped
 
 
-def process_shard(stage: str, b: int, current: list[Row], pending: list[Decided],
-                  filters: list[tuple[int, Filter]]) -> tuple[list[Row], list[tuple[int, int, Record]]]:
+def process_shard(
+    stage: str, b: int, current: list[Row], pending: list[Decided], filters: list[tuple[int, Filter]]
+) -> tuple[list[Row], list[tuple[int, int, Record]]]:
     """Apply dedup decisions, then filters, to a shard's live records. Returns the survivors
     and the dropped as (filter index, position, record)."""
     dropped: list[tuple[int, int, Record]] = []
@@ -74,8 +75,9 @@ def process_shard(stage: str, b: int, current: list[Row], pending: list[Decided]
                 dropped.append((d.index, p, r))
         current = survivors
     for index, f in filters:
-        where = f"batch {b} of stage {stage!r}" + (f" (records {current[0][1].id}..{current[-1][1].id})"
-                                                   if current else "")
+        where = f"batch {b} of stage {stage!r}" + (
+            f" (records {current[0][1].id}..{current[-1][1].id})" if current else ""
+        )
         current, gone = apply_filter(stage, f, current, where)
         dropped.extend((index, p, r) for p, r in gone)
     return current, dropped
@@ -87,8 +89,9 @@ def shard_schema() -> Any:
     return pa.schema([("pos", pa.int64()), ("rec", pa.string()), ("at", pa.int32()), ("error", pa.string())])
 
 
-def run_segment(batch: dict[str, Any], stage: str, batch_size: int, pending: list[Decided],
-             filters: list[tuple[int, Filter]]) -> Any:
+def run_segment(
+    batch: dict[str, Any], stage: str, batch_size: int, pending: list[Decided], filters: list[tuple[int, Filter]]
+) -> Any:
     """Worker side of a run of stateless filters: each shard in the batch, on its own."""
     import numpy as np
     import pyarrow as pa
@@ -118,13 +121,19 @@ def run_segment(batch: dict[str, Any], stage: str, batch_size: int, pending: lis
     return pa.table({"pos": pos, "rec": recs, "at": at, "error": errors}, schema=shard_schema())
 
 
-def dedup_entries(batch: dict[str, Any], read: Callable[[Record], str | Drop], against_seeds: Callable[[Record], bool],
-                  skip: frozenset[int]) -> Any:
+def dedup_entries(
+    batch: dict[str, Any],
+    read: Callable[[Record], str | Drop],
+    against_seeds: Callable[[Record], bool],
+    skip: frozenset[int],
+) -> Any:
     """Worker side: what a dedup filter reads of each live record (rank = stage position)."""
 
-    return entry_table(project(Record.model_validate_json(rec), read, against_seeds, int(p))
-                       for p, rec, at, err in zip(batch["pos"], batch["rec"], batch["at"], batch["error"])
-                       if at == -1 and not err and int(p) not in skip)
+    return entry_table(
+        project(Record.model_validate_json(rec), read, against_seeds, int(p))
+        for p, rec, at, err in zip(batch["pos"], batch["rec"], batch["at"], batch["error"])
+        if at == -1 and not err and int(p) not in skip
+    )
 
 
 def restore_lists(filters: list[Filter], kept: list[Record], rejected: list[Record]) -> list[list[Record]]:

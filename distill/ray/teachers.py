@@ -22,7 +22,8 @@ The actors themselves are `distill.ray.replicas`'s. Ray is imported only inside 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from distill.ray.replicas import cause, shares, start, stop
 from distill.records import Generator
@@ -99,7 +100,9 @@ class RayTeacher(Teacher):
         stop(actors)
 
 
-def start_replicas(teacher: Teacher, options: Any, stage: str, log: Callable[[str], None] = lambda m: None) -> RayTeacher:
+def start_replicas(
+    teacher: Teacher, options: Any, stage: str, log: Callable[[str], None] = lambda m: None
+) -> RayTeacher:
     """Start `options.actors` replicas of `teacher` (set up on the driver as a stand-in) with
     their shares of its limits (`Teacher.replica_options`); the stand-in the stage's caller uses."""
     actors, where = start(teacher, options, stage, teacher.replica_options, log)

@@ -2,9 +2,9 @@
 
 from distill.report.data import (
     SAMPLES,
-    TrainingRun,
     AuditEntry,
     ReportData,
+    TrainingRun,
     gather,
 )
 from distill.report.html import render, write_report

@@ -13,23 +13,21 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from distill.layout import AUDIT_JSON, DATASET_SIDECAR, MANIFEST, MODEL_MARKER, RUN_FILE
-from distill.errors import StoreError
-from distill.report.eval import Evaluation, evaluations, is_number
-from distill.io.store import atomic_write
-from distill.io.inspect import inspect_output
-from distill.audit.base import audit
+from distill.audit.base import AuditReport, audit
+from distill.audit.report import explain, summary
 from distill.audit.rules import make_rules
 from distill.audit.target import load_target
+from distill.errors import StoreError
+from distill.io.inspect import inspect_output
+from distill.io.store import StageManifest, as_dict, read_shards
+from distill.layout import AUDIT_JSON, DATASET_SIDECAR, MANIFEST, MODEL_MARKER, RUN_FILE
 from distill.licenses import active
 from distill.registry import make_registry
-from distill.audit.report import explain, summary
-from distill.io.store import StageManifest, as_dict, read_shards
-from distill.audit.base import AuditReport
+from distill.report.eval import Evaluation, evaluations, is_number
 
 #: Records shown in the samples section.
 SAMPLES = 3
@@ -91,7 +89,7 @@ def gather(root: Path) -> ReportData:
     root = Path(root)
     if not (root / "stages").is_dir():
         raise StoreError(f"{root} is not a distill output folder (no stages/ inside)")
-    data = ReportData(root=root, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    data = ReportData(root=root, created=datetime.now(UTC).isoformat(timespec="seconds"))
     run = _read_json(root / RUN_FILE, data.problems)
     data.run = run if isinstance(run, dict) else {}
     config = as_dict(data.run.get("config"))
@@ -124,8 +122,14 @@ def _stage_names(config: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
     counts: dict[str, int] = {}
     for s in stages:
         counts[str(s.get("kind"))] = counts.get(str(s.get("kind")), 0) + 1
-    return [(str(s.get("name") or (s.get("kind") if counts[str(s.get("kind"))] == 1 else f"{s.get('kind')}-{i}")),
-             str(s.get("kind")), s) for i, s in enumerate(stages)]
+    return [
+        (
+            str(s.get("name") or (s.get("kind") if counts[str(s.get("kind"))] == 1 else f"{s.get('kind')}-{i}")),
+            str(s.get("kind")),
+            s,
+        )
+        for i, s in enumerate(stages)
+    ]
 
 
 def _step_order(config: dict[str, Any]) -> dict[tuple[str, str], int]:
@@ -198,12 +202,16 @@ def _saved_audit(path: Path, root: Path, kind: str, how: str, problems: list[str
     rel = path.relative_to(root).as_posix()
     where = rel.rsplit("/", 1)[0] if kind in ("student", "dataset") else None
     try:
-
         report = AuditReport.model_validate_json(path.read_bytes())
     except (OSError, ValueError) as exc:
         problems.append(f"{rel}: not an audit report ({exc.__class__.__name__})")
-        return AuditEntry(kind=kind, target=where or rel, source=rel, verdict="unreadable",
-                          note=f"{rel} could not be read as an audit report")
+        return AuditEntry(
+            kind=kind,
+            target=where or rel,
+            source=rel,
+            verdict="unreadable",
+            note=f"{rel} could not be read as an audit report",
+        )
     return _entry(report, kind, where or report.target, f"{rel} ({how})")
 
 
@@ -218,15 +226,21 @@ def _export_audit(root: Path, stage: str, problems: list[str]) -> AuditEntry:
         return _saved_audit(saved, root, "dataset", "saved with the export", problems)
     try:
         report = _recompute(root, stage)
-    except Exception as exc:  # noqa: BLE001 - the cards still hold the verdict; say why findings are missing
+    except Exception as exc:
         problems.append(f"export {stage!r}: its audit could not be recomputed ({type(exc).__name__}: {exc})")
-        return AuditEntry(kind="dataset", target=f"export/{stage}", source=f"export/{stage}/distill-dataset.json",
-                          verdict=recorded or "unknown", license=str(sidecar.get("license") or ""),
-                          note=f"findings: see export/{stage}/README.md")
+        return AuditEntry(
+            kind="dataset",
+            target=f"export/{stage}",
+            source=f"export/{stage}/distill-dataset.json",
+            verdict=recorded or "unknown",
+            license=str(sidecar.get("license") or ""),
+            note=f"findings: see export/{stage}/README.md",
+        )
     entry = _entry(report, "dataset", f"export/{stage}", f"the run's release policy (as in export/{stage}/README.md)")
     if recorded and recorded != report.verdict:
-        entry.note = (f"the export's cards recorded {recorded!r}: run `distill audit` or the pipeline again "
-                      "to refresh them")
+        entry.note = (
+            f"the export's cards recorded {recorded!r}: run `distill audit` or the pipeline again to refresh them"
+        )
     return entry
 
 
@@ -238,21 +252,53 @@ def _recompute(root: Path, stage: str) -> Any:
         release = release.model_copy(update={"name": stage})
     with active(target.settings.registry):
         rules = make_rules(make_registry(), release.rules)
-        return audit(target.records, release, target.settings.registry, rules, target=f"export/{stage}",
-                     stage=stage, models=target.settings.models, warnings=target.warnings)
+        return audit(
+            target.records,
+            release,
+            target.settings.registry,
+            rules,
+            target=f"export/{stage}",
+            stage=stage,
+            models=target.settings.models,
+            warnings=target.warnings,
+        )
 
 
 def _entry(report: Any, kind: str, target: str, source: str) -> AuditEntry:
 
     findings = []
     for f in report.findings:
-        status = (("acknowledged: " + f.acknowledged.reason if f.acknowledged else "needs acknowledgement")
-                  if f.severity == "acknowledge" else "blocking" if f.severity == "blocking" else "info")
-        findings.append({"severity": f.severity, "rule": f.rule, "license": f.license, "records": f.records,
-                         "examples": list(f.examples), "message": f.message, "fix": f.fix, "status": status})
-    return AuditEntry(kind=kind, target=target, source=source, verdict=report.verdict, summary=summary(report),
-                      explanation=explain(report), license=report.license.expression, use=report.license.use,
-                      records=report.records, findings=findings)
+        status = (
+            ("acknowledged: " + f.acknowledged.reason if f.acknowledged else "needs acknowledgement")
+            if f.severity == "acknowledge"
+            else "blocking"
+            if f.severity == "blocking"
+            else "info"
+        )
+        findings.append(
+            {
+                "severity": f.severity,
+                "rule": f.rule,
+                "license": f.license,
+                "records": f.records,
+                "examples": list(f.examples),
+                "message": f.message,
+                "fix": f.fix,
+                "status": status,
+            }
+        )
+    return AuditEntry(
+        kind=kind,
+        target=target,
+        source=source,
+        verdict=report.verdict,
+        summary=summary(report),
+        explanation=explain(report),
+        license=report.license.expression,
+        use=report.license.use,
+        records=report.records,
+        findings=findings,
+    )
 
 
 # ----------------------------------------------------------------------------- samples

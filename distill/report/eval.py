@@ -99,8 +99,15 @@ class _EvalFile(_Loose):
     def _ids_text(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        return {m: {c: [str(i) if isinstance(i, int) else i for i in ids] if isinstance(ids, list) else ids
-                    for c, ids in per.items()} if isinstance(per, dict) else per for m, per in value.items()}
+        return {
+            m: {
+                c: [str(i) if isinstance(i, int) else i for i in ids] if isinstance(ids, list) else ids
+                for c, ids in per.items()
+            }
+            if isinstance(per, dict)
+            else per
+            for m, per in value.items()
+        }
 
 
 def _eval_files(root: Path, order: dict[str, int]) -> list[Path]:
@@ -147,8 +154,11 @@ def _worst(ev: _EvalFile) -> list[WorstCase]:
         students = [c.name for c in ev.contenders if c.kind == "student"] or [c.name for c in ev.contenders]
         for m in ev.metrics:
             for c in students:
-                scored = [(float(i.scores[m.name][c] or 0.0), n, i.id) for n, i in enumerate(ev.items)
-                          if is_number(i.scores.get(m.name, {}).get(c))]
+                scored = [
+                    (float(i.scores[m.name][c] or 0.0), n, i.id)
+                    for n, i in enumerate(ev.items)
+                    if is_number(i.scores.get(m.name, {}).get(c))
+                ]
                 scored.sort(key=lambda t: (t[0] if m.higher_is_better else -t[0], t[1]))
                 wanted.append((m.name, c, [i for _, _, i in scored]))
     cases = []
@@ -156,10 +166,19 @@ def _worst(ev: _EvalFile) -> list[WorstCase]:
         for item_id in [i for i in ids if i in items][:WORST]:
             item = items[item_id]
             per = item.scores.get(metric, {})
-            cases.append(WorstCase(metric=metric, contender=contender, id=item_id, prompt=as_text(item.prompt),
-                                   reference=None if item.reference is None else as_text(item.reference),
-                                   answer=as_text(item.answers.get(contender, "")), score=per.get(contender),
-                                   scores=dict(per), tags=dict(item.tags)))
+            cases.append(
+                WorstCase(
+                    metric=metric,
+                    contender=contender,
+                    id=item_id,
+                    prompt=as_text(item.prompt),
+                    reference=None if item.reference is None else as_text(item.reference),
+                    answer=as_text(item.answers.get(contender, "")),
+                    score=per.get(contender),
+                    scores=dict(per),
+                    tags=dict(item.tags),
+                )
+            )
     known = list(metrics)
     cases.sort(key=lambda w: known.index(w.metric) if w.metric in known else len(known))
     return cases

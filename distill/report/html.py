@@ -10,14 +10,15 @@ Policy forbids scripts, so it stays inert even opened from a downloaded folder.
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import distill.report.plots as plots
+from distill.io.store import as_dict, atomic_write
 from distill.layout import REPORT_FILE
 from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
 from distill.report.eval import Evaluation, is_number
-from distill.io.store import as_dict, atomic_write
-from pathlib import Path
 
 #: Characters of one text shown before it is cut (the record files hold all of it).
 CLIP = 2000
@@ -76,8 +77,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterab
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for row in rows:
-        cells = [f'<td class="n">{esc(num(v))}</td>' if i in right and not isinstance(v, Html)
-                 else f'<td class="n">{v}</td>' if i in right else f"<td>{esc(v)}</td>" for i, v in enumerate(row)]
+        cells = [
+            f'<td class="n">{esc(num(v))}</td>'
+            if i in right and not isinstance(v, Html)
+            else f'<td class="n">{v}</td>'
+            if i in right
+            else f"<td>{esc(v)}</td>"
+            for i, v in enumerate(row)
+        ]
         body.append("<tr>" + "".join(cells) + "</tr>")
     return Html(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
@@ -113,26 +120,43 @@ def render(data: ReportData) -> str:
     """The whole page."""
     config = as_dict(data.run.get("config"))
     name = data.root.resolve().name
-    meta = [("output", str(data.root.resolve())), ("distill", data.run.get("distill_version", "?")),
-            ("seed", config.get("seed", "–")), ("written", data.created)]
+    meta = [
+        ("output", str(data.root.resolve())),
+        ("distill", data.run.get("distill_version", "?")),
+        ("seed", config.get("seed", "–")),
+        ("written", data.created),
+    ]
     teachers = as_dict(config.get("teachers"))
     for key, t in teachers.items():
         t = as_dict(t)
         opts = as_dict(t.get("options"))
         meta.append((f"teacher {key}", f"{t.get('plugin', '?')}: {opts.get('model', '-')}"))
     dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in meta)
-    ids = [("funnel", "Data funnel"), ("training", "Training"), ("evaluation", "Evaluation"),
-           ("audit", "Audit"), ("samples", "Samples")]
+    ids = [
+        ("funnel", "Data funnel"),
+        ("training", "Training"),
+        ("evaluation", "Evaluation"),
+        ("audit", "Audit"),
+        ("samples", "Samples"),
+    ]
     nav = "".join(f'<a href="#{i}">{esc(t)}</a>' for i, t in ids)
-    problems = ("<div class=\"problems\"><strong>Parts of this output could not be read:</strong><ul>"
-                + "".join(f"<li>{esc(p)}</li>" for p in data.problems) + "</ul></div>") if data.problems else ""
-    body = "\n".join([_funnel(data), _training(data.training), _evaluation(data.evaluations),
-                      _audit(data.audits), _samples(data)])
+    problems = (
+        (
+            '<div class="problems"><strong>Parts of this output could not be read:</strong><ul>'
+            + "".join(f"<li>{esc(p)}</li>" for p in data.problems)
+            + "</ul></div>"
+        )
+        if data.problems
+        else ""
+    )
+    body = "\n".join(
+        [_funnel(data), _training(data.training), _evaluation(data.evaluations), _audit(data.audits), _samples(data)]
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
-        'style-src \'unsafe-inline\'">'
+        "style-src 'unsafe-inline'\">"
         f"<title>distill report: {esc(name)}</title><style>{_CSS}</style></head>\n<body><header>"
         f"<h1>distill run report: {esc(name)}</h1><dl>{dl}</dl><nav>{nav}</nav>{problems}</header>\n"
         f"<main>\n{body}\n</main></body></html>\n"
@@ -146,31 +170,64 @@ def _funnel(data: ReportData) -> str:
     for r in data.funnel:
         t = r.totals
         entered = t["in"] + t["generated"]
-        status = ("complete" if r.complete else f"partial ({r.shards} shards)") + ("" if r.balanced else
-                                                                                   ", LOST RECORDS")
-        rows.append([r.stage, r.kind, t["in"], t["generated"], t["kept"], t["rejected"],
-                     Html(f"{100 * t['kept'] / entered:.1f}%") if entered else Html("–"), status])
-    stages = table(["stage", "kind", "in", "generated", "kept", "rejected", "kept of all", "status"], rows,
-                   numeric=range(2, 7))
-    reasons = [(r.stage, *_split(reason), n, r.totals["rejected"]) for r in data.funnel for reason, n in r.reasons.items()]
+        status = ("complete" if r.complete else f"partial ({r.shards} shards)") + (
+            "" if r.balanced else ", LOST RECORDS"
+        )
+        rows.append(
+            [
+                r.stage,
+                r.kind,
+                t["in"],
+                t["generated"],
+                t["kept"],
+                t["rejected"],
+                Html(f"{100 * t['kept'] / entered:.1f}%") if entered else Html("–"),
+                status,
+            ]
+        )
+    stages = table(
+        ["stage", "kind", "in", "generated", "kept", "rejected", "kept of all", "status"], rows, numeric=range(2, 7)
+    )
+    reasons = [
+        (r.stage, *_split(reason), n, r.totals["rejected"]) for r in data.funnel for reason, n in r.reasons.items()
+    ]
     edits = [(r.stage, *_split(reason), n) for r in data.funnel for reason, n in r.edits.items()]
     top = sorted(reasons, key=lambda x: -x[3])[:_TOP_REASONS]
-    charts = [_plot(plots.funnel_png, "records kept and rejected per stage",
-                    [(r.stage, r.totals["kept"], r.totals["rejected"]) for r in data.funnel])]
+    charts = [
+        _plot(
+            plots.funnel_png,
+            "records kept and rejected per stage",
+            [(r.stage, r.totals["kept"], r.totals["rejected"]) for r in data.funnel],
+        )
+    ]
     if top:
-        charts.append(_plot(plots.reasons_png, "records dropped per reason",
-                            [(f"{s} · {p}: {why}" if p else f"{s} · {why}", n) for s, p, why, n, _ in top]))
+        charts.append(
+            _plot(
+                plots.reasons_png,
+                "records dropped per reason",
+                [(f"{s} · {p}: {why}" if p else f"{s} · {why}", n) for s, p, why, n, _ in top],
+            )
+        )
     parts = [Html('<div class="plots">' + "".join(charts) + "</div>")]
     parts += [_no_plots_note(), stages, Html("<h3>Drop reasons</h3>")]
     if reasons:
-        parts.append(table(["stage", "plugin", "reason", "records", "share of the stage's drops"],
-                           [(s, p or "–", why, n, Html(f"{100 * n / total:.1f}%") if total else Html("–"))
-                            for s, p, why, n, total in reasons], numeric=(3, 4)))
+        parts.append(
+            table(
+                ["stage", "plugin", "reason", "records", "share of the stage's drops"],
+                [
+                    (s, p or "–", why, n, Html(f"{100 * n / total:.1f}%") if total else Html("–"))
+                    for s, p, why, n, total in reasons
+                ],
+                numeric=(3, 4),
+            )
+        )
     else:
         parts.append(empty("no record was dropped"))
     if edits:
-        parts += [Html("<h3>Edits (records kept but changed)</h3>"),
-                  table(["stage", "plugin", "reason", "records"], edits, numeric=(3,))]
+        parts += [
+            Html("<h3>Edits (records kept but changed)</h3>"),
+            table(["stage", "plugin", "reason", "records"], edits, numeric=(3,)),
+        ]
     return section("funnel", "Data funnel", *parts)
 
 
@@ -180,8 +237,14 @@ def _split(reason: str) -> tuple[str, str]:
     return (plugin, why) if sep else ("", reason)
 
 
-_METRIC_COLUMNS = [("first_loss", "first loss"), ("final_loss", "final loss"), ("train_loss", "mean train loss"),
-                   ("epoch", "epochs"), ("train_runtime", "runtime (s)"), ("num_tokens", "tokens")]
+_METRIC_COLUMNS = [
+    ("first_loss", "first loss"),
+    ("final_loss", "final loss"),
+    ("train_loss", "mean train loss"),
+    ("epoch", "epochs"),
+    ("train_runtime", "runtime (s)"),
+    ("num_tokens", "tokens"),
+]
 
 
 def _training(runs: list[TrainingRun]) -> str:
@@ -196,11 +259,39 @@ def _training(runs: list[TrainingRun]) -> str:
     for r in runs:
         shown = {k for k, _ in _METRIC_COLUMNS}
         other = ", ".join(f"{k}={num(v)}" for k, v in sorted(r.metrics.items()) if k not in shown)
-        rows.append([r.stage, r.step, r.trainer or "–", r.global_step, *[r.metrics.get(k) for k, _ in _METRIC_COLUMNS],
-                     r.model or "–", r.license or "–", other or "–", r.folder])
-    parts = [Html('<div class="plots">' + "".join(curves) + "</div>"), _no_plots_note(), "<h3>Final metrics</h3>",
-             table(["stage", "step", "trainer", "trainer steps", *[t for _, t in _METRIC_COLUMNS], "model",
-                    "license", "other metrics", "folder"], rows, numeric=range(3, 4 + len(_METRIC_COLUMNS)))]
+        rows.append(
+            [
+                r.stage,
+                r.step,
+                r.trainer or "–",
+                r.global_step,
+                *[r.metrics.get(k) for k, _ in _METRIC_COLUMNS],
+                r.model or "–",
+                r.license or "–",
+                other or "–",
+                r.folder,
+            ]
+        )
+    parts = [
+        Html('<div class="plots">' + "".join(curves) + "</div>"),
+        _no_plots_note(),
+        "<h3>Final metrics</h3>",
+        table(
+            [
+                "stage",
+                "step",
+                "trainer",
+                "trainer steps",
+                *[t for _, t in _METRIC_COLUMNS],
+                "model",
+                "license",
+                "other metrics",
+                "folder",
+            ],
+            rows,
+            numeric=range(3, 4 + len(_METRIC_COLUMNS)),
+        ),
+    ]
     missing = [f"{r.stage} / {r.step}: {r.problem}" for r in runs if r.problem]
     missing += [f"{r.stage} / {r.step}: no loss was logged" for r in runs if not r.train and not r.problem]
     if missing:
@@ -222,37 +313,70 @@ def _one_eval(ev: Evaluation) -> str:
     names = [c["name"] for c in ev.contenders]
     for m in ev.metrics:  # contenders a metric scores without listing them
         names += [n for n in m["scores"] if n not in names]
-    parts = [head, Html(f"<p>held-out data: {esc(ev.data or '–')}; {ev.items} items</p>"),
-             table(["contender", "kind", "model", "system prompt"],
-                   [(c["name"], c.get("kind") or "–", c.get("model") or "–", _yes_no(c.get("system_prompt")))
-                    for c in ev.contenders])]
+    parts = [
+        head,
+        Html(f"<p>held-out data: {esc(ev.data or '–')}; {ev.items} items</p>"),
+        table(
+            ["contender", "kind", "model", "system prompt"],
+            [
+                (c["name"], c.get("kind") or "–", c.get("model") or "–", _yes_no(c.get("system_prompt")))
+                for c in ev.contenders
+            ],
+        ),
+    ]
     charts, rows = [], []
     for m in ev.metrics:
         scores = [(n, kinds.get(n, "model"), float(m["scores"][n])) for n in names if is_number(m["scores"].get(n))]
         if scores:
-            charts.append(_plot(plots.metric_png, f"{m['name']} per contender", m["name"], scores,
-                                m["higher_is_better"]))
+            charts.append(
+                _plot(plots.metric_png, f"{m['name']} per contender", m["name"], scores, m["higher_is_better"])
+            )
         best = (max if m["higher_is_better"] else min)((s for _, _, s in scores), default=None)
-        cells = [Html(f'<span class="best">{esc(num(m["scores"][n]))}</span>')
-                 if best is not None and is_number(m["scores"].get(n)) and float(m["scores"][n]) == best
-                 else m["scores"].get(n) for n in names]
-        rows.append([m["name"], m.get("evaluator") or "–", "higher" if m["higher_is_better"] else "lower",
-                     m.get("description") or "", *cells])
+        cells = [
+            Html(f'<span class="best">{esc(num(m["scores"][n]))}</span>')
+            if best is not None and is_number(m["scores"].get(n)) and float(m["scores"][n]) == best
+            else m["scores"].get(n)
+            for n in names
+        ]
+        rows.append(
+            [
+                m["name"],
+                m.get("evaluator") or "–",
+                "higher" if m["higher_is_better"] else "lower",
+                m.get("description") or "",
+                *cells,
+            ]
+        )
     parts.append(Html('<div class="plots">' + "".join(charts) + "</div>"))
     parts.append(_no_plots_note())
     if rows:
-        parts.append(table(["metric", "evaluator", "better", "description", *names], rows,
-                           numeric=range(4, 4 + len(names))))
+        parts.append(
+            table(["metric", "evaluator", "better", "description", *names], rows, numeric=range(4, 4 + len(names)))
+        )
     else:
         parts.append(empty("this evaluation has no metrics"))
     parts.append("<h3>Error analysis: worst cases</h3>")
     if ev.worst:
-        parts.append(table(["metric", "contender", "item", "prompt", "reference", "answer", "score",
-                            "all contenders", "tags"],
-                           [(w.metric, w.contender, w.id, pre(w.prompt), pre(w.reference) if w.reference else "–",
-                             pre(w.answer), w.score, ", ".join(f"{k}={num(v)}" for k, v in w.scores.items()),
-                             ", ".join(f"{k}={v}" for k, v in w.tags.items()) or "–") for w in ev.worst],
-                           numeric=(6,)))
+        parts.append(
+            table(
+                ["metric", "contender", "item", "prompt", "reference", "answer", "score", "all contenders", "tags"],
+                [
+                    (
+                        w.metric,
+                        w.contender,
+                        w.id,
+                        pre(w.prompt),
+                        pre(w.reference) if w.reference else "–",
+                        pre(w.answer),
+                        w.score,
+                        ", ".join(f"{k}={num(v)}" for k, v in w.scores.items()),
+                        ", ".join(f"{k}={v}" for k, v in w.tags.items()) or "–",
+                    )
+                    for w in ev.worst
+                ],
+                numeric=(6,),
+            )
+        )
     else:
         parts.append(empty("no per-item scores to rank"))
     return "\n".join(parts)
@@ -272,9 +396,25 @@ def _verdict(v: str) -> Html:
 def _audit(entries: list[AuditEntry]) -> str:
     if not entries:
         return section("audit", "Audit", empty("no audit in this run (nothing was exported or trained)"))
-    parts = [table(["audited", "kind", "verdict", "effective license", "use", "records", "findings", "from"],
-                   [(e.target, e.kind, _verdict(e.verdict), e.license or "–", e.use or "–", e.records,
-                     len(e.findings), e.source) for e in entries], numeric=(5, 6))]
+    parts = [
+        table(
+            ["audited", "kind", "verdict", "effective license", "use", "records", "findings", "from"],
+            [
+                (
+                    e.target,
+                    e.kind,
+                    _verdict(e.verdict),
+                    e.license or "–",
+                    e.use or "–",
+                    e.records,
+                    len(e.findings),
+                    e.source,
+                )
+                for e in entries
+            ],
+            numeric=(5, 6),
+        )
+    ]
     for e in entries:
         parts.append(Html(f"<h3>{esc(e.kind)} {esc(e.target)}: {_verdict(e.verdict)}</h3>"))
         if e.summary:
@@ -282,11 +422,24 @@ def _audit(entries: list[AuditEntry]) -> str:
         if e.note:
             parts.append(Html(f"<p><em>{esc(e.note)}</em></p>"))
         if e.findings:
-            parts.append(table(["severity", "rule", "license", "records", "examples", "finding", "status"],
-                               [(f["severity"], f["rule"], f["license"] or "–", f["records"],
-                                 ", ".join(f["examples"]) or "–",
-                                 f["message"] + (f" Fix: {f['fix']}." if f["fix"] else ""), f["status"])
-                                for f in e.findings], numeric=(3,)))
+            parts.append(
+                table(
+                    ["severity", "rule", "license", "records", "examples", "finding", "status"],
+                    [
+                        (
+                            f["severity"],
+                            f["rule"],
+                            f["license"] or "–",
+                            f["records"],
+                            ", ".join(f["examples"]) or "–",
+                            f["message"] + (f" Fix: {f['fix']}." if f["fix"] else ""),
+                            f["status"],
+                        )
+                        for f in e.findings
+                    ],
+                    numeric=(3,),
+                )
+            )
         elif e.verdict not in ("unreadable", "unknown"):
             parts.append(empty("no findings"))
     return section("audit", "Audit", *parts)
@@ -297,31 +450,71 @@ def _samples(data: ReportData) -> str:
         return section("samples", "Samples", empty("no exported records in this run"))
     about = [f"format {data.samples_format}"] if data.samples_format else []
     about += [f"dataset license {data.samples_license}"] if data.samples_license else []
-    parts = [Html(f"<p>The first {len(data.samples)} records of export {esc(data.samples_from)}"
-                  + (f" ({esc('; '.join(about))})" if about else "") + ", with their provenance.</p>")]
+    parts = [
+        Html(
+            f"<p>The first {len(data.samples)} records of export {esc(data.samples_from)}"
+            + (f" ({esc('; '.join(about))})" if about else "")
+            + ", with their provenance.</p>"
+        )
+    ]
     for r in data.samples:
         p = r.provenance
         tag = p.license
-        parts.append(Html(
-            f"<article><h3>record {esc(r.id)}</h3><dl>"
-            f"<dt>license tag</dt><dd>{esc(tag.expression)} (use: {esc(tag.use)}; attribution: "
-            f"{'yes' if tag.attribution else 'no'}; share-alike: {'yes' if tag.share_alike else 'no'}"
-            + (f"; restrictions: {esc(', '.join(tag.restrictions))}" if tag.restrictions else "")
-            + (f"; unknown: {esc(', '.join(tag.unknown))}" if tag.unknown else "") + ")</dd></dl>"
-            + table(["role", "content"], [(m.role, pre(m.content)) for m in r.messages])
-            + (("<h4>candidates</h4>" + table(["score", "content"], [(c.score, pre(c.content)) for c in r.candidates],
-                                              numeric=(0,))) if r.candidates else "")
-            + "<h4>sources</h4>" + (table(["dataset", "row", "license"], [(s.dataset, s.row, s.license)
-                                                                           for s in p.sources], numeric=(1,))
-                                    if p.sources else empty("none"))
-            + "<h4>generators</h4>" + (table(["role", "plugin", "model", "revision", "license", "sampling"],
-                                             [(g.role, g.plugin, g.model, g.revision or "–", g.license,
-                                               ", ".join(f"{k}={v}" for k, v in sorted(g.sampling.items())) or "–")
-                                              for g in p.generators]) if p.generators else empty("none"))
-            + "<h4>events</h4>" + table(["stage", "plugin", "action", "reason", "time"],
-                                        [(e.stage, e.plugin or "–", e.action, e.reason or "–",
-                                          e.time.isoformat(timespec="seconds")) for e in p.events])
-            + "</article>"))
+        parts.append(
+            Html(
+                f"<article><h3>record {esc(r.id)}</h3><dl>"
+                f"<dt>license tag</dt><dd>{esc(tag.expression)} (use: {esc(tag.use)}; attribution: "
+                f"{'yes' if tag.attribution else 'no'}; share-alike: {'yes' if tag.share_alike else 'no'}"
+                + (f"; restrictions: {esc(', '.join(tag.restrictions))}" if tag.restrictions else "")
+                + (f"; unknown: {esc(', '.join(tag.unknown))}" if tag.unknown else "")
+                + ")</dd></dl>"
+                + table(["role", "content"], [(m.role, pre(m.content)) for m in r.messages])
+                + (
+                    (
+                        "<h4>candidates</h4>"
+                        + table(["score", "content"], [(c.score, pre(c.content)) for c in r.candidates], numeric=(0,))
+                    )
+                    if r.candidates
+                    else ""
+                )
+                + "<h4>sources</h4>"
+                + (
+                    table(
+                        ["dataset", "row", "license"], [(s.dataset, s.row, s.license) for s in p.sources], numeric=(1,)
+                    )
+                    if p.sources
+                    else empty("none")
+                )
+                + "<h4>generators</h4>"
+                + (
+                    table(
+                        ["role", "plugin", "model", "revision", "license", "sampling"],
+                        [
+                            (
+                                g.role,
+                                g.plugin,
+                                g.model,
+                                g.revision or "–",
+                                g.license,
+                                ", ".join(f"{k}={v}" for k, v in sorted(g.sampling.items())) or "–",
+                            )
+                            for g in p.generators
+                        ],
+                    )
+                    if p.generators
+                    else empty("none")
+                )
+                + "<h4>events</h4>"
+                + table(
+                    ["stage", "plugin", "action", "reason", "time"],
+                    [
+                        (e.stage, e.plugin or "–", e.action, e.reason or "–", e.time.isoformat(timespec="seconds"))
+                        for e in p.events
+                    ],
+                )
+                + "</article>"
+            )
+        )
     return section("samples", "Samples", *parts)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 #: Colours by role: what a reader compares across plots (kept vs dropped; base vs teacher vs student).
 KEPT, DROPPED = "#3b8a5a", "#c8553d"
@@ -90,11 +91,19 @@ def loss_png(title: str, train: Sequence[tuple[float, float]], evaluation: Seque
     fig = _figure(5.2, 3.0)
     ax = fig.add_subplot()
     if train:
-        ax.plot([s for s, _ in train], [v for _, v in train], marker="o", markersize=3, color=_CYCLE[0],
-                label="train loss")
+        ax.plot(
+            [s for s, _ in train], [v for _, v in train], marker="o", markersize=3, color=_CYCLE[0], label="train loss"
+        )
     if evaluation:
-        ax.plot([s for s, _ in evaluation], [v for _, v in evaluation], marker="s", markersize=3,
-                linestyle="--", color=_CYCLE[1], label="eval loss")
+        ax.plot(
+            [s for s, _ in evaluation],
+            [v for _, v in evaluation],
+            marker="s",
+            markersize=3,
+            linestyle="--",
+            color=_CYCLE[1],
+            label="eval loss",
+        )
     ax.set_xlabel("trainer step")
     _integer_x(ax)
     ax.set_ylabel("loss")

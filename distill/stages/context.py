@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from distill.audit.base import AuditReport, AuditRule, check_ack_rules
 from distill.audit.rules import make_rules
@@ -53,9 +54,16 @@ class RunResult:
 class RunContext:
     """One run of a config, as the stage runners see it."""
 
-    def __init__(self, loaded: LoadedConfig, registry: PluginRegistry, options: dict[str, Any], *,
-                 progress: bool = True, log: Callable[[str], None] | None = None,
-                 result: RunResult | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        registry: PluginRegistry,
+        options: dict[str, Any],
+        *,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+        result: RunResult | None = None,
+    ) -> None:
         self.loaded = loaded
         self.registry = registry
         #: Validated plugin options by config location (`teachers.KEY`, `stages[i].task`, ...).
@@ -103,11 +111,18 @@ class RunContext:
         plugin = spec.cls(self.options[where])
         try:
             state = self.output / STATE_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", where)
-            plugin.setup(PluginContext(base_dir=self.base_dir, progress=self.progress, state_dir=state,
-                                       seeds=self.seed_records, remote_engine=remote_engine))
+            plugin.setup(
+                PluginContext(
+                    base_dir=self.base_dir,
+                    progress=self.progress,
+                    state_dir=state,
+                    seeds=self.seed_records,
+                    remote_engine=remote_engine,
+                )
+            )
         except DistillError:
             raise
-        except Exception as exc:  # noqa: BLE001 - named, never a bare traceback
+        except Exception as exc:
             raise PluginError(f"{kind} plugin {name!r} ({where}) failed to start: {type(exc).__name__}: {exc}") from exc
         return plugin
 
@@ -119,9 +134,16 @@ class RunContext:
             teacher = self.make_plugin("teacher", ref.plugin, f"teachers.{key}", remote_engine=remote)
             self._teachers[key] = teacher
             info = teacher.model_info()
-            terms = resolve_terms(key=key, plugin=teacher.name, options=teacher.options, reported=info.license,
-                                  model=info.model, config_models=self.config.models, reg=self.licenses,
-                                  base_dir=self.base_dir)
+            terms = resolve_terms(
+                key=key,
+                plugin=teacher.name,
+                options=teacher.options,
+                reported=info.license,
+                model=info.model,
+                config_models=self.config.models,
+                reg=self.licenses,
+                base_dir=self.base_dir,
+            )
             self._terms[id(teacher)] = terms
             if not terms.known:
                 self.warn(unknown_warning(key, teacher.name, info.model))
@@ -161,9 +183,11 @@ class RunContext:
         if not report.exit_code:
             return
         counts = report.counts()
-        self.warn(f"{where}: the license audit for a {report.release.use} release of {subject} is "
-                  f"{report.verdict} ({counts['blocking']} blocking, {counts['acknowledge']} to acknowledge); "
-                  f"see {see}")
+        self.warn(
+            f"{where}: the license audit for a {report.release.use} release of {subject} is "
+            f"{report.verdict} ({counts['blocking']} blocking, {counts['acknowledge']} to acknowledge); "
+            f"see {see}"
+        )
 
     def close(self) -> None:
         """Close the run's teachers and its request cache."""

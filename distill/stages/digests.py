@@ -22,8 +22,13 @@ def output_digest(store: StageStore) -> str:
 def file_digest(path: Path) -> str:
     """A seed file's content (a folder: its files' names, sizes and times)."""
     if path.is_dir():
-        return digest(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                             for p in path.rglob("*") if p.is_file()))
+        return digest(
+            sorted(
+                (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in path.rglob("*")
+                if p.is_file()
+            )
+        )
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:

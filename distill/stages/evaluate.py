@@ -15,28 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.layout import EVAL_DIR, EVAL_FILE, MODEL_MARKER
+from distill.cache.calls import TeacherCaller
+from distill.config.loader import digest_view
+from distill.config.stages import EvaluateStage
 from distill.errors import ConfigError, DistillError, PluginError
 from distill.evaluator import Contender, EvalContext, EvalItem, EvalScores, worst_items
 from distill.io.seeds import load_seeds
-from distill.io.store import atomic_write
-from distill.models.folders import resolve_model_path
-from distill.config.loader import digest_view
-from distill.cache.calls import TeacherCaller
-from distill.seeding import derive_seed
-from distill.records import Message
-from distill.teacher import ChatRequest
+from distill.io.store import StageStore, atomic_write
+from distill.layout import EVAL_DIR, EVAL_FILE, MODEL_MARKER
+from distill.models.folders import library_bars_off, local_model_folder, resolve_model_path
 from distill.plugin import PluginContext
-from distill.models.folders import library_bars_off
-from distill.training.adapters import merged_folder
-from distill.models.folders import local_model_folder, resolve_model_path
-from distill.config.stages import EvaluateStage
-from distill.io.store import StageStore
+from distill.records import Message
+from distill.seeding import derive_seed
 from distill.stages.context import RunContext
+from distill.teacher import ChatRequest
+from distill.training.adapters import merged_folder
 
 if TYPE_CHECKING:
     from distill.cache.calls import TeacherCaller
-
 
 
 @dataclass
@@ -88,28 +84,51 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
             scores = evaluator.evaluate(items, contenders, ctx)
         except DistillError:
             raise
-        except Exception as exc:  # noqa: BLE001 - named, never a bare traceback
+        except Exception as exc:
             raise PluginError(f"evaluator plugin {ref.plugin!r} ({where}) failed: {type(exc).__name__}: {exc}") from exc
         finally:
             evaluator.close()
         name = ref.plugin if ref.plugin not in per_metric else f"{ref.plugin}-{j}"
         per_metric[name] = scores
-        metrics.append({"evaluator": ref.plugin, "name": name, "higher_is_better": evaluator.higher_is_better,
-                        "description": evaluator.description, "scores": scores.scores, "details": scores.details})
+        metrics.append(
+            {
+                "evaluator": ref.plugin,
+                "name": name,
+                "higher_is_better": evaluator.higher_is_better,
+                "description": evaluator.description,
+                "scores": scores.scores,
+                "details": scores.details,
+            }
+        )
     higher = {m["name"]: m["higher_is_better"] for m in metrics}
     doc = {
-        "stage": stage.name, "digest": digest, "data": str(stage.held_out.path),
+        "stage": stage.name,
+        "digest": digest,
+        "data": str(stage.held_out.path),
         "rejected": [{"where": r.provenance.events[-1].reason} for r in load.rejected],
-        "contenders": [{"name": c.name, "kind": c.kind, "model": c.model, "system_prompt": c.system_prompt is not None}
-                       for c in contenders],
+        "contenders": [
+            {"name": c.name, "kind": c.kind, "model": c.model, "system_prompt": c.system_prompt is not None}
+            for c in contenders
+        ],
         "metrics": metrics,
-        "items": [{"id": it.id, "prompt": it.prompt, "reference": it.reference, "tags": it.tags,
-                   "answers": {c.name: c.answers[k] for c in contenders},
-                   "scores": {m: {c: s.per_item[c][k] for c in s.per_item if len(s.per_item[c]) > k}
-                              for m, s in per_metric.items()}}
-                  for k, it in enumerate(items)],
-        "worst": {m: {c: worst_items(items, s.per_item[c], higher[m], stage.worst) for c in s.per_item}
-                  for m, s in per_metric.items()},
+        "items": [
+            {
+                "id": it.id,
+                "prompt": it.prompt,
+                "reference": it.reference,
+                "tags": it.tags,
+                "answers": {c.name: c.answers[k] for c in contenders},
+                "scores": {
+                    m: {c: s.per_item[c][k] for c in s.per_item if len(s.per_item[c]) > k}
+                    for m, s in per_metric.items()
+                },
+            }
+            for k, it in enumerate(items)
+        ],
+        "worst": {
+            m: {c: worst_items(items, s.per_item[c], higher[m], stage.worst) for c in s.per_item}
+            for m, s in per_metric.items()
+        },
     }
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,9 +137,14 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
 
 
 def _result(stage: str, path: Path, doc: dict[str, Any], *, skipped: bool, seconds: float) -> EvalResult:
-    return EvalResult(stage=stage, path=path, skipped=skipped, seconds=seconds,
-                      metrics={m["name"]: m["scores"] for m in doc.get("metrics", [])},
-                      higher_is_better={m["name"]: m["higher_is_better"] for m in doc.get("metrics", [])})
+    return EvalResult(
+        stage=stage,
+        path=path,
+        skipped=skipped,
+        seconds=seconds,
+        metrics={m["name"]: m["scores"] for m in doc.get("metrics", [])},
+        higher_is_better={m["name"]: m["higher_is_better"] for m in doc.get("metrics", [])},
+    )
 
 
 def _item(record: Any) -> EvalItem:
@@ -128,8 +152,7 @@ def _item(record: Any) -> EvalItem:
     reference = None
     if msgs and msgs[-1].role == "assistant":
         reference = msgs.pop().content
-    return EvalItem(id=record.id, messages=msgs, reference=reference,
-                    tags=dict(record.metadata.get("fields", {})))
+    return EvalItem(id=record.id, messages=msgs, reference=reference, tags=dict(record.metadata.get("fields", {})))
 
 
 def _model_of(run: RunContext, c: Any, students: list[Any]) -> str | None:
@@ -154,17 +177,25 @@ def _digest(run: RunContext, i: int, stage: EvaluateStage, records: list[Any], m
     config = digest_view(run.loaded.raw)
     raw = config["stages"][i]
     teachers = {c.teacher: config.get("teachers", {}).get(c.teacher) for c in stage.contenders if c.teacher}
-    judges = {k: v for e in raw.get("evaluators", []) if isinstance(e, dict)
-              for k, v in config.get("teachers", {}).items() if k == (e.get("options") or {}).get("judge")}
-    h.update(json.dumps([raw, teachers, judges, run.config.seed, [r.id for r in records]], sort_keys=True,
-                        default=str).encode())
+    judges = {
+        k: v
+        for e in raw.get("evaluators", [])
+        if isinstance(e, dict)
+        for k, v in config.get("teachers", {}).items()
+        if k == (e.get("options") or {}).get("judge")
+    }
+    h.update(
+        json.dumps(
+            [raw, teachers, judges, run.config.seed, [r.id for r in records]], sort_keys=True, default=str
+        ).encode()
+    )
     for name, folder in sorted(models.items(), key=lambda kv: kv[0]):
         marker = Path(folder) / MODEL_MARKER if folder and folder != "embedded" else None
         h.update(name.encode() + (marker.read_bytes() if marker is not None and marker.is_file() else b"-"))
     return h.hexdigest()[:16]
 
 
-def _caller(run: RunContext, key: str) -> "TeacherCaller":
+def _caller(run: RunContext, key: str) -> TeacherCaller:
 
     if key not in run.config.teachers:
         known = ", ".join(sorted(run.config.teachers)) or "none defined"
@@ -172,32 +203,46 @@ def _caller(run: RunContext, key: str) -> "TeacherCaller":
     return TeacherCaller(run.teacher(key), run.request_cache())
 
 
-def _answer(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None,
-            items: list[EvalItem]) -> Contender:
+def _answer(
+    run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None, items: list[EvalItem]
+) -> Contender:
 
     if c.teacher is not None:
         teacher = run.teacher(c.teacher)
         owned = False
     else:
         assert folder is not None
-        if folder != "embedded" and (Path(folder) / "adapter_config.json").is_file() \
-                and not (Path(folder) / "config.json").is_file():
+        if (
+            folder != "embedded"
+            and (Path(folder) / "adapter_config.json").is_file()
+            and not (Path(folder) / "config.json").is_file()
+        ):
             folder = str(_merged(stage, c.name, Path(folder)))  # engines load full weights
         teacher = _engine(run, i, stage, c, folder)
         owned = True
     try:
         caller = TeacherCaller(teacher, run.request_cache())
         system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
-        requests = [ChatRequest(messages=system + it.messages, n=1,
-                                seed=derive_seed(run.config.seed, stage.name, "answer", it.id)) for it in items]
+        requests = [
+            ChatRequest(
+                messages=system + it.messages, n=1, seed=derive_seed(run.config.seed, stage.name, "answer", it.id)
+            )
+            for it in items
+        ]
         run.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions")
         samples = caller(requests, f"stage {stage.name!r}, contender {c.name!r}")
         model = teacher.model_info().model
     finally:
         if owned:
             teacher.close()
-    return Contender(name=c.name, kind=c.kind, model=model, answers=[s[0].text if s else "" for s in samples],
-                     model_path=_weights(run, folder, teacher), system_prompt=c.system_prompt)
+    return Contender(
+        name=c.name,
+        kind=c.kind,
+        model=model,
+        answers=[s[0].text if s else "" for s in samples],
+        model_path=_weights(run, folder, teacher),
+        system_prompt=c.system_prompt,
+    )
 
 
 def _engine(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None) -> Any:
@@ -212,13 +257,20 @@ def _engine(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str |
         raise ConfigError(f"{where}.options: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     engine = spec.cls(options)
     try:
-        engine.setup(PluginContext(base_dir=run.loaded.base_dir, progress=run.progress,
-                                   state_dir=run.output / "state" / f"{stage.name}.{c.name}"))
+        engine.setup(
+            PluginContext(
+                base_dir=run.loaded.base_dir,
+                progress=run.progress,
+                state_dir=run.output / "state" / f"{stage.name}.{c.name}",
+            )
+        )
     except DistillError:
         raise
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(f"teacher plugin {stage.engine.plugin!r} ({where}) could not load contender "
-                          f"{c.name!r} from {folder}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise PluginError(
+            f"teacher plugin {stage.engine.plugin!r} ({where}) could not load contender "
+            f"{c.name!r} from {folder}: {type(exc).__name__}: {exc}"
+        ) from exc
     return engine
 
 

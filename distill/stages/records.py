@@ -8,16 +8,17 @@ last committed shard when it is incomplete; it is redone when its config or its 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from distill.audit.base import audit
 from distill.cache.calls import TeacherCaller
 from distill.cards.dataset import write_dataset_cards
 from distill.config.loader import digest_view
-from distill.config.stages import ExportStage, FilterStage, GenerateStage, RankStage
-from distill.config.stages import RayTeacherOptions
+from distill.config.stages import ExportStage, FilterStage, GenerateStage, RankStage, RayTeacherOptions
 from distill.errors import ConfigError
+from distill.executor.local import StageContext, run_expand, run_export, run_filters, run_map, run_rank
 from distill.io.progress import StageProgress
 from distill.io.seeds import load_seeds
 from distill.io.store import StageStore
@@ -28,7 +29,6 @@ from distill.ray.filters import run_filters_ray
 from distill.ray.rankers import start_replicas as start_rankers
 from distill.ray.teachers import start_replicas
 from distill.records import Record
-from distill.executor.local import StageContext, run_expand, run_export, run_filters, run_map, run_rank
 from distill.stages.context import RunContext, StageResult
 from distill.stages.digests import digest as stage_digest
 from distill.stages.digests import file_digest, output_digest
@@ -37,16 +37,25 @@ from distill.task import ExpandTask, MapTask
 
 def stage_context(run: RunContext, store: StageStore, bar: StageProgress) -> StageContext:
     """What a record runner commits through: the store, the run seed, observers and progress."""
-    return StageContext(stage=store.stage, store=store, run_seed=run.config.seed, notify=run.notify,
-                        advance=bar.advance, warnings=run.result.warnings, terms=run.license_of)
+    return StageContext(
+        stage=store.stage,
+        store=store,
+        run_seed=run.config.seed,
+        notify=run.notify,
+        advance=bar.advance,
+        warnings=run.result.warnings,
+        terms=run.license_of,
+    )
 
 
 def open_store(run: RunContext, name: str, kind: str, digest: str) -> StageStore | None:
     """Open a stage's store; None when it is complete and current (nothing to do)."""
     store = StageStore(run.output, name, kind, digest)
     if store.stale:
-        run.log(f"stage {name!r}: config or input changed since it was written; redoing it "
-                f"(its old output is kept in {store.moved_to})")
+        run.log(
+            f"stage {name!r}: config or input changed since it was written; redoing it "
+            f"(its old output is kept in {store.moved_to})"
+        )
     removed = store.clean_debris()
     if removed and not store.stale:
         run.log(f"stage {name!r}: removed {len(removed)} uncommitted file(s) from an interrupted run")
@@ -73,8 +82,9 @@ def finish(run: RunContext, store: StageStore, started: float, calls: dict[str, 
 
 
 def summary(store: StageStore, *, skipped: bool, seconds: float) -> StageResult:
-    return StageResult(store.stage, store.kind, store.manifest.totals(), dict(store.manifest.reasons()),
-                       skipped, seconds)
+    return StageResult(
+        store.stage, store.kind, store.manifest.totals(), dict(store.manifest.reasons()), skipped, seconds
+    )
 
 
 def run_seeds(run: RunContext) -> StageStore:
@@ -96,8 +106,12 @@ def run_seeds(run: RunContext) -> StageStore:
             loaded = load_seeds(src, run.base_dir)
             for w in loaded.warnings:
                 run.warn(w)
-            ctx.commit(loaded.records, loaded.rejected, inputs=len(loaded.records) + len(loaded.rejected),
-                       meta={"source": str(src.path)})
+            ctx.commit(
+                loaded.records,
+                loaded.rejected,
+                inputs=len(loaded.records) + len(loaded.rejected),
+                meta={"source": str(src.path)},
+            )
             bar.advance(1)
     finish(run, store, started)
     return store
@@ -114,8 +128,15 @@ def record_digest(run: RunContext, i: int, stage: Any, upstream: StageStore) -> 
     # Both change the license tags a stage stamps (the models: its teacher's terms).
     models = raw.get("models") if teacher_key else None
     licenses = raw.get("licenses")
-    return stage_digest(stage.kind, raw_stage, extra, run.config.seed, output_digest(upstream),
-                        *(["models", models] if models else []), *(["licenses", licenses] if licenses else []))
+    return stage_digest(
+        stage.kind,
+        raw_stage,
+        extra,
+        run.config.seed,
+        output_digest(upstream),
+        *(["models", models] if models else []),
+        *(["licenses", licenses] if licenses else []),
+    )
 
 
 def run_record_stage(run: RunContext, i: int, stage: Any, upstream: StageStore) -> StageStore:
@@ -141,8 +162,9 @@ def run_record_stage(run: RunContext, i: int, stage: Any, upstream: StageStore) 
         elif isinstance(stage, RankStage):
             if stage.teacher is not None:
                 teacher = run.teacher(stage.teacher, remote=on_ray)
-            ranker = run.make_plugin("ranker", stage.ranker.plugin, f"stages[{i}].ranker",
-                                     remote_engine=on_ray and teacher is None)
+            ranker = run.make_plugin(
+                "ranker", stage.ranker.plugin, f"stages[{i}].ranker", remote_engine=on_ray and teacher is None
+            )
         if on_ray and teacher is not None:  # the same requests and records, answered by Ray actors
             pool = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, run.log)
             run.share_terms(pool, teacher)
@@ -160,8 +182,17 @@ def run_record_stage(run: RunContext, i: int, stage: Any, upstream: StageStore) 
     return store
 
 
-def _run(run: RunContext, i: int, stage: Any, store: StageStore, inputs: Sequence[Record], total: int,
-         task: Any, teacher: Any, ranker: Any) -> dict[str, Any] | None:
+def _run(
+    run: RunContext,
+    i: int,
+    stage: Any,
+    store: StageStore,
+    inputs: Sequence[Record],
+    total: int,
+    task: Any,
+    teacher: Any,
+    ranker: Any,
+) -> dict[str, Any] | None:
     """The stage's work under its progress bar; the teacher calls' figures, if any."""
     caller = None
     with StageProgress(stage.name, total, run.progress) as bar:
@@ -181,8 +212,9 @@ def _run(run: RunContext, i: int, stage: Any, store: StageStore, inputs: Sequenc
                 judge = Judge(caller, f"stage {stage.name!r}")
             run_rank(ctx, ranker, judge, inputs, stage.batch_size)
         elif isinstance(stage, FilterStage):
-            filters = [run.make_plugin("filter", f.plugin, f"stages[{i}].filters[{j}]")
-                       for j, f in enumerate(stage.filters)]
+            filters = [
+                run.make_plugin("filter", f.plugin, f"stages[{i}].filters[{j}]") for j, f in enumerate(stage.filters)
+            ]
             try:
                 if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
                     run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, run.log)
@@ -208,11 +240,19 @@ def write_cards(run: RunContext, stage: ExportStage, store: StageStore) -> None:
     if release.name is None:
         release = release.model_copy(update={"name": stage.name})
     records = list(store.kept())
-    report = audit(records, release, run.licenses, run.audit_rules,
-                   target=f"export/{stage.name}", stage=stage.name, models=run.config.models)
+    report = audit(
+        records,
+        release,
+        run.licenses,
+        run.audit_rules,
+        target=f"export/{stage.name}",
+        stage=stage.name,
+        models=run.config.models,
+    )
     write_dataset_cards(path, release.name or stage.name, records, report, run.licenses, stage.format)
-    run.audit_warning(f"export {stage.name!r}", report, release.what,
-                      f"{path / 'README.md'} or run `distill audit {run.output}`")
+    run.audit_warning(
+        f"export {stage.name!r}", report, release.what, f"{path / 'README.md'} or run `distill audit {run.output}`"
+    )
 
 
 def _resolve(base: Path, path: Path) -> Path:

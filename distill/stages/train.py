@@ -22,19 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.layout import AUDIT_JSON, AUDIT_MD, CARD_README, MODEL_MARKER
-from distill.errors import PluginError
-from distill.errors import scrub
-from distill.training.chain import Job, JobStep
-from distill.training.chain import run_job
-from distill.io.store import atomic_write
 from distill.audit.base import audit
-from distill.audit.target import load_target
 from distill.audit.report import to_json, to_markdown
+from distill.audit.target import load_target
 from distill.cards.model import write_student_cards
 from distill.config.stages import TrainStage
-from distill.io.store import StageStore
+from distill.errors import PluginError, scrub
+from distill.io.store import StageStore, atomic_write
+from distill.layout import AUDIT_JSON, AUDIT_MD, CARD_README, MODEL_MARKER
 from distill.stages.context import RunContext
+from distill.training.chain import Job, JobStep, run_job
 
 if TYPE_CHECKING:
     from distill.audit.base import AuditReport
@@ -49,9 +46,9 @@ class StudentResult:
     stage: str
     name: str
     path: Path
-    steps: list[tuple[str, "TrainResult"]]
+    steps: list[tuple[str, TrainResult]]
     verdict: str
-    report: "AuditReport"
+    report: AuditReport
 
 
 def job_for(run: RunContext, i: int, stage: TrainStage, raw: bool = False) -> Any:
@@ -64,8 +61,14 @@ def job_for(run: RunContext, i: int, stage: TrainStage, raw: bool = False) -> An
         datasets = [(run.output / "export" / d).resolve() for d in s.data]
         steps.append(JobStep(name=s.name, trainer=s.trainer, options=options, datasets=datasets, student=s.student))
     student_license = run.licenses.normalize(stage.student_license) if stage.student_license else None
-    return Job(student=stage.student, output=(run.output / "models" / stage.name).resolve(), name=model_name(run, stage),
-               student_license=student_license, steps=steps, stale_dir=(run.output / "stale" / "models").resolve())
+    return Job(
+        student=stage.student,
+        output=(run.output / "models" / stage.name).resolve(),
+        name=model_name(run, stage),
+        student_license=student_license,
+        steps=steps,
+        stale_dir=(run.output / "stale" / "models").resolve(),
+    )
 
 
 def model_name(run: RunContext, stage: TrainStage) -> str:
@@ -82,8 +85,10 @@ def train_student(run: RunContext, i: int, stage: TrainStage) -> StudentResult:
     for s in stage.steps:
         for d in s.data:
             if not (run.output / "export" / d).is_dir():
-                raise PluginError(f"train stage {stage.name!r}, step {s.name!r}: export {d!r} has no dataset "
-                                  f"folder at {run.output / 'export' / d}")
+                raise PluginError(
+                    f"train stage {stage.name!r}, step {s.name!r}: export {d!r} has no dataset "
+                    f"folder at {run.output / 'export' / d}"
+                )
     job = job_for(run, i, stage)
     if stage.processes > 1:
         trained = _launch(run, i, stage)
@@ -94,9 +99,14 @@ def train_student(run: RunContext, i: int, stage: TrainStage) -> StudentResult:
         results = run_job(job, run.loaded.base_dir, run.registry)
     final = results[-1]
     report = audit_student(run, stage, final.model_path)
-    return StudentResult(stage=stage.name, name=job.name, path=final.model_path,
-                         steps=list(zip([s.name for s in stage.steps], results)), verdict=report.verdict,
-                         report=report)
+    return StudentResult(
+        stage=stage.name,
+        name=job.name,
+        path=final.model_path,
+        steps=list(zip([s.name for s in stage.steps], results)),
+        verdict=report.verdict,
+        report=report,
+    )
 
 
 def _launch(run: RunContext, i: int, stage: TrainStage) -> dict[str, bool]:
@@ -107,16 +117,35 @@ def _launch(run: RunContext, i: int, stage: TrainStage) -> dict[str, bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, job.model_dump_json(indent=2).encode())
     args = list(stage.accelerate_args)
-    setup = [] if any(a.split("=")[0] in _SETUP_FLAGS for a in args) else [
-        "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(stage.processes),
-           "--main_process_port", "0", *setup, *args, "-m", "distill.training", str(path)]
+    setup = (
+        []
+        if any(a.split("=")[0] in _SETUP_FLAGS for a in args)
+        else ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(stage.processes),
+        "--main_process_port",
+        "0",
+        *setup,
+        *args,
+        "-m",
+        "distill.training",
+        str(path),
+    ]
     run.log(f"stage {stage.name!r}: {' '.join(cmd[1:])}")
-    done = subprocess.run(cmd, cwd=run.loaded.base_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, cwd=run.loaded.base_dir, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise PluginError(scrub(f"train stage {stage.name!r}: `accelerate launch` with {stage.processes} processes "
-                                f"exited with code {done.returncode}:\n{tail}"))
+        raise PluginError(
+            scrub(
+                f"train stage {stage.name!r}: `accelerate launch` with {stage.processes} processes "
+                f"exited with code {done.returncode}:\n{tail}"
+            )
+        )
     trained: dict[str, bool] = {}
     for line in done.stdout.splitlines():
         if line.startswith("{"):
@@ -128,13 +157,20 @@ def _launch(run: RunContext, i: int, stage: TrainStage) -> dict[str, bool]:
     return trained
 
 
-def audit_student(run: RunContext, stage: TrainStage, folder: Path) -> "AuditReport":
+def audit_student(run: RunContext, stage: TrainStage, folder: Path) -> AuditReport:
     """Audit the student as a model release and rewrite its cards to show the verdict."""
 
     target = load_target(folder, config=run.loaded.raw)
-    report = audit(target.records, target.settings.release, run.licenses, run.audit_rules,
-                   target=f"models/{stage.name}", kind="student", models=run.config.models,
-                   warnings=target.warnings)
+    report = audit(
+        target.records,
+        target.settings.release,
+        run.licenses,
+        run.audit_rules,
+        target=f"models/{stage.name}",
+        kind="student",
+        models=run.config.models,
+        warnings=target.warnings,
+    )
     for f in {folder, folder.parent if folder.name == "merged" else folder / "merged"}:
         if (f / MODEL_MARKER).is_file():
             record_student_audit(f, report, run.licenses)
@@ -142,7 +178,7 @@ def audit_student(run: RunContext, stage: TrainStage, folder: Path) -> "AuditRep
     return report
 
 
-def record_student_audit(folder: Path, report: "AuditReport", registry: Any) -> None:
+def record_student_audit(folder: Path, report: AuditReport, registry: Any) -> None:
     """The audit beside the student (audit.json, AUDIT.md) and in its card and NOTICE."""
 
     carded = report.model_copy(update={"target": "."})  # no local paths in what gets published

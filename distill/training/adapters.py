@@ -16,8 +16,9 @@ from distill.errors import PluginError
 from distill.layout import MODEL_MARKER
 
 
-def load_model(path: Path, who: str, *, head: str = "causal-lm", role: str = "student", dtype: Any = None,
-               quantization: Any = None) -> Any:
+def load_model(
+    path: Path, who: str, *, head: str = "causal-lm", role: str = "student", dtype: Any = None, quantization: Any = None
+) -> Any:
     """A causal LM or a one-logit sequence classifier; an adapter folder is loaded on its base and
     merged. Any failure is a PluginError naming the trainer, the role and the folder."""
     import torch
@@ -34,9 +35,10 @@ def load_model(path: Path, who: str, *, head: str = "causal-lm", role: str = "st
         if head == "reward":
             return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, **kwargs)
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except Exception as exc:  # noqa: BLE001 - a broken folder raises anything from OSError to KeyError
-        raise PluginError(f"{who} trainer: cannot load the {role} model from {path}: "
-                          f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise PluginError(
+            f"{who} trainer: cannot load the {role} model from {path}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _merged_adapter(path: Path, head: str, kwargs: dict[str, Any]) -> Any:
@@ -63,14 +65,16 @@ def load_tokenizer(path: Path, who: str, role: str = "student") -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(f"{who} trainer: cannot load the {role} tokenizer from {path}: "
-                          f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise PluginError(
+            f"{who} trainer: cannot load the {role} tokenizer from {path}: {type(exc).__name__}: {exc}"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
-        raise PluginError(f"{who} trainer: the {role} tokenizer in {path} has no chat template; "
-                          "distill's datasets are conversations")
+        raise PluginError(
+            f"{who} trainer: the {role} tokenizer in {path} has no chat template; distill's datasets are conversations"
+        )
     return tok
 
 

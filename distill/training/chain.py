@@ -14,39 +14,42 @@ without GPUs the processes train on the CPU over gloo).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from distill.layout import CHECKPOINTS, MODEL_MARKER, TRAIN_STATE
+import distill.training.lineage as lineage
 from distill.config.errors import format_validation_error
-from distill.models.folders import library_bars_off
-from distill.errors import ConfigError, DistillError, PluginError, StoreError
+from distill.config.loader import interpolate
+from distill.errors import ConfigError, DistillError, PluginError, StoreError, scrub
+from distill.io.store import write_json
+from distill.layout import CHECKPOINTS, MODEL_MARKER, TRAIN_STATE
+from distill.models.embedded import read_marker
+from distill.models.folders import library_bars_off, resolve_student
 from distill.plugin import Options, PluginContext
 from distill.records import LicenseTag
-from distill.trainer import (DatasetRef, TrainJob, TrainOptions, TrainResult, TrainStep,
-                             is_main_process)
+from distill.registry import make_registry
+from distill.trainer import DatasetRef, TrainJob, TrainOptions, TrainResult, TrainStep, is_main_process
+from distill.training.adapters import merged_folder
 from distill.training.checkpoints import barrier, drop_incomplete_checkpoints, last_checkpoint
 from distill.training.hardware import estimate_params, plan_hardware
-from distill.models.folders import resolve_student
-import distill.training.lineage as lineage
-from distill.training.lineage import fingerprint
-from distill.models.embedded import read_marker
-from distill.io.store import write_json
-from distill.registry import make_registry
-from distill.errors import scrub
-from distill.config.loader import interpolate
-from distill.training.adapters import merged_folder
 
 
-def train_chain(steps: list[TrainStep], student: str, output_dir: Path, context: PluginContext, *,
-                name: str | None = None, student_license: str | None = None,
-                stale_dir: Path | None = None) -> list[TrainResult]:
+def train_chain(
+    steps: list[TrainStep],
+    student: str,
+    output_dir: Path,
+    context: PluginContext,
+    *,
+    name: str | None = None,
+    student_license: str | None = None,
+    stale_dir: Path | None = None,
+) -> list[TrainResult]:
     """Run `steps` in order into `output_dir/<step name>/`; a step finished in an earlier run is
     skipped, a killed one resumes from its last complete checkpoint. A step folder holding a run
     with other settings, data or student is refused, or, given `stale_dir` (a pipeline's, whose
@@ -100,7 +103,6 @@ def _full_weights(start: Path, who: str) -> Path:
     config = start / "adapter_config.json"
     if start.is_dir() and config.is_file() and not (start / "config.json").is_file():
         if json.loads(config.read_text()).get("task_type") == "CAUSAL_LM":
-
             if is_main_process():
                 merged_folder(start, who)
             barrier()
@@ -109,11 +111,11 @@ def _full_weights(start: Path, who: str) -> Path:
 
 
 def _set_aside_if_stale(out: Path, fingerprint: str, dest_prefix: Path) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     state = _read_json(out / TRAIN_STATE)
     if state is not None and state.get("fingerprint") != fingerprint and is_main_process():
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         dest_prefix.parent.mkdir(parents=True, exist_ok=True)
         out.replace(dest_prefix.with_name(f"{dest_prefix.name}-{stamp}"))
     barrier()
@@ -123,17 +125,24 @@ def _finished(out: Path, fingerprint: str) -> TrainResult | None:
 
     state = _read_json(out / TRAIN_STATE)
     if state is not None and state.get("fingerprint") != fingerprint:
-        raise StoreError(f"{out} holds a training run with other settings, data or student; "
-                         "delete it or choose another output folder")
+        raise StoreError(
+            f"{out} holds a training run with other settings, data or student; "
+            "delete it or choose another output folder"
+        )
     marker = read_marker(out) if (out / MODEL_MARKER).is_file() else None
     if marker is None or marker.get("fingerprint") != fingerprint:
         return None
     merged = out / "merged" if (out / "merged").is_dir() else None
-    return TrainResult(model_path=merged or out, metrics=marker.get("metrics", {}),
-                       global_step=marker.get("global_step", 0), adapter=marker.get("kind") == "adapter",
-                       merged_path=merged,
-                       resumed_from=marker.get("resumed_from"),
-                       influences=[tuple(x) for x in marker.get("influences_paths", [])], skipped=True)
+    return TrainResult(
+        model_path=merged or out,
+        metrics=marker.get("metrics", {}),
+        global_step=marker.get("global_step", 0),
+        adapter=marker.get("kind") == "adapter",
+        merged_path=merged,
+        resumed_from=marker.get("resumed_from"),
+        influences=[tuple(x) for x in marker.get("influences_paths", [])],
+        skipped=True,
+    )
 
 
 def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path], fingerprint: str) -> TrainResult:
@@ -148,18 +157,29 @@ def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path],
     if is_main_process() and (out / CHECKPOINTS).is_dir():
         drop_incomplete_checkpoints(out / CHECKPOINTS, resume)
     barrier()
-    hardware = plan_hardware(options.precision, options.gradient_checkpointing,
-                             params=estimate_params(start), adapter=options.lora is not None)
-    job = TrainJob(student=start, datasets=step.datasets, output_dir=out, hardware=hardware,
-                   resume_from=resume, outputs=dict(outputs))
+    hardware = plan_hardware(
+        options.precision,
+        options.gradient_checkpointing,
+        params=estimate_params(start),
+        adapter=options.lora is not None,
+    )
+    job = TrainJob(
+        student=start,
+        datasets=step.datasets,
+        output_dir=out,
+        hardware=hardware,
+        resume_from=resume,
+        outputs=dict(outputs),
+    )
     try:
         with library_bars_off():
             result = step.trainer.train(job)
     except DistillError:
         raise
-    except Exception as exc:  # noqa: BLE001 - named, with the step; the checkpoints stay for a resume
-        raise PluginError(f"trainer plugin {step.trainer.name!r} (step {step.name!r}) failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise PluginError(
+            f"trainer plugin {step.trainer.name!r} (step {step.name!r}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
     result.resumed_from = str(resume) if resume is not None else None
     result.hardware = hardware
     return result
@@ -197,7 +217,7 @@ class Job(Options):
     steps: list[JobStep] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique(self) -> "Job":
+    def _unique(self) -> Job:
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ValueError(f"step names must be unique, got {names}")
@@ -215,12 +235,23 @@ def run_job(job: Job, base_dir: Path, registry: Any = None) -> list[TrainResult]
         except ValidationError as exc:
             where = f"step {s.name!r} ({s.trainer} trainer) options"
             raise ConfigError(format_validation_error(exc, cls.Options, prefix=where, header=False)) from None
-        refs = [DatasetRef(path=p if p.is_absolute() else base_dir / p, name=p.name,
-                           license=job.dataset_licenses.get(str(p))) for p in s.datasets]
+        refs = [
+            DatasetRef(
+                path=p if p.is_absolute() else base_dir / p, name=p.name, license=job.dataset_licenses.get(str(p))
+            )
+            for p in s.datasets
+        ]
         steps.append(TrainStep(trainer=cls(options), datasets=refs, name=s.name, student=s.student))
     out = job.output if job.output.is_absolute() else base_dir / job.output
-    return train_chain(steps, job.student, out, PluginContext(base_dir=base_dir, progress=False),
-                       name=job.name, student_license=job.student_license, stale_dir=job.stale_dir)
+    return train_chain(
+        steps,
+        job.student,
+        out,
+        PluginContext(base_dir=base_dir, progress=False),
+        name=job.name,
+        student_license=job.student_license,
+        stale_dir=job.stale_dir,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args[0])
     try:
-
         # A job file written by a run holds `${VAR}` placeholders, never secrets: resolved here.
         job = Job.model_validate(interpolate(json.loads(path.read_text())))
         results = run_job(job, path.resolve().parent)
@@ -244,8 +274,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if is_main_process():
         for r in results:
-            print(json.dumps({"model_path": str(r.model_path), "global_step": r.global_step,
-                              "skipped": r.skipped, "resumed_from": r.resumed_from, "metrics": r.metrics}))
+            print(
+                json.dumps(
+                    {
+                        "model_path": str(r.model_path),
+                        "global_step": r.global_step,
+                        "skipped": r.skipped,
+                        "resumed_from": r.resumed_from,
+                        "metrics": r.metrics,
+                    }
+                )
+            )
     return 0
 
 

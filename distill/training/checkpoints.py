@@ -11,11 +11,12 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest *complete* checkpoint (its trainer_state.json is written last), or None."""
     if not checkpoint_dir.is_dir():
         return None
-    done = [p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-            and (p / "trainer_state.json").is_file()]
+    done = [
+        p
+        for p in checkpoint_dir.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 
 
 def drop_incomplete_checkpoints(checkpoint_dir: Path, keep: Path | None) -> None:
@@ -25,8 +26,6 @@ def drop_incomplete_checkpoints(checkpoint_dir: Path, keep: Path | None) -> None
         step = p.name.split("-")[-1]
         if step.isdigit() and int(step) > floor and not (p / "trainer_state.json").is_file():
             shutil.rmtree(p, ignore_errors=True)
-
-
 
 
 def barrier() -> None:

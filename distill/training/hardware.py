@@ -9,12 +9,17 @@ from pathlib import Path
 from distill.models.folders import weight_files
 from distill.trainer import Hardware
 
-_BYTES_FULL = 16    # fp32 weights + gradients + two Adam moments, per parameter
+_BYTES_FULL = 16  # fp32 weights + gradients + two Adam moments, per parameter
 _BYTES_ADAPTER = 4  # frozen fp32 weights; the adapter's own state is negligible
 
 
-def plan_hardware(precision: str = "auto", gradient_checkpointing: bool | str = "auto", *,
-                  params: int | None = None, adapter: bool = False) -> Hardware:
+def plan_hardware(
+    precision: str = "auto",
+    gradient_checkpointing: bool | str = "auto",
+    *,
+    params: int | None = None,
+    adapter: bool = False,
+) -> Hardware:
     """Precision and gradient checkpointing for this machine, with the reasons."""
     import torch
 
@@ -35,12 +40,16 @@ def plan_hardware(precision: str = "auto", gradient_checkpointing: bool | str = 
         description = f"CPU, {os.cpu_count()} cores" + (f", {'/'.join(native)}" if native else ", no bf16 instructions")
         if native:
             auto = "bf16"
-            why = (f"the CPU computes in bf16 natively ({'/'.join(native)}); a LoRA SFT step of SmolLM2-135M "
-                   "measured ~2x faster in bf16 than in fp32 on such a CPU")
+            why = (
+                f"the CPU computes in bf16 natively ({'/'.join(native)}); a LoRA SFT step of SmolLM2-135M "
+                "measured ~2x faster in bf16 than in fp32 on such a CPU"
+            )
         else:
             auto = "fp32"
-            why = ("the CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated, and a LoRA "
-                   "SFT step measured 7-19x slower in bf16 than in fp32 on such CPUs")
+            why = (
+                "the CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated, and a LoRA "
+                "SFT step measured 7-19x slower in bf16 than in fp32 on such CPUs"
+            )
     if precision == "auto":
         chosen = auto
         reasons.append(f"precision {chosen}: {why}")
@@ -52,23 +61,32 @@ def plan_hardware(precision: str = "auto", gradient_checkpointing: bool | str = 
         gc = bool(need and memory and need > 0.5 * memory)
         if need and memory:
             gib = f"~{need / 2**30:.2f} GiB of {memory / 2**30:.0f} GiB"
-            reasons.append(f"gradient checkpointing {'on' if gc else 'off'}: weights and optimizer state need "
-                           f"{gib}" + (", so activations are recomputed to fit" if gc else
-                                       "; recomputing activations would only cost time"))
+            reasons.append(
+                f"gradient checkpointing {'on' if gc else 'off'}: weights and optimizer state need "
+                f"{gib}"
+                + (", so activations are recomputed to fit" if gc else "; recomputing activations would only cost time")
+            )
         else:
             reasons.append("gradient checkpointing off: model size unknown")
     else:
         gc = bool(gradient_checkpointing)
         reasons.append(f"gradient checkpointing {'on' if gc else 'off'}: set in the options")
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return Hardware(device=device, description=description, precision=chosen, gradient_checkpointing=gc,
-                    reasons=tuple(reasons), processes=processes)
+    return Hardware(
+        device=device,
+        description=description,
+        precision=chosen,
+        gradient_checkpointing=gc,
+        reasons=tuple(reasons),
+        processes=processes,
+    )
 
 
 def _cpu_bf16() -> list[str]:
     """The CPU's native bf16 instruction sets that torch may use (none when its ISA is capped)."""
-    capped = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2") or \
-        os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith(("SSE", "AVX2", "AVX_"))
+    capped = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2") or os.environ.get(
+        "ONEDNN_MAX_CPU_ISA", ""
+    ).upper().startswith(("SSE", "AVX2", "AVX_"))
     return [] if capped else [f for f in ("amx_bf16", "avx512_bf16") if f in _cpu_flags()]
 
 
@@ -87,8 +105,6 @@ def _system_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
-
 
 
 def estimate_params(folder: Path) -> int | None:

@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+from collections.abc import Iterable
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
-from distill.layout import CARD_FILES, DATASET_SIDECAR, MODEL_MARKER
+from distill.cards.model import write_student_cards
 from distill.errors import PluginError
-from distill.secrets import redact
-from distill.licenses import UNSPECIFIED, combine_tags, tag_for
-from distill.records import LicenseTag
+from distill.io.store import atomic_write
+from distill.layout import CARD_FILES, DATASET_SIDECAR, MODEL_MARKER
+from distill.licenses import UNSPECIFIED, combine_tags, registry, tag_for
 from distill.models.embedded import file_hash, read_marker
 from distill.models.folders import weight_files
-from distill.io.store import atomic_write
-from distill.licenses import registry
-from distill.cards.model import write_student_cards
+from distill.records import LicenseTag
+from distill.secrets import redact
 
 if TYPE_CHECKING:
     from distill.records import Record
@@ -77,12 +76,17 @@ def dataset_summary(ref: DatasetRef, who: str) -> dict[str, Any]:
 
     try:
         rows = datasets.load_from_disk(str(path)).num_rows
-    except Exception as exc:  # noqa: BLE001 - whatever `datasets` raises, the user needs the path
+    except Exception as exc:
         raise PluginError(f"{who} trainer: {path} is not a saved dataset: {type(exc).__name__}: {exc}") from None
     tag = ref.license or _sidecar_tag(path)
-    return {"name": ref.name or path.name, "path": str(path.resolve()), "digest": dataset_digest(path),
-            "rows": rows, "license_tag": (tag or tag_for(UNSPECIFIED)).model_dump(mode="json"),
-            "license_declared": tag is not None}
+    return {
+        "name": ref.name or path.name,
+        "path": str(path.resolve()),
+        "digest": dataset_digest(path),
+        "rows": rows,
+        "license_tag": (tag or tag_for(UNSPECIFIED)).model_dump(mode="json"),
+        "license_declared": tag is not None,
+    }
 
 
 def _sidecar_tag(path: Path) -> LicenseTag | None:
@@ -101,16 +105,25 @@ def model_summary(folder: Path, license: str | None = None) -> dict[str, Any]:
 
     marker = read_marker(folder) or {}
     digests = [(w.name, file_hash(w)) for w in weight_files(folder)]
-    digest = digests[0][1] if len(digests) == 1 else hashlib.sha256(
-        "".join(f"{d}  {n}\n" for n, d in digests).encode()).hexdigest()
+    digest = (
+        digests[0][1]
+        if len(digests) == 1
+        else hashlib.sha256("".join(f"{d}  {n}\n" for n, d in digests).encode()).hexdigest()
+    )
     if isinstance(marker.get("license_tag"), dict):
         tag = LicenseTag.model_validate(marker["license_tag"])
     else:
         tag = tag_for(license or marker.get("license") or UNSPECIFIED)
-    return {"id": str(marker.get("model") or folder.resolve().name), "path": str(folder.resolve()),
-            "revision": marker.get("revision"), "file_hash": digest, "license": tag.expression,
-            "license_tag": tag.model_dump(mode="json"),
-            "base_model": marker.get("base_model"), "lineage": marker.get("lineage", [])}
+    return {
+        "id": str(marker.get("model") or folder.resolve().name),
+        "path": str(folder.resolve()),
+        "revision": marker.get("revision"),
+        "file_hash": digest,
+        "license": tag.expression,
+        "license_tag": tag.model_dump(mode="json"),
+        "base_model": marker.get("base_model"),
+        "lineage": marker.get("lineage", []),
+    }
 
 
 def step_inputs(step: TrainStep, start: Path, student_license: str | None = None) -> dict[str, Any]:
@@ -119,8 +132,13 @@ def step_inputs(step: TrainStep, start: Path, student_license: str | None = None
     student = model_summary(start, None if start.joinpath(MODEL_MARKER).is_file() else student_license)
     datasets = [dataset_summary(ref, who) for ref in step.datasets]
     options = redact(step.trainer.options.model_dump(mode="json"))
-    key = {"trainer": who, "version": step.trainer.plugin_version, "options": options,
-           "datasets": [d["digest"] for d in datasets], "student": student["file_hash"]}
+    key = {
+        "trainer": who,
+        "version": step.trainer.plugin_version,
+        "options": options,
+        "datasets": [d["digest"] for d in datasets],
+        "student": student["file_hash"],
+    }
 
     return {"fingerprint": fingerprint(key), "student": student, "datasets": datasets, "options": options}
 
@@ -132,17 +150,22 @@ def write(out: Path, result: TrainResult, step: TrainStep, inputs: dict[str, Any
     influences = []
     for role, path in result.influences:
         summary = model_summary(Path(path)) if Path(path).is_dir() else {"id": path, "license_tag": None}
-        influences.append({"role": role, **{k: summary.get(k) for k in ("id", "path", "file_hash", "license",
-                                                                          "license_tag")}})
+        influences.append(
+            {"role": role, **{k: summary.get(k) for k in ("id", "path", "file_hash", "license", "license_tag")}}
+        )
     tags = [LicenseTag.model_validate(student["license_tag"])]
     tags += [LicenseTag.model_validate(d["license_tag"]) for d in inputs["datasets"]]
     tags += [LicenseTag.model_validate(i["license_tag"]) for i in influences if i["license_tag"]]
     tag = combine_tags(tags, expression=_and(t.expression for t in tags))
     base = student.get("base_model") or {k: student[k] for k in ("id", "path", "revision", "file_hash", "license")}
     trainer = step.trainer
-    entry = {"step": step.name, "trainer": trainer.name, "model": name,
-             "datasets": [{"name": d["name"], "digest": d["digest"]} for d in inputs["datasets"]],
-             "global_step": result.global_step}
+    entry = {
+        "step": step.name,
+        "trainer": trainer.name,
+        "model": name,
+        "datasets": [{"name": d["name"], "digest": d["digest"]} for d in inputs["datasets"]],
+        "global_step": result.global_step,
+    }
     marker = {
         "format": 1,
         "model": name,
@@ -150,12 +173,16 @@ def write(out: Path, result: TrainResult, step: TrainStep, inputs: dict[str, Any
         "revision": inputs["fingerprint"][:16],
         "description": f"{trainer.name} of {student['id']} by distill",
         "kind": "adapter" if result.adapter else ("reward-model" if trainer.produces == "reward" else "model"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "fingerprint": inputs["fingerprint"],
         "base_model": base,
         "parent": {k: student[k] for k in ("id", "path", "revision", "file_hash", "license")},
-        "trainer": {"name": trainer.name, "package": trainer.plugin_package, "version": trainer.plugin_version,
-                    "libraries": _versions()},
+        "trainer": {
+            "name": trainer.name,
+            "package": trainer.plugin_package,
+            "version": trainer.plugin_version,
+            "libraries": _versions(),
+        },
         "options": inputs["options"],
         "datasets": inputs["datasets"],
         "influences": [{k: v for k, v in i.items() if k != "license_tag"} for i in influences],
@@ -180,7 +207,7 @@ def _and(expressions: Iterable[str]) -> str:
     parts: dict[str, None] = {}
     for e in expressions:
         plain = "(" not in e and " OR " not in e and " WITH " not in e
-        for p in (e.split(" AND ") if plain else [e]):
+        for p in e.split(" AND ") if plain else [e]:
             parts.setdefault(p.strip(), None)
     keys = list(parts)
     return " AND ".join(k if len(keys) == 1 or " " not in k else f"({k})" for k in keys)

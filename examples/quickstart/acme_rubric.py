@@ -21,7 +21,9 @@ _TOPIC = re.compile(
     r"\b(router|routers|wi-?fi|wifi|wireless|network|networks|networking|internet|modem|ssid|ethernet|lan|wan|"
     r"ip|ipv6|dns|dhcp|vpn|firmware|bandwidth|broadband|mesh|extender|hotspot|signal|connection|connect|"
     r"connected|disconnect|port|ports|wps|wpa[23]?|password|acme|ghz|bluetooth|streaming|latency|ping|"
-    r"speed|online|offline|devices?|parental|guest|channel|printer|admin)\b", re.I)
+    r"speed|online|offline|devices?|parental|guest|channel|printer|admin)\b",
+    re.I,
+)
 
 
 def on_topic(question: str) -> bool:
@@ -36,7 +38,7 @@ def score(prompt: list[dict], response: str, tags: dict | None = None) -> float:
         return 1.0 if text == REDIRECT else 0.0
     if text == REDIRECT or not text.startswith(PREFIX):
         return 0.0
-    body = text[len(PREFIX):].strip()
+    body = text[len(PREFIX) :].strip()
     if len(body.split()) < 3 or len(text.split()) > MAX_WORDS or body[-1] not in ".!?)":
         return 0.0
     return 1.0

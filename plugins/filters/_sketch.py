@@ -23,8 +23,16 @@ from distill.records import Record
 
 #: Per-position multipliers (odd 64-bit constants) that combine word hashes into a shingle
 #: hash, so "a b" and "b a" differ.
-_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-        0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9)
+_MIX = (
+    0x9E3779B97F4A7C15,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0xD6E8FEB86659FD93,
+    0xFF51AFD7ED558CCD,
+    0xC4CEB9FE1A85EC53,
+    0x94D049BB133111EB,
+    0xBF58476D1CE4E5B9,
+)
 #: Bound on the word-hash cache; it is cleared (not evicted) when full, which keeps the
 #: lookups a plain dict's.
 _CACHE_WORDS = 1 << 20
@@ -109,7 +117,7 @@ class Signer:
         with np.errstate(over="ignore"):
             h = words[:width] * self.mix[0]
             for i in range(1, k):
-                h += words[i:i + width] * self.mix[i]
+                h += words[i : i + width] * self.mix[i]
         count = np.array(counts, dtype=np.int64)
         offsets = np.zeros(len(counts), dtype=np.int64)
         np.cumsum(count[:-1], out=offsets[1:])
@@ -151,7 +159,7 @@ def band_params(num_perm: int, threshold: float, miss: float) -> tuple[int, int]
     most `miss`, with the longest bands that achieve it (the fewest spurious candidates)."""
     for r in range(num_perm // 2, 0, -1):
         b = num_perm // r
-        if b >= 2 and (1 - threshold ** r) ** b <= miss:
+        if b >= 2 and (1 - threshold**r) ** b <= miss:
             return b, r
     return num_perm, 1
 
@@ -160,8 +168,14 @@ class SketchIndex:
     """A datasketch `MinHashLSH` over signatures, which also keeps the signatures (to estimate
     Jaccard for the drop reason) and a label per entry (what the reason names)."""
 
-    def __init__(self, signer: Signer, *, threshold: float = 0.5, weights: tuple[float, float] = (0.5, 0.5),
-                 params: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        *,
+        threshold: float = 0.5,
+        weights: tuple[float, float] = (0.5, 0.5),
+        params: tuple[int, int] | None = None,
+    ) -> None:
         from datasketch import MinHashLSH
 
         np = signer.np

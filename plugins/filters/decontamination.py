@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,8 +24,13 @@ from distill.records import Record
 from distill_plugins.filters._text import MissingField, TextField, field_text, normalize
 
 EvalFormat = Literal["auto", "jsonl", "csv", "parquet", "hf"]
-_SUFFIXES: dict[str, EvalFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
-                                    ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIXES: dict[str, EvalFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 class EvalSet(BaseModel):
@@ -32,15 +38,20 @@ class EvalSet(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(description="JSONL, CSV or Parquet file, or a `datasets.save_to_disk` folder; "
-                                   "relative to the config file's folder.")
+    path: Path = Field(
+        description="JSONL, CSV or Parquet file, or a `datasets.save_to_disk` folder; "
+        "relative to the config file's folder."
+    )
     name: str | None = Field(None, description="Name used in drop reasons; defaults to the file or folder stem.")
-    fields: list[str] | None = Field(None, description="Fields holding text to match; default: every text "
-                                                       "field (strings, lists of strings, message lists).")
+    fields: list[str] | None = Field(
+        None,
+        description="Fields holding text to match; default: every text "
+        "field (strings, lists of strings, message lists).",
+    )
     format: EvalFormat = Field("auto", description="`auto` picks from the suffix; a folder is `hf`.")
 
     @model_validator(mode="after")
-    def _default_name(self) -> "EvalSet":
+    def _default_name(self) -> EvalSet:
         if self.name is None:
             self.name = self.path.stem or self.path.name
         return self
@@ -62,8 +73,9 @@ class Decontamination(Filter):
     class Options(Options):
         eval_sets: list[EvalSet] = Field(min_length=1, description="Evaluation sets to check against.")
         n: int = Field(13, ge=1, description="n-gram length in tokens (13 as in lm-eval and GPT-3).")
-        min_tokens: int = Field(8, ge=1, description="Evaluation texts with fewer tokens are not indexed "
-                                                     "(8: GPT-3's smallest n).")
+        min_tokens: int = Field(
+            8, ge=1, description="Evaluation texts with fewer tokens are not indexed (8: GPT-3's smallest n)."
+        )
         field: TextField = Field("both", description="Check the prompt, the response, or both.")
 
     def __init__(self, options=None, **kwargs: Any) -> None:
@@ -98,12 +110,14 @@ class Decontamination(Filter):
                         if len(toks) < n:
                             self._short.setdefault(len(toks), {}).setdefault(hash(tuple(toks)), ref)
                         for i in range(len(toks) - n + 1):
-                            grams.setdefault(hash(tuple(toks[i:i + n])), ref)
+                            grams.setdefault(hash(tuple(toks[i : i + n])), ref)
             except (OSError, ValueError) as exc:  # unreadable file, bad UTF-8, pyarrow's ArrowInvalid
                 raise PluginError(f"decontamination: cannot read eval set {spec.name!r} ({path}): {exc}") from None
             if not added:
-                raise PluginError(f"decontamination: eval set {spec.name!r} ({path}) has no text of at least "
-                                  f"{self.options.min_tokens} tokens in fields {', '.join(spec.fields or ['(all)'])}")
+                raise PluginError(
+                    f"decontamination: eval set {spec.name!r} ({path}) has no text of at least "
+                    f"{self.options.min_tokens} tokens in fields {', '.join(spec.fields or ['(all)'])}"
+                )
         self._grams = grams
 
     def filter_batch(self, records: list[Record]) -> list[Decision]:
@@ -131,7 +145,7 @@ class Decontamination(Filter):
         assert self._grams is not None
         for k, index in [(self.options.n, self._grams), *sorted(self._short.items())]:
             for i in range(len(toks) - k + 1):
-                gram = tuple(toks[i:i + k])
+                gram = tuple(toks[i : i + k])
                 ref = index.get(hash(gram))
                 if ref is not None and f" {' '.join(gram)} " in f" {self._texts[ref][2]} ":
                     return k, ref
@@ -150,8 +164,10 @@ def _items(spec: EvalSet, path: Path) -> Iterator[tuple[int, list[str]]]:
         yield i, [t for k in keys for t in _texts(row.get(k))]
     missing = [f for f in wanted or [] if f not in seen]
     if missing:
-        raise PluginError(f"decontamination: eval set {spec.name!r} ({path}) has no field "
-                          f"{', '.join(map(repr, missing))} (fields: {', '.join(sorted(seen)) or 'none'})")
+        raise PluginError(
+            f"decontamination: eval set {spec.name!r} ({path}) has no field "
+            f"{', '.join(map(repr, missing))} (fields: {', '.join(sorted(seen)) or 'none'})"
+        )
 
 
 def _texts(value: Any) -> list[str]:
@@ -171,8 +187,10 @@ def _format(spec: EvalSet, path: Path) -> EvalFormat:
         return "hf"
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise PluginError(f"decontamination: eval set {spec.name!r}: cannot tell the format of {path} from its "
-                          f"suffix; use one of {', '.join(_SUFFIXES)} or set `format:`")
+        raise PluginError(
+            f"decontamination: eval set {spec.name!r}: cannot tell the format of {path} from its "
+            f"suffix; use one of {', '.join(_SUFFIXES)} or set `format:`"
+        )
     return fmt
 
 
@@ -184,8 +202,9 @@ def _jsonl(spec: EvalSet, path: Path) -> Iterator[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PluginError(f"decontamination: eval set {spec.name!r}: {path} line {n}: "
-                                  f"invalid JSON: {exc.msg}") from None
+                raise PluginError(
+                    f"decontamination: eval set {spec.name!r}: {path} line {n}: invalid JSON: {exc.msg}"
+                ) from None
             if not isinstance(row, dict):
                 raise PluginError(f"decontamination: eval set {spec.name!r}: {path} line {n}: not a JSON object")
             yield row
@@ -213,12 +232,15 @@ def _hf(spec: EvalSet, path: Path) -> Iterator[dict[str, Any]]:
     try:
         ds = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as exc:
-        raise PluginError(f"decontamination: eval set {spec.name!r}: {path} is not a datasets.save_to_disk "
-                          f"folder: {exc}") from None
+        raise PluginError(
+            f"decontamination: eval set {spec.name!r}: {path} is not a datasets.save_to_disk folder: {exc}"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
-            raise PluginError(f"decontamination: eval set {spec.name!r}: {path} holds the splits "
-                              f"{', '.join(ds)}; point `path:` at one of them")
+            raise PluginError(
+                f"decontamination: eval set {spec.name!r}: {path} holds the splits "
+                f"{', '.join(ds)}; point `path:` at one of them"
+            )
         ds = next(iter(ds.values()))
     yield from ds
 

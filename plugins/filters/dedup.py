@@ -29,8 +29,10 @@ from distill_plugins.filters.novelty import InstructionNovelty
 _LSH_MISS = 0.15
 #: How a near-duplicate's drop reason reads; `of` names the seed or `record <id>`.
 NEAR_REASON = "near-duplicate: of {of} (estimated Jaccard {jaccard:.2f})"
-_AGAINST_SEEDS = ("Also drop generated records that duplicate a seed record (the run's seed set, "
-                  "read once at setup). Records that come from the seeds themselves are never compared with it.")
+_AGAINST_SEEDS = (
+    "Also drop generated records that duplicate a seed record (the run's seed set, "
+    "read once at setup). Records that come from the seeds themselves are never compared with it."
+)
 
 
 def seed_texts(context: PluginContext, field: TextField) -> list[tuple[Record, str]]:
@@ -100,9 +102,12 @@ class ExactDedup(Filter):
         return f"duplicate: same normalised {self.options.field} as {{of}}"
 
     def distributed(self) -> DistributedDedup:
-        return DistributedDedup(grouping=ExactKeys(key=normalized_digest, seeds=dict(self.seed_keys)),
-                                read=partial(text_or_drop, field=self.options.field), against_seeds=is_generated,
-                                reason=self._reason())
+        return DistributedDedup(
+            grouping=ExactKeys(key=normalized_digest, seeds=dict(self.seed_keys)),
+            read=partial(text_or_drop, field=self.options.field),
+            against_seeds=is_generated,
+            reason=self._reason(),
+        )
 
     def filter_batch(self, records: list[Record]) -> list[Decision]:
         out: list[Decision] = []
@@ -147,18 +152,38 @@ class NearDedup(Filter):
 
     class Options(Options):
         field: TextField = Field("prompt", description="Compare the prompt, the response, or both.")
-        shingle_size: int = Field(2, ge=1, le=8, description=(
-            "Words per shingle. Larger n-grams make word order matter more and a one-word edit "
-            "cost more similarity; short instructions want small ones."))
-        num_perm: int = Field(128, ge=16, le=1024, description=(
-            "MinHash permutations: more estimate Jaccard more precisely (error about "
-            "sqrt(J(1-J)/num_perm)) and cost proportionally more time and memory."))
-        threshold: float = Field(0.6, gt=0.0, le=1.0, description=(
-            "Estimated Jaccard similarity at or above which a record is a near-duplicate."))
-        keep: Literal["earliest", "best"] = Field("earliest", description=(
-            "Which record of a duplicate cluster survives: the first in stage order, or the one with "
-            "the highest candidate score (unscored lowest, ties to the earliest; needs the whole "
-            "stage input, so the filter must be the stage's first)."))
+        shingle_size: int = Field(
+            2,
+            ge=1,
+            le=8,
+            description=(
+                "Words per shingle. Larger n-grams make word order matter more and a one-word edit "
+                "cost more similarity; short instructions want small ones."
+            ),
+        )
+        num_perm: int = Field(
+            128,
+            ge=16,
+            le=1024,
+            description=(
+                "MinHash permutations: more estimate Jaccard more precisely (error about "
+                "sqrt(J(1-J)/num_perm)) and cost proportionally more time and memory."
+            ),
+        )
+        threshold: float = Field(
+            0.6,
+            gt=0.0,
+            le=1.0,
+            description=("Estimated Jaccard similarity at or above which a record is a near-duplicate."),
+        )
+        keep: Literal["earliest", "best"] = Field(
+            "earliest",
+            description=(
+                "Which record of a duplicate cluster survives: the first in stage order, or the one with "
+                "the highest candidate score (unscored lowest, ties to the earliest; needs the whole "
+                "stage input, so the filter must be the stage's first)."
+            ),
+        )
         against_seeds: bool = Field(True, description=_AGAINST_SEEDS)
         hash_seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (fixed for reproducibility).")
 
@@ -171,12 +196,10 @@ class NearDedup(Filter):
         """Signer, index of kept records, index of seeds; made on first use (numpy and
         datasketch load then, not at plugin discovery)."""
         if self._engine is None:
-
             o = self.options
             signer = Signer(o.num_perm, o.hash_seed, o.shingle_size)
             self._params = band_params(o.num_perm, o.threshold, _LSH_MISS)
-            self._engine = (signer, SketchIndex(signer, params=self._params),
-                            SketchIndex(signer, params=self._params))
+            self._engine = (signer, SketchIndex(signer, params=self._params), SketchIndex(signer, params=self._params))
         return self._engine
 
     def setup(self, context: PluginContext) -> None:
@@ -234,12 +257,23 @@ class NearDedup(Filter):
         o = self.options
         _, _, seeds = self._state()
         bands, rows = self._params
-        grouping = MinHashBands(tokens=shingle_words, signer=partial(Signer, o.num_perm, o.hash_seed, o.shingle_size),
-                                num_perm=o.num_perm, bands=bands, rows=rows, threshold=o.threshold,
-                                seed_signatures=seeds.sigs[:len(seeds)], seed_labels=list(seeds.labels))
-        return DistributedDedup(grouping=grouping, read=partial(text_or_drop, field=o.field),
-                                against_seeds=is_generated, reason=NEAR_REASON,
-                                order=best_first if o.keep == "best" else None)
+        grouping = MinHashBands(
+            tokens=shingle_words,
+            signer=partial(Signer, o.num_perm, o.hash_seed, o.shingle_size),
+            num_perm=o.num_perm,
+            bands=bands,
+            rows=rows,
+            threshold=o.threshold,
+            seed_signatures=seeds.sigs[: len(seeds)],
+            seed_labels=list(seeds.labels),
+        )
+        return DistributedDedup(
+            grouping=grouping,
+            read=partial(text_or_drop, field=o.field),
+            against_seeds=is_generated,
+            reason=NEAR_REASON,
+            order=best_first if o.keep == "best" else None,
+        )
 
     def prepare(self, records: list[Record]) -> None:
 

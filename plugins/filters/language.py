@@ -55,15 +55,31 @@ class LanguageFilter(Filter):
 
     class Options(Options):
         field: TextField = Field("response", description="Detect the language of the prompt, the response, or both.")
-        languages: list[str] = Field(["en"], min_length=1, description=(
-            "Allowed languages as ISO 639-1 codes (en, de, zh, ...); codes for languages without one "
-            "(e.g. pcm) are the detector's ISO 639-3 labels."))
-        min_confidence: float = Field(0.5, ge=0, le=1, description=(
-            "Probability the detected language must reach before a record is dropped; below it the "
-            "record is kept as undecidable. Short instructions score 0.2-0.9, paragraphs ~1.0."))
-        min_chars: int = Field(15, ge=0, description=(
-            "Texts with fewer letters than this (code removed; a CJK character counts three) are kept: "
-            "too short to tell, and short answers are often names or numbers."))
+        languages: list[str] = Field(
+            ["en"],
+            min_length=1,
+            description=(
+                "Allowed languages as ISO 639-1 codes (en, de, zh, ...); codes for languages without one "
+                "(e.g. pcm) are the detector's ISO 639-3 labels."
+            ),
+        )
+        min_confidence: float = Field(
+            0.5,
+            ge=0,
+            le=1,
+            description=(
+                "Probability the detected language must reach before a record is dropped; below it the "
+                "record is kept as undecidable. Short instructions score 0.2-0.9, paragraphs ~1.0."
+            ),
+        )
+        min_chars: int = Field(
+            15,
+            ge=0,
+            description=(
+                "Texts with fewer letters than this (code removed; a CJK character counts three) are kept: "
+                "too short to tell, and short answers are often names or numbers."
+            ),
+        )
 
         @field_validator("languages")
         @classmethod
@@ -95,8 +111,10 @@ class LanguageFilter(Filter):
         known = {VARIETIES.get(c, c) for c in identifier.nb_classes}
         unknown = [c for c in self.options.languages if c not in known]
         if unknown:
-            raise PluginError(f"language filter: the detector knows no language {', '.join(map(repr, unknown))}; "
-                              f"use ISO 639-1 codes (it knows {', '.join(sorted(known - {NO_LANGUAGE}))})")
+            raise PluginError(
+                f"language filter: the detector knows no language {', '.join(map(repr, unknown))}; "
+                f"use ISO 639-1 codes (it knows {', '.join(sorted(known - {NO_LANGUAGE}))})"
+            )
         self._identifier = identifier
 
     def detect(self, text: str) -> tuple[str, float]:

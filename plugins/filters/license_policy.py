@@ -14,8 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from distill import licenses
-from distill.errors import suggest
-from distill.errors import ConfigError
+from distill.errors import ConfigError, suggest
 from distill.filter import Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options
@@ -39,26 +38,36 @@ class LicensePolicy(Filter):
 
     class Options(Options):
         intended_use: IntendedUse | None = Field(
-            None, description="What the data is for; denies every more restrictive use category "
-                              "(commercial denies non-commercial and academic-only).")
-        deny_use: list[str] = Field(default_factory=list,
-                                    description=f"Use categories to drop: {', '.join(USE_ORDER)}.")
+            None,
+            description="What the data is for; denies every more restrictive use category "
+            "(commercial denies non-commercial and academic-only).",
+        )
+        deny_use: list[str] = Field(
+            default_factory=list, description=f"Use categories to drop: {', '.join(USE_ORDER)}."
+        )
         deny_restrictions: list[str] = Field(
-            default_factory=list, description="Output restrictions to drop, e.g. no-competing-models "
-                                              "when training a model that competes with the teacher's maker.")
+            default_factory=list,
+            description="Output restrictions to drop, e.g. no-competing-models "
+            "when training a model that competes with the teacher's maker.",
+        )
         deny_licenses: list[str] = Field(default_factory=list, description="SPDX ids or LicenseRef-* ids to drop.")
         allow_licenses: list[str] | None = Field(
-            None, description="If set, every license id in a record's tag must be one of these.")
-        deny_unknown: bool = Field(False, description="Drop records with an unspecified license "
-                                                      "(LicenseRef-Unspecified) or one the registry does not know.")
+            None, description="If set, every license id in a record's tag must be one of these."
+        )
+        deny_unknown: bool = Field(
+            False,
+            description="Drop records with an unspecified license "
+            "(LicenseRef-Unspecified) or one the registry does not know.",
+        )
 
         @field_validator("deny_use")
         @classmethod
         def _uses(cls, value: list[str]) -> list[str]:
             for u in value:
                 if u not in USE_ORDER:
-                    raise ValueError(f"unknown use category {u!r}{suggest(u, list(USE_ORDER))}; "
-                                     f"known: {', '.join(USE_ORDER)}")
+                    raise ValueError(
+                        f"unknown use category {u!r}{suggest(u, list(USE_ORDER))}; known: {', '.join(USE_ORDER)}"
+                    )
             return value
 
         @field_validator("deny_restrictions")
@@ -76,18 +85,29 @@ class LicensePolicy(Filter):
             return None if value is None else [_license_id(v) for v in value]
 
         @model_validator(mode="after")
-        def _some_rule(self) -> "LicensePolicy.Options":
-            if not (self.intended_use or self.deny_use or self.deny_restrictions or self.deny_licenses
-                    or self.allow_licenses is not None or self.deny_unknown):
-                raise ValueError("the policy is empty: set intended_use, deny_use, deny_restrictions, "
-                                 "deny_licenses, allow_licenses or deny_unknown")
+        def _some_rule(self) -> LicensePolicy.Options:
+            if not (
+                self.intended_use
+                or self.deny_use
+                or self.deny_restrictions
+                or self.deny_licenses
+                or self.allow_licenses is not None
+                or self.deny_unknown
+            ):
+                raise ValueError(
+                    "the policy is empty: set intended_use, deny_use, deny_restrictions, "
+                    "deny_licenses, allow_licenses or deny_unknown"
+                )
             return self
 
     def __init__(self, options=None, **kwargs) -> None:
         super().__init__(options, **kwargs)
         o = self.options
-        implied = [] if o.intended_use is None else [
-            u for u in USE_ORDER[USE_ORDER.index(o.intended_use) + 1:] if u != "unspecified"]
+        implied = (
+            []
+            if o.intended_use is None
+            else [u for u in USE_ORDER[USE_ORDER.index(o.intended_use) + 1 :] if u != "unspecified"]
+        )
         self.denied_uses = set(o.deny_use) | set(implied)
 
     def check(self, record: Record) -> bool | tuple[bool, str]:

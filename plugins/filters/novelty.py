@@ -22,9 +22,8 @@ from pydantic import Field
 from distill.filter import KEEP, Decision, Drop, Filter
 from distill.plugin import Options, PluginContext
 from distill.records import Record
-from distill_plugins.filters._sketch import seed_label
+from distill_plugins.filters._sketch import Signer, SketchIndex, band_params, seed_label
 from distill_plugins.filters._text import MissingField, TextField, field_text, is_generated
-from distill_plugins.filters._sketch import Signer, SketchIndex, band_params
 
 #: rouge_score's tokens (lower case, runs of letters and digits), extended from ASCII to any
 #: script: for ASCII text the two agree.
@@ -53,17 +52,32 @@ class InstructionNovelty(Filter):
 
     class Options(Options):
         field: TextField = Field("prompt", description="Compare the prompt (the instruction), the response, or both.")
-        threshold: float = Field(0.7, gt=0.0, lt=1.0, description=(
-            "Drop when the ROUGE-L F-measure with any seed or kept instruction is above this "
-            "(self-instruct: 0.7)."))
-        candidate_threshold: float | None = Field(None, gt=0.0, lt=1.0, description=(
-            "Multiset Jaccard the LSH index is tuned to find. Default: threshold / (2 - threshold), "
-            "the least Jaccard a pair above the ROUGE-L threshold can have (such a pair is missed "
-            "with probability < 0.1%); higher is faster but may miss some."))
+        threshold: float = Field(
+            0.7,
+            gt=0.0,
+            lt=1.0,
+            description=(
+                "Drop when the ROUGE-L F-measure with any seed or kept instruction is above this (self-instruct: 0.7)."
+            ),
+        )
+        candidate_threshold: float | None = Field(
+            None,
+            gt=0.0,
+            lt=1.0,
+            description=(
+                "Multiset Jaccard the LSH index is tuned to find. Default: threshold / (2 - threshold), "
+                "the least Jaccard a pair above the ROUGE-L threshold can have (such a pair is missed "
+                "with probability < 0.1%); higher is faster but may miss some."
+            ),
+        )
         num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations of the candidate index.")
-        against_seeds: bool = Field(True, description=(
-            "Also compare generated instructions with the seed set (self-instruct's pool starts with the "
-            "seed tasks). Records that come from the seeds themselves are not compared with it."))
+        against_seeds: bool = Field(
+            True,
+            description=(
+                "Also compare generated instructions with the seed set (self-instruct's pool starts with the "
+                "seed tasks). Records that come from the seeds themselves are not compared with it."
+            ),
+        )
         hash_seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (fixed for reproducibility).")
 
     def __init__(self, options=None, **kwargs) -> None:
@@ -74,7 +88,6 @@ class InstructionNovelty(Filter):
     def _state(self) -> tuple[Any, Any, Any]:
         """Signer, index of kept instructions, index of seeds (labels: (name, token code))."""
         if self._engine is None:
-
             o = self.options
             bound = o.candidate_threshold or o.threshold / (2.0 - o.threshold)
             signer = Signer(o.num_perm, o.hash_seed, 1, multiset=True)

@@ -25,27 +25,39 @@ from distill.records import Record, Role
 
 Kind = Literal["email", "phone", "ip", "credit-card", "api-key"]
 KINDS: tuple[Kind, ...] = ("email", "phone", "ip", "credit-card", "api-key")
-PLACEHOLDERS: dict[str, str] = {"email": "[EMAIL]", "phone": "[PHONE]", "ip": "[IP_ADDRESS]",
-                                "credit-card": "[CREDIT_CARD]", "api-key": "[API_KEY]"}
+PLACEHOLDERS: dict[str, str] = {
+    "email": "[EMAIL]",
+    "phone": "[PHONE]",
+    "ip": "[IP_ADDRESS]",
+    "credit-card": "[CREDIT_CARD]",
+    "api-key": "[API_KEY]",
+}
 #: When two findings overlap the earlier kind here wins: a key is not also a phone number.
 _PRIORITY: tuple[Kind, ...] = ("api-key", "email", "credit-card", "ip", "phone")
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
-                    r"[A-Za-z]{2,})(?![\w-])")
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]{2,})(?![\w-])"
+)
 _IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
 _CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w])")
-_KEYS = [re.compile(p) for p in (
-    r"\bsk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic (sk-ant-...)
-    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
-    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b", r"\bgithub_pat_[A-Za-z0-9_]{22,}",  # GitHub
-    r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
-    r"\bAIza[0-9A-Za-z_-]{35}",  # Google
-    r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}",  # Stripe
-    r"\bhf_[A-Za-z0-9]{30,}", r"\bglpat-[A-Za-z0-9_-]{20,}",  # Hugging Face, GitLab
-    r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JWT
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-)]
+_KEYS = [
+    re.compile(p)
+    for p in (
+        r"\bsk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic (sk-ant-...)
+        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
+        r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
+        r"\bgithub_pat_[A-Za-z0-9_]{22,}",  # GitHub
+        r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
+        r"\bAIza[0-9A-Za-z_-]{35}",  # Google
+        r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}",  # Stripe
+        r"\bhf_[A-Za-z0-9]{30,}",
+        r"\bglpat-[A-Za-z0-9_-]{20,}",  # Hugging Face, GitLab
+        r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JWT
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+    )
+]
 _TOKEN = re.compile(r"(?<![\w-])[A-Za-z0-9_-]{32,}(?![\w-])")
 #: Card network prefixes (IIN ranges): a Luhn-valid number outside them is an id, not a card.
 _CARD_PREFIX = re.compile(r"4|5[1-5]|2(?:2[2-9]|[3-6]|7[01]|720)|3[47]|3(?:0[0-5]|[689])|6(?:011|5|4[4-9]|2)|35")
@@ -58,22 +70,35 @@ class PiiFilter(Filter):
     name = "pii"
 
     class Options(Options):
-        action: Literal["redact", "drop"] = Field("redact", description="Replace findings with placeholders "
-                                                  "such as [EMAIL], or drop the record.")
+        action: Literal["redact", "drop"] = Field(
+            "redact", description="Replace findings with placeholders such as [EMAIL], or drop the record."
+        )
         kinds: list[Kind] = Field(list(KINDS), description="What to look for.")
         roles: list[Role] = Field(["system", "user", "assistant", "tool"], description="Messages to scan.")
-        candidates: bool = Field(True, description="Also scan the candidates' answers (the rejected "
-                                                   "answers of preference data are exported too).")
-        phone_regions: list[str] = Field(["US"], description="Regions whose national formats are recognised "
-                                         "(ISO 3166 codes); numbers written with +country code always are.")
+        candidates: bool = Field(
+            True,
+            description="Also scan the candidates' answers (the rejected answers of preference data are exported too).",
+        )
+        phone_regions: list[str] = Field(
+            ["US"],
+            description="Regions whose national formats are recognised "
+            "(ISO 3166 codes); numbers written with +country code always are.",
+        )
         phone_leniency: _LENIENCY = Field("valid", description="libphonenumber's matcher leniency.")
         allow_domains: list[str] = Field(
             ["example.com", "example.org", "example.net", "example", "test", "invalid", "localhost"],
-            description="E-mail domains (and their subdomains) that are placeholders, not personal data.")
-        private_ips: bool = Field(False, description="Also treat loopback, private and documentation "
-                                                     "addresses (127.0.0.1, 10.0.0.0/8, ...) as personal data.")
-        entropy_tokens: bool = Field(True, description="Treat long random-looking tokens (32+ characters "
-                                     "mixing upper case, lower case and digits) as secrets.")
+            description="E-mail domains (and their subdomains) that are placeholders, not personal data.",
+        )
+        private_ips: bool = Field(
+            False,
+            description="Also treat loopback, private and documentation "
+            "addresses (127.0.0.1, 10.0.0.0/8, ...) as personal data.",
+        )
+        entropy_tokens: bool = Field(
+            True,
+            description="Treat long random-looking tokens (32+ characters "
+            "mixing upper case, lower case and digits) as secrets.",
+        )
         min_entropy: float = Field(4.0, ge=0, description="Bits per character such a token needs.")
 
         @field_validator("phone_regions")
@@ -136,8 +161,11 @@ class PiiFilter(Filter):
 
     def _email(self, text: str) -> list[tuple[int, int]]:
         allowed = self.options.allow_domains
-        return [m.span() for m in _EMAIL.finditer(text)
-                if not any(m[1].lower() == d or m[1].lower().endswith("." + d) for d in allowed)]
+        return [
+            m.span()
+            for m in _EMAIL.finditer(text)
+            if not any(m[1].lower() == d or m[1].lower().endswith("." + d) for d in allowed)
+        ]
 
     def _phone(self, text: str) -> list[tuple[int, int]]:
         import phonenumbers
@@ -218,4 +246,3 @@ def shannon_entropy(text: str) -> float:
 @hookimpl
 def register_filters(register) -> None:
     register(PiiFilter)
-

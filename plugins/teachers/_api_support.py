@@ -20,9 +20,10 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 #: A server asking for a longer pause than this is treated as asking for this long: a stage
 #: that sleeps for an hour on one header looks hung, and the circuit breaker exists for outages.
@@ -69,7 +70,7 @@ class TokenBucket:
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential back-off with full jitter: clients that failed together retry apart."""
-    return rng.uniform(0.0, min(cap, base * (2.0 ** attempt)))
+    return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
@@ -150,9 +151,15 @@ class Budget:
 
     FILE = "api-budget.json"
 
-    def __init__(self, state_dir: Path | None, *, max_total_tokens: int | None = None,
-                 max_cost_usd: float | None = None, price_per_1k_prompt: float | None = None,
-                 price_per_1k_completion: float | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None,
+        *,
+        max_total_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        price_per_1k_prompt: float | None = None,
+        price_per_1k_completion: float | None = None,
+    ) -> None:
         self.path = Path(state_dir) / self.FILE if state_dir is not None else None
         self.max_total_tokens = max_total_tokens
         self.max_cost_usd = max_cost_usd
@@ -179,11 +186,14 @@ class Budget:
         """Why no further request may be sent, or None."""
         s = self.spent
         if self.max_total_tokens is not None and s.total_tokens >= self.max_total_tokens:
-            return (f"budget spent: {s.total_tokens} of max_total_tokens={self.max_total_tokens} tokens "
-                    f"used over {s.requests} requests")
+            return (
+                f"budget spent: {s.total_tokens} of max_total_tokens={self.max_total_tokens} tokens "
+                f"used over {s.requests} requests"
+            )
         if self.max_cost_usd is not None and s.cost_usd >= self.max_cost_usd:
-            return (f"budget spent: ${s.cost_usd:.4f} of max_cost_usd={self.max_cost_usd} used over "
-                    f"{s.requests} requests")
+            return (
+                f"budget spent: ${s.cost_usd:.4f} of max_cost_usd={self.max_cost_usd} used over {s.requests} requests"
+            )
         return None
 
     def _would_exceed(self, estimate: float) -> bool:
@@ -229,8 +239,12 @@ class Budget:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**asdict(self.spent), "total_tokens": self.spent.total_tokens,
-                "max_total_tokens": self.max_total_tokens, "max_cost_usd": self.max_cost_usd}
+        data = {
+            **asdict(self.spent),
+            "total_tokens": self.spent.total_tokens,
+            "max_total_tokens": self.max_total_tokens,
+            "max_cost_usd": self.max_cost_usd,
+        }
         fd, tmp = tempfile.mkstemp(prefix=".budget-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -312,7 +326,7 @@ class LoopThread:
                 future.cancel()
                 try:
                     future.result(timeout=10)
-                except (concurrent.futures.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+                except (concurrent.futures.CancelledError, Exception):
                     pass
 
     def stop(self) -> None:

@@ -12,7 +12,8 @@ import contextlib
 import gc
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from distill.errors import PluginError
 from distill.teacher import Sample
@@ -43,7 +44,7 @@ class Engine:
         self.llm = llm
 
     @classmethod
-    def start(cls, args: dict[str, Any], env: dict[str, str], what: str) -> "Engine":
+    def start(cls, args: dict[str, Any], env: dict[str, str], what: str) -> Engine:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -51,25 +52,32 @@ class Engine:
         try:
             with _environ(env):
                 return cls(LLM(**args))
-        except Exception as exc:  # noqa: BLE001 - whatever the cause, name the folder
-            raise PluginError(f"{what}: {type(exc).__name__}: {exc} (vLLM's log above has the cause; a "
-                              "script that starts vLLM needs an `if __name__ == '__main__':` guard)") from exc
+        except Exception as exc:
+            raise PluginError(
+                f"{what}: {type(exc).__name__}: {exc} (vLLM's log above has the cause; a "
+                "script that starts vLLM needs an `if __name__ == '__main__':` guard)"
+            ) from exc
 
-    def run(self, conversations: list[list[dict[str, str]]],
-            specs: list[dict[str, Any]]) -> tuple[list[list[Sample]], set[str]]:
+    def run(
+        self, conversations: list[list[dict[str, str]]], specs: list[dict[str, Any]]
+    ) -> tuple[list[list[Sample]], set[str]]:
         """Generate; when the engine refuses a structured-output schema, find which, drop
         those constraints (the task still validates the answers) and generate again."""
         try:
             try:
                 return self._chat(conversations, specs), set()
-            except Exception as exc:  # noqa: BLE001 - re-raised below unless a schema caused it
+            except Exception as exc:
                 refused = self._refused(conversations, specs) if "Dead" not in type(exc).__name__ else set()
                 if not refused:
                     raise
-            specs = [{k: v for k, v in s.items() if k != "structured"}
-                     if json.dumps(s.get("structured"), sort_keys=True) in refused else s for s in specs]
+            specs = [
+                {k: v for k, v in s.items() if k != "structured"}
+                if json.dumps(s.get("structured"), sort_keys=True) in refused
+                else s
+                for s in specs
+            ]
             return self._chat(conversations, specs), refused
-        except Exception as exc:  # noqa: BLE001 - whatever vLLM raised, as this plugin's error
+        except Exception as exc:
             raise PluginError(f"vllm teacher: generation failed: {type(exc).__name__}: {exc}") from exc
 
     def _refused(self, conversations: list[list[dict[str, str]]], specs: list[dict[str, Any]]) -> set[str]:
@@ -83,7 +91,7 @@ class Engine:
             probed.add(key)
             try:
                 self._chat([conv], [{**spec, "n": 1, "max_tokens": 1}])
-            except Exception as exc:  # noqa: BLE001 - a refusal is exactly what is probed for
+            except Exception as exc:
                 if "Dead" in type(exc).__name__:  # the engine died: no schema is to blame
                     raise
                 refused.add(key)
@@ -96,8 +104,13 @@ class Engine:
             idx = [i for i, c in enumerate(conversations) if (bool(c) and c[-1]["role"] == "assistant") == prefill]
             if not idx:
                 continue
-            outputs = self.llm.chat([conversations[i] for i in idx], [params[i] for i in idx], use_tqdm=False,
-                                    add_generation_prompt=not prefill, continue_final_message=prefill)
+            outputs = self.llm.chat(
+                [conversations[i] for i in idx],
+                [params[i] for i in idx],
+                use_tqdm=False,
+                add_generation_prompt=not prefill,
+                continue_final_message=prefill,
+            )
             for i, o in zip(idx, outputs):
                 results[i] = _samples(o)
         return results
@@ -149,10 +162,18 @@ def _samples(output: Any) -> list[Sample]:
     for c in output.outputs:
         logprobs = None
         if c.logprobs is not None:  # one {token id: Logprob} per generated token
-            logprobs = [float((step.get(t) or next(iter(step.values()))).logprob)
-                        for t, step in zip(c.token_ids, c.logprobs)]
-        samples.append(Sample(text=c.text, finish_reason=c.finish_reason, completion_tokens=len(c.token_ids),
-                              prompt_tokens=prompt_tokens, logprobs=logprobs))
+            logprobs = [
+                float((step.get(t) or next(iter(step.values()))).logprob) for t, step in zip(c.token_ids, c.logprobs)
+            ]
+        samples.append(
+            Sample(
+                text=c.text,
+                finish_reason=c.finish_reason,
+                completion_tokens=len(c.token_ids),
+                prompt_tokens=prompt_tokens,
+                logprobs=logprobs,
+            )
+        )
     return samples
 
 
@@ -189,8 +210,9 @@ class Replicas:
             raise PluginError(f"{payload} (replica {rank})")
         return payload
 
-    def run(self, conversations: list[list[dict[str, str]]],
-            specs: list[dict[str, Any]]) -> tuple[list[list[Sample]], set[str]]:
+    def run(
+        self, conversations: list[list[dict[str, str]]], specs: list[dict[str, Any]]
+    ) -> tuple[list[list[Sample]], set[str]]:
         size = -(-len(specs) // len(self.conns))
         shares = [(conn, slice(i * size, (i + 1) * size)) for i, conn in enumerate(self.conns)]
         busy = [(rank, conn) for rank, (conn, part) in enumerate(shares) if specs[part]]
@@ -235,7 +257,7 @@ def replica_main(conn: Any, args: dict[str, Any], env: dict[str, str], what: str
     os.environ.update(env)
     try:
         engine = Engine.start(args, {}, what)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+    except Exception as exc:
         conn.send(("error", str(exc)))
         return
     conn.send(("ready", None))
@@ -249,7 +271,7 @@ def replica_main(conn: Any, args: dict[str, Any], env: dict[str, str], what: str
                 break
             try:
                 conn.send(("ok", engine.run(*message)))
-            except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            except Exception as exc:
                 conn.send(("error", str(exc)))
     finally:
         engine.close()

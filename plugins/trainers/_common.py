@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from distill.errors import ConfigError, PluginError
-from distill.trainer import TrainJob, TrainOptions, TrainResult, import_trl, is_main_process
-from distill.trainer import check_trl_args
+from distill.trainer import TrainJob, TrainOptions, TrainResult, check_trl_args, import_trl, is_main_process
 from distill.training.adapters import load_model, load_tokenizer, merged_folder  # noqa: F401 - plugins' path
 
 _INSTALL = "pip install 'distill[train]'"
@@ -29,8 +27,11 @@ def require(who: str, *modules: str) -> None:
 # ----------------------------------------------------------------------------- data
 
 #: The columns each kind of trainer reads, and the export format that writes them.
-FORMATS = {"sft": ("messages", "sft"), "preference": ("prompt, chosen, rejected", "preference"),
-           "prompt": ("prompt (or messages)", "sft or preference")}
+FORMATS = {
+    "sft": ("messages", "sft"),
+    "preference": ("prompt, chosen, rejected", "preference"),
+    "prompt": ("prompt (or messages)", "sft or preference"),
+}
 
 
 def load_data(job: TrainJob, who: str, kind: str, extra: tuple[str, ...] = ()) -> Any:
@@ -42,7 +43,7 @@ def load_data(job: TrainJob, who: str, kind: str, extra: tuple[str, ...] = ()) -
     for ref in job.datasets:
         try:
             ds = datasets.load_from_disk(str(ref.path), keep_in_memory=True)  # no cache files in the export
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PluginError(f"{who} trainer: cannot load dataset {ref.path}: {type(exc).__name__}: {exc}") from None
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
@@ -51,8 +52,10 @@ def load_data(job: TrainJob, who: str, kind: str, extra: tuple[str, ...] = ()) -
         parts.append(_shape(ds, ref.path, who, kind, extra))
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if ds.num_rows == 0:
-        raise PluginError(f"{who} trainer: the dataset{'s' if len(parts) > 1 else ''} "
-                          f"{', '.join(str(r.path) for r in job.datasets)} ha{'ve' if len(parts) > 1 else 's'} no rows")
+        raise PluginError(
+            f"{who} trainer: the dataset{'s' if len(parts) > 1 else ''} "
+            f"{', '.join(str(r.path) for r in job.datasets)} ha{'ve' if len(parts) > 1 else 's'} no rows"
+        )
     return ds
 
 
@@ -61,9 +64,11 @@ def _shape(ds: Any, path: Path, who: str, kind: str, extra: tuple[str, ...]) -> 
 
     def missing(column: str) -> PluginError:
         wanted, fmt = FORMATS[kind]
-        return PluginError(f"{who} trainer: dataset {path} has no {column!r} column (it has: "
-                           f"{', '.join(sorted(cols)) or 'none'}); the {who} trainer reads {wanted}, "
-                           f"as an export stage with `format: {fmt}` writes")
+        return PluginError(
+            f"{who} trainer: dataset {path} has no {column!r} column (it has: "
+            f"{', '.join(sorted(cols)) or 'none'}); the {who} trainer reads {wanted}, "
+            f"as an export stage with `format: {fmt}` writes"
+        )
 
     if kind == "sft":
         for group in (("messages",), ("prompt", "completion"), ("text",)):
@@ -78,8 +83,9 @@ def _shape(ds: Any, path: Path, who: str, kind: str, extra: tuple[str, ...]) -> 
     if "prompt" in cols:
         return ds.select_columns(["prompt"])
     if "messages" in cols:
-        return ds.select_columns(["messages"]).map(lambda r: {"prompt": _prompt_of(r["messages"], who, path)},
-                                                   remove_columns=["messages"])
+        return ds.select_columns(["messages"]).map(
+            lambda r: {"prompt": _prompt_of(r["messages"], who, path)}, remove_columns=["messages"]
+        )
     raise missing("prompt")
 
 
@@ -118,13 +124,17 @@ def load_student(job: TrainJob, who: str, options: TrainOptions, head: str = "ca
     quantization = None
     if options.lora is not None and options.lora.quantize != "none":
         if job.hardware.device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError(f"{who} trainer: lora.quantize={options.lora.quantize!r} needs a CUDA GPU and the "
-                              "bitsandbytes package; use quantize: none on this machine")
+            raise ConfigError(
+                f"{who} trainer: lora.quantize={options.lora.quantize!r} needs a CUDA GPU and the "
+                "bitsandbytes package; use quantize: none on this machine"
+            )
         from transformers import BitsAndBytesConfig
 
-        quantization = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                           bnb_4bit_compute_dtype=torch.bfloat16)
-                        if options.lora.quantize == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+        quantization = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+            if options.lora.quantize == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
     # A frozen base under an adapter may sit in half precision; fully trained weights stay fp32
     # (mixed precision keeps fp32 master weights).
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.hardware.precision)
@@ -141,15 +151,17 @@ def peft_config(options: TrainOptions, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     lo = options.lora
-    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
-                      task_type=task_type)
+    return LoraConfig(
+        r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules, task_type=task_type
+    )
 
 
 # ----------------------------------------------------------------------------- config and run
 
 
-def make_config(who: str, config_name: str, job: TrainJob, options: TrainOptions, specific: dict[str, Any],
-                progress: bool = False) -> Any:
+def make_config(
+    who: str, config_name: str, job: TrainJob, options: TrainOptions, specific: dict[str, Any], progress: bool = False
+) -> Any:
     """The TRL config: distill's shared options, the hardware plan, the trainer's own options,
     then `trl_args` (which win). A value TRL rejects is a ConfigError naming the trainer."""
     cls = import_trl(config_name)
@@ -172,7 +184,6 @@ def make_config(who: str, config_name: str, job: TrainJob, options: TrainOptions
         args["learning_rate"] = options.learning_rate
     args.update({k: v for k, v in specific.items() if v is not None})
     try:
-
         check_trl_args(config_name, options.trl_args)
     except ValueError as exc:
         raise ConfigError(f"{who} trainer: trl_args: {exc}") from None
@@ -193,8 +204,15 @@ def run(trl_trainer: Any, job: TrainJob) -> Any:
     return trl_trainer.train(resume_from_checkpoint=resume)
 
 
-def finish(trl_trainer: Any, job: TrainJob, output: Any, options: TrainOptions, *, merge: bool,
-           influences: list[tuple[str, str]] | None = None) -> TrainResult:
+def finish(
+    trl_trainer: Any,
+    job: TrainJob,
+    output: Any,
+    options: TrainOptions,
+    *,
+    merge: bool,
+    influences: list[tuple[str, str]] | None = None,
+) -> TrainResult:
     """Save the adapter or the full weights (and merged weights when asked) as safetensors in
     `job.output_dir`, with the tokenizer; return the metrics."""
     out = job.output_dir
@@ -219,7 +237,11 @@ def finish(trl_trainer: Any, job: TrainJob, output: Any, options: TrainOptions, 
     if tokens and metrics.get("train_runtime"):
         metrics["num_tokens"] = int(tokens[-1])
     # A merged folder is what later steps, the reward-model ranker and teachers load.
-    return TrainResult(model_path=merged_path or out, metrics=metrics, global_step=int(trl_trainer.state.global_step),
-                       adapter=adapter, merged_path=merged_path, influences=list(influences or []))
-
-
+    return TrainResult(
+        model_path=merged_path or out,
+        metrics=metrics,
+        global_step=int(trl_trainer.state.global_step),
+        adapter=adapter,
+        merged_path=merged_path,
+        influences=list(influences or []),
+    )

@@ -3,19 +3,29 @@ functions) and on-policy distillation from a local teacher's token distributions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from distill.errors import PluginError
-from distill.plugin import Options
 from distill.models.folders import resolve_student
-from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl
-from distill_plugins.trainers._common import (finish, load_data, load_model, load_student, load_tokenizer,
-                                           make_config, peft_config, require, run)
-from distill_plugins.rankers import load_callable
+from distill.plugin import Options
 from distill.registry import make_registry
+from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl
+from distill_plugins.rankers import load_callable
+from distill_plugins.trainers._common import (
+    finish,
+    load_data,
+    load_model,
+    load_student,
+    load_tokenizer,
+    make_config,
+    peft_config,
+    require,
+    run,
+)
 
 _LIBS = ("trl", "transformers", "datasets", "torch")
 
@@ -42,20 +52,24 @@ class GRPOTrainer(Trainer):
 
     class Options(TrainOptions):
         trl_config = "GRPOConfig"
-        reward_model: str | None = Field(None, description="A reward model folder, or the name of an earlier "
-                                                           "step (e.g. a reward-model step).")
+        reward_model: str | None = Field(
+            None, description="A reward model folder, or the name of an earlier step (e.g. a reward-model step)."
+        )
         reward_functions: list[str | RewardPluginRef] = Field(
-            default_factory=list, description="'package.module:function', or a ranker plugin with a `reward` "
-                                              "method: {plugin: reward-function, options: {...}}.")
-        reward_weights: list[float] | None = Field(None, description="One per reward: the model first, then "
-                                                                     "the functions in order.")
+            default_factory=list,
+            description="'package.module:function', or a ranker plugin with a `reward` "
+            "method: {plugin: reward-function, options: {...}}.",
+        )
+        reward_weights: list[float] | None = Field(
+            None, description="One per reward: the model first, then the functions in order."
+        )
         num_generations: int = Field(4, ge=2, description="Answers per prompt; advantages compare them.")
         max_completion_length: int = Field(256, ge=1)
         temperature: float = Field(1.0, gt=0)
         beta: float | None = Field(None, ge=0, description="KL penalty towards the reference; TRL's default.")
 
         @model_validator(mode="after")
-        def _rewards(self) -> "GRPOTrainer.Options":
+        def _rewards(self) -> GRPOTrainer.Options:
             n = len(self.reward_functions) + (self.reward_model is not None)
             if n == 0:
                 raise ValueError("set reward_model and/or reward_functions: GRPO needs a reward")
@@ -84,14 +98,31 @@ class GRPOTrainer(Trainer):
             funcs.append(_batched(fn, name))
             classes.append(None)
             influences.append(("reward-function", name))
-        config = make_config(self.name, "GRPOConfig", job, o, {
-            "num_generations": o.num_generations, "max_completion_length": o.max_completion_length,
-            "temperature": o.temperature, "beta": o.beta, "reward_weights": o.reward_weights,
-        }, progress=self.context.progress)
+        config = make_config(
+            self.name,
+            "GRPOConfig",
+            job,
+            o,
+            {
+                "num_generations": o.num_generations,
+                "max_completion_length": o.max_completion_length,
+                "temperature": o.temperature,
+                "beta": o.beta,
+                "reward_weights": o.reward_weights,
+            },
+            progress=self.context.progress,
+        )
         TRLGRPOTrainer = import_trl("GRPOTrainer")
 
-        trainer = TRLGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=ds,
-                                 processing_class=tok, reward_processing_classes=classes, peft_config=peft_config(o))
+        trainer = TRLGRPOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=config,
+            train_dataset=ds,
+            processing_class=tok,
+            reward_processing_classes=classes,
+            peft_config=peft_config(o),
+        )
         return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge), influences=influences)
 
     def _reward_function(self, ref: str | RewardPluginRef) -> tuple[str, Callable[..., float]]:
@@ -117,9 +148,10 @@ def _batched(fn: Callable[..., float], name: str) -> Callable[..., list[float]]:
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             try:
                 out.append(float(fn(messages, text)))
-            except Exception as exc:  # noqa: BLE001 - a user's function: name it
-                raise PluginError(f"grpo trainer: reward function {name!r} failed: {type(exc).__name__}: {exc}") \
-                    from exc
+            except Exception as exc:
+                raise PluginError(
+                    f"grpo trainer: reward function {name!r} failed: {type(exc).__name__}: {exc}"
+                ) from exc
         return out
 
     reward.__name__ = name.rpartition(":")[2] or name
@@ -153,13 +185,30 @@ class DistillationTrainer(Trainer):
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.hardware.precision)
         teacher = load_model(path, self.name, role="teacher", dtype=half or torch.float32)
         if ttok.get_vocab() != tok.get_vocab() or teacher.config.vocab_size != model.config.vocab_size:
-            raise PluginError(f"distillation trainer: the teacher {path} and the student {job.student} do not share a "
-                              "tokenizer; on-policy distillation compares their token distributions")
-        config = make_config(self.name, "DistillationConfig", job, o, {
-            "beta": o.beta, "temperature": o.temperature, "max_completion_length": o.max_completion_length,
-        }, progress=self.context.progress)
+            raise PluginError(
+                f"distillation trainer: the teacher {path} and the student {job.student} do not share a "
+                "tokenizer; on-policy distillation compares their token distributions"
+            )
+        config = make_config(
+            self.name,
+            "DistillationConfig",
+            job,
+            o,
+            {
+                "beta": o.beta,
+                "temperature": o.temperature,
+                "max_completion_length": o.max_completion_length,
+            },
+            progress=self.context.progress,
+        )
         TRLDistillationTrainer = import_trl("DistillationTrainer")
 
-        trainer = TRLDistillationTrainer(model=model, teacher_model=teacher, args=config, train_dataset=ds,
-                                         processing_class=tok, peft_config=peft_config(o))
+        trainer = TRLDistillationTrainer(
+            model=model,
+            teacher_model=teacher,
+            args=config,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=peft_config(o),
+        )
         return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge), influences=[("teacher", str(path))])

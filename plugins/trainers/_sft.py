@@ -5,8 +5,16 @@ from __future__ import annotations
 from pydantic import Field
 
 from distill.trainer import Trainer, TrainJob, TrainOptions, TrainResult, import_trl
-from distill_plugins.trainers._common import (finish, load_data, load_student, make_config, peft_config, require,
-                                           run, to_prompt_completion)
+from distill_plugins.trainers._common import (
+    finish,
+    load_data,
+    load_student,
+    make_config,
+    peft_config,
+    require,
+    run,
+    to_prompt_completion,
+)
 
 _LIBS = ("trl", "transformers", "datasets", "torch")
 
@@ -20,8 +28,9 @@ class SFTTrainer(Trainer):
 
     class Options(TrainOptions):
         trl_config = "SFTConfig"
-        completion_only_loss: bool = Field(True, description="Loss on the final assistant answer only; "
-                                                             "False trains on the whole conversation.")
+        completion_only_loss: bool = Field(
+            True, description="Loss on the final assistant answer only; False trains on the whole conversation."
+        )
         max_length: int | None = Field(1024, ge=8, description="Tokens per example; longer ones are truncated.")
         packing: bool = Field(False, description="Pack several examples into one sequence.")
 
@@ -33,14 +42,23 @@ class SFTTrainer(Trainer):
             ds = to_prompt_completion(ds, self.name, ", ".join(str(r.path) for r in job.datasets))
         prompt_completion = "completion" in ds.column_names
         model, tok = load_student(job, self.name, o)
-        config = make_config(self.name, "SFTConfig", job, o, {
-            "max_length": o.max_length, "packing": o.packing,
-            "completion_only_loss": o.completion_only_loss if prompt_completion else None,
-        }, progress=self.context.progress)
+        config = make_config(
+            self.name,
+            "SFTConfig",
+            job,
+            o,
+            {
+                "max_length": o.max_length,
+                "packing": o.packing,
+                "completion_only_loss": o.completion_only_loss if prompt_completion else None,
+            },
+            progress=self.context.progress,
+        )
         TRLSFTTrainer = import_trl("SFTTrainer")
 
-        trainer = TRLSFTTrainer(model=model, args=config, train_dataset=ds, processing_class=tok,
-                                peft_config=peft_config(o))
+        trainer = TRLSFTTrainer(
+            model=model, args=config, train_dataset=ds, processing_class=tok, peft_config=peft_config(o)
+        )
         return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge))
 
 
@@ -63,12 +81,14 @@ class RewardModelTrainer(Trainer):
         o = self.options
         ds = load_data(job, self.name, "preference", extra=("margin",) if o.use_margin else ())
         model, tok = load_student(job, self.name, o, head="reward")
-        config = make_config(self.name, "RewardConfig", job, o, {"max_length": o.max_length},
-                             progress=self.context.progress)
+        config = make_config(
+            self.name, "RewardConfig", job, o, {"max_length": o.max_length}, progress=self.context.progress
+        )
         TRLRewardTrainer = import_trl("RewardTrainer")
 
-        trainer = TRLRewardTrainer(model=model, args=config, train_dataset=ds, processing_class=tok,
-                                   peft_config=peft_config(o, "SEQ_CLS"))
+        trainer = TRLRewardTrainer(
+            model=model, args=config, train_dataset=ds, processing_class=tok, peft_config=peft_config(o, "SEQ_CLS")
+        )
         return finish(trainer, job, run(trainer, job), o, merge=o.merge is not False)
 
 
@@ -89,10 +109,12 @@ class DPOTrainer(Trainer):
         o = self.options
         ds = load_data(job, self.name, "preference")
         model, tok = load_student(job, self.name, o)
-        config = make_config(self.name, "DPOConfig", job, o, {"beta": o.beta, "max_length": o.max_length},
-                             progress=self.context.progress)
+        config = make_config(
+            self.name, "DPOConfig", job, o, {"beta": o.beta, "max_length": o.max_length}, progress=self.context.progress
+        )
         TRLDPOTrainer = import_trl("DPOTrainer")
 
-        trainer = TRLDPOTrainer(model=model, args=config, train_dataset=ds, processing_class=tok,
-                                peft_config=peft_config(o))
+        trainer = TRLDPOTrainer(
+            model=model, args=config, train_dataset=ds, processing_class=tok, peft_config=peft_config(o)
+        )
         return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge))

@@ -23,8 +23,16 @@ from .harness import plugin_site
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES_FILE = ROOT / "benchmarks" / "results" / "reliability.json"
 #: The figures the issue asks for, in the order they are printed.
-HEADLINE = ("trials_run", "kills", "faults_injected", "records_checked", "lost", "duplicated",
-            "secrets_found", "files_scanned")
+HEADLINE = (
+    "trials_run",
+    "kills",
+    "faults_injected",
+    "records_checked",
+    "lost",
+    "duplicated",
+    "secrets_found",
+    "files_scanned",
+)
 
 
 class Figures:

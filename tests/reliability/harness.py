@@ -25,8 +25,18 @@ ENTRY_POINT = "reliability-test"
 #: The entry points a subprocess loads: the test plugins and the first-party ones the configs use.
 PLUGINS = f"tasks,dedup,quality,{ENTRY_POINT}"
 
-TOPICS = ["router", "Wi-Fi", "mesh node", "guest network", "firmware", "port", "channel", "modem",
-          "password", "parental controls"]
+TOPICS = [
+    "router",
+    "Wi-Fi",
+    "mesh node",
+    "guest network",
+    "firmware",
+    "port",
+    "channel",
+    "modem",
+    "password",
+    "parental controls",
+]
 
 
 def plugin_site(folder: Path) -> dict[str, str]:
@@ -49,10 +59,18 @@ def child_env(site: dict[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
-def distill(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 300, preexec_fn=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout, preexec_fn=preexec_fn)
+def distill(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300, preexec_fn=None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
 
 
 def wait_for(proc: subprocess.Popen, cond, timeout: float = 60.0) -> bool:
@@ -83,8 +101,12 @@ def start_run(config: Path, env: dict[str, str], log: Path | None = None) -> sub
     """`distill run CONFIG --quiet` in the background; its output goes to `log` (or nowhere)."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen([sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "distill.cli", "run", str(config), "--quiet"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     finally:
         if log is not None:
             out.close()
@@ -103,8 +125,14 @@ def write_seeds(folder: Path, n: int = 30) -> Path:
     return path
 
 
-def crash_config(folder: Path, *, cache: bool = True, delay: float = 0.02, filter_delay: float = 0.08,
-                 extra: dict[str, Any] | None = None) -> Path:
+def crash_config(
+    folder: Path,
+    *,
+    cache: bool = True,
+    delay: float = 0.02,
+    filter_delay: float = 0.08,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Seeds -> self-instruct (expand) -> answers (map) -> filters -> export, with the counting teacher."""
     seeds = write_seeds(folder)
     cfg: dict[str, Any] = {
@@ -117,13 +145,30 @@ def crash_config(folder: Path, *, cache: bool = True, delay: float = 0.02, filte
             "writer": {"plugin": "counting-echo", "options": {"n": 2, "delay": delay}},
         },
         "stages": [
-            {"kind": "generate", "name": "instructions", "teacher": "inventor", "batch_size": 4,
-             "task": {"plugin": "self-instruct", "options": {"num_instructions": 10}}},
-            {"kind": "generate", "name": "answers", "teacher": "writer", "batch_size": 4,
-             "task": {"plugin": "response"}},
-            {"kind": "filter", "name": "clean", "batch_size": 5,
-             "filters": [{"plugin": "length", "options": {"min_words": 2}}, "exact-dedup",
-                         {"plugin": "slow-pass", "options": {"delay": filter_delay}}]},
+            {
+                "kind": "generate",
+                "name": "instructions",
+                "teacher": "inventor",
+                "batch_size": 4,
+                "task": {"plugin": "self-instruct", "options": {"num_instructions": 10}},
+            },
+            {
+                "kind": "generate",
+                "name": "answers",
+                "teacher": "writer",
+                "batch_size": 4,
+                "task": {"plugin": "response"},
+            },
+            {
+                "kind": "filter",
+                "name": "clean",
+                "batch_size": 5,
+                "filters": [
+                    {"plugin": "length", "options": {"min_words": 2}},
+                    "exact-dedup",
+                    {"plugin": "slow-pass", "options": {"delay": filter_delay}},
+                ],
+            },
             {"kind": "export", "name": "sft", "format": "sft"},
         ],
     }
@@ -152,8 +197,10 @@ def read_output(out: Path) -> dict[str, tuple[list, list]]:
         m = manifest(out, stage)
         assert m is not None, f"stage {stage}: no readable manifest"
         d = out / "stages" / stage
-        result[stage] = (list(read_shards(d, [s.kept_file for s in m.shards])),
-                         list(read_shards(d, [s.rejected_file for s in m.shards])))
+        result[stage] = (
+            list(read_shards(d, [s.kept_file for s in m.shards])),
+            list(read_shards(d, [s.rejected_file for s in m.shards])),
+        )
     return result
 
 
@@ -166,15 +213,14 @@ class Check:
     duplicated: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def add(self, other: "Check") -> None:
+    def add(self, other: Check) -> None:
         self.records += other.records
         self.lost += other.lost
         self.duplicated += other.duplicated
         self.problems += other.problems
 
 
-def check_output(out: Path, reference: dict[str, tuple[list, list]] | None = None,
-                 *, complete: bool = True) -> Check:
+def check_output(out: Path, reference: dict[str, tuple[list, list]] | None = None, *, complete: bool = True) -> Check:
     """Count records, and those lost or duplicated, against the reference run (when given);
     check every manifest is balanced, every shard matches its digest, no debris is left and
     the exported dataset holds exactly the export stage's kept records. With `complete=False`
@@ -250,11 +296,16 @@ def secret_forms(secret: str) -> list[bytes]:
     from urllib.parse import quote
 
     raw = secret.encode()
-    forms = {raw, raw.hex().encode(), quote(secret).encode(), json.dumps(secret)[1:-1].encode(),
-             secret.encode("utf-16-le")}
+    forms = {
+        raw,
+        raw.hex().encode(),
+        quote(secret).encode(),
+        json.dumps(secret)[1:-1].encode(),
+        secret.encode("utf-16-le"),
+    }
     for shift in range(3):
         enc = base64.b64encode(b"\0" * shift + raw)
-        trimmed = enc[4 if shift else 0: len(enc) - 4]
+        trimmed = enc[4 if shift else 0 : len(enc) - 4]
         if len(trimmed) >= 12:
             forms.add(trimmed)
     return sorted(forms)

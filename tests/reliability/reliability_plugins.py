@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from pydantic import Field, SecretStr
 
@@ -42,8 +42,10 @@ class CountingEcho(Teacher):
 
     class Options(SamplingOptions):
         license: str = "Apache-2.0"
-        api_key: SecretStr | None = Field(None, description="Accepted and never used: lets a test "
-                                          "check that a key given through ${VAR} leaks nowhere.")
+        api_key: SecretStr | None = Field(
+            None,
+            description="Accepted and never used: lets a test check that a key given through ${VAR} leaks nowhere.",
+        )
         style: str = "answer"
         delay: float = Field(0.0, ge=0, description="Seconds per request, so a kill lands mid-batch.")
 

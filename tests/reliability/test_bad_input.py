@@ -19,16 +19,19 @@ from hypothesis import strategies as st
 
 from distill.config.loader import load_config, parse_config, validate_plugin_options
 from distill.errors import ConfigError, DistillError, SeedError
-from distill.registry import make_registry
 from distill.io.seeds import SeedSource, load_seeds
 from distill.io.store import StageStore
+from distill.registry import make_registry
 
 from . import reliability_plugins
 from .harness import child_env, distill, write_seeds
 
-SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,18 @@ def _valid_config(folder: Path) -> dict[str, Any]:
         "seeds": [{"path": seeds.name, "license": "CC0-1.0", "name": "acme"}],
         "teachers": {"writer": {"plugin": "counting-echo", "options": {"n": 2}}},
         "stages": [
-            {"kind": "generate", "name": "answers", "teacher": "writer", "batch_size": 4,
-             "task": {"plugin": "response", "options": {"system_prompt": "Be brief."}}},
-            {"kind": "filter", "name": "clean", "filters": [{"plugin": "length", "options": {"min_words": 2}},
-                                                            "exact-dedup"]},
+            {
+                "kind": "generate",
+                "name": "answers",
+                "teacher": "writer",
+                "batch_size": 4,
+                "task": {"plugin": "response", "options": {"system_prompt": "Be brief."}},
+            },
+            {
+                "kind": "filter",
+                "name": "clean",
+                "filters": [{"plugin": "length", "options": {"min_words": 2}}, "exact-dedup"],
+            },
             {"kind": "export", "name": "sft", "format": "sft"},
         ],
     }
@@ -77,7 +88,8 @@ def _load_checked(path: Path, registry) -> str | None:
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @SETTINGS
@@ -103,9 +115,28 @@ def test_any_text_in_any_encoding_gives_a_message_not_a_crash(text, encoding, sc
 
 
 @SETTINGS
-@given(doc=st.dictionaries(st.sampled_from(["output", "seed", "seeds", "teachers", "stages", "cache", "plugins",
-                                            "licenses", "models", "release", "version", "extra"]),
-                           json_values, max_size=6))
+@given(
+    doc=st.dictionaries(
+        st.sampled_from(
+            [
+                "output",
+                "seed",
+                "seeds",
+                "teachers",
+                "stages",
+                "cache",
+                "plugins",
+                "licenses",
+                "models",
+                "release",
+                "version",
+                "extra",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    )
+)
 def test_any_yaml_mapping_of_config_keys_gives_a_message_not_a_crash(doc, scratch, registry, figures):
     figures.add(bad_inputs=1)
     path = scratch / "doc.yaml"
@@ -151,18 +182,24 @@ def test_a_valid_config_with_one_value_of_the_wrong_type_names_where(data, scrat
         assert any(n in message for n in named) or ("stage name" in message and "name" in path), (path, message)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("output: " + "[" * 20000 + "]" * 20000, "nested more than 64 levels"),
-    ("output: " + "{a: " * 100 + "1" + "}" * 100, "nested more than 64 levels"),
-    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "expands to more than"),
-    ("output: &o [*o]\n", "refers to itself"),
-    ("seed: " + "9" * 5000, "invalid YAML"),
-    ("output: \"out\\0evil\"\nseeds: []\nstages: []\n", "NUL"),
-    ("output: !!python/object/apply:os.system ['echo pwned']\n", "could not determine a constructor"),
-    ("- just\n- a list\n", "must be a mapping"),
-    ("", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("output: " + "[" * 20000 + "]" * 20000, "nested more than 64 levels"),
+        ("output: " + "{a: " * 100 + "1" + "}" * 100, "nested more than 64 levels"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+            "expands to more than",
+        ),
+        ("output: &o [*o]\n", "refers to itself"),
+        ("seed: " + "9" * 5000, "invalid YAML"),
+        ('output: "out\\0evil"\nseeds: []\nstages: []\n', "NUL"),
+        ("output: !!python/object/apply:os.system ['echo pwned']\n", "could not determine a constructor"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("", "must be a mapping"),
+    ],
+)
 def test_hostile_yaml_is_refused_quickly_with_a_message(scratch, registry, text, expected, figures):
     figures.add(bad_inputs=1)
     path = scratch / "hostile.yaml"
@@ -181,17 +218,35 @@ prompts = st.text(min_size=1, max_size=200).filter(lambda s: s.strip())
 @st.composite
 def seed_lines(draw) -> tuple[bytes, bool]:
     """One line of a JSONL seed file and whether it is a good row."""
-    kind = draw(st.sampled_from(["good", "good-huge", "good-extra", "bytes", "latin-1", "utf-16", "deep",
-                                 "huge-number", "not-object", "wrong-type", "empty-prompt", "surrogate",
-                                 "truncated", "bad-messages"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "good",
+                "good-huge",
+                "good-extra",
+                "bytes",
+                "latin-1",
+                "utf-16",
+                "deep",
+                "huge-number",
+                "not-object",
+                "wrong-type",
+                "empty-prompt",
+                "surrogate",
+                "truncated",
+                "bad-messages",
+            ]
+        )
+    )
     prompt = draw(prompts)
     if kind == "good":
         return json.dumps({"prompt": prompt}).encode(), True
     if kind == "good-huge":  # a line of a megabyte or so
         return json.dumps({"prompt": prompt * draw(st.integers(1000, 5000))}).encode(), True
     if kind == "good-extra":
-        return json.dumps({"question": prompt, "answer": draw(prompts), "meta": draw(json_values)},
-                          ensure_ascii=draw(st.booleans())).encode(), True
+        return json.dumps(
+            {"question": prompt, "answer": draw(prompts), "meta": draw(json_values)}, ensure_ascii=draw(st.booleans())
+        ).encode(), True
     if kind == "bytes":
         data = draw(st.binary(min_size=1, max_size=200)).replace(b"\n", b" ")
         if not data.strip() or data.startswith(b"\xef\xbb\xbf"):
@@ -199,7 +254,8 @@ def seed_lines(draw) -> tuple[bytes, bool]:
         return data, _is_good(data)  # random bytes are a good row only by (astronomical) luck
     if kind == "latin-1":
         return ('{"prompt": ' + json.dumps("caf\u00e9 " + prompt, ensure_ascii=False) + "}").encode(
-            "latin-1", "replace"), False
+            "latin-1", "replace"
+        ), False
     if kind == "utf-16":
         return json.dumps({"prompt": prompt}).encode("utf-16-le").replace(b"\n", b" "), False
     if kind == "deep":
@@ -208,12 +264,22 @@ def seed_lines(draw) -> tuple[bytes, bool]:
     if kind == "huge-number":
         return ('{"prompt": "x", "n": ' + "7" * draw(st.integers(5000, 20000)) + "}").encode(), False
     if kind == "not-object":
-        return json.dumps(draw(st.one_of(st.lists(json_values, max_size=3), st.text(), st.integers(),
-                                         st.none()))).encode(), False
+        return json.dumps(
+            draw(st.one_of(st.lists(json_values, max_size=3), st.text(), st.integers(), st.none()))
+        ).encode(), False
     if kind == "wrong-type":
-        return json.dumps({"prompt": draw(st.one_of(st.integers(), st.lists(st.integers(), min_size=1),
-                                                    st.dictionaries(st.text(), st.integers(), min_size=1),
-                                                    st.booleans()))}).encode(), False
+        return json.dumps(
+            {
+                "prompt": draw(
+                    st.one_of(
+                        st.integers(),
+                        st.lists(st.integers(), min_size=1),
+                        st.dictionaries(st.text(), st.integers(), min_size=1),
+                        st.booleans(),
+                    )
+                )
+            }
+        ).encode(), False
     if kind == "empty-prompt":
         return json.dumps({"prompt": draw(st.sampled_from(["", "   ", "\t"]))}).encode(), False
     if kind == "surrogate":  # an escape for half of a surrogate pair: JSON allows it, UTF-8 cannot hold it
@@ -240,8 +306,7 @@ def _is_good(data: bytes) -> bool:
 
 @SETTINGS
 @given(lines=st.lists(seed_lines(), min_size=1, max_size=12))
-def test_a_seed_file_of_good_and_bad_lines_keeps_every_good_row_and_names_each_bad_line(
-        lines, scratch, figures):
+def test_a_seed_file_of_good_and_bad_lines_keeps_every_good_row_and_names_each_bad_line(lines, scratch, figures):
     path = scratch / "seeds.jsonl"
     path.write_bytes(b"\n".join(data for data, _ in lines) + b"\n")
     figures.add(bad_inputs=sum(not good for _, good in lines), seed_lines_checked=len(lines))
@@ -271,8 +336,7 @@ def test_random_bytes_as_a_seed_file_never_crash(data, suffix, scratch, figures)
         return
     rows = loaded.records + loaded.rejected
     if suffix == ".jsonl":
-        assert len(rows) == sum(1 for line in data.split(b"\n") if line.strip()
-                                and line.strip() != b"\xef\xbb\xbf")
+        assert len(rows) == sum(1 for line in data.split(b"\n") if line.strip() and line.strip() != b"\xef\xbb\xbf")
     store = StageStore(scratch / "store-random", "seeds", "seeds", f"h{time.monotonic_ns()}")
     store.commit(loaded.records, loaded.rejected, inputs=len(rows))
 
@@ -280,20 +344,47 @@ def test_random_bytes_as_a_seed_file_never_crash(data, suffix, scratch, figures)
 # -- through the CLI -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,content,key", [
-    ("binary", b"\x00\x9f\x92\x96 \xff\xfe garbage", "cannot read config"),
-    ("utf16", "output: out\n".encode("utf-16"), "cannot read config"),
-    ("bomb", ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))).encode(),
-     "expands to more than"),
-    ("deep", ("output: " + "[" * 50000 + "]" * 50000).encode(), "nested more than"),
-    ("wrong-types", yaml.safe_dump({"output": 5, "seed": "many", "seeds": {"path": 1},
-                                    "stages": [{"kind": "generate", "batch_size": "big"}]}).encode(), "seed:"),
-    ("markup", yaml.safe_dump({"output": "out", "seed": "[/] [bold]x[/bold]", "seeds": [{"path": "[/].jsonl"}],
-                               "stages": [{"kind": "export"}]}).encode(), "(got '[/] [bold]x[/bold]')"),
-])
-def test_the_cli_names_the_problem_and_exits_2_without_a_traceback(tmp_path, plugin_env, name, content, key,
-                                                                    figures):
+@pytest.mark.parametrize(
+    "name,content,key",
+    [
+        ("binary", b"\x00\x9f\x92\x96 \xff\xfe garbage", "cannot read config"),
+        ("utf16", "output: out\n".encode("utf-16"), "cannot read config"),
+        (
+            "bomb",
+            (
+                "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+            ).encode(),
+            "expands to more than",
+        ),
+        ("deep", ("output: " + "[" * 50000 + "]" * 50000).encode(), "nested more than"),
+        (
+            "wrong-types",
+            yaml.safe_dump(
+                {
+                    "output": 5,
+                    "seed": "many",
+                    "seeds": {"path": 1},
+                    "stages": [{"kind": "generate", "batch_size": "big"}],
+                }
+            ).encode(),
+            "seed:",
+        ),
+        (
+            "markup",
+            yaml.safe_dump(
+                {
+                    "output": "out",
+                    "seed": "[/] [bold]x[/bold]",
+                    "seeds": [{"path": "[/].jsonl"}],
+                    "stages": [{"kind": "export"}],
+                }
+            ).encode(),
+            "(got '[/] [bold]x[/bold]')",
+        ),
+    ],
+)
+def test_the_cli_names_the_problem_and_exits_2_without_a_traceback(tmp_path, plugin_env, name, content, key, figures):
     figures.add(bad_inputs=1)
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
@@ -307,12 +398,20 @@ def test_the_cli_names_the_problem_and_exits_2_without_a_traceback(tmp_path, plu
 @pytest.mark.slow
 def test_a_run_on_a_hostile_seed_file_keeps_the_good_rows_and_names_every_bad_line(tmp_path, plugin_env, figures):
     cfg = _valid_config(tmp_path)
-    bad = [b"\xff\xfe not utf-8", b"[" * 100_000 + b"]" * 100_000, b'{"prompt": "x", "n": ' + b"9" * 9000 + b"}",
-           b'{"prompt": "half a pair \\udc00"}', b'{"prompt": 42}', b'"a string"', b'{"prompt": "unterminated',
-           '{"prompt": "caf\u00e9"}'.encode("latin-1"), json.dumps({"prompt": "x" * 2_000_000}).encode()[:-2]]
+    bad = [
+        b"\xff\xfe not utf-8",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"prompt": "x", "n": ' + b"9" * 9000 + b"}",
+        b'{"prompt": "half a pair \\udc00"}',
+        b'{"prompt": 42}',
+        b'"a string"',
+        b'{"prompt": "unterminated',
+        '{"prompt": "caf\u00e9"}'.encode("latin-1"),
+        json.dumps({"prompt": "x" * 2_000_000}).encode()[:-2],
+    ]
     good = [json.dumps({"prompt": f"Good question number {i} about routers?"}).encode() for i in range(6)]
     good.append(json.dumps({"prompt": "A long one: " + "word " * 200_000}).encode())  # ~1 MB line
-    lines = [x for pair in zip(good, bad) for x in pair] + bad[len(good):] + good[len(bad):]
+    lines = [x for pair in zip(good, bad) for x in pair] + bad[len(good) :] + good[len(bad) :]
     (tmp_path / "seeds.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -330,8 +429,9 @@ def test_a_run_on_a_hostile_seed_file_keeps_the_good_rows_and_names_every_bad_li
     rejected = list(read_shards(tmp_path / "out" / "stages" / "seeds", ["rejected-00000.jsonl"]))
     numbers = sorted(int(x.provenance.events[-1].reason.split(":")[0].removeprefix("line ")) for x in rejected)
     assert numbers == sorted(n for n, line in enumerate(lines, 1) if line in bad)
-    figures.add(bad_inputs=len(bad), records_checked=sum(s["totals"]["kept"] + s["totals"]["rejected"]
-                                                         for s in stages.values()))
+    figures.add(
+        bad_inputs=len(bad), records_checked=sum(s["totals"]["kept"] + s["totals"]["rejected"] for s in stages.values())
+    )
 
 
 @pytest.mark.slow
@@ -363,9 +463,13 @@ def test_brackets_in_names_and_paths_are_printed_not_parsed_as_markup(tmp_path, 
     config.write_text(yaml.safe_dump(cfg))
     env = child_env(plugin_env)
     out = tmp_path / cfg["output"]
-    for args in (["run", str(config)], ["inspect", str(out)], ["audit", str(out), "--use", "research",
-                                                                 "--name", "rel [/] [red]"],
-                 ["cache", "stats", "--cache", str(tmp_path / "[/] none.sqlite")], ["schema", "[/]"]):
+    for args in (
+        ["run", str(config)],
+        ["inspect", str(out)],
+        ["audit", str(out), "--use", "research", "--name", "rel [/] [red]"],
+        ["cache", "stats", "--cache", str(tmp_path / "[/] none.sqlite")],
+        ["schema", "[/]"],
+    ):
         r = distill(*args, env=env)
         figures.add(bad_inputs=1)
         assert "Traceback" not in r.stdout + r.stderr and "MarkupError" not in r.stderr, (args, r.stderr)

@@ -26,8 +26,17 @@ import pytest
 
 from distill.cache.store import RequestCache
 
-from .harness import (call_log_count, check_output, child_env, crash_config, distill, kill_when, manifest,
-                      read_output, start_run)
+from .harness import (
+    call_log_count,
+    check_output,
+    child_env,
+    crash_config,
+    distill,
+    kill_when,
+    manifest,
+    read_output,
+    start_run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -122,10 +131,16 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(trial, tmp_path, plugi
         repeated = call_log_count(calls_log) - entries
     else:
         repeated = extra_calls
-    figures.add(trials_run=1, kills=kills, records_checked=check.records, lost=check.lost,
-                duplicated=check.duplicated, teacher_calls=call_log_count(calls_log),
-                teacher_calls_repeated_after_kills=repeated,
-                **{f"killed_during_{s}": during.count(s) for s in set(during)})
+    figures.add(
+        trials_run=1,
+        kills=kills,
+        records_checked=check.records,
+        lost=check.lost,
+        duplicated=check.duplicated,
+        teacher_calls=call_log_count(calls_log),
+        teacher_calls_repeated_after_kills=repeated,
+        **{f"killed_during_{s}": during.count(s) for s in set(during)},
+    )
     assert not check.problems, check.problems
     assert check.lost == 0 and check.duplicated == 0
     assert 0 <= repeated <= kills * BATCH, (repeated, kills, where)

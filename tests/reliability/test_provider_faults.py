@@ -32,9 +32,19 @@ SEEDS = 24
 
 def _config(folder: Path, base_url: str, model: str, batch_size: int = 6, **options: Any) -> Path:
     seeds = write_seeds(folder, n=SEEDS)
-    teacher = {"model": model, "base_url": base_url, "license": "Apache-2.0", "max_tokens": 12,
-               "concurrency": 4, "timeout": 1.5, "backoff_base": 0.05, "backoff_max": 0.5, "max_retries": 8,
-               "api_key_env": "OPENAI_API_KEY", **options}
+    teacher = {
+        "model": model,
+        "base_url": base_url,
+        "license": "Apache-2.0",
+        "max_tokens": 12,
+        "concurrency": 4,
+        "timeout": 1.5,
+        "backoff_base": 0.05,
+        "backoff_max": 0.5,
+        "max_retries": 8,
+        "api_key_env": "OPENAI_API_KEY",
+        **options,
+    }
     cfg = {
         "output": "out",
         "seed": 5,
@@ -42,10 +52,18 @@ def _config(folder: Path, base_url: str, model: str, batch_size: int = 6, **opti
         "seeds": [{"path": seeds.name, "license": "CC0-1.0", "name": "acme"}],
         "teachers": {"api": {"plugin": "openai", "options": teacher}},
         "stages": [
-            {"kind": "generate", "name": "answers", "teacher": "api", "batch_size": batch_size,
-             "task": {"plugin": "response"}},
-            {"kind": "filter", "name": "clean", "filters": [{"plugin": "length", "options": {"min_words": 1}},
-                                                            "exact-dedup"]},
+            {
+                "kind": "generate",
+                "name": "answers",
+                "teacher": "api",
+                "batch_size": batch_size,
+                "task": {"plugin": "response"},
+            },
+            {
+                "kind": "filter",
+                "name": "clean",
+                "filters": [{"plugin": "length", "options": {"min_words": 1}}, "exact-dedup"],
+            },
             {"kind": "export", "name": "sft", "format": "sft"},
         ],
         "release": {"use": "research"},
@@ -58,8 +76,13 @@ def _config(folder: Path, base_url: str, model: str, batch_size: int = 6, **opti
 def _env(plugin_env, folder: Path, key: str) -> dict[str, str]:
     for d in ("home", "cache", "hf"):
         (folder / d).mkdir(exist_ok=True)
-    env = child_env(plugin_env, OPENAI_API_KEY=key, HOME=str(folder / "home"), DISTILL_CACHE_DIR=str(folder / "cache"),
-                    HF_HOME=str(folder / "hf"))
+    env = child_env(
+        plugin_env,
+        OPENAI_API_KEY=key,
+        HOME=str(folder / "home"),
+        DISTILL_CACHE_DIR=str(folder / "cache"),
+        HF_HOME=str(folder / "hf"),
+    )
     env.pop("DISTILL_PLUGINS")  # every installed plugin, as a user has them
     return env
 
@@ -103,8 +126,9 @@ def _same_records(out: Path, want) -> Any:
     return check, got
 
 
-def test_thirty_percent_faults_the_run_completes_and_the_key_leaks_nowhere(vllm_server, tmp_path, plugin_env,
-                                                                          reference, figures):
+def test_thirty_percent_faults_the_run_completes_and_the_key_leaks_nowhere(
+    vllm_server, tmp_path, plugin_env, reference, figures
+):
     from servers import FaultProxy
 
     base_url, model = vllm_server
@@ -117,10 +141,13 @@ def test_thirty_percent_faults_the_run_completes_and_the_key_leaks_nowhere(vllm_
         printed += [r.stdout, r.stderr]
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         stats = proxy.stats
-    for args in (["inspect", str(tmp_path / "out")], ["inspect", str(tmp_path / "out"), "--json"],
-                 ["audit", str(tmp_path / "out"), "--format", "markdown"],
-                 ["cache", "stats", "--cache", str(tmp_path / "requests.sqlite")],
-                 ["cache", "explain", "--cache", str(tmp_path / "requests.sqlite")]):
+    for args in (
+        ["inspect", str(tmp_path / "out")],
+        ["inspect", str(tmp_path / "out"), "--json"],
+        ["audit", str(tmp_path / "out"), "--format", "markdown"],
+        ["cache", "stats", "--cache", str(tmp_path / "requests.sqlite")],
+        ["cache", "explain", "--cache", str(tmp_path / "requests.sqlite")],
+    ):
         c = distill(*args, env=env)
         assert "Traceback" not in c.stderr, (args, c.stderr)
         printed += [c.stdout, c.stderr]
@@ -129,10 +156,16 @@ def test_thirty_percent_faults_the_run_completes_and_the_key_leaks_nowhere(vllm_
     check, _ = _same_records(tmp_path / "out", reference)
     files, hits = scan([tmp_path], key)
     hits += scan_text(printed, key)
-    figures.add(faults_injected=stats.faults_injected, provider_requests=stats.requests,
-                records_checked=check.records, lost=check.lost, duplicated=check.duplicated,
-                secrets_found=len(hits), files_scanned=files,
-                **{f"provider_fault_{k}": v for k, v in stats.faults.items()})
+    figures.add(
+        faults_injected=stats.faults_injected,
+        provider_requests=stats.requests,
+        records_checked=check.records,
+        lost=check.lost,
+        duplicated=check.duplicated,
+        secrets_found=len(hits),
+        files_scanned=files,
+        **{f"provider_fault_{k}": v for k, v in stats.faults.items()},
+    )
     # Seed 129 draws every kind in its first dozen faults; concurrency may reorder a few.
     assert stats.faults_injected >= 5 and len(stats.faults) >= 4, stats.faults
     assert stats.faults.get("401", 0) == 0  # the key was sent with every request
@@ -141,8 +174,9 @@ def test_thirty_percent_faults_the_run_completes_and_the_key_leaks_nowhere(vllm_
     assert not hits, hits
 
 
-def test_total_failure_trips_the_breaker_cleanly_and_a_later_run_resumes(vllm_server, tmp_path, plugin_env,
-                                                                         reference, figures):
+def test_total_failure_trips_the_breaker_cleanly_and_a_later_run_resumes(
+    vllm_server, tmp_path, plugin_env, reference, figures
+):
     from servers import FaultProxy
 
     base_url, model = vllm_server
@@ -151,8 +185,9 @@ def test_total_failure_trips_the_breaker_cleanly_and_a_later_run_resumes(vllm_se
     with FaultProxy(base_url, delay_marker="messages", delay_seconds=0.3) as proxy:
         # Batches of 12 at 2 at a time: when the provider goes down, at most 2 requests of the
         # next batch are already through, so at least 3 in a row fail and the breaker opens.
-        config = _config(tmp_path, proxy.base_url, model, batch_size=12, concurrency=2, circuit_breaker=3,
-                         max_retries=2)
+        config = _config(
+            tmp_path, proxy.base_url, model, batch_size=12, concurrency=2, circuit_breaker=3, max_retries=2
+        )
         proc = start_run(config, env, tmp_path / "run.log")
         deadline = time.monotonic() + 120
         while (m := manifest(out, "answers")) is None or not m.shards:
@@ -176,8 +211,13 @@ def test_total_failure_trips_the_breaker_cleanly_and_a_later_run_resumes(vllm_se
     counts = _accounted(out)
     check, got = _same_records(out, reference)
     assert [x.id for x in got["answers"][0][: len(kept_before[0])]] == [x.id for x in kept_before[0]]
-    figures.add(faults_injected=failed, records_checked=check.records, lost=check.lost,
-                duplicated=check.duplicated, breaker_trips=1)
+    figures.add(
+        faults_injected=failed,
+        records_checked=check.records,
+        lost=check.lost,
+        duplicated=check.duplicated,
+        breaker_trips=1,
+    )
     assert counts["answered"] == counts["seeds"], counts
     assert not check.problems and check.lost == 0 and check.duplicated == 0, check.problems
 

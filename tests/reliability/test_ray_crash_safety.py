@@ -20,8 +20,7 @@ import yaml
 
 from distill.cache.store import RequestCache
 
-from .harness import (call_log_count, check_output, child_env, crash_config, distill, kill_when, read_output,
-                      start_run)
+from .harness import call_log_count, check_output, child_env, crash_config, distill, kill_when, read_output, start_run
 from .test_crash_safety import BATCH, _aim
 
 pytestmark = pytest.mark.slow
@@ -53,8 +52,9 @@ def local_reference(tmp_path_factory, plugin_env):
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_sigkill_under_ray_then_resume_loses_and_duplicates_nothing(trial, tmp_path, plugin_env, local_reference,
-                                                                   figures):
+def test_sigkill_under_ray_then_resume_loses_and_duplicates_nothing(
+    trial, tmp_path, plugin_env, local_reference, figures
+):
     rng = random.Random(SEED + trial)
     want, ref_calls = local_reference
     config = ray_config(tmp_path)
@@ -83,9 +83,16 @@ def test_sigkill_under_ray_then_resume_loses_and_duplicates_nothing(trial, tmp_p
         entries = c.stats().entries
     assert entries == ref_calls, "the cache holds exactly the reference run's distinct requests"
     repeated = call_log_count(calls_log) - entries
-    figures.add(trials_run=1, ray_trials=1, kills=kills, records_checked=check.records, lost=check.lost,
-                duplicated=check.duplicated, teacher_calls=call_log_count(calls_log),
-                teacher_calls_repeated_after_kills=repeated)
+    figures.add(
+        trials_run=1,
+        ray_trials=1,
+        kills=kills,
+        records_checked=check.records,
+        lost=check.lost,
+        duplicated=check.duplicated,
+        teacher_calls=call_log_count(calls_log),
+        teacher_calls_repeated_after_kills=repeated,
+    )
     assert not check.problems, check.problems
     assert check.lost == 0 and check.duplicated == 0
     assert 0 <= repeated <= kills * BATCH, (repeated, kills)

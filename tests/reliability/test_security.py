@@ -38,9 +38,15 @@ def _isolated_env(plugin_env: dict[str, str], home: Path, **extra: str) -> dict[
     """Every place a run may write (home, caches) is inside `home`, so the scan sees it all."""
     for d in ("home", "cache", "hf", "tmp"):
         (home / d).mkdir(parents=True, exist_ok=True)
-    return child_env(plugin_env, HOME=str(home / "home"), DISTILL_CACHE_DIR=str(home / "cache"),
-                     HF_HOME=str(home / "hf"), XDG_CACHE_HOME=str(home / "cache"), TMPDIR=str(home / "tmp"),
-                     **extra)
+    return child_env(
+        plugin_env,
+        HOME=str(home / "home"),
+        DISTILL_CACHE_DIR=str(home / "cache"),
+        HF_HOME=str(home / "hf"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        TMPDIR=str(home / "tmp"),
+        **extra,
+    )
 
 
 # -- secrets ---------------------------------------------------------------------------------
@@ -79,8 +85,10 @@ def test_a_canary_key_appears_in_no_file_log_cache_report_or_card(tmp_path, plug
     # Failing runs: the key put in a field that is checked (its error message must not echo it),
     # and a key that is wrong for a stage that is redone.
     bad = dict(cfg, output="out-bad")
-    bad["teachers"] = {**cfg["teachers"], "writer": {"plugin": "counting-echo",
-                                                      "options": {"license": "${DISTILL_CANARY_KEY}"}}}
+    bad["teachers"] = {
+        **cfg["teachers"],
+        "writer": {"plugin": "counting-echo", "options": {"license": "${DISTILL_CANARY_KEY}"}},
+    }
     (work / "bad.yaml").write_text(yaml.safe_dump(bad))
     run("run", str(work / "bad.yaml"), ok=False)
     bad["teachers"]["writer"]["options"] = {"n": "${DISTILL_CANARY_KEY}"}
@@ -102,10 +110,23 @@ def test_a_canary_key_appears_in_no_file_log_cache_report_or_card(tmp_path, plug
 
 #: Calls that can run code from the data they load, with the argument that makes them safe.
 UNSAFE_CALLS = {
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cPickle", "load"), ("cPickle", "loads"),
-    ("dill", "load"), ("dill", "loads"), ("cloudpickle", "load"), ("cloudpickle", "loads"),
-    ("joblib", "load"), ("marshal", "load"), ("marshal", "loads"), ("shelve", "open"),
-    ("yaml", "unsafe_load"), ("yaml", "full_load"), ("yaml", "unsafe_load_all"), ("pd", "read_pickle"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("cPickle", "load"),
+    ("cPickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("joblib", "load"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("yaml", "unsafe_load_all"),
+    ("pd", "read_pickle"),
     ("pandas", "read_pickle"),
 }
 
@@ -161,8 +182,9 @@ def _loads_weights(node: ast.Call, owner, name) -> bool:
     return not any(t in target for t in ("Tokenizer", "Config", "Processor")) and target != "GenerationConfig"
 
 
-@pytest.mark.parametrize("path", [p for p in SOURCES if "from_pretrained" in p.read_text()],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", [p for p in SOURCES if "from_pretrained" in p.read_text()], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_models_are_loaded_from_safetensors_only(path):
     text = path.read_text()
     tree = ast.parse(text)
@@ -173,8 +195,11 @@ def test_models_are_loaded_from_safetensors_only(path):
         kwargs = _kw(node, "use_safetensors")
         if not _is_true(kwargs) and not any(k.arg is None for k in node.keywords):  # **kwargs checked below
             unsafe.append(f"{path.relative_to(ROOT)}:{node.lineno}: {owner}.from_pretrained")
-        elif any(k.arg is None for k in node.keywords) and '"use_safetensors"' not in text \
-                and "use_safetensors=True" not in text:
+        elif (
+            any(k.arg is None for k in node.keywords)
+            and '"use_safetensors"' not in text
+            and "use_safetensors=True" not in text
+        ):
             unsafe.append(f"{path.relative_to(ROOT)}:{node.lineno}: {owner}.from_pretrained(**kwargs)")
     assert not unsafe, unsafe
 
@@ -213,9 +238,11 @@ def test_a_model_folder_with_only_a_pickled_checkpoint_is_refused(tmp_path, tiny
 
 def test_yaml_tags_that_build_objects_are_refused(tmp_path, figures):
     sentinel = tmp_path / "pwned"
-    for text in (f"output: !!python/object/apply:os.system ['touch {sentinel}']\n",
-                 f"output: !!python/object/new:builtins.open ['{sentinel}', 'w']\n",
-                 "output: !!python/name:os.system\n"):
+    for text in (
+        f"output: !!python/object/apply:os.system ['touch {sentinel}']\n",
+        f"output: !!python/object/new:builtins.open ['{sentinel}', 'w']\n",
+        "output: !!python/name:os.system\n",
+    ):
         path = tmp_path / "config.yaml"
         path.write_text(text)
         from distill.config.loader import load_config
@@ -262,8 +289,12 @@ def test_nothing_in_the_output_or_cache_is_unpickled(tmp_path, monkeypatch, figu
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache-home"))
     sentinel = tmp_path / "pwned"
     config = crash_config(tmp_path, delay=0.0, filter_delay=0.0)
-    for planted in (tmp_path / "out" / "stages" / "answers" / "state.pkl", tmp_path / "out" / "state" / "x.pkl",
-                    tmp_path / "cache-home" / "requests.pkl", tmp_path / "requests.sqlite.pkl"):
+    for planted in (
+        tmp_path / "out" / "stages" / "answers" / "state.pkl",
+        tmp_path / "out" / "state" / "x.pkl",
+        tmp_path / "cache-home" / "requests.pkl",
+        tmp_path / "requests.sqlite.pkl",
+    ):
         planted.parent.mkdir(parents=True, exist_ok=True)
         planted.write_bytes(pickle.dumps(_Sentinel(sentinel)))
     from distill.config.loader import load_config
@@ -280,14 +311,24 @@ def test_nothing_in_the_output_or_cache_is_unpickled(tmp_path, monkeypatch, figu
 
 # -- paths -----------------------------------------------------------------------------------
 
-ESCAPES = ["../../escape", "../../../../../../../../tmp/distill-escape", "/tmp/distill-escape-abs",
-           "..", "a/../../b", "nested/name", "..\\..\\win"]
+ESCAPES = [
+    "../../escape",
+    "../../../../../../../../tmp/distill-escape",
+    "/tmp/distill-escape-abs",
+    "..",
+    "a/../../b",
+    "nested/name",
+    "..\\..\\win",
+]
 
 
 @pytest.mark.parametrize("name", ESCAPES)
 def test_a_stage_name_that_is_a_path_is_a_config_error(tmp_path, name):
-    cfg = {"output": str(tmp_path / "out"), "seeds": [{"path": "s.jsonl", "license": "CC0-1.0"}],
-           "stages": [{"kind": "export", "name": name}]}
+    cfg = {
+        "output": str(tmp_path / "out"),
+        "seeds": [{"path": "s.jsonl", "license": "CC0-1.0"}],
+        "stages": [{"kind": "export", "name": name}],
+    }
     with pytest.raises(ConfigError, match="stage name"):
         parse_config(cfg)
 
@@ -341,8 +382,11 @@ def test_names_and_record_ids_cannot_write_outside_the_output_folder(tmp_path, p
     assert set(hostile[: len(lines)]) & exported  # the hostile ids really went all the way through
 
     allowed = (deep / "out", deep / "requests.sqlite")
-    new = [p for p in _tree(tmp_path) - before
-           if not any(p == a or a in p.parents or str(p).startswith(str(a)) for a in allowed)]
+    new = [
+        p
+        for p in _tree(tmp_path) - before
+        if not any(p == a or a in p.parents or str(p).startswith(str(a)) for a in allowed)
+    ]
     outside = [p for p in Path("/tmp").glob(f"{marker}*")] + [p for p in tmp_path.parent.glob(f"*{marker}*")]
     figures.add(path_traversal_attempts=4 + len(hostile))
     assert not new and not outside, (new, outside)
@@ -381,8 +425,17 @@ def test_text_in_cards_and_audit_reports_is_escaped(tmp_path, plugin_env, figure
     env = child_env(plugin_env)
     r = distill("run", str(config), "--quiet", env=env)
     assert r.returncode == 0, r.stderr
-    r = distill("audit", str(tmp_path / "out"), "--use", "research", "--output", str(tmp_path / "audit.md"),
-                "--ack", f"unknown-terms=reason {HOSTILE}", env=env)
+    r = distill(
+        "audit",
+        str(tmp_path / "out"),
+        "--use",
+        "research",
+        "--output",
+        str(tmp_path / "audit.md"),
+        "--ack",
+        f"unknown-terms=reason {HOSTILE}",
+        env=env,
+    )
     assert "Traceback" not in r.stderr
     sft = tmp_path / "out" / "export" / "sft"
     markdown = {p.name: p.read_text() for p in [sft / "README.md", tmp_path / "audit.md"]}
@@ -394,8 +447,13 @@ def test_text_in_cards_and_audit_reports_is_escaped(tmp_path, plugin_env, figure
     for name, text in markdown.items():
         assert "<script" not in text and "<img" not in text, name
     assert "&lt;script&gt;" in markdown["README.md"] and "&lt;script&gt;" in markdown["audit.md"]
-    texts = {**markdown, **{p.name: p.read_text() for p in [sft / "NOTICE", sft / "croissant.json",
-                                                             *sorted((tmp_path / "out" / "audits").glob("*"))]}}
+    texts = {
+        **markdown,
+        **{
+            p.name: p.read_text()
+            for p in [sft / "NOTICE", sft / "croissant.json", *sorted((tmp_path / "out" / "audits").glob("*"))]
+        },
+    }
     for name, text in texts.items():
         assert "Record text" not in text, name  # record text is in no card or report at all
     figures.add(cards_checked=len(texts))
@@ -439,32 +497,45 @@ def test_plugins_load_only_from_installed_entry_points_the_allowlist_names(tmp_p
         cli = [str(Path(sys.executable).parent / "distill")]  # as users run it: the console script
         if not Path(cli[0]).exists():
             cli = [sys.executable, "-c", "from distill.cli.app import main; main()"]
-        r = subprocess.run([*cli, "run", str(config), "--quiet"], cwd=work, env=env, capture_output=True,
-                           text=True, timeout=300)
+        r = subprocess.run(
+            [*cli, "run", str(config), "--quiet"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 0, r.stderr
         r = subprocess.run([*cli, "plugins", "--json"], cwd=work, env=env, capture_output=True, text=True)
         names = {p["entry_point"] for p in json.loads(r.stdout)["plugins"]}
         assert "evil" not in names and "evil-installed" not in names
         assert not sentinel.exists(), "plugin code was imported from a folder no entry point names"
-        for ref in ("evil_plugin", "./evil_plugin.py", "evil_plugin:register", str(work / "evil_plugin.py"),
-                    "os:system"):
+        for ref in (
+            "evil_plugin",
+            "./evil_plugin.py",
+            "evil_plugin:register",
+            str(work / "evil_plugin.py"),
+            "os:system",
+        ):
             cfg = yaml.safe_load(config.read_text())
             cfg["output"] = "out-ref"
             cfg["teachers"]["writer"]["plugin"] = ref
             (work / "ref.yaml").write_text(yaml.safe_dump(cfg))
-            r = subprocess.run([*cli, "run", str(work / "ref.yaml"), "--quiet"], cwd=work, env=env,
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [*cli, "run", str(work / "ref.yaml"), "--quiet"], cwd=work, env=env, capture_output=True, text=True
+            )
             assert r.returncode == 2 and "unknown teacher plugin" in r.stderr, r.stderr
         cfg = yaml.safe_load(config.read_text())
         cfg["plugins"] = {"paths": [str(work / "evil_plugin.py")]}
         (work / "ref.yaml").write_text(yaml.safe_dump(cfg))
-        r = subprocess.run([*cli, "run", str(work / "ref.yaml"), "--quiet"], cwd=work, env=env,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [*cli, "run", str(work / "ref.yaml"), "--quiet"], cwd=work, env=env, capture_output=True, text=True
+        )
         assert r.returncode == 2 and "plugins.paths: unknown key" in r.stderr, r.stderr
         assert not sentinel.exists()
         # Installed and not left out by DISTILL_PLUGINS: an entry point is how plugins load.
-        r = subprocess.run([*cli, "plugins", "--json"], cwd=work, env={**env, "DISTILL_PLUGINS": "evil-installed"},
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [*cli, "plugins", "--json"],
+            cwd=work,
+            env={**env, "DISTILL_PLUGINS": "evil-installed"},
+            capture_output=True,
+            text=True,
+        )
         assert sentinel.exists(), r.stderr
     finally:
         shutil.rmtree(installed, ignore_errors=True)

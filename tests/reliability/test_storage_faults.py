@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import (call_log_count, check_output, child_env, crash_config, distill, manifest, read_output,
-                      start_run)
+from .harness import call_log_count, check_output, child_env, crash_config, distill, manifest, read_output, start_run
 
 pytestmark = pytest.mark.slow
 BATCH = 4
@@ -43,8 +42,12 @@ def can_mount() -> bool:
 
     probe = Path(tempfile.mkdtemp(prefix="distill-mount-probe-"))
     try:
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
-                            capture_output=True).returncode == 0
+        ok = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True
+            ).returncode
+            == 0
+        )
         if ok:
             subprocess.run(["umount", str(probe)], check=True)
         return ok
@@ -95,24 +98,31 @@ def completed(tmp_path, plugin_env, template):
     return tmp_path / "config.yaml", env, want, call_log_count(tmp_path / "calls.log")
 
 
-def _recover_and_check(config: Path, env, want, figures, calls_before: int, *, max_new_calls: int = 0,
-                       fault: str) -> None:
+def _recover_and_check(
+    config: Path, env, want, figures, calls_before: int, *, max_new_calls: int = 0, fault: str
+) -> None:
     out = config.parent / "out"
     r = distill("run", str(config), "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     check = check_output(out, want)
     new_calls = call_log_count(config.parent / "calls.log") - calls_before
     calls = {"teacher_calls_after_losing_the_cache" if fault == "cache" else "teacher_calls_repeated": new_calls}
-    figures.add(faults_injected=1, storage_faults=1, records_checked=check.records, lost=check.lost,
-                duplicated=check.duplicated, **calls, **{f"storage_fault_{fault}": 1})
+    figures.add(
+        faults_injected=1,
+        storage_faults=1,
+        records_checked=check.records,
+        lost=check.lost,
+        duplicated=check.duplicated,
+        **calls,
+        **{f"storage_fault_{fault}": 1},
+    )
     assert not check.problems, check.problems
     assert check.lost == 0 and check.duplicated == 0
     assert new_calls <= max_new_calls, new_calls
 
 
 @pytest.mark.parametrize("stage,which", [("answers", -1), ("clean", 0), ("sft", -1)])
-def test_a_truncated_shard_is_reported_and_repaired_without_losing_committed_shards(
-        completed, stage, which, figures):
+def test_a_truncated_shard_is_reported_and_repaired_without_losing_committed_shards(completed, stage, which, figures):
     config, env, want, calls = completed
     out = config.parent / "out"
     m = manifest(out, stage)
@@ -123,8 +133,13 @@ def test_a_truncated_shard_is_reported_and_repaired_without_losing_committed_sha
 
     r = distill("inspect", str(out), env=env)
     assert r.returncode == 1 and f"{shard.kept_file} is corrupted" in r.stderr and "distill repair" in r.stderr
-    _clean_error(distill("run", str(config), "--quiet", env=env), f"stage '{stage}'", shard.kept_file,
-                 "is corrupted", "distill repair")
+    _clean_error(
+        distill("run", str(config), "--quiet", env=env),
+        f"stage '{stage}'",
+        shard.kept_file,
+        "is corrupted",
+        "distill repair",
+    )
 
     r = distill("repair", str(out), env=env)
     assert r.returncode == 0, r.stderr
@@ -168,8 +183,9 @@ def test_a_corrupted_cache_is_reported_and_never_rebuilt_silently(tmp_path, plug
     for p in tmp_path.glob("requests.sqlite*"):
         p.unlink()
     cache.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
-    text = _clean_error(distill("run", str(config), "--quiet", env=env), "request cache", "is corrupted",
-                        "move it aside")
+    text = _clean_error(
+        distill("run", str(config), "--quiet", env=env), "request cache", "is corrupted", "move it aside"
+    )
     assert "Traceback" not in text and read_output(out) == committed  # nothing committed was touched
     assert cache.read_bytes().startswith(b"SQLite format 3\x00")  # not rebuilt behind the user's back
     cache.rename(cache.with_suffix(".damaged"))  # what the message says to do
@@ -183,7 +199,7 @@ def _make_read_only(out: Path) -> None:
     original mount would refuse while the run holds files open for writing)."""
     if can_mount():
         _sh("mount", "--bind", str(out), str(out))
-        for attempt in range(50):
+        for _attempt in range(50):
             if subprocess.run(["mount", "-o", "remount,ro,bind", str(out)], capture_output=True).returncode == 0:
                 return
             time.sleep(0.02)
@@ -209,8 +225,7 @@ def _require_unwritable_possible() -> None:
 
 
 @pytest.mark.parametrize("when", ["before", "during"])
-def test_an_unwritable_output_folder_is_reported_and_the_run_resumes(tmp_path, plugin_env, completed, when,
-                                                                    figures):
+def test_an_unwritable_output_folder_is_reported_and_the_run_resumes(tmp_path, plugin_env, completed, when, figures):
     _require_unwritable_possible()
     config, env, want, _ = completed
     out = tmp_path / "out"
@@ -244,7 +259,7 @@ def test_an_unwritable_output_folder_is_reported_and_the_run_resumes(tmp_path, p
         _make_writable(target)
     r = distill("run", str(config), "--quiet", env=env)
     assert r.returncode == 0, r.stderr
-    for stage, (kept, rejected) in committed.items():  # committed data survived as it was
+    for stage, (kept, _rejected) in committed.items():  # committed data survived as it was
         assert [x.id for x in read_output(out)[stage][0][: len(kept)]] == [x.id for x in kept]
     _recover_and_check(config, env, want, figures, call_log_count(tmp_path / "calls.log"), fault=f"read_only_{when}")
     assert call_log_count(tmp_path / "calls.log") - calls <= BATCH
@@ -254,6 +269,7 @@ def _limit_file_size(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -289,8 +305,14 @@ def test_a_file_size_limit_is_reported_like_a_full_disk(tmp_path, plugin_env, co
     out = tmp_path / "out"
     shutil.rmtree(out)
     calls = call_log_count(tmp_path / "calls.log")
-    r = subprocess.run([*_cli(), "run", str(config), "--quiet"], capture_output=True, text=True, env=env,
-                       preexec_fn=_limit_file_size(24 * 1024), timeout=300)
+    r = subprocess.run(
+        [*_cli(), "run", str(config), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=_limit_file_size(24 * 1024),
+        timeout=300,
+    )
     text = _clean_error(r, "run the same command again")
     # Whichever file crossed the limit first: a shard or manifest (EFBIG), or the cache (SQLite's words).
     assert any(w in text for w in ("File too large", "disk I/O error", "disk is full")), text

@@ -30,14 +30,19 @@ class BlocklistFilter(Filter):
     name = "acme-blocklist"
 
     class Options(Options):
-        terms: list[str] = Field(min_length=1, description="Words or phrases to block, matched as whole "
-                                                           "words; a phrase matches across any whitespace.")
+        terms: list[str] = Field(
+            min_length=1,
+            description="Words or phrases to block, matched as whole words; a phrase matches across any whitespace.",
+        )
         field: Literal["prompt", "response", "both"] = Field(
-            "response", description="Where to look: the user turns, the answer (and every candidate, which a "
-                                    "preference export would carry), or both.")
+            "response",
+            description="Where to look: the user turns, the answer (and every candidate, which a "
+            "preference export would carry), or both.",
+        )
         case_sensitive: bool = Field(False, description="Match case exactly.")
         action: Literal["drop", "mask"] = Field(
-            "drop", description="`drop` rejects the record; `mask` replaces each match with `mask_with` and keeps it.")
+            "drop", description="`drop` rejects the record; `mask` replaces each match with `mask_with` and keeps it."
+        )
         mask_with: str = Field("[blocked]", description="What a masked term becomes.")
 
         @field_validator("terms")
@@ -52,8 +57,10 @@ class BlocklistFilter(Filter):
         super().__init__(options, **kwargs)
         flags = 0 if self.options.case_sensitive else re.IGNORECASE
         # (?<!\w)...(?!\w) rather than \b: a term may start or end with punctuation ("C++").
-        self._patterns = [(t, re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, t.split())) + r"(?!\w)", flags))
-                          for t in self.options.terms]
+        self._patterns = [
+            (t, re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, t.split())) + r"(?!\w)", flags))
+            for t in self.options.terms
+        ]
 
     def filter_batch(self, records: list[Record]) -> list[Decision]:
         return [self.decide(r) for r in records]

@@ -85,17 +85,28 @@ class FaqTeacher(Teacher):
     name = "acme-faq"
 
     class Options(Options):
-        table: str | None = Field(None, description="A JSON FAQ table; a relative path resolves against the "
-                                                    "config file's folder. Default: the Acme router FAQ "
-                                                    "shipped in this package (CC0-1.0).")
-        license: str | None = Field(None, description="Terms of the table's answers (SPDX), overriding what the "
-                                                      "table declares.")
-        n: int = Field(1, ge=1, le=16, description="Samples per request: the matched entry's answer variants, "
-                                                   "from a seeded starting point.")
+        table: str | None = Field(
+            None,
+            description="A JSON FAQ table; a relative path resolves against the "
+            "config file's folder. Default: the Acme router FAQ "
+            "shipped in this package (CC0-1.0).",
+        )
+        license: str | None = Field(
+            None, description="Terms of the table's answers (SPDX), overriding what the table declares."
+        )
+        n: int = Field(
+            1,
+            ge=1,
+            le=16,
+            description="Samples per request: the matched entry's answer variants, from a seeded starting point.",
+        )
         seed: int = Field(0, description="Base seed for requests that carry none (pipeline requests always do).")
-        fallback: str = Field("", description="The answer when no entry matches. Empty by default, so the "
-                                              "`response` task rejects the record as `empty response` rather "
-                                              "than teaching the student a non-answer.")
+        fallback: str = Field(
+            "",
+            description="The answer when no entry matches. Empty by default, so the "
+            "`response` task rejects the record as `empty response` rather "
+            "than teaching the student a non-answer.",
+        )
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -123,7 +134,9 @@ class FaqTeacher(Teacher):
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                raise PluginError(f"{self.name} teacher: cannot read the FAQ table {where}: {exc.strerror or exc}") from None
+                raise PluginError(
+                    f"{self.name} teacher: cannot read the FAQ table {where}: {exc.strerror or exc}"
+                ) from None
         try:
             self._table = FaqTable.model_validate_json(data)
         except ValidationError as exc:
@@ -135,8 +148,12 @@ class FaqTeacher(Teacher):
 
     def model_info(self) -> ModelInfo:
         table = self._load()
-        return ModelInfo(model=table.name, revision=table.version, file_hash=self._sha256,
-                         license=self.options.license or table.license)
+        return ModelInfo(
+            model=table.name,
+            revision=table.version,
+            file_hash=self._sha256,
+            license=self.options.license or table.license,
+        )
 
     def sampling(self) -> dict[str, Any]:
         return self.options.model_dump(include={"n", "seed", "fallback"})
@@ -153,8 +170,7 @@ class FaqTeacher(Teacher):
                 continue
             base = req.seed if req.seed is not None else _seed(self.options.seed, question)
             start = _seed(base) % len(answers)
-            out.append([Sample(text=answers[(start + k) % len(answers)], finish_reason="stop")
-                        for k in range(count)])
+            out.append([Sample(text=answers[(start + k) % len(answers)], finish_reason="stop") for k in range(count)])
         self.usage.requests += len(requests)
         return out
 

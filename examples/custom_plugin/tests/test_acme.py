@@ -12,11 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from acme_distill import blocklist, faq_teacher
 from acme_distill.blocklist import BlocklistFilter
 from acme_distill.faq_teacher import FaqTeacher
+from pydantic import ValidationError
+
 from distill.errors import PluginError
 from distill.filter import Drop, Edit, Keep
 from distill.plugin import PluginContext
@@ -56,9 +56,14 @@ def test_n_samples_are_distinct_variants_and_depend_only_on_question_and_seed():
 
 
 def test_the_most_specific_entry_wins_and_no_match_is_the_fallback(tmp_path):
-    table = {"name": "t", "license": "CC0-1.0", "entries": [
-        {"keywords": ["light"], "answers": ["any light"]},
-        {"keywords": ["orange", "light"], "answers": ["orange light"]}]}
+    table = {
+        "name": "t",
+        "license": "CC0-1.0",
+        "entries": [
+            {"keywords": ["light"], "answers": ["any light"]},
+            {"keywords": ["orange", "light"], "answers": ["orange light"]},
+        ],
+    }
     (tmp_path / "t.json").write_text(json.dumps(table))
     teacher = FaqTeacher(table="t.json", fallback="ask a human")
     teacher.setup(PluginContext(base_dir=tmp_path))
@@ -77,7 +82,9 @@ def test_an_undeclared_license_is_reported_as_unspecified_never_guessed(tmp_path
 def test_a_missing_or_malformed_table_stops_setup_naming_the_file(tmp_path):
     with pytest.raises(PluginError, match="missing.json"):
         FaqTeacher(table="missing.json").setup(PluginContext(base_dir=tmp_path))
-    (tmp_path / "bad.json").write_text(json.dumps({"name": "t", "entries": [{"keywords": ["two words"], "answers": ["a"]}]}))
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"name": "t", "entries": [{"keywords": ["two words"], "answers": ["a"]}]})
+    )
     with pytest.raises(PluginError, match=r"bad.json: entries.0.keywords.*one word"):
         FaqTeacher(table="bad.json").setup(PluginContext(base_dir=tmp_path))
 
@@ -148,18 +155,25 @@ def test_a_whole_pipeline_in_process(tmp_path):
     from distill.config import parse_config
     from distill.pipeline import Pipeline
 
-    (tmp_path / "seeds.jsonl").write_text('{"question": "How do I reset it?"}\n'
-                                          '{"question": "Is NetGiant better?"}\n'
-                                          '{"question": "Any news?"}\n')
-    loaded = parse_config({
-        "output": str(tmp_path / "out"),
-        "cache": {"enabled": False},
-        "seeds": [{"path": str(tmp_path / "seeds.jsonl"), "license": "CC0-1.0", "prompt_field": "question"}],
-        "teachers": {"faq": {"plugin": "acme-faq"}},
-        "stages": [{"kind": "generate", "name": "answers", "teacher": "faq", "task": {"plugin": "response"}},
-                   {"kind": "filter", "name": "clean",
-                    "filters": [{"plugin": "acme-blocklist", "options": {"terms": ["NetGiant"]}}]}],
-    })
+    (tmp_path / "seeds.jsonl").write_text(
+        '{"question": "How do I reset it?"}\n{"question": "Is NetGiant better?"}\n{"question": "Any news?"}\n'
+    )
+    loaded = parse_config(
+        {
+            "output": str(tmp_path / "out"),
+            "cache": {"enabled": False},
+            "seeds": [{"path": str(tmp_path / "seeds.jsonl"), "license": "CC0-1.0", "prompt_field": "question"}],
+            "teachers": {"faq": {"plugin": "acme-faq"}},
+            "stages": [
+                {"kind": "generate", "name": "answers", "teacher": "faq", "task": {"plugin": "response"}},
+                {
+                    "kind": "filter",
+                    "name": "clean",
+                    "filters": [{"plugin": "acme-blocklist", "options": {"terms": ["NetGiant"]}}],
+                },
+            ],
+        }
+    )
     registry = make_registry()
     assert registry.get("teacher", "acme-faq").package == "distill-acme-plugins", "install the package first"
     result = Pipeline(loaded, registry, progress=False, log=lambda m: None).run()
