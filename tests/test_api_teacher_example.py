@@ -25,6 +25,8 @@ pytest.importorskip("openai")
 
 from distill_plugins.teachers.openai import OPENAI_URL, OpenAITeacher
 
+pytestmark = pytest.mark.slow  # runs the example against a real server
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CONFIG = EXAMPLES / "api_teacher" / "config.yaml"
 SECRET = "sk-example-DO-NOT-LEAK-7c3e9b1d5a"

@@ -23,6 +23,8 @@ from distill.filter import Drop, Edit, Keep
 from distill.records import Record
 from distill.testing import make_record, run_filter
 
+pytestmark = pytest.mark.slow  # installs a package and runs pipelines in subprocesses
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_plugin"
 PACKAGE, VERSION = "distill-acme-plugins", "0.1.0"
 

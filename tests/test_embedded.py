@@ -25,6 +25,8 @@ from distill.models.embedded import (
     read_marker,
 )
 
+pytestmark = pytest.mark.slow  # converts the embedded model
+
 
 def test_gguf_file_is_found_in_the_wheel_without_importing_it():
     path = gguf_path()

@@ -18,6 +18,8 @@ from util import config_dict, pipeline, registry
 from distill.config.loader import parse_config, validate_plugin_options
 from distill.errors import ConfigError, PluginError
 
+pytestmark = pytest.mark.slow  # answers with real models
+
 HELD_OUT = [
     ("How do I change my router's Wi-Fi password?", "Answer: open the admin page", "on"),
     ("Why does my 5 GHz network keep dropping?", "Answer: move the router higher", "on"),

@@ -26,6 +26,8 @@ from servers import FaultProxy
 from distill_plugins.teachers._api_support import Budget, retry_after_seconds
 from distill_plugins.teachers.openai import OpenAITeacher
 
+pytestmark = pytest.mark.slow  # starts a vLLM OpenAI-compatible server
+
 SECRET = "sk-test-DO-NOT-LEAK-4f9a1c2e"
 ANSWER_SCHEMA = {
     "type": "json_schema",

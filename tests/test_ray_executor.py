@@ -30,6 +30,8 @@ from distill.plugin import Options, PluginContext
 from distill.records import Candidate, Message, Record
 from distill.registry import make_registry
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster
+
 TESTS = Path(__file__).resolve().parent
 WORDS = [
     w + s

@@ -22,6 +22,8 @@ from util import pipeline
 from distill.hookspecs import hookimpl
 from distill.plugin import PluginContext
 
+pytestmark = pytest.mark.slow  # starts a two-node Ray cluster
+
 
 class NodeEchoTeacher(EchoTeacher):
     """EchoTeacher that notes, in `OUT/nodes/`, the Ray node each of its replicas runs on."""

@@ -27,7 +27,7 @@ from distill.io.store import read_shards
 from distill.plugin import PluginContext
 from distill.teacher import ChatRequest, Sample
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]  # starts a Ray cluster
 
 RAY = {"executor": "ray", "ray": {"actors": 2}}
 

@@ -307,6 +307,7 @@ def _browser() -> str | None:
     return None
 
 
+@pytest.mark.slow  # starts a browser
 def test_the_report_renders_in_headless_chromium(run_out, tmp_path):
     browser = _browser()
     if browser is None:

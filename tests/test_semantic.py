@@ -23,6 +23,8 @@ from distill.registry import make_registry
 from distill.testing import make_record, run_filter
 from distill_plugins.filters.semantic import SemanticDedup, packaged_model_dir
 
+pytestmark = pytest.mark.slow  # loads an embedding model
+
 
 def generated(prompt: str, *, id: str, response: str | None = None):
     """A record an expand task wrote (compared with the seeds)."""

@@ -19,6 +19,8 @@ from util import config_dict, pipeline, registry
 from distill.config.loader import parse_config, validate_plugin_options
 from distill.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # trains real models
+
 FAST = {"batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 100}
 
 

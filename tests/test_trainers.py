@@ -26,6 +26,8 @@ from distill.trainer import DatasetRef, Hardware, TrainJob, TrainStep, last_chec
 from distill.training.chain import Job, run_job, train_chain
 from distill_plugins.trainers import DistillationTrainer, DPOTrainer, GRPOTrainer, RewardModelTrainer, SFTTrainer
 
+pytestmark = pytest.mark.slow  # trains real models
+
 FAST = {"batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 100}
 
 

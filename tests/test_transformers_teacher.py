@@ -16,6 +16,8 @@ from distill.registry import make_registry
 from distill.teacher import ChatRequest
 from distill_plugins.teachers.transformers import TransformersTeacher
 
+pytestmark = pytest.mark.slow  # loads real models
+
 QUESTIONS = [
     "How do I reset my router?",
     "What is the capital of France?",

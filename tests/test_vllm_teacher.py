@@ -25,6 +25,8 @@ from distill.teacher import ChatRequest
 from distill.testing import TINY_MODEL_ID, TINY_MODEL_LICENSE
 from distill_plugins.teachers.vllm import VLLMTeacher
 
+pytestmark = pytest.mark.slow  # starts vLLM engines
+
 QUESTIONS = [
     "How do I reset my router?",
     "What is the capital of France?",

@@ -52,6 +52,7 @@ def _isolated_env(plugin_env: dict[str, str], home: Path, **extra: str) -> dict[
 # -- secrets ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI pipeline in subprocesses
 def test_a_canary_key_appears_in_no_file_log_cache_report_or_card(tmp_path, plugin_env, figures):
     """A key given the ways users give keys (a ${VAR} in an option, the provider's usual
     variable), a full run, inspect, audit and cache commands, and two failing runs whose error
@@ -468,6 +469,7 @@ from distill.hookspecs import hookimpl
 """
 
 
+@pytest.mark.slow  # runs the CLI in subprocesses
 def test_plugins_load_only_from_installed_entry_points_the_allowlist_names(tmp_path, plugin_env, figures):
     """Plugin code lying around (in the config's folder, the output, the working directory, even
     with a `.dist-info` there) is never imported; an installed entry point is, unless
