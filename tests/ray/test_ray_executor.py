@@ -32,7 +32,7 @@ from distill.registry import make_registry
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 WORDS = [
     w + s
     for w in (
