@@ -9,8 +9,6 @@ Policy forbids scripts, so it stays inert even opened from a downloaded folder.
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,8 @@ from distill.io.store import as_dict, atomic_write
 from distill.layout import REPORT_FILE
 from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
 from distill.report.eval import Evaluation, is_number
+from distill.report.markup import Html, empty, esc, no_plots_note, num, plot, pre, section, table
 
-#: Characters of one text shown before it is cut (the record files hold all of it).
-CLIP = 2000
 _TOP_REASONS = 15
 
 _CSS = """
@@ -45,75 +42,6 @@ img{max-width:100%;border:1px solid #eee;margin:6px 8px 6px 0}
 dt{color:#57606a}dd{margin:0}article{border-top:1px solid #e1e4e8;padding-top:6px;margin-top:12px}
 .plots{display:flex;flex-wrap:wrap;align-items:flex-start}
 """
-
-
-class Html(str):
-    """Markup built by this module: the one kind of string `esc` does not escape."""
-
-
-def esc(value: Any) -> str:
-    """`value` as HTML text: escaped (quotes too, so it is safe in attributes), and clipped."""
-    if isinstance(value, Html):
-        return value
-    text = "" if value is None else str(value)
-    if len(text) > CLIP:
-        text = f"{text[:CLIP]}… ({len(text) - CLIP} more characters)"
-    return html.escape(text, quote=True)
-
-
-def num(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return f"{value:.4g}"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = ()) -> Html:
-    """A table of escaped cells; columns in `numeric` are right-aligned and formatted as numbers."""
-    right = set(numeric)
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = [
-            f'<td class="n">{esc(num(v))}</td>'
-            if i in right and not isinstance(v, Html)
-            else f'<td class="n">{v}</td>'
-            if i in right
-            else f"<td>{esc(v)}</td>"
-            for i, v in enumerate(row)
-        ]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return Html(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-
-
-def pre(text: Any) -> Html:
-    return Html(f"<pre>{esc(text)}</pre>")
-
-
-def empty(text: str) -> Html:
-    return Html(f'<p class="empty">{esc(text)}</p>')
-
-
-def img(b64: str | None, alt: str) -> Html:
-    return Html(f'<img alt="{esc(alt)}" src="data:image/png;base64,{b64}">') if b64 else Html("")
-
-
-def _plot(draw: Any, alt: str, *args: Any) -> Html:
-    """A plot, or nothing when matplotlib is missing (the tables carry the same numbers)."""
-    if not plots.available():
-        return Html("")
-    return img(draw(*args), alt)
-
-
-def _no_plots_note() -> Html:
-    return Html("" if plots.available() else str(empty("plots need matplotlib: pip install 'distill[report]'")))
-
-
-def section(id: str, title: str, *parts: str) -> str:
-    return f'<section id="{id}"><h2>{esc(title)}</h2>\n' + "\n".join(parts) + "\n</section>"
 
 
 def render(data: ReportData) -> str:
@@ -194,7 +122,7 @@ def _funnel(data: ReportData) -> str:
     edits = [(r.stage, *_split(reason), n) for r in data.funnel for reason, n in r.edits.items()]
     top = sorted(reasons, key=lambda x: -x[3])[:_TOP_REASONS]
     charts = [
-        _plot(
+        plot(
             plots.funnel_png,
             "records kept and rejected per stage",
             [(r.stage, r.totals["kept"], r.totals["rejected"]) for r in data.funnel],
@@ -202,14 +130,14 @@ def _funnel(data: ReportData) -> str:
     ]
     if top:
         charts.append(
-            _plot(
+            plot(
                 plots.reasons_png,
                 "records dropped per reason",
                 [(f"{s} · {p}: {why}" if p else f"{s} · {why}", n) for s, p, why, n, _ in top],
             )
         )
     parts = [Html('<div class="plots">' + "".join(charts) + "</div>")]
-    parts += [_no_plots_note(), stages, Html("<h3>Drop reasons</h3>")]
+    parts += [no_plots_note(), stages, Html("<h3>Drop reasons</h3>")]
     if reasons:
         parts.append(
             table(
@@ -254,7 +182,7 @@ def _training(runs: list[TrainingRun]) -> str:
     for r in runs:
         title = f"{r.stage} / {r.step}" + (f" ({r.trainer})" if r.trainer else "")
         if r.train or r.evaluation:
-            curves.append(_plot(plots.loss_png, f"loss of {title}", title, r.train, r.evaluation))
+            curves.append(plot(plots.loss_png, f"loss of {title}", title, r.train, r.evaluation))
     rows = []
     for r in runs:
         shown = {k for k, _ in _METRIC_COLUMNS}
@@ -274,7 +202,7 @@ def _training(runs: list[TrainingRun]) -> str:
         )
     parts = [
         Html('<div class="plots">' + "".join(curves) + "</div>"),
-        _no_plots_note(),
+        no_plots_note(),
         "<h3>Final metrics</h3>",
         table(
             [
@@ -329,7 +257,7 @@ def _one_eval(ev: Evaluation) -> str:
         scores = [(n, kinds.get(n, "model"), float(m["scores"][n])) for n in names if is_number(m["scores"].get(n))]
         if scores:
             charts.append(
-                _plot(plots.metric_png, f"{m['name']} per contender", m["name"], scores, m["higher_is_better"])
+                plot(plots.metric_png, f"{m['name']} per contender", m["name"], scores, m["higher_is_better"])
             )
         best = (max if m["higher_is_better"] else min)((s for _, _, s in scores), default=None)
         cells = [
@@ -348,7 +276,7 @@ def _one_eval(ev: Evaluation) -> str:
             ]
         )
     parts.append(Html('<div class="plots">' + "".join(charts) + "</div>"))
-    parts.append(_no_plots_note())
+    parts.append(no_plots_note())
     if rows:
         parts.append(
             table(["metric", "evaluator", "better", "description", *names], rows, numeric=range(4, 4 + len(names)))
