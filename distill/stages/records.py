@@ -8,7 +8,7 @@ last committed shard when it is incomplete; it is redone when its config or its 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ from distill.ranker import Judge
 from distill.ray.filters import run_filters_ray
 from distill.ray.rankers import start_replicas as start_rankers
 from distill.ray.teachers import start_replicas
-from distill.records import Record
 from distill.stages.context import RunContext, StageResult
 from distill.stages.digests import digest as stage_digest
 from distill.stages.digests import file_digest, output_digest
 from distill.task import ExpandTask, MapTask
+
+#: A stage's work under its progress bar: the teacher calls' figures, if it made any.
+Work = Callable[[StageContext, StageProgress], "dict[str, Any] | None"]
 
 
 def stage_context(run: RunContext, store: StageStore, bar: StageProgress) -> StageContext:
@@ -139,65 +141,39 @@ def record_digest(run: RunContext, i: int, stage: Any, upstream: StageStore) -> 
     )
 
 
-def run_record_stage(run: RunContext, i: int, stage: Any, upstream: StageStore) -> StageStore:
-    """A generate, rank, filter or export stage; returns its store, the next stage's input."""
+def begin(run: RunContext, i: int, stage: Any, upstream: StageStore) -> tuple[StageStore, bool]:
+    """The stage's store, and whether it is already complete and current (nothing to do)."""
     digest = record_digest(run, i, stage, upstream)
     store = open_store(run, stage.name, stage.kind, digest)
     if store is None:
-        store = StageStore(run.output, stage.name, stage.kind, digest)
-        if isinstance(stage, ExportStage):
-            write_cards(run, stage, store)
+        return StageStore(run.output, stage.name, stage.kind, digest), True
+    return store, False
+
+
+def work(run: RunContext, stage: Any, store: StageStore, started: float, total: int, body: Work) -> None:
+    """`body` under the stage's progress bar, then the no-loss check and the sealed manifest."""
+    with StageProgress(stage.name, total, run.progress) as bar:
+        calls = body(stage_context(run, store, bar), bar)
+    finish(run, store, started, calls)
+
+
+def run_generate_stage(run: RunContext, i: int, stage: GenerateStage, upstream: StageStore) -> StageStore:
+    """A task asks the stage's teacher; its answers become new or completed records."""
+    store, done = begin(run, i, stage, upstream)
+    if done:
         return store
-    inputs = UpstreamRecords(upstream)  # read shard by shard as the stage uses them
-    started = time.monotonic()
-    total = len(inputs)
-    task = teacher = ranker = pool = None
-    on_ray = getattr(stage, "executor", "local") == "ray"
-    try:  # plugins load their engines here, before the stage's bar starts
-        if isinstance(stage, GenerateStage):
-            task = run.make_plugin("task", stage.task.plugin, f"stages[{i}].task")
-            teacher = run.teacher(stage.teacher, remote=on_ray)
-            if isinstance(task, ExpandTask):
-                total = task.target()
-        elif isinstance(stage, RankStage):
-            if stage.teacher is not None:
-                teacher = run.teacher(stage.teacher, remote=on_ray)
-            ranker = run.make_plugin(
-                "ranker", stage.ranker.plugin, f"stages[{i}].ranker", remote_engine=on_ray and teacher is None
-            )
-        if on_ray and teacher is not None:  # the same requests and records, answered by Ray actors
+    started, inputs = time.monotonic(), UpstreamRecords(upstream)  # read shard by shard as used
+    on_ray = stage.executor == "ray"
+    task = run.make_plugin("task", stage.task.plugin, f"stages[{i}].task")  # engines load before the bar
+    pool = None
+    try:
+        teacher = run.teacher(stage.teacher, remote=on_ray)
+        if on_ray:  # the same requests and records, answered by Ray actors
             pool = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, run.log)
             run.share_terms(pool, teacher)
             teacher = pool
-        elif on_ray and ranker is not None:  # no judge teacher: the ranker's own replicas
-            ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, run.log)
-        stats = _run(run, i, stage, store, inputs, total, task, teacher, ranker)
-    finally:
-        for plugin in (task, ranker, pool):  # a pool of ranker replicas closes its stand-in too
-            if plugin is not None:
-                plugin.close()
-    finish(run, store, started, stats)
-    if isinstance(stage, ExportStage):
-        write_cards(run, stage, store)
-    return store
 
-
-def _run(
-    run: RunContext,
-    i: int,
-    stage: Any,
-    store: StageStore,
-    inputs: Sequence[Record],
-    total: int,
-    task: Any,
-    teacher: Any,
-    ranker: Any,
-) -> dict[str, Any] | None:
-    """The stage's work under its progress bar; the teacher calls' figures, if any."""
-    caller = None
-    with StageProgress(stage.name, total, run.progress) as bar:
-        ctx = stage_context(run, store, bar)
-        if isinstance(stage, GenerateStage):
+        def body(ctx: StageContext, bar: StageProgress) -> dict[str, Any]:
             caller = TeacherCaller(teacher, run.request_cache(), on_progress=bar.calls)
             if isinstance(task, MapTask):
                 run_map(ctx, task, caller, inputs, stage.batch_size)
@@ -205,27 +181,86 @@ def _run(
                 run_expand(ctx, task, caller, inputs, stage.batch_size)
             else:
                 raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
-        elif isinstance(stage, RankStage):
-            judge = None
-            if stage.teacher is not None:
+            return caller.stats.as_dict()
+
+        work(run, stage, store, started, task.target() if isinstance(task, ExpandTask) else len(inputs), body)
+    finally:
+        for plugin in (task, pool):
+            if plugin is not None:
+                plugin.close()
+    return store
+
+
+def run_rank_stage(run: RunContext, i: int, stage: RankStage, upstream: StageStore) -> StageStore:
+    """The ranker scores each record's candidates, asking the judge teacher if the stage has one."""
+    store, done = begin(run, i, stage, upstream)
+    if done:
+        return store
+    started, inputs = time.monotonic(), UpstreamRecords(upstream)
+    on_ray = stage.executor == "ray"
+    teacher = pool = ranker = None
+    try:
+        if stage.teacher is not None:
+            teacher = run.teacher(stage.teacher, remote=on_ray)
+        ranker = run.make_plugin(
+            "ranker", stage.ranker.plugin, f"stages[{i}].ranker", remote_engine=on_ray and teacher is None
+        )
+        if on_ray and teacher is not None:  # the judge's replicas in Ray actors
+            pool = start_replicas(teacher, stage.ray or RayTeacherOptions(), stage.name, run.log)
+            run.share_terms(pool, teacher)
+            teacher = pool
+        elif on_ray:  # no judge teacher: the ranker's own replicas
+            ranker = start_rankers(ranker, stage.ray or RayTeacherOptions(), stage.name, run.log)
+
+        def body(ctx: StageContext, bar: StageProgress) -> dict[str, Any] | None:
+            caller = judge = None
+            if teacher is not None:
                 caller = TeacherCaller(teacher, run.request_cache(), on_progress=bar.calls)
                 judge = Judge(caller, f"stage {stage.name!r}")
             run_rank(ctx, ranker, judge, inputs, stage.batch_size)
-        elif isinstance(stage, FilterStage):
-            filters = [
-                run.make_plugin("filter", f.plugin, f"stages[{i}].filters[{j}]") for j, f in enumerate(stage.filters)
-            ]
-            try:
-                if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
-                    run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, run.log)
-                else:
-                    run_filters(ctx, filters, inputs, stage.batch_size)
-            finally:
-                for f in filters:
-                    f.close()
-        elif isinstance(stage, ExportStage):
-            run_export(ctx, stage.format, inputs, run.output / EXPORT_DIR / stage.name)
-    return caller.stats.as_dict() if caller else None
+            return caller.stats.as_dict() if caller else None
+
+        work(run, stage, store, started, len(inputs), body)
+    finally:
+        for plugin in (ranker, pool):  # a pool of ranker replicas closes its stand-in too
+            if plugin is not None:
+                plugin.close()
+    return store
+
+
+def run_filter_stage(run: RunContext, i: int, stage: FilterStage, upstream: StageStore) -> StageStore:
+    """The filters keep, drop or edit each record, in order; on Ray Data with `executor: ray`."""
+    store, done = begin(run, i, stage, upstream)
+    if done:
+        return store
+    started, inputs = time.monotonic(), UpstreamRecords(upstream)
+
+    def body(ctx: StageContext, bar: StageProgress) -> None:
+        filters = [
+            run.make_plugin("filter", f.plugin, f"stages[{i}].filters[{j}]") for j, f in enumerate(stage.filters)
+        ]
+        try:
+            if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
+                run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, run.log)
+            else:
+                run_filters(ctx, filters, inputs, stage.batch_size)
+        finally:
+            for f in filters:
+                f.close()
+
+    work(run, stage, store, started, len(inputs), body)
+    return store
+
+
+def run_export_stage(run: RunContext, i: int, stage: ExportStage, upstream: StageStore) -> StageStore:
+    """The records as a Hugging Face dataset folder, with cards audited against the release policy."""
+    store, done = begin(run, i, stage, upstream)
+    if not done:
+        started, inputs = time.monotonic(), UpstreamRecords(upstream)
+        path = run.output / EXPORT_DIR / stage.name
+        work(run, stage, store, started, len(inputs), lambda ctx, bar: run_export(ctx, stage.format, inputs, path))
+    write_cards(run, stage, store)
+    return store
 
 
 def write_cards(run: RunContext, stage: ExportStage, store: StageStore) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from distill.io.store import StageStore
 from distill.stages.context import RunContext
 from distill.stages.evaluate import run_evaluate_stage
-from distill.stages.records import run_record_stage
+from distill.stages.records import run_export_stage, run_filter_stage, run_generate_stage, run_rank_stage
 from distill.stages.train import run_train_stage
 
 
@@ -19,10 +19,10 @@ class StageRunner(Protocol):
 
 #: stage `kind` (the config's `stages[].kind`) -> its runner
 RUNNERS: dict[str, StageRunner] = {
-    "generate": run_record_stage,
-    "rank": run_record_stage,
-    "filter": run_record_stage,
-    "export": run_record_stage,
+    "generate": run_generate_stage,
+    "rank": run_rank_stage,
+    "filter": run_filter_stage,
+    "export": run_export_stage,
     "train": run_train_stage,
     "evaluate": run_evaluate_stage,
 }
