@@ -44,7 +44,6 @@ KINDS: dict[str, str] = {
 
 
 def _base_for(kind: str) -> type:
-
     return {
         "teacher": Teacher,
         "task": Task,

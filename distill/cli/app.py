@@ -282,7 +282,6 @@ def main() -> None:
 
 
 def _mount() -> None:
-
     app.add_typer(cache_app, name="cache", help="What the request cache holds, and why lookups missed.")
     app.command(name="audit")(audit_command)
 

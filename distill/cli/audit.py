@@ -191,7 +191,6 @@ def _record(report: AuditReport, target: Target) -> None:
 
 
 def _save(report: AuditReport, output: Path) -> None:
-
     text = to_json(report) if output.suffix.lower() == ".json" else to_markdown(report)
     try:
         output.write_text(text, encoding="utf-8")
@@ -200,7 +199,6 @@ def _save(report: AuditReport, output: Path) -> None:
 
 
 def _print(report: AuditReport) -> None:
-
     style = _VERDICT_STYLE[report.verdict]
     # Names, reasons and messages quote user input: printed as text, never as rich markup.
     out.print(

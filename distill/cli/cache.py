@@ -45,7 +45,6 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _open(cache: Path | None) -> RequestCache:
-
     path = cache if cache is not None else default_cache_path()
     if not path.expanduser().is_file():
         _fail(

@@ -101,7 +101,6 @@ class Config(StrictModel):
     @field_validator("models")
     @classmethod
     def _model_licenses(cls, models: list[ModelRule]) -> list[ModelRule]:
-
         for i, rule in enumerate(models):
             try:
                 rule.license = normalize(rule.license)

@@ -288,7 +288,6 @@ def _restore_filters(filters: list[Filter], kept: list[Record], rejected: list[R
 
 
 def run_export(ctx: StageContext, fmt: str, inputs: Sequence[Record], path: Path) -> None:
-
     if ctx.store.next_index:
         return
     chunk = [r.model_copy(deep=True) for r in inputs]

@@ -158,7 +158,6 @@ def _ids(model: str, options: Any) -> list[str]:
 
 
 def _matches(rule: ModelRule, ids: list[str], provider: str) -> bool:
-
     if rule.provider is not None and rule.provider != provider:
         return False
     return any(model_matches(rule.model, i) for i in ids)

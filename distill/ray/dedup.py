@@ -127,7 +127,6 @@ def key_hash(key: str) -> int:
 
 
 def _exact_keys(batch: dict[str, np.ndarray], key: Callable[[str], str], parts: int) -> pa.Table:
-
     missing = _text_col(batch, "missing")
     keys = ["" if m else key(t) for t, m in zip(_text_col(batch, "text"), missing)]
     rank = batch["rank"].astype(np.int64)

@@ -245,7 +245,6 @@ def _export_audit(root: Path, stage: str, problems: list[str]) -> AuditEntry:
 
 
 def _recompute(root: Path, stage: str) -> Any:
-
     target = load_target(root, stage)
     release = target.settings.release
     if release.name is None:
@@ -265,7 +264,6 @@ def _recompute(root: Path, stage: str) -> Any:
 
 
 def _entry(report: Any, kind: str, target: str, source: str) -> AuditEntry:
-
     findings = []
     for f in report.findings:
         status = (

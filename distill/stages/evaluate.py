@@ -172,7 +172,6 @@ def _model_of(run: RunContext, c: Any, students: list[Any]) -> str | None:
 
 
 def _digest(run: RunContext, i: int, stage: EvaluateStage, records: list[Any], models: dict[str, str | None]) -> str:
-
     h = hashlib.sha256()
     config = digest_view(run.loaded.raw)
     raw = config["stages"][i]
@@ -196,7 +195,6 @@ def _digest(run: RunContext, i: int, stage: EvaluateStage, records: list[Any], m
 
 
 def _caller(run: RunContext, key: str) -> TeacherCaller:
-
     if key not in run.config.teachers:
         known = ", ".join(sorted(run.config.teachers)) or "none defined"
         raise ConfigError(f"evaluator: no teacher named {key!r} (teachers: {known})")
@@ -206,7 +204,6 @@ def _caller(run: RunContext, key: str) -> TeacherCaller:
 def _answer(
     run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None, items: list[EvalItem]
 ) -> Contender:
-
     if c.teacher is not None:
         teacher = run.teacher(c.teacher)
         owned = False

@@ -122,7 +122,6 @@ def _set_aside_if_stale(out: Path, fingerprint: str, dest_prefix: Path) -> None:
 
 
 def _finished(out: Path, fingerprint: str) -> TrainResult | None:
-
     state = _read_json(out / TRAIN_STATE)
     if state is not None and state.get("fingerprint") != fingerprint:
         raise StoreError(
@@ -146,7 +145,6 @@ def _finished(out: Path, fingerprint: str) -> TrainResult | None:
 
 
 def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path], fingerprint: str) -> TrainResult:
-
     options = step.trainer.options
     assert isinstance(options, TrainOptions)
     if is_main_process():
@@ -225,7 +223,6 @@ class Job(Options):
 
 
 def run_job(job: Job, base_dir: Path, registry: Any = None) -> list[TrainResult]:
-
     registry = registry or make_registry()
     steps = []
     for s in job.steps:

@@ -276,7 +276,6 @@ class NearDedup(Filter):
         )
 
     def prepare(self, records: list[Record]) -> None:
-
         signer, _, seed_index = self._state()
         self._engine = (signer, SketchIndex(signer, params=self._params), seed_index)  # decide afresh
         decisions = self._decide(records, best_first(records))

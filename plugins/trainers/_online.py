@@ -126,7 +126,6 @@ class GRPOTrainer(Trainer):
         return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge), influences=influences)
 
     def _reward_function(self, ref: str | RewardPluginRef) -> tuple[str, Callable[..., float]]:
-
         if isinstance(ref, str):
             return ref, load_callable(ref, self.context.base_dir)
 
