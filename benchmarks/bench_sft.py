@@ -164,7 +164,7 @@ def run_trl(model: Path, data: Path, work: Path, a, *, defaults: bool) -> dict:
 
         config = SFTConfig(**needed, **({} if torch.cuda.is_available() else {"use_cpu": True}))
     else:  # exactly what distill's sft trainer sets on this machine
-        from distill.trainer import estimate_params, plan_hardware
+        from distill.training.hardware import estimate_params, plan_hardware
 
         plan = plan_hardware(params=estimate_params(model), adapter=True)
         # Under an adapter distill loads the frozen base in the chosen half precision, if any.
@@ -210,7 +210,7 @@ AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_EN
 def worker(a) -> dict:
     """One arm, in its own process (so an ISA cap in the environment applies from the start)."""
     from distill.models.embedded import ensure_converted
-    from distill.trainer import plan_hardware
+    from distill.training.hardware import plan_hardware
 
     model = ensure_converted(progress=False)
     install_step_timer()

@@ -17,7 +17,7 @@ from distill.io.inspect import inspect_output
 from distill.plugin import PluginContext
 from distill.registry import make_registry
 from distill.testing import make_record, run_filter
-from distill_plugins import _sketch
+from distill_plugins.filters import _sketch
 from distill_plugins.filters.dedup import ExactDedup, NearDedup
 from distill_plugins.filters.novelty import InstructionNovelty, rouge_tokens
 

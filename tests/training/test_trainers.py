@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from distill.errors import ConfigError, PluginError, StoreError
 from distill.plugin import PluginContext
 from distill.testing import make_record
-from distill.trainer import DatasetRef, Hardware, TrainJob, TrainStep, last_checkpoint, plan_hardware
+from distill.trainer import DatasetRef, Hardware, TrainJob, TrainStep
 from distill.training.chain import Job, run_job, train_chain
+from distill.training.checkpoints import last_checkpoint
+from distill.training.hardware import plan_hardware
 from distill_plugins.trainers import DistillationTrainer, DPOTrainer, GRPOTrainer, RewardModelTrainer, SFTTrainer
 
 pytestmark = pytest.mark.slow  # trains real models
