@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from util import QUESTIONS, dump, write_seeds
 
 
@@ -31,6 +32,7 @@ def _config(tmp_path) -> dict:
     }
 
 
+@pytest.mark.slow  # runs the CLI pipeline in a subprocess
 def test_run_then_inspect(tmp_path):
     cfg = _config(tmp_path)
     r = distill("run", str(dump(tmp_path, cfg)), "--quiet")

@@ -338,6 +338,7 @@ def _tree(root: Path) -> set[Path]:
     return {p for p in root.rglob("*")}
 
 
+@pytest.mark.slow  # runs the CLI pipeline in subprocesses
 def test_names_and_record_ids_cannot_write_outside_the_output_folder(tmp_path, plugin_env, figures):
     """Every name a user or an upstream file controls is set to a path that escapes (seed set,
     release, teacher key, seed `id` fields, record ids in a committed shard); after a run,
@@ -395,6 +396,7 @@ def test_names_and_record_ids_cannot_write_outside_the_output_folder(tmp_path, p
         assert marker not in p.name or p.parent.name == "audits", p
 
 
+@pytest.mark.slow  # runs the CLI pipeline in subprocesses
 def test_a_crafted_stage_argument_cannot_write_cards_outside_the_output(tmp_path, plugin_env, figures):
     """`distill audit OUT --stage ../../x` must not read or write beside OUT."""
     config = crash_config(tmp_path, delay=0.0, filter_delay=0.0)
@@ -415,6 +417,7 @@ def test_a_crafted_stage_argument_cannot_write_cards_outside_the_output(tmp_path
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>|pipe|'
 
 
+@pytest.mark.slow  # runs the CLI pipeline in subprocesses
 def test_text_in_cards_and_audit_reports_is_escaped(tmp_path, plugin_env, figures):
     config = crash_config(tmp_path, delay=0.0, filter_delay=0.0)
     cfg = yaml.safe_load(config.read_text())

@@ -360,6 +360,7 @@ def test_cli_report_prints_the_path_and_refuses_other_folders(run_out, tmp_path)
     assert "is not a distill output folder" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # runs the CLI pipeline in subprocesses
 def test_run_writes_the_report_and_a_failure_to_is_only_a_warning(tmp_path):
     _need_datasets()
     seeds = write_seeds(tmp_path)

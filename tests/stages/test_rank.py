@@ -112,6 +112,7 @@ def test_records_without_answers_are_rejected_not_lost():
     assert candidates_of(make_record("q")) == []
 
 
+@pytest.mark.slow  # loads a real transformers model
 def test_reward_model_ranker_scores_with_a_real_sequence_classifier(tiny_reward_dir, tmp_path):
     from distill.plugin import PluginContext
     from distill_plugins.rankers import RewardModelRanker
