@@ -54,16 +54,28 @@ def vllm_server(tiny_model_dir: Path):
         yield server
 
 
+def worker_pythonpath(request: pytest.FixtureRequest) -> pytest.MonkeyPatch:
+    """Ray workers import the test plugins by module name, so they need on their path both this
+    folder (shared helpers) and the requesting test module's folder; undone after the module so
+    later subprocesses do not see test folders (tests/plugins would shadow a package named
+    `plugins`)."""
+    folders = [str(Path(__file__).resolve().parent), str(request.path.resolve().parent)]
+    patch = pytest.MonkeyPatch()
+    current = os.environ.get("PYTHONPATH")
+    patch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(filter(None, [*folders, current]))))
+    return patch
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A real local Ray cluster with 2 CPUs for one test module; its workers import this folder's
-    modules (the test plugins), so a plugin defined here reaches the actors and tasks by name."""
+def ray_cluster(request: pytest.FixtureRequest):
+    """A real local Ray cluster with 2 CPUs for one test module; a plugin defined in the test
+    module reaches the actors and tasks by name."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray not installed (pip install 'distill[ray]')")
     import ray
 
-    tests = str(Path(__file__).resolve().parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    patch = worker_pythonpath(request)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+    patch.undo()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -27,5 +28,8 @@ def test_core_modules_and_plugin_discovery_are_light():
 
 
 def test_first_party_plugins_are_not_a_bare_top_level_package(tmp_path):
-    out = subprocess.run([sys.executable, "-c", "import plugins"], capture_output=True, text=True, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import plugins"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert out.returncode != 0 and "No module named 'plugins'" in out.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import worker_pythonpath
 from fake_plugins import EchoTeacher
 from test_ray_teachers import full_config, shards
 from util import pipeline
@@ -48,20 +49,20 @@ class NodePlugins:
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Any:
+def two_nodes(request: pytest.FixtureRequest) -> Any:
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray not installed (pip install 'distill[ray]')")
     import ray
     from ray.cluster_utils import Cluster
 
-    tests = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    patch = worker_pythonpath(request)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster.address
     ray.shutdown()
     cluster.shutdown()
+    patch.undo()
 
 
 def config(folder: Path, address: str | None = None) -> dict[str, Any]:
