@@ -18,6 +18,8 @@ import difflib
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
@@ -61,6 +63,11 @@ class LicenseInfo(BaseModel):
     )
     hf_license: str | None = Field(None, description="The id a Hugging Face card's `license:` uses.")
     aliases: list[str] = Field(default_factory=list, description="Other names model cards use for it.")
+    text_markers: list[str] = Field(
+        default_factory=list,
+        description="Phrases that identify its text in a LICENSE file beside a model's weights "
+        "(compared case- and whitespace-insensitively).",
+    )
     notes: str | None = None
 
 
@@ -82,11 +89,15 @@ class LicenseOverride(BaseModel):
     family: str | None = None
     hf_license: str | None = None
     aliases: list[str] | None = None
+    text_markers: list[str] | None = None
     notes: str | None = None
 
 
 class ModelRule(BaseModel):
-    """Which terms a model is under, by glob on its id and optionally its provider."""
+    """Which terms a model is under, by glob on its id and optionally its provider.
+
+    A rule grants terms, so it must cover only ids whose terms were checked: exact ids or a
+    pattern tight enough that every id it matches is under the same terms."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -95,6 +106,47 @@ class ModelRule(BaseModel):
         None, description="openai, anthropic, google, local, self-hosted, or a plugin name; unset matches any."
     )
     license: str = Field(description="SPDX expression or LicenseRef- id of the model's terms.")
+    checked: str | None = Field(
+        None, description="What the rule was checked against (the model cards' license fields, by id)."
+    )
+
+    def matches(self, ids: Iterable[str], provider: str) -> bool:
+        if self.provider is not None and self.provider != provider:
+            return False
+        return any(model_matches(self.model, i) for i in ids)
+
+
+class FamilyRule(BaseModel):
+    """Models of a family whose members carry different terms (sizes, variants, later releases).
+
+    A match grants nothing: it turns "unknown" into "unknown, probably <family>: declare it",
+    with the terms its members are known to carry, so a new variant never inherits the
+    permissive member's license by its name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str = Field(description="The family's name, as users say it (qwen, llama, gemma).")
+    models: list[str] = Field(min_length=1, description="Case-insensitive globs on the model id, like a rule's.")
+    candidates: list[str] = Field(min_length=1, description="License ids its members are known to carry.")
+    checked: str | None = Field(None, description="Which members' cards show which terms.")
+
+    def matches(self, ids: Iterable[str]) -> bool:
+        return any(model_matches(pattern, i) for pattern in self.models for i in ids)
+
+
+@dataclass(frozen=True)
+class ModelMatch:
+    """What the registry says about a model id: a rule that grants terms, or a family hint."""
+
+    rule: ModelRule | None = None
+    where: str = ""
+    family: FamilyRule | None = None
+    #: The rule is the config's own (a user declaration), not the registry's.
+    from_config: bool = False
+
+    @property
+    def license(self) -> str | None:
+        return self.rule.license if self.rule is not None else None
 
 
 class Registry(BaseModel):
@@ -105,6 +157,7 @@ class Registry(BaseModel):
     version: int = Field(description="Bumped whenever an entry's meaning changes; audits record it.")
     licenses: dict[str, LicenseInfo]
     models: list[ModelRule] = Field(default_factory=list)
+    families: list[FamilyRule] = Field(default_factory=list)
     _licensing: Any = PrivateAttr(None)
     _tags: dict[str, LicenseTag] = PrivateAttr(default_factory=dict)
     _keys: dict[str, list[str]] = PrivateAttr(default_factory=dict)
@@ -119,6 +172,26 @@ class Registry(BaseModel):
             if low == key.lower() or low == (info.hf_license or "").lower() or low in (a.lower() for a in info.aliases):
                 return key
         return None
+
+    def match_model(self, ids: Iterable[str], provider: str, first: Iterable[ModelRule] = ()) -> ModelMatch:
+        """The first rule (a config's `first`, then the registry's) that grants the model's
+        terms; failing that, the family it probably belongs to. Nothing is guessed beyond that."""
+        ids = [i for i in ids if i]
+        for i, rule in enumerate(first):
+            if rule.matches(ids, provider):
+                return ModelMatch(rule, f"config models[{i}] ({rule.model})", from_config=True)
+        for rule in self.models:
+            if rule.matches(ids, provider):
+                where = f" at {provider}" if rule.provider else ""
+                return ModelMatch(rule, f"registry rule {rule.model}{where}")
+        family = next((f for f in self.families if f.matches(ids)), None)
+        return ModelMatch(family=family)
+
+    def identify_text(self, text: str) -> list[str]:
+        """The licenses whose `text_markers` a LICENSE file's text contains (more than one:
+        ambiguous, and the caller must not pick)."""
+        flat = _words(text)
+        return [k for k, info in self.licenses.items() if any(_words(m) in flat for m in info.text_markers)]
 
     def licensing(self) -> Any:  # -> license_expression.Licensing
         """SPDX symbols plus this registry's own `LicenseRef-` ids.
@@ -248,13 +321,11 @@ class Registry(BaseModel):
                     "(commercial, unspecified, non-commercial or academic-only)"
                 )
             merged[key] = LicenseInfo.model_validate(fields)
-        return Registry(version=self.version, licenses=merged, models=self.models)
+        return Registry(version=self.version, licenses=merged, models=self.models, families=self.families)
 
 
 def model_matches(pattern: str, model: str) -> bool:
     """Case-insensitive glob on a model id, forgiving about the organisation part."""
-    from fnmatch import fnmatchcase
-
     pat, mid = pattern.lower(), model.lower().rstrip("/")
     if fnmatchcase(mid, pat):
         return True
@@ -364,3 +435,8 @@ def _unique(items: Iterable[str]) -> list[str]:
     for i in items:
         seen.setdefault(i, None)
     return list(seen)
+
+
+def _words(text: str) -> str:
+    """Lower-case words and version numbers: a LICENSE file's line breaks and punctuation vary."""
+    return " " + " ".join(re.findall(r"[a-z0-9]+(?:\.[0-9]+)*", text.lower())) + " "

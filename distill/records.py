@@ -58,6 +58,14 @@ class Generator(_Strict):
     revision: str | None = None
     file_hash: str | None = Field(default=None, description="sha256 of the weight file, when known.")
     license: str = Field(description="SPDX expression of the model's terms.")
+    terms_source: str | None = Field(
+        default=None, description="How the terms were found: a declaration, the model's own metadata, a rule."
+    )
+    model_says: str | None = Field(
+        default=None,
+        description="Terms the model declares about itself that contradict `license` "
+        "(a declaration); the audit asks for an acknowledgement.",
+    )
     sampling: dict[str, Any] = Field(default_factory=dict)
 
 

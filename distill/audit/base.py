@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config.release import Acknowledgement, ReleaseSettings
 from distill.errors import ConfigError
-from distill.licenses import UNSPECIFIED, LicenseInfo, ModelRule, Registry, dataset_tag, model_matches
+from distill.licenses import UNSPECIFIED, LicenseInfo, ModelRule, Registry, dataset_tag
 from distill.plugin import Plugin
 from distill.records import LicenseTag
 
@@ -128,6 +128,8 @@ class AuditInput:
     tag: LicenseTag
     base_model_license: str | None = None
     base_keys: list[str] = field(default_factory=list)
+    #: (model, declared terms, what the model says) -> ids of the records it touched.
+    conflicts: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
 
     def info(self, key: str) -> LicenseInfo | None:
         return self.registry.info(key)
@@ -173,10 +175,7 @@ def base_model_license(release: ReleaseSettings, registry: Registry, models: Ite
         return release.base_model_license
     if not release.base_model:
         return None
-    for rule in [*models, *registry.models]:
-        if rule.provider in (None, "local") and model_matches(rule.model, release.base_model):
-            return rule.license
-    return UNSPECIFIED
+    return registry.match_model([release.base_model], "local", first=models).license or UNSPECIFIED
 
 
 def collect(
@@ -186,6 +185,7 @@ def collect(
     ids: dict[str, set[str]] = {}
     who: dict[str, set[tuple[str, str, str | None]]] = {}  # (kind, name, plugin): cheap per record
     tags: dict[str, LicenseTag] = {}
+    conflicts: dict[tuple[str, str, str], set[str]] = {}
     n = 0
     for r in records:
         n += 1
@@ -195,6 +195,9 @@ def collect(
             (s.license, ("source", s.dataset, None)) for s in r.provenance.sources
         ]
         contributions += [(g.license, (g.role, g.model, g.plugin)) for g in r.provenance.generators]
+        for g in r.provenance.generators:
+            if g.model_says:
+                conflicts.setdefault((g.model, g.license, g.model_says), set()).add(r.id)
         for expression, contributor in contributions:
             for key in registry.keys(expression):
                 ids.setdefault(key, set()).add(r.id)
@@ -232,6 +235,7 @@ def collect(
         tag=dataset_tag(tags.values()),
         base_model_license=base_license,
         base_keys=base_keys,
+        conflicts={k: sorted(v) for k, v in sorted(conflicts.items())},
     )
 
 

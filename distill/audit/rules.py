@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from distill.audit.base import AuditInput, AuditRule, Finding
+from distill.audit.conflicts import TermsConflict
 from distill.config.errors import format_validation_error
 from distill.errors import ConfigError
 from distill.licenses import UNSPECIFIED
@@ -399,6 +400,7 @@ BUILTIN: tuple[type[AuditRule], ...] = (
     ShareAlike,
     AcceptableUse,
     BaseModelDeclared,
+    TermsConflict,
 )
 
 

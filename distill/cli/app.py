@@ -16,6 +16,7 @@ from rich.table import Table
 from distill import __version__
 from distill.cli.audit import audit_command
 from distill.cli.cache import cache_app
+from distill.cli.licenses import licenses_app
 from distill.config.loader import load_config
 from distill.config.schema import SCHEMAS, render
 from distill.errors import DistillError, StoreError, scrub
@@ -283,6 +284,7 @@ def main() -> None:
 
 def _mount() -> None:
     app.add_typer(cache_app, name="cache", help="What the request cache holds, and why lookups missed.")
+    app.add_typer(licenses_app, name="licenses", help="Which terms a model gets and why; the license registry.")
     app.command(name="audit")(audit_command)
 
 

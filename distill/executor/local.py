@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.cache.calls import CallStats, TeacherCaller
 from distill.errors import ConfigError, PluginError
@@ -26,6 +26,9 @@ from distill.seeding import request_seed
 from distill.task import ExpandTask, MapTask, PassThrough, Reject, Task
 from distill.teacher import ChatRequest
 
+if TYPE_CHECKING:
+    from distill.models.terms import Terms
+
 
 @dataclass
 class StageContext:
@@ -36,13 +39,22 @@ class StageContext:
     advance: Callable[[int], None] = lambda n: None
     warnings: list[str] = field(default_factory=list)
     #: The terms the core resolved for a teacher (see distill.models.terms); None: what it reports.
-    terms: Callable[[Any], str | None] = lambda teacher: None
+    terms: Callable[[Any], Terms | None] = lambda teacher: None
 
     def generator(self, teacher: Any, role: str = "generator") -> Generator:
-        """The teacher's provenance entry, carrying the terms the core resolved for it."""
+        """The teacher's provenance entry, carrying the terms the core resolved for it, how they
+        were found, and what the model itself says where that contradicts them."""
         g = teacher.generator(role=role)
-        license = self.terms(teacher)
-        return g if license is None or license == g.license else g.model_copy(update={"license": license})
+        terms = self.terms(teacher)
+        if terms is None:
+            return g
+        said = terms.model_says
+        update = {
+            "license": terms.license,
+            "terms_source": terms.how,
+            "model_says": f"{said.license} ({said.how})" if said is not None else None,
+        }
+        return g.model_copy(update=update)
 
     def commit(
         self,

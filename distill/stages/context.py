@@ -146,17 +146,22 @@ class RunContext:
             )
             self._terms[id(teacher)] = terms
             if not terms.known:
-                self.warn(unknown_warning(key, teacher.name, info.model))
+                self.warn(unknown_warning(key, teacher.name, info.model, terms))
+            elif terms.model_says is not None:
+                self.warn(
+                    f"teacher {key!r}: its terms were {terms.how} as {terms.license}, but the model says "
+                    f"{terms.model_says.license} ({terms.model_says.how}); `distill audit` asks you to "
+                    "acknowledge the difference (rule terms-conflict)"
+                )
         return self._teachers[key]
 
     def share_terms(self, stand_in: Any, teacher: Any) -> None:
         """`stand_in` (a pool of replicas) answers for `teacher`: it carries the same terms."""
         self._terms[id(stand_in)] = self._terms[id(teacher)]
 
-    def license_of(self, teacher: Any) -> str | None:
+    def terms_of(self, teacher: Any) -> Terms | None:
         """The terms resolved for a started teacher (None: use what it reports)."""
-        terms = self._terms.get(id(teacher))
-        return terms.license if terms is not None else None
+        return self._terms.get(id(teacher))
 
     def request_cache(self) -> RequestCache | None:
         """The run's request cache, opened on first use; None when the config turns it off."""

@@ -46,7 +46,7 @@ def stage_context(run: RunContext, store: StageStore, bar: StageProgress) -> Sta
         notify=run.notify,
         advance=bar.advance,
         warnings=run.result.warnings,
-        terms=run.license_of,
+        terms=run.terms_of,
     )
 
 
