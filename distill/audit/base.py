@@ -130,6 +130,9 @@ class AuditInput:
     base_keys: list[str] = field(default_factory=list)
     #: (model, declared terms, what the model says) -> ids of the records it touched.
     conflicts: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    #: (model, recorded terms, how they were found) -> record ids, for terms a registry rule
+    #: gave or that were recorded before distill said how: a newer registry may disagree.
+    by_rule: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
 
     def info(self, key: str) -> LicenseInfo | None:
         return self.registry.info(key)
@@ -186,6 +189,7 @@ def collect(
     who: dict[str, set[tuple[str, str, str | None]]] = {}  # (kind, name, plugin): cheap per record
     tags: dict[str, LicenseTag] = {}
     conflicts: dict[tuple[str, str, str], set[str]] = {}
+    by_rule: dict[tuple[str, str, str], set[str]] = {}
     n = 0
     for r in records:
         n += 1
@@ -198,6 +202,8 @@ def collect(
         for g in r.provenance.generators:
             if g.model_says:
                 conflicts.setdefault((g.model, g.license, g.model_says), set()).add(r.id)
+            if g.terms_source is None or g.terms_source.startswith("registry rule"):
+                by_rule.setdefault((g.model, g.license, g.terms_source or ""), set()).add(r.id)
         for expression, contributor in contributions:
             for key in registry.keys(expression):
                 ids.setdefault(key, set()).add(r.id)
@@ -236,6 +242,7 @@ def collect(
         base_model_license=base_license,
         base_keys=base_keys,
         conflicts={k: sorted(v) for k, v in sorted(conflicts.items())},
+        by_rule={k: sorted(v) for k, v in sorted(by_rule.items())},
     )
 
 

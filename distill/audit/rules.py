@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from distill.audit.base import AuditInput, AuditRule, Finding
-from distill.audit.conflicts import TermsConflict
+from distill.audit.conflicts import RegistryChanged, TermsConflict
 from distill.config.errors import format_validation_error
 from distill.errors import ConfigError
 from distill.licenses import UNSPECIFIED
@@ -401,6 +401,7 @@ BUILTIN: tuple[type[AuditRule], ...] = (
     AcceptableUse,
     BaseModelDeclared,
     TermsConflict,
+    RegistryChanged,
 )
 
 

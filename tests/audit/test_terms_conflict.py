@@ -11,10 +11,15 @@ from fake_plugins import EchoTeacher
 from typer.testing import CliRunner
 from util import config_dict, pipeline
 
+from distill.audit.base import audit
+from distill.audit.rules import make_rules
+from distill.config.release import ReleaseSettings
 from distill.hookspecs import hookimpl
 from distill.io.store import read_shards
-from distill.licenses import UNSPECIFIED
+from distill.licenses import UNSPECIFIED, builtin_registry
+from distill.records import Generator
 from distill.teacher import ModelInfo
+from distill.testing import make_record
 
 
 class FolderEchoTeacher(EchoTeacher):
@@ -88,3 +93,29 @@ def test_undeclared_terms_come_from_the_models_card_and_say_so(tmp_path):
     assert all(g.terms_source.startswith("model card front matter license: llama3.1") for g in writers)
     rep = json.loads(_audit(out).stdout)
     assert not [f for f in rep["findings"] if f["rule"] == "terms-conflict"]
+
+
+def _audit_records(*generators: Generator):
+    recs = []
+    for i, g in enumerate(generators):
+        r = make_record(f"q{i}", f"a{i}", id=f"r{i}", dataset="seeds", license="CC0-1.0", row=i)
+        r.add_generator(g)
+        recs.append(r)
+    return audit(recs, ReleaseSettings(use="research"), builtin_registry(), make_rules(), target="t")
+
+
+def test_terms_an_older_registry_gave_are_questioned_when_the_registry_now_disagrees():
+    old = Generator(plugin="vllm", model="Qwen/Qwen2.5-Math-7B", license="Apache-2.0")  # 0.1: no terms_source
+    still = Generator(plugin="vllm", model="Qwen/Qwen2.5-7B-Instruct", license="Apache-2.0")
+    declared = old.model_copy(update={"terms_source": "declared in teachers.w.options.license"})
+    api = Generator(
+        plugin="openai", model="gpt-4o", license="LicenseRef-OpenAI-Terms", terms_source="registry rule gpt-*"
+    )
+    rep = _audit_records(old, still, declared, api)
+    (f,) = [f for f in rep.findings if f.rule == "registry-changed"]
+    assert f.severity == "acknowledge" and f.examples == ["r0"] and f.license == "Apache-2.0"
+    assert "recorded before distill said how" in f.message and "unknown, probably a qwen model" in f.message
+    rule = Generator(plugin="vllm", model="deepseek-ai/DeepSeek-R1-Distill-Llama-8B", license="MIT")
+    rule = rule.model_copy(update={"terms_source": "registry rule deepseek-ai/DeepSeek-R1*"})
+    (f,) = [f for f in _audit_records(rule).findings if f.rule == "registry-changed"]
+    assert "says MIT AND LicenseRef-Llama-3.1" in f.message
