@@ -72,8 +72,8 @@ class ProvenanceSummary:
     """Who contributed to a set of records, counted: the card's sources and models sections."""
 
     sources: dict[tuple[str, str], int] = field(default_factory=dict)  # (dataset, license) -> records
-    #: (role, plugin, model, revision, license) -> records
-    models: dict[tuple[str, str, str, str, str], int] = field(default_factory=dict)
+    #: (role, plugin, model, revision, license, how the terms were found) -> records
+    models: dict[tuple[str, str, str, str, str, str], int] = field(default_factory=dict)
     stages: dict[tuple[str, str], int] = field(default_factory=dict)  # (stage, plugin) of generated events
 
 
@@ -82,7 +82,10 @@ def summarize(records: Iterable[Record]) -> ProvenanceSummary:
     for r in records:
         for source in {(src.dataset, src.license) for src in r.provenance.sources}:
             s.sources[source] = s.sources.get(source, 0) + 1
-        for model in {(g.role, g.plugin, g.model, g.revision or "-", g.license) for g in r.provenance.generators}:
+        for model in {
+            (g.role, g.plugin, g.model, g.revision or "-", g.license, g.terms_source or "-")
+            for g in r.provenance.generators
+        }:
             s.models[model] = s.models.get(model, 0) + 1
         for key in {(e.stage, e.plugin or "-") for e in r.provenance.events if e.action == "generated"}:
             s.stages[key] = s.stages.get(key, 0) + 1
@@ -160,13 +163,13 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         "",
         "## Models",
         "",
-        "| role | plugin | model | revision | license | records |",
-        "|---|---|---|---|---|---:|",
+        "| role | plugin | model | revision | license | terms found by | records |",
+        "|---|---|---|---|---|---|---:|",
     ]
     lines += [
-        f"| {role} | {table_cell(plugin)} | {table_cell(model)} | {table_cell(rev)} | `{lic}` | {n} |"
-        for (role, plugin, model, rev, lic), n in sorted(prov.models.items())
-    ] or ["| - | - | - | - | - | 0 |"]
+        f"| {role} | {table_cell(plugin)} | {table_cell(model)} | {table_cell(rev)} | `{lic}` | {table_cell(how)} | {n} |"
+        for (role, plugin, model, rev, lic, how), n in sorted(prov.models.items())
+    ] or ["| - | - | - | - | - | - | 0 |"]
     lines += ["", to_markdown(report, level=2)]
     return "\n".join(lines)
 
@@ -291,8 +294,9 @@ def croissant(
                 "license": lic,
                 "plugin": plugin,
                 "prov:value": n,
+                **({"description": f"terms found by: {how}"} if how != "-" else {}),
             }
-            for (role, plugin, model, rev, lic), n in models
+            for (role, plugin, model, rev, lic, how), n in models
         ],
         "rai:dataCollection": (
             "Synthetic: prompts derived from the seed sets in prov:wasDerivedFrom, answered, "
@@ -300,7 +304,7 @@ def croissant(
             "its own provenance."
         ),
         "rai:dataCollectionType": ["Synthetic"],
-        "rai:machineAnnotationTools": sorted({m for (_, _, m, _, _) in prov.models}),
+        "rai:machineAnnotationTools": sorted({m for (_, _, m, _, _, _) in prov.models}),
     }
 
 

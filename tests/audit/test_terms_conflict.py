@@ -93,6 +93,8 @@ def test_undeclared_terms_come_from_the_models_card_and_say_so(tmp_path):
     assert all(g.terms_source.startswith("model card front matter license: llama3.1") for g in writers)
     rep = json.loads(_audit(out).stdout)
     assert not [f for f in rep["findings"] if f["rule"] == "terms-conflict"]
+    card = (out / "export" / "sft" / "README.md").read_text()
+    assert "| terms found by |" in card and "model card front matter license: llama3.1" in card
 
 
 def _audit_records(*generators: Generator):
