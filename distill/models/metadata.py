@@ -126,10 +126,10 @@ def card_terms(path: Path, reg: Registry, where: str | None = None) -> SelfDecla
         said = said or name
         mapped = map_name(name, reg)
         if mapped is not None:
-            return SelfDeclared(mapped, name, f"model card front matter {field}: {name} in {where or path}")
+            return SelfDeclared(mapped, name, f"model card front matter {field}: {name} in {where or _short(path)}")
     if said is None:
         return None
-    return SelfDeclared(None, said, f"model card front matter license: {said} in {where or path}")
+    return SelfDeclared(None, said, f"model card front matter license: {said} in {where or _short(path)}")
 
 
 def license_files(folder: Path, reg: Registry, where: str | None = None) -> Iterator[SelfDeclared]:
@@ -141,7 +141,7 @@ def license_files(folder: Path, reg: Registry, where: str | None = None) -> Iter
         except OSError:
             continue
         matches = reg.identify_text(text)
-        place = f"{name} in {where or folder}"
+        place = f"{name} in {where or folder.name}"
         if len(matches) == 1:
             yield SelfDeclared(matches[0], matches[0], f"the text of {place}")
         elif matches:
@@ -167,3 +167,8 @@ def cached_snapshot(hub_id: str) -> Path | None:
         if isinstance(hit, str):
             return Path(hit).parent
     return None
+
+
+def _short(path: Path) -> str:
+    """A file by its folder's name: provenance and cards are published, local paths are not."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
