@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from distill.audit.base import AuditInput, AuditRule, Finding
 from distill.audit.conflicts import RegistryChanged, TermsConflict
+from distill.audit.empty import EmptyRelease
 from distill.config.errors import format_validation_error
 from distill.errors import ConfigError
 from distill.licenses import UNSPECIFIED
@@ -402,6 +403,7 @@ BUILTIN: tuple[type[AuditRule], ...] = (
     BaseModelDeclared,
     TermsConflict,
     RegistryChanged,
+    EmptyRelease,
 )
 
 

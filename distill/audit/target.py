@@ -1,6 +1,7 @@
 """What `distill audit PATH` audits, and under which registry and release policy.
 
-PATH may be a run's output folder (its last export stage, or `--stage`), one of its export
+PATH may be a run's output folder (its exports and students: `distill.audit.release`; one
+stage with `--stage`), one of its export
 folders (`OUT/export/NAME`), or a trained student's folder, recognised by the
 `distill-student.json` a trainer writes beside the weights. The run's own config snapshot
 (`run.json`) supplies the `licenses:`, `models:` and `release:` sections unless `--config`
@@ -22,7 +23,7 @@ from distill.config.loader import interpolate
 from distill.config.release import ReleaseSettings
 from distill.errors import ConfigError, StoreError
 from distill.io.store import StageManifest, as_dict, read_shards
-from distill.layout import MANIFEST, MODEL_MARKER, RUN_FILE, STUDENT_MANIFEST
+from distill.layout import MANIFEST, MODEL_MARKER, MODELS_DIR, RUN_FILE, STUDENT_MANIFEST
 from distill.licenses import UNSPECIFIED, LicenseOverride, ModelRule, Registry, active, builtin_registry, effective_tag
 from distill.records import Event, Generator, Provenance, Record
 
@@ -144,6 +145,11 @@ def _stages(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+def run_exports(root: Path) -> list[str]:
+    """The export stages of a run that have committed output, in config order."""
+    return [n for n, k, _ in _stages(_run_config(root)) if k == "export" and (root / "stages" / n / MANIFEST).is_file()]
+
+
 def _dataset(root: Path, stage: str | None, config: dict[str, Any] | None) -> Target:
     cfg = _run_config(root)
     stages: list[tuple[str, str, dict[str, Any]]] = [("seeds", "seeds", {}), *_stages(cfg)]
@@ -198,6 +204,7 @@ def _manifest(folder: Path) -> StudentManifest | None:
     base = as_dict(marker.get("base_model"))
     if not paths:
         return None
+    paths += _earlier_steps(marker, Path(paths[0]).parent, paths)
     influences = [i for i in marker.get("influences") or [] if isinstance(i, dict) and isinstance(i.get("role"), str)]
     return StudentManifest(
         name=str(marker.get("model") or folder.name),
@@ -206,6 +213,46 @@ def _manifest(folder: Path) -> StudentManifest | None:
         datasets=paths,
         influences=[Influence.model_validate(i) for i in influences],
     )
+
+
+def _earlier_steps(marker: dict[str, Any], exports: Path, known: list[str]) -> list[str]:
+    """The exports that earlier steps of the chain trained on (a DPO step's student was first
+    fine-tuned on the SFT export): the lineage names them, beside this step's own export."""
+    names = [
+        d["name"]
+        for step in marker.get("lineage") or []
+        if isinstance(step, dict)
+        for d in step.get("datasets") or []
+        if isinstance(d, dict) and isinstance(d.get("name"), str)
+    ]
+    seen = {Path(p).resolve() for p in known}
+    found = []
+    for name in dict.fromkeys(names):
+        path = exports / name
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) and path.is_dir() and path.resolve() not in seen:
+            found.append(str(path))
+    return found
+
+
+def run_students(root: Path) -> list[Path]:
+    """The final student of each train stage of a run: of the folders under `OUT/models/<stage>/`
+    with a model marker, the one at the end of the chain (longest lineage; a step's merged
+    weights before its adapter)."""
+    students = []
+    for stage_dir in sorted(p for p in (root / MODELS_DIR).glob("*") if p.is_dir()):
+        best: tuple[int, int, str] | None = None
+        for marker_path in [*stage_dir.glob(f"*/{MODEL_MARKER}"), *stage_dir.glob(f"*/merged/{MODEL_MARKER}")]:
+            try:
+                marker = json.loads(marker_path.read_text())
+            except (OSError, ValueError):
+                continue
+            lineage = marker.get("lineage") if isinstance(marker, dict) else None
+            key = (len(lineage) if isinstance(lineage, list) else 0, marker_path.parent.name == "merged")
+            if best is None or key > best[:2]:
+                best = (*key, str(marker_path.parent))
+        if best is not None:
+            students.append(Path(best[2]))
+    return students
 
 
 def _student(folder: Path, manifest: StudentManifest, config: dict[str, Any] | None) -> Target:

@@ -1,5 +1,8 @@
 """`distill audit PATH`: may this be released, for this use? Exit 0 yes, 1 not yet, 2 error.
 
+For a run's output folder, "this" is everything the run would release (every export, every
+student): one verdict each, and the exit code of the worst.
+
 The flags override the `release:` section of the run's config; acknowledgements from both
 are recorded in the report, which is saved beside what was audited (with `--write`, the
 default) together with refreshed cards, so the cards always show the latest audit.
@@ -7,28 +10,25 @@ default) together with refreshed cards, so the cards always show the latest audi
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape as _e
 from rich.table import Table
 
-from distill.audit.base import audit
+from distill.audit.release import Audited, audit_target, release_targets, worst
 from distill.audit.report import VERDICT_TEXT, explain, summary, to_json, to_markdown
-from distill.audit.rules import make_rules
-from distill.audit.target import load_target
 from distill.cards.dataset import write_dataset_cards
-from distill.config.errors import format_validation_error
 from distill.config.loader import load_config
-from distill.config.release import ReleaseSettings, parse_ack
+from distill.config.release import parse_ack
 from distill.errors import ConfigError, DistillError
 from distill.io.store import atomic_write
 from distill.layout import AUDIT_JSON, AUDIT_MD, MODEL_MARKER
-from distill.licenses import active
 from distill.registry import make_registry
 from distill.stages.train import record_student_audit
 
@@ -44,11 +44,17 @@ _VERDICT_STYLE = {"cleared": "bold green", "needs-acknowledgement": "bold yellow
 
 def audit_command(
     path: Annotated[
-        Path, typer.Argument(help="A run's output folder, one of its export folders, or a trained student's folder.")
+        Path,
+        typer.Argument(
+            help="A run's output folder (all its exports and students), one export folder, or a trained student's folder."
+        ),
     ],
     use: Annotated[str | None, typer.Option(help="Intended use: commercial or research.")] = None,
     release: Annotated[
-        str | None, typer.Option("--release", help="What is released: data, or a model trained on it.")
+        str | None,
+        typer.Option(
+            "--release", help="What is released: data, or a model trained on it (for a run folder: which artefacts)."
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Release name (some licenses require a model name prefix).")] = None,
     base_model: Annotated[str | None, typer.Option(help="Model release: the student's base model id.")] = None,
@@ -60,7 +66,9 @@ def audit_command(
         list[str] | None,
         typer.Option("--ack", help="Acknowledge a finding: RULE[:LICENSE]=REASON (repeatable; recorded)."),
     ] = None,
-    stage: Annotated[str | None, typer.Option(help="Stage to audit (default: the last export).")] = None,
+    stage: Annotated[
+        str | None, typer.Option(help="Audit only this stage (default: every export and every student).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Read licenses/models/release from this config instead of the run's own.")
     ] = None,
@@ -72,7 +80,8 @@ def audit_command(
     ] = None,
     write: Annotated[bool, typer.Option(help="Save the report beside what was audited and refresh its cards.")] = True,
 ) -> None:
-    """Check a dataset or a student against its licenses for a release; exit 0 only when cleared.
+    """Check a run's exports and students, or one of them, against their licenses for a release;
+    exit 0 only when every one is cleared.
 
     Not legal advice: findings that need acknowledgement are questions for you and your counsel.
     """
@@ -80,35 +89,6 @@ def audit_command(
     try:
         if fmt not in ("table", "json", "markdown"):
             raise ConfigError(f"--format {fmt!r}: expected table, json or markdown")
-        report, target = _run(
-            path, use, release, name, base_model, base_model_license, monthly_users, ack or [], stage, config
-        )
-        if write:
-            _record(report, target)
-        if output is not None:
-            _save(report, output)
-    except DistillError as exc:
-        err.print(f"[bold red]error:[/] {_e(str(exc))}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-    if fmt == "json":
-        sys.stdout.write(to_json(report))
-    elif fmt == "markdown":
-        sys.stdout.write(to_markdown(report))
-    else:
-        _print(report)
-    raise typer.Exit(report.exit_code)
-
-
-def _run(
-    path, use, release, name, base_model, base_model_license, monthly_users, acks, stage, config
-) -> tuple[AuditReport, Target]:
-    from pydantic import ValidationError
-
-    raw = load_config(config).raw if config is not None else None
-    target = load_target(path, stage, raw)
-    settings = target.settings
-    with active(settings.registry):
         given = {
             "use": use,
             "what": release,
@@ -117,52 +97,100 @@ def _run(
             "base_model_license": base_model_license,
             "monthly_users": monthly_users,
         }
-        given = {k: v for k, v in given.items() if v is not None}
-        if target.kind == "student" and given.get("what", "model") != "model":
-            raise ConfigError(f"{path} is a trained student: only --release model applies")
-        merged = {**settings.release.model_dump(exclude_unset=True), **given}
-        if target.kind == "student":
-            merged.update(
-                {
-                    k: v
-                    for k, v in settings.release.model_dump().items()
-                    if k in ("what", "name", "base_model", "base_model_license") and k not in given
-                }
-            )
-        try:
-            settings_release = ReleaseSettings.model_validate(merged)
-        except ValidationError as exc:
-            raise ConfigError(
-                "invalid release settings: "
-                + format_validation_error(exc, ReleaseSettings, prefix="release", header=False)
-            ) from None
-        if settings_release.name is None and settings_release.what == "data" and target.stage:
-            settings_release = settings_release.model_copy(update={"name": target.stage})
-        cli_acks = [parse_ack(a) for a in acks]
-        plugins = make_registry()
-        for f in plugins.failures:
-            err.print(f"[yellow]warning:[/] plugin {_e(repr(f.plugin))} was skipped: {_e(f.error)}", highlight=False)
-        rules = make_rules(plugins, settings_release.rules)
-        report = audit(
-            target.records,
-            settings_release,
-            settings.registry,
-            rules,
-            target=str(path),
-            kind=target.kind,
-            stage=target.stage,
-            models=settings.models,
-            cli_acks=cli_acks,
-            warnings=target.warnings,
-        )
-    return report, target
+        audited = _run(path, {k: v for k, v in given.items() if v is not None}, ack or [], stage, config)
+        if write:
+            _record_all(audited)
+        if output is not None:
+            _save(audited, output)
+    except DistillError as exc:
+        err.print(f"[bold red]error:[/] {_e(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+    overall = worst([a.report.verdict for a in audited])
+    if fmt == "json":
+        sys.stdout.write(_json(audited))
+    elif fmt == "markdown":
+        sys.stdout.write(_markdown(audited))
+    else:
+        for a in audited:
+            if len(audited) > 1:
+                out.rule(_e(a.label))
+            _print(a.report)
+        if len(audited) > 1:
+            _print_overall(audited, overall)
+    raise typer.Exit(0 if overall == "cleared" else 1)
+
+
+def _run(path: Path, given: dict[str, Any], acks: list[str], stage: str | None, config: Path | None) -> list[Audited]:
+    raw = load_config(config).raw if config is not None else None
+    targets = release_targets(path, stage, raw, given.get("what"))
+    cli_acks = [parse_ack(a) for a in acks]
+    plugins = make_registry()
+    for f in plugins.failures:
+        err.print(f"[yellow]warning:[/] plugin {_e(repr(f.plugin))} was skipped: {_e(f.error)}", highlight=False)
+    several = len(targets) > 1
+    audited = []
+    for t in targets:
+        where = str(path) if not several else str(t.root if t.kind == "student" else t.export_path or t.root)
+        audited.append(Audited(t, audit_target(t, given, cli_acks, plugins, where, several)))
+    return audited
+
+
+def _json(audited: list[Audited]) -> str:
+    """One artefact: its report, as before. Several: the overall verdict and each report."""
+    if len(audited) == 1:
+        return to_json(audited[0].report)
+    overall = worst([a.report.verdict for a in audited])
+    data = {
+        "verdict": overall,
+        "exit_code": 0 if overall == "cleared" else 1,
+        "artefacts": [{"artefact": a.label, "kind": a.target.kind, **json.loads(to_json(a.report))} for a in audited],
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _markdown(audited: list[Audited]) -> str:
+    if len(audited) == 1:
+        return to_markdown(audited[0].report)
+    overall = worst([a.report.verdict for a in audited])
+    lines = [f"# License audit of a release: {overall}", "", "| artefact | records | verdict |", "|---|---:|---|"]
+    lines += [f"| {a.label} | {a.report.records} | {a.report.verdict} |" for a in audited]
+    return "\n".join(lines) + "\n\n" + "\n".join(to_markdown(a.report) for a in audited)
+
+
+def _print_overall(audited: list[Audited], overall: str) -> None:
+    t = Table(title="the release")
+    for col in ("artefact", "records", "effective license", "verdict"):
+        t.add_column(col, justify="right" if col == "records" else "left", overflow="fold")
+    for a in audited:
+        v = a.report.verdict
+        t.add_row(_e(a.label), str(a.report.records), _e(a.report.license.expression), f"[{_VERDICT_STYLE[v]}]{v}[/]")
+    out.print(t)
+    worst_of = ", ".join(a.label for a in audited if a.report.verdict == overall)
+    out.print(
+        f"[{_VERDICT_STYLE[overall]}]overall verdict: {overall}[/]"
+        + ("" if overall == "cleared" else _e(f" — because of {worst_of}")),
+        highlight=False,
+    )
+
+
+def _record_all(audited: list[Audited]) -> None:
+    names = [_audit_file(a) for a in audited]
+    for a, file_name in zip(audited, names):
+        unique = names.count(file_name) == 1
+        _record(a.report, a.target, file_name if unique else _slug(f"{file_name}-{a.target.stage}"))
+
+
+def _audit_file(a: Audited) -> str:
+    r = a.report.release
+    return _slug(f"{r.what}-{r.use}-{r.name or a.target.stage}")
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "release"
 
 
-def _record(report: AuditReport, target: Target) -> None:
+def _record(report: AuditReport, target: Target, file_name: str) -> None:
     """Save the report, and refresh the cards so they show it (acknowledgements included)."""
 
     r = report.release
@@ -177,7 +205,7 @@ def _record(report: AuditReport, target: Target) -> None:
         return
     folder = target.root / "audits"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / f"{_slug(f'{r.what}-{r.use}-{r.name or target.stage}')}.json", to_json(report).encode())
+    atomic_write(folder / f"{file_name}.json", to_json(report).encode())
     if target.export_path is not None and target.export_path.is_dir() and r.what == "data":
         carded = report.model_copy(update={"target": f"export/{target.stage}"})  # no local paths in cards
         write_dataset_cards(
@@ -190,8 +218,8 @@ def _record(report: AuditReport, target: Target) -> None:
         )
 
 
-def _save(report: AuditReport, output: Path) -> None:
-    text = to_json(report) if output.suffix.lower() == ".json" else to_markdown(report)
+def _save(audited: list[Audited], output: Path) -> None:
+    text = _json(audited) if output.suffix.lower() == ".json" else _markdown(audited)
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -257,7 +257,7 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path, figures):
 def test_nothing_in_the_output_or_cache_is_unpickled(tmp_path, monkeypatch, figures):
     """A whole run, resumed, inspected and audited in this process, with pickle's loaders
     replaced by ones that fail the test, and planted pickles in the output and cache folders."""
-    from distill.cli.audit import _run as audit_run
+    from distill.audit.release import audit_target, release_targets
     from distill.io.inspect import inspect_output
 
     loaded: list[str] = []
@@ -304,7 +304,8 @@ def test_nothing_in_the_output_or_cache_is_unpickled(tmp_path, monkeypatch, figu
     for _ in range(2):  # a run, then a resume that reads everything back
         Pipeline(load_config(config), registry, progress=False, log=lambda m: None).run()
     inspect_output(tmp_path / "out")
-    audit_run(tmp_path / "out", "research", "data", None, None, None, None, [], None, None)
+    for target in release_targets(tmp_path / "out", None, None, "data"):
+        audit_target(target, {"use": "research"}, [], registry, where=str(target.root), several=True)
     assert not loaded, loaded[0]
     assert not sentinel.exists()
     figures.add(records_checked=sum(len(k) + len(r) for k, r in read_output(tmp_path / "out").values()))
