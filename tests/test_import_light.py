@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-HEAVY = ["torch", "vllm", "transformers", "trl", "peft", "openai", "ray", "datasets"]
+HEAVY = ["torch", "vllm", "transformers", "trl", "peft", "openai", "ray", "datasets", "huggingface_hub"]
 
 
 def _loaded_after(code: str) -> list[str]:

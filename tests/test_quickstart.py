@@ -97,10 +97,12 @@ def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_mo
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "acme-support" in audit.stdout and "CC0-1.0" in audit.stdout
     release = json.loads(audit.stdout)  # everything the run would release, one verdict each
-    assert release["verdict"] == "cleared"
+    assert release["verdict"] == "cleared" and release["exit_code"] == 0
     artefacts = {a["artefact"]: a for a in release["artefacts"]}
     assert list(artefacts) == ["export sft", "export prefs", "student dpo (acme-support)"], list(artefacts)
     assert all(a["verdict"] == "cleared" for a in artefacts.values())
+    assert [a["kind"] for a in artefacts.values()] == ["dataset", "dataset", "student"]
+    assert artefacts["student dpo (acme-support)"]["release"]["what"] == "model"
     assert artefacts["export sft"]["records"] == reports["sft"].totals["kept"]
     # the student was fine-tuned on sft before DPO on prefs: both are in its verdict
     assert artefacts["student dpo (acme-support)"]["records"] >= artefacts["export sft"]["records"]

@@ -32,6 +32,10 @@ Severity = Literal["blocking", "acknowledge", "info"]
 SEVERITIES: tuple[Severity, ...] = ("blocking", "acknowledge", "info")
 Verdict = Literal["cleared", "needs-acknowledgement", "blocked"]
 EXAMPLES = 5
+#: Ids of the records that stand for a model which shaped a student in training without
+#: writing its data (a distillation teacher, a reward model; see `distill.audit.target`):
+#: they carry that model's terms into the audit, but they are not data the student saw.
+INFLUENCE_ID_PREFIX = "influence:"
 
 DISCLAIMER = (
     "Not legal advice: this audit summarises public license texts and the terms recorded with "
@@ -133,6 +137,9 @@ class AuditInput:
     #: (model, recorded terms, how they were found) -> record ids, for terms a registry rule
     #: gave or that were recorded before distill said how: a newer registry may disagree.
     by_rule: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    #: How many of `records` are data, not a model's influence (`INFLUENCE_ID_PREFIX`); None
+    #: when the caller did not count them apart (then every record is data).
+    data_records: int | None = None
 
     def info(self, key: str) -> LicenseInfo | None:
         return self.registry.info(key)
@@ -190,9 +197,10 @@ def collect(
     tags: dict[str, LicenseTag] = {}
     conflicts: dict[tuple[str, str, str], set[str]] = {}
     by_rule: dict[tuple[str, str, str], set[str]] = {}
-    n = 0
+    n = data = 0
     for r in records:
         n += 1
+        data += not r.id.startswith(INFLUENCE_ID_PREFIX)
         tag = registry.effective_tag(r)
         tags.setdefault(tag.model_dump_json(), tag)
         contributions: list[tuple[str, tuple[str, str, str | None]]] = [
@@ -243,6 +251,7 @@ def collect(
         base_keys=base_keys,
         conflicts={k: sorted(v) for k, v in sorted(conflicts.items())},
         by_rule={k: sorted(v) for k, v in sorted(by_rule.items())},
+        data_records=data,
     )
 
 

@@ -16,15 +16,16 @@ class EmptyRelease(AuditRule):
     description = "A release has records to release (an empty one is not cleared)."
 
     def check(self, audit: AuditInput) -> list[Finding]:
-        if audit.records:
+        # A student's influences (a distillation teacher) are records of the audit, not data.
+        data = audit.records if audit.data_records is None else audit.data_records
+        if data:
             return []
-        what = "the student was trained on no records" if audit.release.what == "model" else "it has no records"
+        if audit.release.what == "model":
+            what = "the student was trained on no records"
+            fix = "train it on an export that has records"
+        else:
+            what = "the export has no records"
+            fix = "see why the stages before it kept nothing (`distill inspect OUT`), fix them and run again"
         return [
-            Finding(
-                rule=self.name,
-                severity="blocking",
-                license=None,
-                message=f"nothing to release: {what}, so there is nothing the audit could clear",
-                fix="check why the stages upstream kept nothing (`distill inspect OUT`), fix them and run again",
-            )
+            Finding(rule=self.name, severity="blocking", license=None, message=f"nothing to release: {what}", fix=fix)
         ]

@@ -41,8 +41,14 @@ class Audited:
 
     @property
     def label(self) -> str:
+        """How the artefact is named in the summary: `export NAME`, or `student STEP (NAME)` by
+        the chain step that trained it (its `merged/` weights are that step's too)."""
         if self.target.kind == "student":
-            return f"student {self.target.root.name} ({self.report.release.name})"
+            folder = self.target.root
+            step = folder.parent.name if folder.name == "merged" else folder.name
+            return f"student {step} ({self.report.release.name})"
+        if self.target.export_path is None and self.target.stage:
+            return f"stage {self.target.stage}"
         return f"export {self.target.stage}"
 
 
@@ -62,7 +68,20 @@ def release_targets(path: Path, stage: str | None, config: dict[str, Any] | None
         targets += [load_target(path, name, config) for name in run_exports(path)]
     if what in (None, "model"):
         targets += [load_target(student, None, config) for student in run_students(path)]
-    return targets or [load_target(path, None, config)]  # no export yet: the last committed stage, as before
+    if targets:
+        return targets
+    # Nothing the run would release (yet): audit what it has, as before 0.2, and say so. A run
+    # that stops after its filters is still data someone means to release; refusing it would
+    # leave them with no answer at all.
+    target = load_target(path, None, config)
+    if what == "model":
+        note = f"the run has no trained student: audited the data of stage {target.stage!r} for a model trained on it"
+    elif target.export_path is None:
+        note = f"the run has nothing to release yet (no export, no trained student): audited its last stage {target.stage!r}"
+    else:
+        return [target]
+    target.warnings.append(note)
+    return [target]
 
 
 def audit_target(

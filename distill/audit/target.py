@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from distill.audit.base import INFLUENCE_ID_PREFIX
 from distill.config.errors import format_validation_error
 from distill.config.loader import interpolate
 from distill.config.release import ReleaseSettings
@@ -26,8 +27,6 @@ from distill.io.store import StageManifest, as_dict, read_shards
 from distill.layout import MANIFEST, MODEL_MARKER, MODELS_DIR, RUN_FILE, STUDENT_MANIFEST
 from distill.licenses import UNSPECIFIED, LicenseOverride, ModelRule, Registry, active, builtin_registry, effective_tag
 from distill.records import Event, Generator, Provenance, Record
-
-#: The marker a distill trainer writes beside a student's weights (see distill.training.lineage).
 
 
 class Influence(BaseModel):
@@ -70,6 +69,9 @@ class _Sections(BaseModel):
 
 @dataclass
 class Settings:
+    """The license registry, model rules and release policy an artefact is audited under: the
+    run's own (its `run.json`), or those of the config named by `--config`."""
+
     registry: Registry
     models: list[ModelRule]
     release: ReleaseSettings
@@ -77,6 +79,9 @@ class Settings:
 
 @dataclass
 class Target:
+    """One artefact to audit: the records it holds (a student: those of every dataset it was
+    trained on, and one for each model that shaped it) and where its audit is recorded."""
+
     kind: Literal["dataset", "student"]
     root: Path
     records: list[Record]
@@ -293,7 +298,7 @@ def _influence_record(folder: Path, influence: Influence) -> Record:
 
     role = "judge" if "reward" in influence.role else "generator"
     record = Record(
-        id=f"influence:{influence.role}:{influence.id or 'unknown'}",
+        id=f"{INFLUENCE_ID_PREFIX}{influence.role}:{influence.id or 'unknown'}",
         messages=[],
         provenance=Provenance(
             generators=[

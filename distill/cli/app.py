@@ -17,6 +17,7 @@ from distill import __version__
 from distill.cli.audit import audit_command
 from distill.cli.cache import cache_app
 from distill.cli.licenses import licenses_app
+from distill.cli.push import push_command
 from distill.config.loader import load_config
 from distill.config.schema import SCHEMAS, render
 from distill.errors import DistillError, StoreError, scrub
@@ -286,6 +287,7 @@ def _mount() -> None:
     app.add_typer(cache_app, name="cache", help="What the request cache holds, and why lookups missed.")
     app.add_typer(licenses_app, name="licenses", help="Which terms a model gets and why; the license registry.")
     app.command(name="audit")(audit_command)
+    app.command(name="push")(push_command)
 
 
 _mount()

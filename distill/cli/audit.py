@@ -40,6 +40,8 @@ out = Console()
 err = Console(stderr=True)
 _STYLE = {"blocking": "bold red", "acknowledge": "yellow", "info": "dim"}
 _VERDICT_STYLE = {"cleared": "bold green", "needs-acknowledgement": "bold yellow", "blocked": "bold red"}
+#: What each kind of artefact is released as, in the summary of a run's release.
+_KIND = {"dataset": "data", "student": "model"}
 
 
 def audit_command(
@@ -115,7 +117,7 @@ def audit_command(
         for a in audited:
             if len(audited) > 1:
                 out.rule(_e(a.label))
-            _print(a.report)
+            print_report(a.report)
         if len(audited) > 1:
             _print_overall(audited, overall)
     raise typer.Exit(0 if overall == "cleared" else 1)
@@ -153,18 +155,32 @@ def _markdown(audited: list[Audited]) -> str:
     if len(audited) == 1:
         return to_markdown(audited[0].report)
     overall = worst([a.report.verdict for a in audited])
-    lines = [f"# License audit of a release: {overall}", "", "| artefact | records | verdict |", "|---|---:|---|"]
-    lines += [f"| {a.label} | {a.report.records} | {a.report.verdict} |" for a in audited]
+    lines = [
+        f"# License audit of a release: {overall}",
+        "",
+        "| artefact | kind | records | effective license | verdict |",
+        "|---|---|---:|---|---|",
+    ]
+    lines += [
+        f"| {a.label} | {_KIND[a.target.kind]} | {a.report.records} | {a.report.license.expression} | {a.report.verdict} |"
+        for a in audited
+    ]
     return "\n".join(lines) + "\n\n" + "\n".join(to_markdown(a.report) for a in audited)
 
 
 def _print_overall(audited: list[Audited], overall: str) -> None:
     t = Table(title="the release")
-    for col in ("artefact", "records", "effective license", "verdict"):
+    for col in ("artefact", "kind", "records", "effective license", "verdict"):
         t.add_column(col, justify="right" if col == "records" else "left", overflow="fold")
     for a in audited:
         v = a.report.verdict
-        t.add_row(_e(a.label), str(a.report.records), _e(a.report.license.expression), f"[{_VERDICT_STYLE[v]}]{v}[/]")
+        t.add_row(
+            _e(a.label),
+            _KIND[a.target.kind],
+            str(a.report.records),
+            _e(a.report.license.expression),
+            f"[{_VERDICT_STYLE[v]}]{v}[/]",
+        )
     out.print(t)
     worst_of = ", ".join(a.label for a in audited if a.report.verdict == overall)
     out.print(
@@ -178,7 +194,7 @@ def _record_all(audited: list[Audited]) -> None:
     names = [_audit_file(a) for a in audited]
     for a, file_name in zip(audited, names):
         unique = names.count(file_name) == 1
-        _record(a.report, a.target, file_name if unique else _slug(f"{file_name}-{a.target.stage}"))
+        record_audit(a.report, a.target, file_name if unique else _slug(f"{file_name}-{a.target.stage}"))
 
 
 def _audit_file(a: Audited) -> str:
@@ -190,13 +206,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "release"
 
 
-def _record(report: AuditReport, target: Target, file_name: str) -> None:
+def record_audit(report: AuditReport, target: Target, file_name: str | None = None) -> None:
     """Save the report, and refresh the cards so they show it (acknowledgements included)."""
 
     r = report.release
     if target.kind == "student":
         if (target.root / MODEL_MARKER).is_file():  # trained by distill: its card shows the audit
-            record_student_audit(target.root, report, target.settings.registry)
+            # A step's adapter and its merged weights are one student: both cards show the verdict.
+            root = target.root
+            for folder in sorted({root, root.parent if root.name == "merged" else root / "merged"}):
+                if (folder / MODEL_MARKER).is_file():
+                    record_student_audit(folder, report, target.settings.registry)
             return
         # A student trained elsewhere: its README.md is not ours, so the audit goes beside it.
         carded = report.model_copy(update={"target": "."})
@@ -205,6 +225,7 @@ def _record(report: AuditReport, target: Target, file_name: str) -> None:
         return
     folder = target.root / "audits"
     folder.mkdir(parents=True, exist_ok=True)
+    file_name = file_name or _slug(f"{r.what}-{r.use}-{r.name or target.stage}")
     atomic_write(folder / f"{file_name}.json", to_json(report).encode())
     if target.export_path is not None and target.export_path.is_dir() and r.what == "data":
         carded = report.model_copy(update={"target": f"export/{target.stage}"})  # no local paths in cards
@@ -226,7 +247,8 @@ def _save(audited: list[Audited], output: Path) -> None:
         raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
-def _print(report: AuditReport) -> None:
+def print_report(report: AuditReport) -> None:
+    """The report as tables on the terminal; user text is printed as text, never as markup."""
     style = _VERDICT_STYLE[report.verdict]
     # Names, reasons and messages quote user input: printed as text, never as rich markup.
     out.print(

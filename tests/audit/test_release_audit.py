@@ -10,7 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 from util import config_dict, pipeline
 
-from distill.layout import MODEL_MARKER
+from distill.layout import MODEL_MARKER, STUDENT_MANIFEST
 from distill.licenses import tag_for
 
 
@@ -131,3 +131,81 @@ def test_an_empty_export_is_not_cleared(tmp_path):
     assert rep["records"] == 0 and rep["verdict"] == "blocked"
     (f,) = [f for f in rep["findings"] if f["rule"] == "empty-release"]
     assert f["severity"] == "blocking" and "nothing to release" in f["message"]
+
+
+def _with_empty_prefs(tmp_path: Path) -> Path:
+    """`sft` exported from the clean records, then `prefs` after a filter that keeps none."""
+    cfg = config_dict(tmp_path)
+    cfg["stages"] += [
+        {"kind": "filter", "name": "none", "filters": [{"plugin": "length", "options": {"min_words": 10_000}}]},
+        {"kind": "export", "name": "prefs", "format": "sft"},
+    ]
+    pipeline(cfg).run()
+    return tmp_path / "out"
+
+
+def test_an_empty_export_blocks_the_release_of_the_run(tmp_path):
+    out = _with_empty_prefs(tmp_path)
+    r = _cli(out, "--json", "--no-write")
+    assert r.exit_code == 1, r.stdout
+    rep = json.loads(r.stdout)
+    assert rep["verdict"] == "blocked" and rep["exit_code"] == 1
+    sft, prefs = rep["artefacts"]
+    assert (sft["artefact"], sft["verdict"]) == ("export sft", "cleared") and sft["records"] > 0
+    assert (prefs["artefact"], prefs["verdict"], prefs["records"]) == ("export prefs", "blocked", 0)
+    (f,) = [f for f in prefs["findings"] if f["rule"] == "empty-release"]
+    assert f["message"] == "nothing to release: the export has no records" and f["fix"]
+    # the table: a section per artefact, then the summary with kinds and the culprit
+    table = _cli(out, "--no-write").stdout
+    assert table.index("export sft") < table.index("export prefs") < table.index("the release")
+    assert "kind" in table and "overall verdict: blocked" in table and "because of export prefs" in table
+    # narrowed to the export that has records, the release is cleared
+    assert _cli(out, "--stage", "sft", "--no-write").exit_code == 0
+
+
+def test_a_student_trained_on_no_records_is_not_cleared(tmp_path):
+    """Its teacher's influence is a record of the audit, but not data it was trained on."""
+    out = _with_empty_prefs(tmp_path)
+    folder = tmp_path / "distilled"
+    folder.mkdir()
+    manifest = {
+        "name": "acme-support",
+        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "base_model_license": "Apache-2.0",
+        "datasets": [str(out / "export" / "prefs")],
+        "influences": [{"role": "teacher", "id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "Apache-2.0"}],
+    }
+    (folder / STUDENT_MANIFEST).write_text(json.dumps(manifest))
+    r = _cli(folder, "--json", "--no-write")
+    assert r.exit_code == 1, r.stdout
+    rep = json.loads(r.stdout)
+    assert rep["kind"] == "student" and rep["records"] == 1 and rep["verdict"] == "blocked"
+    (f,) = [f for f in rep["findings"] if f["rule"] == "empty-release"]
+    assert f["message"] == "nothing to release: the student was trained on no records"
+
+
+def test_a_merged_student_is_named_by_its_step_and_both_cards_are_recorded(tmp_path):
+    out = _two_exports(tmp_path)
+    step = _student(out, [("sft", "sft")])
+    (step / "merged").mkdir()
+    (step / "merged" / MODEL_MARKER).write_text((step / MODEL_MARKER).read_text())
+    r = _cli(out, "--json", "--output", tmp_path / "release.json")
+    assert r.exit_code == 0, r.stdout
+    rep = json.loads(r.stdout)
+    assert [a["artefact"] for a in rep["artefacts"]] == ["export sft", "export prefs", "student sft (acme-support)"]
+    assert rep["artefacts"][2]["target"] == str(step / "merged")
+    assert json.loads((tmp_path / "release.json").read_text()) == rep  # --output writes the same
+    for folder in (step, step / "merged"):
+        assert json.loads((folder / "audit.json").read_text())["verdict"] == "cleared"
+    md = _cli(out, "--format", "markdown", "--no-write").stdout
+    assert "| student sft (acme-support) | model |" in md and "| export sft | data |" in md
+
+
+def test_a_run_with_nothing_to_release_audits_its_last_stage_and_says_so(tmp_path):
+    cfg = config_dict(tmp_path)
+    cfg["stages"] = cfg["stages"][:-1]  # no export
+    pipeline(cfg).run()
+    r = _cli(tmp_path / "out", "--json", "--no-write")
+    rep = json.loads(r.stdout)  # one artefact: the single report, as before
+    assert rep["stage"] == "clean" and "artefacts" not in rep and r.exit_code == rep["exit_code"]
+    assert any("nothing to release yet" in w for w in rep["warnings"]), rep["warnings"]

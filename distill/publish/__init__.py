@@ -1,0 +1,1 @@
+"""Publishing a release, only behind its license audit (`distill push`)."""
