@@ -133,6 +133,9 @@ def dataset_card(name: str, records: list[Record], report: AuditReport, registry
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(len(records))],
         "tags": sorted({"synthetic", "distill", "distillation"}),
+        # The export is a `save_to_disk` folder; this tells the Hub's `load_dataset` which files
+        # are the data (beside it lie JSON cards the loader would otherwise pick by extension).
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data-*.arrow"}]}],
     }
     lines = [
         front_matter(meta),

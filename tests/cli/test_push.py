@@ -151,6 +151,15 @@ def test_a_cleared_export_arrives_with_exactly_its_data_and_cards(tmp_path, hub)
     assert not [c for c in hub.calls if "/branch/" in c] and hub.deleted == []
     assert TOKEN not in r.stdout + r.stderr
     assert "uploaded" in r.stdout and "acme/support-data" in r.stdout
+    # what arrived loads with `load_dataset`, as from the Hub: the card's `configs` name the data
+    datasets = pytest.importorskip("datasets")
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name, data in hub.files.items():
+        if name != "state.json":  # only a local folder is refused for holding it
+            (downloaded / name).write_bytes(data)
+    rows = datasets.load_dataset(str(downloaded), split="train")
+    assert len(rows) == len(datasets.load_from_disk(str(export))) and "messages" in rows.column_names
 
 
 def test_a_blocked_export_uploads_nothing(tmp_path, hub):
