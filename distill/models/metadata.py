@@ -18,11 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, PluginError
 from distill.layout import CARD_README as CARD
 from distill.licenses import Registry
-from distill.models.embedded import gguf_path
-from distill.models.folders import EMBEDDED
+from distill.models.embedded import EMBEDDED, gguf_path
 
 LICENSE_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "NOTICE", "NOTICE.md", "NOTICE.txt")
 
@@ -42,7 +41,7 @@ def model_files(model: str, base_dir: Path) -> tuple[list[Path], Path | None, st
     if model == EMBEDDED:
         try:
             return [gguf_path()], None, None
-        except Exception:  # the embedded model is not installed: nothing to read
+        except PluginError:  # the embedded model is not installed: nothing to read
             return [], None, None
     path = Path(model).expanduser()
     path = path if path.is_absolute() else base_dir / path
@@ -71,6 +70,11 @@ def read_own_terms(model: str, base_dir: Path, reg: Registry) -> list[SelfDeclar
             found += [card] if card else []
             found += list(license_files(snapshot, reg, f"the Hugging Face cache of {hub_id}"))
     return found
+
+
+def own_license(model: str, base_dir: Path, reg: Registry) -> str | None:
+    """The first terms the model states that the registry can read (None: it states none)."""
+    return next((s.license for s in read_own_terms(model, base_dir, reg) if s.license is not None), None)
 
 
 def map_name(name: str, reg: Registry) -> str | None:

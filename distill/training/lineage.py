@@ -32,6 +32,7 @@ from distill.layout import CARD_FILES, DATASET_SIDECAR, MODEL_MARKER
 from distill.licenses import UNSPECIFIED, combine_tags, registry, tag_for
 from distill.models.embedded import file_hash, read_marker
 from distill.models.folders import weight_files
+from distill.models.metadata import own_license
 from distill.records import LicenseTag
 from distill.secrets import redact
 
@@ -113,7 +114,8 @@ def model_summary(folder: Path, license: str | None = None) -> dict[str, Any]:
     if isinstance(marker.get("license_tag"), dict):
         tag = LicenseTag.model_validate(marker["license_tag"])
     else:
-        tag = tag_for(license or marker.get("license") or UNSPECIFIED)
+        stated = None if license or marker.get("license") else own_license(str(folder), folder, registry())
+        tag = tag_for(license or marker.get("license") or stated or UNSPECIFIED)
     return {
         "id": str(marker.get("model") or folder.resolve().name),
         "path": str(folder.resolve()),

@@ -183,3 +183,13 @@ def test_a_declaration_the_model_contradicts_is_kept_and_the_contradiction_recor
     # a declaration that includes what the model says (and adds terms) is only more careful
     assert resolve("m", tmp_path, declared="Apache-2.0 AND LicenseRef-Llama-3.1").model_says is None
     assert resolve("m", tmp_path, declared="LicenseRef-Llama-3.1").model_says is None
+
+
+def test_a_base_model_folder_without_a_marker_takes_the_terms_its_card_states(tmp_path):
+    from distill.training.lineage import model_summary
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert model_summary(tmp_path)["license"] == UNSPECIFIED
+    (tmp_path / "README.md").write_text("---\nlicense: gemma\n---\n")
+    assert model_summary(tmp_path)["license"] == "LicenseRef-Gemma-Terms"
+    assert model_summary(tmp_path, "MIT")["license"] == "MIT"  # a declaration still wins
