@@ -17,6 +17,7 @@ from distill import __version__
 from distill.cli.audit import audit_command
 from distill.cli.cache import cache_app
 from distill.cli.licenses import licenses_app
+from distill.cli.output import print_error
 from distill.cli.push import push_command
 from distill.config.loader import load_config
 from distill.config.schema import SCHEMAS, render
@@ -39,8 +40,7 @@ err = Console(stderr=True)
 
 
 def _fail(exc: DistillError) -> None:
-    # The message quotes user input (paths, values, names): never rich markup.
-    err.print(f"[bold red]error:[/] {escape(scrub(str(exc)))}", markup=True, highlight=False, soft_wrap=True)
+    print_error(exc)
     raise typer.Exit(exc.exit_code)
 
 

@@ -24,6 +24,7 @@ from rich.table import Table
 from distill.audit.release import Audited, audit_target, release_targets, worst
 from distill.audit.report import VERDICT_TEXT, explain, summary, to_json, to_markdown
 from distill.cards.dataset import write_dataset_cards
+from distill.cli.output import print_error
 from distill.config.loader import load_config
 from distill.config.release import parse_ack
 from distill.errors import ConfigError, DistillError
@@ -105,7 +106,7 @@ def audit_command(
         if output is not None:
             _save(audited, output)
     except DistillError as exc:
-        err.print(f"[bold red]error:[/] {_e(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+        print_error(exc)
         raise typer.Exit(2) from None
 
     overall = worst([a.report.verdict for a in audited])

@@ -14,6 +14,7 @@ from rich.markup import escape as _e
 from rich.table import Table
 
 from distill.audit.target import settings_from
+from distill.cli.output import print_error
 from distill.config.loader import load_config
 from distill.errors import DistillError
 from distill.licenses import UNSPECIFIED, LicenseInfo, ModelRule, Registry, active, builtin_registry
@@ -21,7 +22,6 @@ from distill.models.terms import Terms, resolve_model
 
 licenses_app = typer.Typer(no_args_is_help=True, help="What the license registry says, and why.")
 out = Console()
-err = Console(stderr=True)
 
 
 def _settings(config: Path | None) -> tuple[Registry, list[ModelRule]]:
@@ -32,7 +32,7 @@ def _settings(config: Path | None) -> tuple[Registry, list[ModelRule]]:
 
 
 def _fail(exc: DistillError) -> None:
-    err.print(f"[bold red]error:[/] {_e(str(exc))}", highlight=False, soft_wrap=True)
+    print_error(exc)
     raise typer.Exit(2)
 
 

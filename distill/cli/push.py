@@ -14,6 +14,7 @@ from distill.audit.release import audit_target
 from distill.audit.report import VERDICT_TEXT
 from distill.audit.target import load_target, run_exports, run_students
 from distill.cli.audit import print_report, record_audit
+from distill.cli.output import print_error
 from distill.config.loader import load_config
 from distill.config.release import parse_ack
 from distill.errors import ConfigError, DistillError
@@ -63,7 +64,7 @@ def push_command(
             where=label,
         )
     except DistillError as exc:
-        err.print(f"[bold red]error:[/] {_e(str(exc))}", highlight=False, soft_wrap=True)
+        print_error(exc)
         raise typer.Exit(2) from None
     print_report(report)
     files = release_files(target)
@@ -89,7 +90,7 @@ def push_command(
         record_audit(report, target)  # the uploaded cards show this audit and its acknowledgements
         done = upload(target, report, repo, private, revision)
     except DistillError as exc:
-        err.print(f"[bold red]error:[/] {_e(str(exc))}", highlight=False, soft_wrap=True)
+        print_error(exc)
         raise typer.Exit(2) from None
     out.print(_e(f"uploaded {len(done.files)} files to the {kind} repository {repo}: {done.url}"), highlight=False)
     if done.deleted:
