@@ -90,21 +90,24 @@ def model_identity(
         )
     folder = local_model_folder(model, plugin, progress)
     marker = read_marker(folder) or {}
-    digests = [(w.name, file_hash(w)) for w in weight_files(folder)]
-    if len(digests) == 1:
-        digest = digests[0][1]
-    else:
-        manifest = "".join(f"{d}  {n}\n" for n, d in digests)
-        digest = hashlib.sha256(manifest.encode()).hexdigest()
     return ModelInfo(
         model=str(marker.get("model") or folder.resolve().name),
         revision=revision or _str_or_none(marker.get("revision")),
-        file_hash=digest,
+        file_hash=weights_digest(folder),
         license=license
         or _str_or_none(marker.get("license"))
         or own_license(str(folder), folder, registry())
         or UNSPECIFIED,
     )
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 of the folder's weights: of the file itself, or of a sha256sum-style manifest of a
+    sharded checkpoint's shards, so any changed shard shows."""
+    digests = [(w.name, file_hash(w)) for w in weight_files(folder)]
+    if len(digests) == 1:
+        return digests[0][1]
+    return hashlib.sha256("".join(f"{d}  {n}\n" for n, d in digests).encode()).hexdigest()
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -59,16 +59,14 @@ def read_own_terms(model: str, base_dir: Path, reg: Registry) -> list[SelfDeclar
     then the card, then LICENSE/NOTICE files (first in the folder, then in the HF cache)."""
     ggufs, folder, hub_id = model_files(model, base_dir)
     found = [s for g in ggufs[:1] if (s := gguf_license(g, reg)) is not None]
-    if folder is not None:
-        card = card_terms(folder / CARD, reg)
+    places: list[tuple[Path, str | None]] = [(folder, None)] if folder is not None else []
+    snapshot = cached_snapshot(hub_id) if hub_id is not None else None
+    if snapshot is not None:
+        places.append((snapshot, f"the Hugging Face cache of {hub_id}"))
+    for place, where in places:
+        card = card_terms(place / CARD, reg, where)
         found += [card] if card else []
-        found += list(license_files(folder, reg))
-    if hub_id is not None:
-        snapshot = cached_snapshot(hub_id)
-        if snapshot is not None:
-            card = card_terms(snapshot / CARD, reg, f"the Hugging Face cache of {hub_id}")
-            found += [card] if card else []
-            found += list(license_files(snapshot, reg, f"the Hugging Face cache of {hub_id}"))
+        found += list(license_files(place, reg, where))
     return found
 
 

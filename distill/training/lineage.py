@@ -30,8 +30,8 @@ from distill.errors import PluginError
 from distill.io.store import atomic_write
 from distill.layout import CARD_FILES, DATASET_SIDECAR, MODEL_MARKER
 from distill.licenses import UNSPECIFIED, combine_tags, registry, tag_for
-from distill.models.embedded import file_hash, read_marker
-from distill.models.folders import weight_files
+from distill.models.embedded import read_marker
+from distill.models.folders import weights_digest
 from distill.models.metadata import own_license
 from distill.records import LicenseTag
 from distill.secrets import redact
@@ -105,12 +105,6 @@ def model_summary(folder: Path, license: str | None = None) -> dict[str, Any]:
     """Id, weights hash and license tag of a model folder, from its marker when it has one."""
 
     marker = read_marker(folder) or {}
-    digests = [(w.name, file_hash(w)) for w in weight_files(folder)]
-    digest = (
-        digests[0][1]
-        if len(digests) == 1
-        else hashlib.sha256("".join(f"{d}  {n}\n" for n, d in digests).encode()).hexdigest()
-    )
     if isinstance(marker.get("license_tag"), dict):
         tag = LicenseTag.model_validate(marker["license_tag"])
     else:
@@ -120,7 +114,7 @@ def model_summary(folder: Path, license: str | None = None) -> dict[str, Any]:
         "id": str(marker.get("model") or folder.resolve().name),
         "path": str(folder.resolve()),
         "revision": marker.get("revision"),
-        "file_hash": digest,
+        "file_hash": weights_digest(folder),
         "license": tag.expression,
         "license_tag": tag.model_dump(mode="json"),
         "base_model": marker.get("base_model"),
