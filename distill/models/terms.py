@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from distill.layout import CARD_README
 from distill.licenses import UNSPECIFIED, ModelRule, Registry
 from distill.models.metadata import SelfDeclared, card_terms, read_own_terms
 
@@ -83,7 +84,7 @@ def provider_of(plugin: str, options: Any) -> str:
 
 def card_license(folder: Path, reg: Registry) -> str | None:
     """The license a model folder's Hugging Face card declares, mapped onto the registry."""
-    found = card_terms(folder / "README.md", reg)
+    found = card_terms(folder / CARD_README, reg)
     return found.license if found is not None else None
 
 
