@@ -61,10 +61,8 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
     # `distill.stages` was a module of runners; it is the package of stage runners now.
     # The stage runners' 31-bit request seed (its value is pinned) is `distill.seeding.request_seed`.
     "distill.stages": {"derive_seed": "distill.seeding:request_seed"}
-    | {
-        name: "distill.executor.local"
-        for name in ("StageContext", "run_map", "run_expand", "run_filters", "run_export", "run_rank")
-    },
+    | {name: "distill.executor.local" for name in ("StageContext", "run_filters", "run_export")}
+    | {name: "distill.executor.teachers" for name in ("run_map", "run_expand", "run_rank")},
     "distill.models": {"derive_seed": "distill.seeding"},
     "distill.plugin": {"Trainer": "distill.trainer", "Evaluator": "distill.evaluator"},
     "distill.trainer": {

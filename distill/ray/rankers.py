@@ -3,7 +3,7 @@
 A reward model (or any ranker that runs a model itself) is set up once per actor, on the GPUs
 Ray gives it; each batch's rankable records are split into contiguous shares, one per actor,
 and the verdicts come back in order. The driver does everything else exactly as locally
-(`distill.executor.local.run_rank`): it writes the scores, promotes the best answer, records the
+(`distill.executor.teachers.run_rank`): it writes the scores, promotes the best answer, records the
 ranker's models in provenance and commits the shard. A ranker with a judge teacher keeps its
 ranker on the driver and runs the teacher's replicas instead (`distill.ray.teachers`).
 """

@@ -18,7 +18,8 @@ from distill.cards.dataset import write_dataset_cards
 from distill.config.loader import digest_view
 from distill.config.stages import ExportStage, FilterStage, GenerateStage, RankStage, RayTeacherOptions
 from distill.errors import ConfigError
-from distill.executor.local import StageContext, run_expand, run_export, run_filters, run_map, run_rank
+from distill.executor.local import StageContext, run_export, run_filters
+from distill.executor.teachers import run_expand, run_map, run_rank
 from distill.io.progress import StageProgress
 from distill.io.seeds import load_seeds
 from distill.io.store import StageStore
