@@ -1,10 +1,13 @@
-"""Real servers for API-teacher tests: a vLLM OpenAI-compatible server and a faulty proxy.
+"""Real servers for API-teacher tests: a vLLM OpenAI-compatible server, a stub upstream with
+a known latency, and a faulty proxy.
 
 Both bind to 127.0.0.1 only and clean up after themselves: the vLLM server runs in its own
 process group, which is terminated (then killed) however the test ends; the proxy shuts
 down at the end of its `with` block, or by itself after `lifetime` seconds if a test leaks it.
 The proxy forwards to the real server, so retried requests still get real completions, and
 it injects the failures real APIs produce, at a seeded rate so a failing run can be replayed.
+The stub (`StubUpstream`) answers after a fixed or seeded latency, so a schedule's ideal length
+is known exactly: pacing tests and the back-off benchmark measure against it.
 """
 
 from __future__ import annotations
@@ -185,6 +188,12 @@ class ProxyStats:
 
     def __post_init__(self) -> None:
         self.faults: Counter[str] = Counter()
+        #: time.monotonic() when each forwarded answer came back / each injected 429 was sent:
+        #: lets a test see whether other requests kept completing while some were refused.
+        self.answered_at: list[float] = []
+        self.refused_at: list[float] = []
+        #: Seconds spent waiting on the upstream, summed over forwarded requests.
+        self.upstream_seconds = 0.0
 
     @property
     def faults_injected(self) -> int:
@@ -200,6 +209,12 @@ class FaultProxy:
     Content-Length itself is short so the client reads half a JSON document), `nonjson` (200
     with an HTML page or with garbage labelled application/json). `require_key` makes it answer
     401 to any other key, echoing the key it was sent as some real servers do.
+
+    Targeted refusals, on top of the seeded ones: `refuse_marker` answers 429 to the first
+    attempt of each distinct request whose body contains the marker (its retries go through),
+    and `refuse_first` answers 429 to the first N POSTs. `limit_headers` are sent with every
+    429, e.g. OpenAI's `x-ratelimit-remaining-requests: 0` for a shared limit that is spent;
+    a `retry_after` of None sends no Retry-After header at all.
     """
 
     def __init__(
@@ -210,12 +225,15 @@ class FaultProxy:
         kinds: tuple[str, ...] = FAULT_KINDS,
         seed: int = 0,
         hang_seconds: float = 3.0,
-        retry_after: str = "0",
+        retry_after: str | None = "0",
         require_key: str | None = None,
         reject_response_format: bool = False,
         ignore_n: bool = False,
         delay_marker: str | None = None,
         delay_seconds: float = 0.0,
+        refuse_marker: str | None = None,
+        refuse_first: int = 0,
+        limit_headers: dict[str, str] | None = None,
         lifetime: float = 600.0,
     ) -> None:
         parts = urlsplit(upstream)
@@ -232,6 +250,9 @@ class FaultProxy:
             ignore_n=ignore_n,
             delay_marker=delay_marker,
             delay_seconds=delay_seconds,
+            refuse_marker=refuse_marker,
+            refuse_first=refuse_first,
+            limit_headers=limit_headers,
         )
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -246,12 +267,15 @@ class FaultProxy:
         kinds: tuple[str, ...] = FAULT_KINDS,
         seed: int = 0,
         hang_seconds: float = 3.0,
-        retry_after: str = "0",
+        retry_after: str | None = "0",
         require_key: str | None = None,
         reject_response_format: bool = False,
         ignore_n: bool = False,
         delay_marker: str | None = None,
         delay_seconds: float = 0.0,
+        refuse_marker: str | None = None,
+        refuse_first: int = 0,
+        limit_headers: dict[str, str] | None = None,
     ) -> None:
         unknown = set(kinds) - set(FAULT_KINDS)
         if unknown:
@@ -260,7 +284,10 @@ class FaultProxy:
         self.retry_after, self.require_key = retry_after, require_key
         self.reject_response_format, self.ignore_n = reject_response_format, ignore_n
         self.delay_marker, self.delay_seconds = delay_marker, delay_seconds
+        self.refuse_marker, self.refuse_first = refuse_marker, refuse_first
+        self.limit_headers = dict(limit_headers or {})
         self.rng = random.Random(seed)
+        self._refused_bodies: set[bytes] = set()
 
     def reset_stats(self) -> ProxyStats:
         with self._lock:
@@ -301,9 +328,19 @@ class FaultProxy:
             server.shutdown()
             server.server_close()
 
-    def _pick_fault(self) -> str | None:
+    def _pick_fault(self, body: bytes = b"") -> str | None:
         with self._lock:
             self.stats.requests += 1
+            targeted = self.refuse_first > 0 or (
+                self.refuse_marker is not None
+                and self.refuse_marker.encode() in body
+                and body not in self._refused_bodies
+            )
+            if targeted:
+                self.refuse_first = max(0, self.refuse_first - 1)
+                self._refused_bodies.add(body)
+                self.stats.faults["429"] += 1
+                return "429"
             if self.rate > 0 and self.rng.random() < self.rate:
                 kind = self.rng.choice(self.kinds)
                 self.stats.faults[kind] += 1
@@ -323,6 +360,7 @@ class FaultProxy:
         with self._lock:
             self.stats.in_flight -= 1
             self.stats.forwarded += 1
+            self.stats.answered_at.append(time.monotonic())
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -367,13 +405,14 @@ class _Handler(BaseHTTPRequestHandler):
                 b'{"error": {"message": "response_format is not supported by this server", '
                 b'"type": "BadRequestError", "code": 400}}',
             )
-        fault = owner._pick_fault()
+        fault = owner._pick_fault(body)
         if fault == "429":
-            return self._send(
-                429,
-                b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}',
-                extra={"Retry-After": self._retry_after()},
-            )
+            extra = dict(owner.limit_headers)
+            if owner.retry_after is not None:
+                extra["Retry-After"] = self._retry_after()
+            with owner._lock:
+                owner.stats.refused_at.append(time.monotonic())
+            return self._send(429, b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}', extra=extra)
         if fault == "500":
             return self._send(500, b'{"error": {"message": "internal error (injected)"}}')
         if fault == "hang":
@@ -400,7 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         return json.dumps(data).encode()
 
     def _retry_after(self) -> str:
-        value = self.owner.retry_after
+        value = self.owner.retry_after or "0"
         if value == "date":  # an HTTP date one second ahead (the client must parse dates too)
             return formatdate(time.time() + 1, usegmt=True)
         return value
@@ -411,12 +450,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if owner.delay_marker is not None and owner.delay_marker.encode() in body:
                 owner._stopping.wait(owner.delay_seconds)
+            sent = time.monotonic()
             conn = http.client.HTTPConnection(owner.upstream_host, owner.upstream_port, timeout=120)
             headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
             conn.request(self.command, self.path, body=body or None, headers=headers)
             resp = conn.getresponse()
             data, status, ctype = resp.read(), resp.status, resp.getheader("Content-Type", "application/json")
             conn.close()
+            with owner._lock:
+                owner.stats.upstream_seconds += time.monotonic() - sent
         except OSError as exc:
             return self._send(502, json.dumps({"error": {"message": f"proxy: upstream failed: {exc}"}}).encode())
         finally:
@@ -442,5 +484,109 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+# -- a stub upstream with a known latency ----------------------------------------------------
+
+
+class StubUpstream:
+    """A minimal OpenAI-compatible server that answers every chat completion after a known delay.
+
+    A real engine's latency varies with load and batching, so a schedule's ideal length can
+    only be estimated against it; against this stub it is exact: `latency` seconds per answer
+    (or a seeded uniform draw in `latency` ± `jitter`), plus nothing. It answers `/v1/models`
+    and `/v1/chat/completions` (with `n` choices and usage), records the latency it served, and
+    runs in threads, so concurrent requests overlap as they do on a real server.
+    """
+
+    def __init__(self, latency: float = 0.05, *, jitter: float = 0.0, seed: int = 0, model: str = SERVED_MODEL) -> None:
+        self.latency, self.jitter, self.model = latency, jitter, model
+        self.rng = random.Random(seed)
+        self.answered = 0
+        self.latency_served = 0.0  # seconds of latency summed over the answers given
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "stub not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> StubUpstream:
+        stub = self
+
+        class Handler(_StubHandler):
+            owner = stub
+
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="stub-upstream", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def _draw(self) -> float:
+        with self._lock:
+            if self.jitter <= 0:
+                return self.latency
+            return max(0.0, self.rng.uniform(self.latency - self.jitter, self.latency + self.jitter))
+
+    def _served(self, seconds: float) -> None:
+        with self._lock:
+            self.answered += 1
+            self.latency_served += seconds
+
+
+class _StubHandler(BaseHTTPRequestHandler):
+    owner: StubUpstream
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._json(200, {"object": "list", "data": [{"id": self.owner.model, "object": "model"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if not self.path.endswith("/chat/completions"):
+            return self._json(404, {"error": {"message": f"no route {self.path}"}})
+        latency = self.owner._draw()
+        time.sleep(latency)
+        n = int(body.get("n") or 1)
+        prompt = sum(len(str(m.get("content", ""))) // 4 + 4 for m in body.get("messages", []))
+        choices = [
+            {
+                "index": k,
+                "message": {"role": "assistant", "content": f"stub answer {k} (seed {body.get('seed')})"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+            for k in range(n)
+        ]
+        self.owner._served(latency)
+        self._json(
+            200,
+            {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.owner.model,
+                "choices": choices,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": 5 * n, "total_tokens": prompt + 5 * n},
+            },
+        )
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
