@@ -177,12 +177,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--model-dir", type=Path, help="vLLM: a model folder to serve (default: a fresh tiny model)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/backoff.json")
+    ap.add_argument(
+        "--commit",
+        help="the commit whose teacher is measured, when it is not this tree's (an older copy of "
+        "distill_plugins put first on PYTHONPATH); default: this tree's HEAD",
+    )
     args = ap.parse_args()
     args._stub = None
-    measured_commit = commit()  # now: the teacher's code is imported (and fixed) now too
+    # Now, not at the end: the teacher's code is imported (and so fixed) now too.
+    measured_commit = args.commit or commit()
     from servers import StubUpstream, vllm_server
 
-    import distill_plugins.teachers.openai  # noqa: F401
+    import distill_plugins.teachers.openai as measured
 
     load_before = round(os.getloadavg()[0], 2)
     rows = []
@@ -205,6 +211,7 @@ def main() -> None:
 
     entry = {
         "commit": measured_commit,
+        "teacher_module": str(Path(measured.__file__).resolve()),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "median": median_row(rows),
         "load_average_before": load_before,

@@ -212,7 +212,8 @@ class FaultProxy:
 
     Targeted refusals, on top of the seeded ones: `refuse_marker` answers 429 to the first
     attempt of each distinct request whose body contains the marker (its retries go through),
-    and `refuse_first` answers 429 to the first N POSTs. `limit_headers` are sent with every
+    and `refuse_first` answers 429 to the first N POSTs; with `refuse_marker` set, a refusal of a
+    request carrying `delay_marker` is sent `delay_seconds` late. `limit_headers` are sent with every
     429, e.g. OpenAI's `x-ratelimit-remaining-requests: 0` for a shared limit that is spent;
     a `retry_after` of None sends no Retry-After header at all.
     """
@@ -407,6 +408,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
         fault = owner._pick_fault(body)
         if fault == "429":
+            if (
+                owner.delay_marker is not None
+                and owner.refuse_marker is not None
+                and owner.delay_marker.encode() in body
+            ):
+                owner._stopping.wait(owner.delay_seconds)  # a refusal that arrives late
             extra = dict(owner.limit_headers)
             if owner.retry_after is not None:
                 extra["Retry-After"] = self._retry_after()

@@ -3,31 +3,28 @@
 Kept apart from the OpenAI teacher because none of it depends on the client library: rate
 limits, back-off, a spending budget, and running async clients under a synchronous core are
 the same for any remote model, and the next API teacher should reuse them rather than
-re-derive the edge cases (debt after a large request, Retry-After as an HTTP date, a budget
-that must survive a killed run, results that must be handed over before an error is).
+re-derive the edge cases (debt after a large request, a budget that must survive a killed
+run, results that must be handed over before an error is). When to retry, and who waits
+meanwhile, is _api_retry's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import json
 import math
 import os
 import queue
-import random
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-#: A server asking for a longer pause than this is treated as asking for this long: a stage
-#: that sleeps for an hour on one header looks hung, and the circuit breaker exists for outages.
-MAX_RETRY_AFTER = 300.0
+from distill.teacher import Sample
 
 
 class TokenBucket:
@@ -66,38 +63,6 @@ class TokenBucket:
         """Charge (or refund) the difference between the estimate and what the server billed."""
         self._refill()
         self.level = min(self.capacity, self.level - delta)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential back-off with full jitter: clients that failed together retry apart."""
-    return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """The server's requested pause, from `retry-after-ms`, or `retry-after` as seconds or an
-    HTTP date; None when absent or unreadable (then our own back-off applies)."""
-    if not headers:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / scale
-        except ValueError:
-            if name == "retry-after-ms":
-                continue
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when is None:
-                return None
-            seconds = when.timestamp() - time.time()
-        if not math.isfinite(seconds):
-            return MAX_RETRY_AFTER
-        return min(max(0.0, seconds), MAX_RETRY_AFTER)
-    return None
 
 
 class TokenEstimator:
@@ -271,6 +236,63 @@ def apportion(total: int, weights: list[int]) -> list[int | None]:
     for j in sorted(range(len(raw)), key=lambda j: out[j] - raw[j])[: total - sum(out)]:
         out[j] += 1
     return out
+
+
+def chat_samples(response: Any) -> tuple[list[Sample], int, int] | None:
+    """A chat completion's choices as samples, and the usage it reports (prompt, completion);
+    None when it has no choices (the client hands back a body that is not JSON as a str)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    usage = getattr(response, "usage", None)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion = int(getattr(usage, "completion_tokens", 0) or 0)
+    texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
+    samples = []
+    for choice, text, counted in zip(choices, texts, apportion(completion, [len(t) for t in texts])):
+        logprobs = None
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
+        if content is not None:
+            logprobs = [float(t.logprob) for t in content]
+            counted = len(logprobs)
+        samples.append(
+            Sample(
+                text=text,
+                finish_reason=choice.finish_reason,
+                completion_tokens=counted,
+                prompt_tokens=prompt or None,
+                logprobs=logprobs,
+            )
+        )
+    return samples, prompt, completion
+
+
+async def emit_as_completed(
+    tasks: list[asyncio.Task[Any]], emit: Callable[[Any], None], expected: type[Exception]
+) -> list[Exception]:
+    """Emit each task's `(index, result)` as it completes; return the `expected` failures.
+
+    Any other error cancels the rest, but whatever still finished is emitted before it
+    propagates: a result paid for is cached even when its batch fails."""
+    emitted: set[int] = set()
+    failed: list[Exception] = []
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                outcome = await next_done
+            except expected as exc:
+                failed.append(exc)
+                continue
+            emitted.add(outcome[0])
+            emit(outcome)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, tuple) and outcome[0] not in emitted:
+                emitted.add(outcome[0])
+                emit(outcome)
+    return failed
 
 
 def error_message(exc: Any) -> str:

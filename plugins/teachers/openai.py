@@ -5,7 +5,10 @@ trusting the client's: it needs to count failures for a circuit breaker, pace re
 rate limit, charge a budget that survives resume, and hand back each result the moment it
 arrives so that the core caches it before anything else can go wrong. Requests run on one
 long-lived asyncio loop in a background thread (the HTTP connections stay open across
-batches); `iter_generate` is a plain generator fed from it through a queue.
+batches); `iter_generate` is a plain generator fed from it through a queue, and calls that
+overlap share that loop, its semaphore and one retry policy. A 429 makes the refused request
+wait what the server named; the others wait only when the server says the limit they share
+is spent, once per window (see _api_retry).
 
 The API key is read from the environment variable that `api_key_env` names, at setup. It is
 never an option, and every message this module raises is scrubbed of it.
@@ -16,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,27 +33,28 @@ from distill.plugin import PluginContext
 from distill.seeding import derive_seed
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
 from distill_plugins.teachers._api_replicas import replica_options
+from distill_plugins.teachers._api_retry import (
+    CallState,
+    OutOfRetries,
+    PauseStats,
+    Retryable,
+    RetryAtOnce,
+    RetryPolicy,
+    server_wait,
+)
 from distill_plugins.teachers._api_support import (
     Budget,
     LoopThread,
     TokenBucket,
     TokenEstimator,
-    apportion,
-    backoff_delay,
+    chat_samples,
+    emit_as_completed,
     error_message,
-    retry_after_seconds,
 )
 
 OPENAI_URL = "https://api.openai.com/v1"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way that a later attempt may not: 429, 5xx, timeout, torn body."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+_FORMAT_REFUSED = re.compile(r"response_format|json_schema|guided|structured", re.I)
 
 
 class _RequestFailed(Exception):
@@ -131,14 +134,19 @@ class OpenAITeacher(Teacher):
         self._rpm = TokenBucket(self.options.requests_per_minute) if self.options.requests_per_minute else None
         self._tpm = TokenBucket(self.options.tokens_per_minute) if self.options.tokens_per_minute else None
         self._estimator = TokenEstimator()
-        self._paused_until = 0.0
+        # One policy for every request of this teacher: batches streaming at once share its window.
+        self._retry = RetryPolicy(self.options.backoff_base, self.options.backoff_max)
         self._failures = 0  # consecutive requests that used up their retries
-        self._rng = random.Random()
         self._send_response_format = self.options.use_response_format
         self._n_supported = True
 
     def __repr__(self) -> str:
         return f"OpenAITeacher(model={self.options.model!r}, host={self._host()!r})"
+
+    @property
+    def pacing(self) -> PauseStats:
+        """What servers asked this teacher to wait and what it waited (see _api_retry)."""
+        return self._retry.stats
 
     # -- identity --------------------------------------------------------------------------
 
@@ -257,24 +265,7 @@ class OpenAITeacher(Teacher):
 
     async def _run_batch(self, requests: list[ChatRequest], emit: Callable[[Any], None]) -> None:
         tasks = [asyncio.create_task(self._request(i, r)) for i, r in enumerate(requests)]
-        emitted: set[int] = set()
-        failed: list[_RequestFailed] = []
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                try:
-                    i, samples = await next_done
-                except _RequestFailed as exc:
-                    failed.append(exc)
-                    continue
-                emitted.add(i)
-                emit((i, samples))
-        finally:  # after a fatal error: cancel the rest, but hand over whatever still finished
-            for task in tasks:
-                task.cancel()
-            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(outcome, tuple) and outcome[0] not in emitted:
-                    emitted.add(outcome[0])
-                    emit(outcome)
+        failed = await emit_as_completed(tasks, emit, _RequestFailed)
         if failed:
             raise TeacherUnavailable(
                 f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} "
@@ -327,46 +318,26 @@ class OpenAITeacher(Teacher):
         """One API call with retries; counts toward the breaker only once its retries are spent."""
         o = self.options
         estimate, raw = self._estimator.estimate(req.messages, o.max_tokens, n)
-        last = "no attempt made"
-        attempt = 0
-        while attempt <= o.max_retries:
-            kwargs = self._kwargs(req, n, seed)
-            try:
-                samples = await self._attempt(kwargs, estimate, raw)
-            except _Retryable as exc:
-                last = str(exc)
-                delay = exc.retry_after
-                if delay is None:
-                    delay = backoff_delay(attempt, o.backoff_base, o.backoff_max, self._rng)
-                else:  # the server said when: everyone waits, not just this request
-                    self._paused_until = max(self._paused_until, self._loop_time() + delay)
-                attempt += 1
-                if attempt <= o.max_retries:
-                    await asyncio.sleep(delay)
-                continue
-            except _FormatRejected:
-                continue  # retried at once without response_format; not a failed attempt
-            self._failures = 0
-            return samples
-        self._failures += 1
-        if self._failures >= o.circuit_breaker:
-            raise TeacherUnavailable(
-                f"openai teacher ({self._host()}, model {o.model!r}): circuit breaker open after "
-                f"{self._failures} consecutive requests failed {o.max_retries + 1} attempts each; last error: {last}"
+        try:
+            samples = await self._retry.run(
+                lambda call: self._attempt(self._kwargs(req, n, seed), estimate, raw, call), o.max_retries
             )
-        raise _RequestFailed(last)
+        except OutOfRetries as exc:
+            self._failures += 1
+            if self._failures >= o.circuit_breaker:
+                raise TeacherUnavailable(
+                    f"openai teacher ({self._host()}, model {o.model!r}): circuit breaker open after "
+                    f"{self._failures} consecutive requests failed {o.max_retries + 1} attempts each; "
+                    f"last error: {exc}"
+                ) from None
+            raise _RequestFailed(str(exc)) from None
+        self._failures = 0
+        return samples
 
-    @staticmethod
-    def _loop_time() -> float:
-        return asyncio.get_running_loop().time()
-
-    async def _attempt(self, kwargs: dict[str, Any], estimate: int, raw: float) -> list[Sample]:
+    async def _attempt(self, kwargs: dict[str, Any], estimate: int, raw: float, call: CallState) -> list[Sample]:
         import openai
 
         assert self._budget is not None
-        wait = self._paused_until - self._loop_time()
-        if wait > 0:
-            await asyncio.sleep(wait)
         if self._rpm:
             await self._rpm.acquire(1)
         if self._tpm:
@@ -375,15 +346,16 @@ class OpenAITeacher(Teacher):
         if reason:
             raise TeacherUnavailable(f"openai teacher ({self._host()}): {reason}")
         try:
+            call.sent()
             response = await asyncio.wait_for(self._client.chat.completions.create(**kwargs), self.options.timeout + 1)
         except openai.APIStatusError as exc:
             raise self._status_error(exc, kwargs) from None
         except (TimeoutError, openai.APIConnectionError) as exc:  # incl. APITimeoutError
             cause = exc.__cause__
             detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
-            raise _Retryable(self._scrub(f"{type(exc).__name__}: {str(exc) or 'timed out'}{detail}")) from None
+            raise Retryable(self._scrub(f"{type(exc).__name__}: {str(exc) or 'timed out'}{detail}")) from None
         except (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as exc:
-            raise _Retryable(f"malformed response body ({type(exc).__name__})") from None
+            raise Retryable(f"malformed response body ({type(exc).__name__})") from None
         finally:
             self._budget.release(estimate)
         return self._samples(response, estimate, raw)
@@ -392,19 +364,10 @@ class OpenAITeacher(Teacher):
         code = exc.status_code
         message = self._scrub(error_message(exc))
         if code in (408, 409, 429) or code >= 500:
-            return _Retryable(f"HTTP {code}: {message}", retry_after_seconds(exc.response.headers))
-        if (
-            code == 400
-            and "response_format" in kwargs
-            and re.search(
-                r"response_format|json_schema|guided|"
-                r"structured",
-                message,
-                re.I,
-            )
-        ):
-            self._send_response_format = False
-            return _FormatRejected()
+            return Retryable(f"HTTP {code}: {message}", server_wait(exc.response.headers))
+        if code == 400 and "response_format" in kwargs and _FORMAT_REFUSED.search(message):
+            self._send_response_format = False  # sent again at once without it; not a failed attempt
+            return RetryAtOnce()
         where = f"openai teacher ({self._host()}, model {self.options.model!r})"
         if code == 401:
             return PluginError(f"{where}: the API key in ${self.options.api_key_env} was rejected (HTTP 401)")
@@ -415,30 +378,10 @@ class OpenAITeacher(Teacher):
         return PluginError(f"{where}: request rejected (HTTP {code}): {message}")
 
     def _samples(self, response: Any, estimate: int, raw: float) -> list[Sample]:
-        choices = getattr(response, "choices", None)
-        if not isinstance(choices, list) or not choices:  # a non-JSON body comes back as a str
-            raise _Retryable(f"malformed response (no choices in a {type(response).__name__})")
-        usage = getattr(response, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
-        texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
-        per_choice = apportion(completion, [len(t) for t in texts])
-        samples = []
-        for choice, text, counted in zip(choices, texts, per_choice):
-            logprobs = None
-            content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
-            if content is not None:
-                logprobs = [float(t.logprob) for t in content]
-                counted = len(logprobs)
-            samples.append(
-                Sample(
-                    text=text,
-                    finish_reason=choice.finish_reason,
-                    completion_tokens=counted,
-                    prompt_tokens=prompt or None,
-                    logprobs=logprobs,
-                )
-            )
+        parsed = chat_samples(response)
+        if parsed is None:
+            raise Retryable(f"malformed response (no choices in a {type(response).__name__})")
+        samples, prompt, completion = parsed
         self.usage.prompt_tokens += prompt
         self.usage.completion_tokens += completion
         assert self._budget is not None
@@ -447,10 +390,6 @@ class OpenAITeacher(Teacher):
         if self._tpm:
             self._tpm.correct(prompt + completion - estimate)
         return samples
-
-
-class _FormatRejected(Exception):
-    """The server refused `response_format`; the same request goes again without it."""
 
 
 @hookimpl

@@ -2,7 +2,8 @@
 
 One vLLM server serves the whole session (it takes ~40 s to start on CPU); each test that
 needs failures puts its own `FaultProxy` in front of it, so every retried request still ends
-in a real completion from a real model.
+in a real completion from a real model. The pacing tests put the proxy in front of a stub
+upstream with a fixed latency instead, so what was waited can be told from what was served.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from distill.teacher import ChatRequest
 
 pytest.importorskip("openai")
 
-from servers import FaultProxy
+from servers import FaultProxy, StubUpstream
 
-from distill_plugins.teachers._api_support import Budget, retry_after_seconds
+from distill_plugins.teachers._api_retry import duration_seconds, retry_after_seconds, server_wait
+from distill_plugins.teachers._api_support import Budget
 from distill_plugins.teachers.openai import OpenAITeacher
 
 pytestmark = pytest.mark.slow  # starts a vLLM OpenAI-compatible server
@@ -108,6 +110,35 @@ def test_retry_after_parsing():
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "99999"}) == 300.0
     assert retry_after_seconds({}) is None
+
+
+def test_rate_limit_headers_say_whether_the_shared_limit_is_spent():
+    assert [duration_seconds(v) for v in ("1s", "6m0s", "20ms", "1h2m3.5s", "0.5", "soon", None)] == [
+        1.0,
+        300.0,  # capped at MAX_RETRY_AFTER
+        0.02,
+        300.0,
+        0.5,
+        None,
+        None,
+    ]
+    assert duration_seconds("1m30.5s") == 90.5
+    own = server_wait({"retry-after": "2", "x-ratelimit-remaining-requests": "59"})
+    assert (own.retry_after, own.limit_spent, own.named) == (2.0, False, 2.0)
+    spent = server_wait(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1s",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "2.5s",
+        }
+    )
+    assert (spent.retry_after, spent.limit_spent, spent.reset, spent.named) == (None, True, 2.5, 2.5)
+    # Retry-After wins over the reset; a reset of a limit that is not spent is not a wait.
+    both = server_wait({"retry-after-ms": "700", "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "9s"})
+    assert (both.named, both.limit_spent) == (0.7, True)
+    assert server_wait({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1s"}).named is None
+    assert server_wait(None).named is None
 
 
 def test_rate_bucket_waits_and_token_split_sums_exactly():
@@ -327,3 +358,97 @@ def test_replicas_share_the_teachers_limits_and_what_is_left_of_its_budget(tmp_p
     assert [o.max_total_tokens for o in shares] == [300 + 300, 300]  # own spend + half of the 600 left
     with pytest.raises(PluginError, match="concurrency 5 cannot be shared by 6 Ray actors"):
         teacher.replica_options(0, 6)
+
+
+# -- pacing: what a 429 makes whom wait (stub upstream with a known latency) ------------------
+
+LIMIT_SPENT = {
+    "x-ratelimit-limit-requests": "60",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": "1s",
+}
+
+
+@pytest.fixture
+def stub():
+    with StubUpstream(latency=0.05) as upstream:
+        yield upstream
+
+
+def _answered_between(proxy: FaultProxy, start: float, end: float) -> int:
+    return sum(start < t < end for t in proxy.stats.answered_at)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "headers", "lowest", "highest"),
+    [
+        ("1", None, 1.0, 1.0),
+        ("date", None, 0.0, 1.0),  # an HTTP date one second ahead, whole seconds: 0-1 s from now
+        ("5", {"retry-after-ms": "600"}, 0.6, 0.6),  # the precise form wins
+    ],
+    ids=["seconds", "http-date", "ms"],
+)
+def test_a_refused_request_waits_what_was_named_while_the_others_go_on(
+    stub, make_teacher, retry_after, headers, lowest, highest
+):
+    with FaultProxy(stub.base_url, refuse_marker="LIMITED", retry_after=retry_after, limit_headers=headers) as proxy:
+        teacher = make_teacher(proxy.base_url, stub.model, concurrency=4)
+        arrived: dict[int, float] = {}
+        for i, samples in teacher.iter_generate([req(0, "LIMITED one")] + [req(i) for i in range(1, 41)]):
+            arrived[i] = time.monotonic()
+            assert samples[0].text.startswith("stub answer")
+        p = teacher.pacing
+        assert sorted(arrived) == list(range(41)) and proxy.stats.faults["429"] == 1
+        assert (p.refusals, p.calls_paused, p.backoff_count) == (1, 1, 0)
+        assert lowest - 0.01 <= p.requested_seconds <= highest + 0.01
+        # It waited what was named, once, and nobody else waited at all.
+        assert p.own_wait_seconds == pytest.approx(p.requested_seconds, abs=0.05)
+        assert p.max_call_wait_seconds == pytest.approx(p.own_wait_seconds, abs=0.01)
+        assert (p.shared_pauses, p.shared_wait_seconds) == (0, 0.0)
+        refused = proxy.stats.refused_at[0]
+        assert arrived[0] - refused >= p.requested_seconds - 0.01
+        if p.requested_seconds >= 1.0:  # 40 answers of 50 ms on 3 free slots fit in the window
+            assert _answered_between(proxy, refused, refused + p.requested_seconds) >= 20
+
+
+def test_many_refusals_each_wait_only_their_own(stub, make_teacher):
+    """30% of attempts refused with Retry-After: 1: what is waited is what was asked, no more."""
+    with FaultProxy(stub.base_url, rate=0.3, kinds=("429",), seed=3, retry_after="1") as proxy:
+        teacher = make_teacher(proxy.base_url, stub.model, concurrency=8, max_retries=30)
+        assert len(teacher.generate([req(i) for i in range(60)])) == 60
+        p = teacher.pacing
+        assert p.refusals == proxy.stats.faults["429"] > 5
+        assert p.requested_seconds == float(p.refusals)
+        assert p.shared_pauses == 0 and p.shared_wait_seconds == 0.0
+        assert p.requested_seconds <= p.paused_seconds <= p.requested_seconds + 0.05 * p.refusals
+
+
+def test_a_spent_shared_limit_pauses_everyone_once_not_stacked(stub, make_teacher):
+    """Three requests are refused at once, a fourth (sent before the pause began) half a second
+    later, all saying the shared limit is spent: one pause of the named second for everyone,
+    which the late refusal from the same window does not extend."""
+    with FaultProxy(
+        stub.base_url,
+        refuse_marker="LIMIT",
+        retry_after="1",
+        limit_headers=LIMIT_SPENT,
+        delay_marker="LIMIT late",
+        delay_seconds=0.5,
+    ) as proxy:
+        teacher = make_teacher(proxy.base_url, stub.model, concurrency=8)
+        requests = [req(i, f"LIMIT now {i}") for i in range(3)] + [req(3, "LIMIT late")]
+        requests += [req(i) for i in range(4, 40)]
+        assert len(teacher.generate(requests)) == 40
+        p = teacher.pacing
+        first, late = proxy.stats.refused_at[0], proxy.stats.refused_at[-1]
+        assert proxy.stats.faults["429"] == 4 and late - first >= 0.45
+        assert (p.refusals, p.shared_refusals, p.shared_pauses) == (4, 4, 1)
+        assert p.shared_pause_seconds == 1.0
+        assert p.shared_wait_seconds > 0  # requests not refused waited for the window too
+        # Nobody waited more than the named second: a refusal's own wait and the window overlap.
+        assert p.max_call_wait_seconds < 1.0 + 0.3
+        # Everyone was paused: nothing was answered inside the window but what was in flight...
+        assert _answered_between(proxy, first + 0.3, first + 0.95) == 0
+        # ...and it was not extended by the late refusal: the others went on after one second
+        # while the late request still waited its own second.
+        assert _answered_between(proxy, first + 1.0, late + 0.95) >= 5
