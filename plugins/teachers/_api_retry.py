@@ -238,7 +238,7 @@ class RetryPolicy:
             # before: an answer from the window already paused for, which must not extend it.
             if call.sent_at >= self._window_start:
                 now = time.monotonic()
-                self._window_start, self._window_end = now, now + named
+                self._window_start, self._window_end = now, max(self._window_end, now + named)
                 s.shared_pauses += 1
                 s.shared_pause_seconds += named
         return named, "own"

@@ -452,3 +452,30 @@ def test_a_spent_shared_limit_pauses_everyone_once_not_stacked(stub, make_teache
         # ...and it was not extended by the late refusal: the others went on after one second
         # while the late request still waited its own second.
         assert _answered_between(proxy, first + 1.0, late + 0.95) >= 5
+
+
+def test_overlapping_calls_share_one_semaphore_and_one_retry_policy(stub, make_teacher):
+    """Batches streamed from several threads at once run on the teacher's one loop: together
+    they keep to `concurrency`, and their refusals are counted by one policy."""
+    import threading
+
+    with FaultProxy(
+        stub.base_url, refuse_marker="LIMITED", retry_after="1", delay_marker="user", delay_seconds=0.1
+    ) as proxy:
+        teacher = make_teacher(proxy.base_url, stub.model, concurrency=3)
+        got: dict[str, list[int]] = {}
+
+        def stream(name: str) -> None:
+            batch = [req(0, f"LIMITED {name}")] + [req(i, f"{name} {i}") for i in range(1, 10)]
+            got[name] = sorted(i for i, _ in teacher.iter_generate(batch))
+
+        threads = [threading.Thread(target=stream, args=(name,)) for name in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert got == {"a": list(range(10)), "b": list(range(10))}
+        assert proxy.stats.max_in_flight <= 3
+        p = teacher.pacing
+        assert (p.refusals, p.shared_pauses, p.calls) == (2, 0, 20)
+        assert p.own_wait_seconds == pytest.approx(2.0, abs=0.1)
