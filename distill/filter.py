@@ -9,7 +9,7 @@ A drop reason reads `key: detail`; `distill inspect` counts drops per plugin and
 
 A filter that must see every record of the stage before deciding any (keep the best-scored
 of each duplicate cluster, say) returns True from `needs_whole_input` and gets them all in
-`prepare`, before the first batch and again on resume. It must come first in its stage, or
+`prepare` (as a lazy sequence over the shards), before the first batch and again on resume. It must come first in its stage, or
 it would choose among records an earlier filter is about to drop.
 
 A dedup filter decides each record against every record kept before it, so an executor that
@@ -134,14 +134,25 @@ class Filter(Plugin):
             out.append(KEEP if ok else Drop(reason))
         return out
 
-    def restore(self, kept: list[Record]) -> None:
-        """Called on resume with records this filter already kept in committed shards."""
+    def restore(self, kept: Sequence[Record]) -> None:
+        """Called on resume with records this filter already kept in committed shards.
+
+        `kept` is a read-only `Sequence` read from the shards as it is walked, not a list:
+        iterate it (once or more, in order) to keep memory flat on a large stage; `len` and
+        indexing work too, as they did on the list given before 0.2. Copy it with `list(kept)`
+        only if you need to mutate it."""
 
     def needs_whole_input(self) -> bool:
         return False
 
-    def prepare(self, records: list[Record]) -> None:
-        """Called once with the stage's whole input when `needs_whole_input()` is True."""
+    def prepare(self, records: Sequence[Record]) -> None:
+        """Called once with the stage's whole input when `needs_whole_input()` is True.
+
+        `records` is a read-only `Sequence` over the stage's input shards (parsed shard by
+        shard as it is walked, a few shards cached), not a list, so a stage of millions of
+        records need not be held at once: a filter that reads it in one or two passes in order
+        (as `near-dedup` with `keep: best` does) stays bounded. `len`, indexing, slicing and
+        repeated iteration work as on a list; `list(records)` gives one."""
 
     def distributed(self) -> DistributedDedup | None:
         """How this filter decides as grouping steps over the whole stage, for executors that

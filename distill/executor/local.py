@@ -10,15 +10,16 @@ the input and the run seed, so a resumed run redoes exactly the batch that was i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from distill.errors import ConfigError, PluginError
 from distill.filter import Drop, Edit, Filter, Keep
 from distill.io.export import export_records
 from distill.io.store import StageStore
+from distill.io.upstream import UpstreamRecords
 from distill.licenses import effective_tag
 from distill.ranker import Ranker
 from distill.records import Generator, Record
@@ -102,10 +103,11 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
                     f"stage's records, so it must be the stage's first filter (it is number {i + 1}); "
                     f"move it first, or into a stage of its own after the others"
                 )
-            whole = list(inputs)  # it chooses among all of them at once
-            guarded(f, "prepare", lambda: f.prepare(whole), f"stage {ctx.stage!r}")
+            # it chooses among all of them at once: it gets the lazy input (read shard by
+            # shard as it walks it), not a list, so the runner does not hold the whole stage
+            guarded(f, "prepare", lambda: f.prepare(inputs), f"stage {ctx.stage!r}")
     if store.next_index:
-        _restore_filters(filters, list(store.kept()), list(store.rejected()))
+        _restore_filters(filters, store)
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), store.next_index * batch_size))
     for b in range(store.next_index, batches):
@@ -141,15 +143,62 @@ def run_filters(ctx: StageContext, filters: list[Filter], inputs: Sequence[Recor
         ctx.advance(len(chunk))
 
 
-def _restore_filters(filters: list[Filter], kept: list[Record], rejected: list[Record]) -> None:
-    """Give each filter the records that passed it in committed shards, so its state is whole."""
+def _restore_filters(filters: list[Filter], store: StageStore) -> None:
+    """Give each filter the records that passed it in committed shards, so its state is whole.
+
+    Each gets a `Restored` sequence over the shards, not a list: a filter that walks it once
+    (as the dedup filters do) never holds the stage's records."""
     position = {f.name: i for i, f in enumerate(filters)}
-    dropped_at: list[tuple[int, Record]] = []
-    for r in rejected:
-        ev = next((e for e in reversed(r.provenance.events) if e.action == "dropped"), None)
-        dropped_at.append((position.get(ev.plugin or "", -1) if ev else -1, r))
     for i, f in enumerate(filters):
-        f.restore(kept + [r for at, r in dropped_at if at > i])
+        f.restore(Restored(store, position, i))
+
+
+class Restored(Sequence[Record]):
+    """What filter `index` kept in committed shards: every kept record, then the rejected ones
+    a later filter dropped (so they passed this one), in shard order. Iterating reads the
+    shards as it goes; `len` and indexing read the rejected shards once and keep the records
+    they select (a filter after the last drops none of them, so for it nothing is read)."""
+
+    def __init__(self, store: StageStore, position: dict[str, int], index: int) -> None:
+        self._store, self._position, self._index = store, position, index
+        self._kept = UpstreamRecords(store)
+        self._later: list[Record] | None = None if index < max(position.values(), default=-1) else []
+
+    def _passed(self) -> Iterator[Record]:
+        if self._later is not None:
+            yield from self._later
+            return
+        for r in self._store.rejected():
+            ev = next((e for e in reversed(r.provenance.events) if e.action == "dropped"), None)
+            if (self._position.get(ev.plugin or "", -1) if ev else -1) > self._index:
+                yield r
+
+    def _rejected(self) -> list[Record]:
+        if self._later is None:
+            self._later = list(self._passed())
+        return self._later
+
+    def __iter__(self) -> Iterator[Record]:
+        yield from self._kept
+        yield from self._passed()
+
+    def __len__(self) -> int:
+        return len(self._kept) + len(self._rejected())
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Record]: ...
+
+    def __getitem__(self, index: int | slice) -> Record | list[Record]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"record {index} of {n}")
+        return self._kept[i] if i < len(self._kept) else self._rejected()[i - len(self._kept)]
 
 
 def run_export(ctx: StageContext, fmt: str, inputs: Sequence[Record], path: Path) -> None:

@@ -326,3 +326,131 @@ def test_pipeline_counts_near_duplicates_per_reason(tmp_path):
     generated_count = next(r for r in inspect_output(tmp_path / "out") if r.stage == "instructions").totals["generated"]
     assert report.reasons == {"near-dedup: near-duplicate": generated_count - 1}
     assert report.balanced and report.totals["kept"] == report.totals["in"] - (generated_count - 1)
+
+
+# --- the bounded index: the same decisions as datasketch's, on the bench corpus ----------
+
+_BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def bench_records(n: int, seed: int = 0, scored: bool = False) -> tuple[list, list]:
+    """`n` records of the dedup benchmark's corpus (planted copies, siblings); every third is
+    generated, some are unscored (keep: best ranks them last). Also 40 seeds: lower-cased
+    texts of the corpus, so some generated records duplicate a seed."""
+    from distill.records import Candidate, Message, Record
+
+    sys.path.insert(0, str(_BENCH))
+    try:
+        from dedup_data import make_corpus
+    finally:
+        sys.path.remove(str(_BENCH))
+    corpus = make_corpus(n, seed=seed)
+    records = []
+    for i, text in enumerate(corpus.texts):
+        r = Record(id=f"r{i}", messages=[Message(role="user", content=text)])
+        if i % 3 == 1:
+            r.metadata["generated_by"] = "instructions"
+        if scored and i % 5:
+            r.candidates = [Candidate(content="answer", score=float((i * 7919) % 97))]
+        records.append(r)
+    seeds = [seed_record(corpus.texts[j].lower(), j) for j in range(0, n, max(n // 40, 1))]
+    return records, seeds
+
+
+def seed_record(prompt: str, row: int):
+    return make_record(prompt, dataset="bench-seeds", row=row)
+
+
+def decisions(f, records, batch: int) -> list:
+    if f.needs_whole_input():
+        f.prepare(records)
+    out = []
+    for b in range(0, len(records), batch):
+        out.extend(f.filter_batch(records[b : b + batch]))
+    f.close()
+    return out
+
+
+@pytest.mark.parametrize("keep", ["earliest", "best"])
+@pytest.mark.parametrize("seeded", [False, True])
+@pytest.mark.parametrize("n", [2500, pytest.param(20_000, marks=pytest.mark.slow)])
+def test_bounded_index_decides_as_datasketch(keep, seeded, n):
+    records, seeds = bench_records(n, scored=keep == "best")
+    made = [NearDedup(keep=keep, storage=s) for s in ("memory", "disk", "auto")]
+    if seeded:
+        made = [with_seeds(f, *seeds) for f in made]
+    reference, bounded, auto = (decisions(f, records, b) for f, b in zip(made, (1000, 777, 1000)))
+    assert bounded == reference and auto == reference
+    reasons = [d.reason for d in reference if isinstance(d, Drop)]
+    assert len(reasons) > n // 12  # the planted copies are found
+    assert any("of seed 'bench-seeds'" in r for r in reasons) == seeded
+    assert any(r.endswith("(estimated Jaccard 1.00)") for r in reasons)  # and exact copies
+
+
+def test_bounded_index_compares_within_a_batch_and_spills_midway(tmp_path):
+    records, _ = bench_records(3000)
+    reference = decisions(NearDedup(storage="memory"), records, 3000)  # one batch
+    spilled = NearDedup(spill_after=1000)  # signatures in RAM, then in a file
+    spilled.setup(PluginContext(base_dir=tmp_path, state_dir=tmp_path))
+    assert decisions(spilled, records, 3000) == reference
+    few = records[:400]  # a record per batch
+    assert decisions(NearDedup(storage="disk"), few, 1) == decisions(NearDedup(storage="memory"), few, 400)
+    assert list(tmp_path.iterdir()) == []  # spilled files are unlinked once open
+
+
+def test_bounded_keep_best_names_missing_ids():
+    f = NearDedup(keep="best", storage="disk")
+    f.prepare(iter([make_record(ROUTER, id="a"), make_record(ROUTER_EDIT, id="b")]))  # read once
+    assert run_filter(f, [make_record(ROUTER_EDIT, id="b")]) == [
+        Drop("near-duplicate: of record a (estimated Jaccard 0.72)")
+    ]
+    with pytest.raises(RuntimeError, match="record new was not in the input given to prepare"):
+        f.filter_batch([make_record(FRANCE, id="new")])
+
+
+def _run_stage(out: Path, records: list, seeds: list, keep: str, storage: str, stop_after: int | None = None):
+    """The local runner over `records`, as committed shards (UpstreamRecords as its input);
+    with `stop_after`, a crash after that many shards, then a resumed run with fresh filters."""
+    from distill.executor.local import StageContext, run_filters
+    from distill.io.store import StageStore
+    from distill.io.upstream import UpstreamRecords
+
+    upstream = StageStore(out, "gen", "map", "digest")
+    for b in range(0, len(records), 500):
+        upstream.commit(records[b : b + 500], [], inputs=len(records[b : b + 500]))
+    upstream.finish({})
+
+    def run(limit: int | None) -> None:
+        f = with_seeds(NearDedup(keep=keep, storage=storage), *seeds)
+        store = StageStore(out, "clean", "filter", "digest")
+        committed = store.commit
+
+        def commit(*args, **kwargs):
+            if limit is not None and store.next_index >= limit:
+                raise KeyboardInterrupt("killed")
+            return committed(*args, **kwargs)
+
+        store.commit = commit
+        ctx = StageContext(stage="clean", store=store, run_seed=0, notify=lambda *a: None)
+        try:
+            run_filters(ctx, [f], UpstreamRecords(upstream), 700)
+        finally:
+            f.close()
+        store.finish({})
+
+    if stop_after is not None:
+        with pytest.raises(KeyboardInterrupt):
+            run(stop_after)
+    run(None)
+    store = StageStore(out, "clean", "filter", "digest")
+    dropped = {r.id: r.provenance.events[-1].reason for r in store.rejected()}
+    return [r.id for r in store.kept()], dropped
+
+
+@pytest.mark.parametrize("keep", ["earliest", "best"])
+@pytest.mark.parametrize("n", [3000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_bounded_index_through_the_runner_and_a_resume(tmp_path, keep, n):
+    records, seeds = bench_records(n, seed=3, scored=keep == "best")
+    reference = _run_stage(tmp_path / "memory", records, seeds, keep, "memory")
+    assert _run_stage(tmp_path / "disk", records, seeds, keep, "disk", stop_after=3) == reference
+    assert len(reference[1]) > n // 12
