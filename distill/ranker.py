@@ -24,9 +24,18 @@ class Judge:
 
     caller: TeacherCaller
     where: str
+    #: What this judge was asked (the core gives each batch its own judge, to count per shard).
+    requests: int = 0
+    hits: int = 0
 
     def ask(self, requests):
-        return self.caller(requests, self.where)
+        pending = self.caller.submit(requests, self.where)
+        self.requests += len(requests)
+        self.hits += pending.hits
+        return pending.result()
+
+    def for_batch(self) -> Judge:
+        return Judge(self.caller, self.where)
 
 
 def candidates_of(record: Record) -> list[Candidate]:
@@ -41,6 +50,10 @@ class Ranker(Plugin):
     kind: ClassVar[str] = "ranker"
     #: Rankers that need a judge model say so; the config must then name a teacher.
     needs_judge: ClassVar[bool] = False
+    #: True when `score_batch` keeps no state between calls, so the core may score the next
+    #: batches on other threads while a judge answers the current one (a judge that serves
+    #: overlapping calls then never idles at a batch boundary). Leave False otherwise.
+    concurrent_batches: ClassVar[bool] = False
 
     def generators(self) -> list[Generator]:
         """Models the ranker runs itself (a reward model), recorded as judges of every record it

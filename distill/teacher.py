@@ -86,6 +86,17 @@ class Teacher(Plugin):
         """
         yield from enumerate(self.generate(requests))
 
+    def requests_in_flight(self) -> int:
+        """How many requests this teacher serves at once across overlapping calls; 0 (the
+        default) when calls must not overlap.
+
+        A teacher that returns n > 0 promises that `iter_generate` may run on several threads at
+        once, all sharing its one limit of n requests in flight. The core then sends the next
+        batches' requests while the current batch's last ones finish, so no slot idles at a
+        batch boundary; the batches are still committed one by one, in order. An in-process
+        engine that takes a whole batch at once (vLLM, transformers) keeps the default."""
+        return 0
+
     def replica_options(self, index: int, count: int) -> Any:
         """The options of replica `index` of `count` that share this teacher's work (a stage with
         `executor: ray` runs one per Ray actor, each given a share of every batch).

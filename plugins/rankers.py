@@ -156,6 +156,7 @@ class JudgeRanker(Ranker):
 
     name = "judge"
     needs_judge = True
+    concurrent_batches = True  # the options are all it keeps
 
     class Options(Options):
         mode: Literal["score", "pairwise"] = "score"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import replace
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
-from distill.cache.calls import CallStats, TeacherCaller
+from distill.cache.calls import CallStats, Pending, TeacherCaller
 from distill.errors import PluginError
 from distill.executor.local import StageContext, drop_record, guarded
 from distill.ranker import Judge, Ranker, candidates_of
@@ -26,38 +28,75 @@ def _call_meta(caller: TeacherCaller, before: CallStats) -> dict[str, Any]:
     return {"requests": caller.stats.requests - before.requests, "cache_hits": caller.stats.hits - before.hits}
 
 
+@dataclass
+class MapBatch:
+    """A map batch whose requests are submitted: what was decided without the teacher, what waits."""
+
+    index: int
+    chunk: list[Record]
+    kept: list[Record]
+    rejected: list[Record]
+    asked: list[Record]
+    pending: Pending
+
+
+def _submit_map(
+    ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Sequence[Record], b: int, batch_size: int
+) -> MapBatch:
+    chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
+    kept: list[Record] = []
+    rejected: list[Record] = []
+    asked: list[Record] = []
+    requests: list[ChatRequest] = []
+    for r in chunk:
+        built = guarded(task, "build", lambda: task.build(r), r)
+        if isinstance(built, Reject):
+            rejected.append(drop_record(r, ctx.stage, task, built.reason))
+        elif isinstance(built, PassThrough):
+            r.add_event(ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason)
+            kept.append(r)
+        else:
+            asked.append(r)
+            requests.append(ChatRequest(messages=built, seed=request_seed(ctx.run_seed, ctx.stage, r.id)))
+    pending = caller.submit(requests, f"batch {b} of stage {ctx.stage!r}")
+    return MapBatch(b, chunk, kept, rejected, asked, pending)
+
+
 def run_map(ctx: StageContext, task: MapTask, caller: TeacherCaller, inputs: Sequence[Record], batch_size: int) -> None:
+    """Batches are committed in order; with a teacher that serves overlapping calls, the next
+    `caller.lookahead` batches' requests are already in flight while one is applied and committed."""
     generator = ctx.generator(caller.teacher)
     batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(ctx.store.next_index * batch_size)
-    for b in range(ctx.store.next_index, batches):
-        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
-        before = replace(caller.stats)
-        kept: list[Record] = []
-        rejected: list[Record] = []
-        pending: list[tuple[Record, ChatRequest]] = []
-        for r in chunk:
-            built = guarded(task, "build", lambda: task.build(r), r)
-            if isinstance(built, Reject):
-                rejected.append(drop_record(r, ctx.stage, task, built.reason))
-            elif isinstance(built, PassThrough):
-                r.add_event(
-                    ctx.stage, "kept", plugin=task.name, plugin_version=task.plugin_version, reason=built.reason
-                )
-                kept.append(r)
-            else:
-                pending.append((r, ChatRequest(messages=built, seed=request_seed(ctx.run_seed, ctx.stage, r.id))))
-        results = caller([q for _, q in pending], f"batch {b} of stage {ctx.stage!r}")
-        for (r, _), samples in zip(pending, results):
-            g = r.add_generator(generator)
-            out = guarded(task, "apply", lambda: task.apply(r, samples, g), r)
-            if isinstance(out, Reject):
-                rejected.append(drop_record(r, ctx.stage, task, out.reason))
-            else:
-                out.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
-                kept.append(out)
-        ctx.commit(kept, rejected, inputs=len(chunk), meta=_call_meta(caller, before))
-        ctx.advance(len(chunk))
+    ahead = caller.lookahead(batch_size)
+    window: deque[MapBatch] = deque()
+    following = ctx.store.next_index
+    try:
+        for b in range(ctx.store.next_index, batches):
+            while following < batches and following <= b + ahead:
+                window.append(_submit_map(ctx, task, caller, inputs, following, batch_size))
+                following += 1
+            batch = window.popleft()
+            kept, rejected = batch.kept, batch.rejected
+            for r, samples in zip(batch.asked, batch.pending.result()):
+                g = r.add_generator(generator)
+                out = guarded(task, "apply", lambda: task.apply(r, samples, g), r)
+                if isinstance(out, Reject):
+                    rejected.append(drop_record(r, ctx.stage, task, out.reason))
+                else:
+                    out.add_event(ctx.stage, "generated", plugin=task.name, plugin_version=task.plugin_version)
+                    kept.append(out)
+            meta = {"requests": len(batch.pending.requests), "cache_hits": batch.pending.hits}
+            ctx.commit(kept, rejected, inputs=len(batch.chunk), meta=meta)
+            ctx.advance(len(batch.chunk))
+    except Exception:  # what the next batches sent is paid for: let it finish into the cache
+        for left in window:
+            left.pending.settle()
+        raise
+    except BaseException:  # interrupted: stop asking
+        for left in window:
+            left.pending.cancel()
+        raise
 
 
 def run_expand(
@@ -167,27 +206,65 @@ def _merge_sources(parents: list[Record]) -> list[Source]:
     return list(seen.values())
 
 
+@dataclass
+class RankBatch:
+    chunk: list[Record]
+    rejected: list[Record]
+    rankable: list[Record]
+    verdicts: list[list[float] | Reject]
+    judge: Judge | None
+
+
+def _score(
+    ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record], b: int, batch_size: int
+) -> RankBatch:
+    chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
+    rejected: list[Record] = []
+    rankable = [r for r in chunk if candidates_of(r)]
+    for r in chunk:
+        if not candidates_of(r):
+            rejected.append(drop_record(r, ctx.stage, ranker, "nothing to rank: no answer or candidates"))
+    own = judge.for_batch() if judge is not None else None  # counts this batch's calls
+    where = f"batch {b} of stage {ctx.stage!r}"
+    verdicts = guarded(ranker, "score_batch", lambda: ranker.score_batch(rankable, own), where)
+    if len(verdicts) != len(rankable):
+        raise PluginError(f"ranker plugin {ranker.name!r} returned {len(verdicts)} results for {len(rankable)} records")
+    return RankBatch(chunk, rejected, rankable, verdicts, own)
+
+
+def _scored(
+    ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record], batch_size: int
+) -> Iterator[RankBatch]:
+    """Each batch's scores, in order. A ranker that may score batches concurrently, with a judge
+    that serves overlapping calls, scores the next `lookahead` batches on threads meanwhile."""
+    batches = math.ceil(len(inputs) / batch_size)
+    start = ctx.store.next_index
+    ahead = judge.caller.lookahead(batch_size) if judge is not None and ranker.concurrent_batches else 0
+    if not ahead:
+        for b in range(start, batches):
+            yield _score(ctx, ranker, judge, inputs, b, batch_size)
+        return
+    pool = ThreadPoolExecutor(max_workers=ahead + 1, thread_name_prefix="distill-rank")
+    window: deque[Future[RankBatch]] = deque()
+    following = start
+    try:
+        for b in range(start, batches):
+            while following < batches and following <= b + ahead:
+                window.append(pool.submit(_score, ctx, ranker, judge, inputs, following, batch_size))
+                following += 1
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Sequence[Record], batch_size: int) -> None:
     judge_gen = ctx.generator(judge.caller.teacher, role="judge") if judge is not None else None
     own = guarded(ranker, "generators", ranker.generators, f"stage {ctx.stage!r}")
-    batches = math.ceil(len(inputs) / batch_size)
     ctx.advance(min(len(inputs), ctx.store.next_index * batch_size))
-    for b in range(ctx.store.next_index, batches):
-        chunk = [r.model_copy(deep=True) for r in inputs[b * batch_size : (b + 1) * batch_size]]
-        before = replace(judge.caller.stats) if judge is not None else None
+    for batch in _scored(ctx, ranker, judge, inputs, batch_size):
         kept: list[Record] = []
-        rejected: list[Record] = []
-        rankable = [r for r in chunk if candidates_of(r)]
-        for r in chunk:
-            if not candidates_of(r):
-                rejected.append(drop_record(r, ctx.stage, ranker, "nothing to rank: no answer or candidates"))
-        where = f"batch {b} of stage {ctx.stage!r}"
-        verdicts = guarded(ranker, "score_batch", lambda: ranker.score_batch(rankable, judge), where)
-        if len(verdicts) != len(rankable):
-            raise PluginError(
-                f"ranker plugin {ranker.name!r} returned {len(verdicts)} results for {len(rankable)} records"
-            )
-        for r, v in zip(rankable, verdicts):
+        rejected = batch.rejected
+        for r, v in zip(batch.rankable, batch.verdicts):
             if isinstance(v, Reject):
                 rejected.append(drop_record(r, ctx.stage, ranker, v.reason))
                 continue
@@ -208,6 +285,7 @@ def run_rank(ctx: StageContext, ranker: Ranker, judge: Judge | None, inputs: Seq
             detail = f"best {best.score:g} of {len(r.candidates)}" + (f", margin {pref.margin:g}" if pref else "")
             r.add_event(ctx.stage, "ranked", plugin=ranker.name, plugin_version=ranker.plugin_version, reason=detail)
             kept.append(r)
-        meta = _call_meta(judge.caller, before) if judge is not None and before is not None else {}
-        ctx.commit(kept, rejected, inputs=len(chunk), meta=meta)
-        ctx.advance(len(chunk))
+        j = batch.judge
+        meta = {"requests": j.requests, "cache_hits": j.hits} if j is not None else {}
+        ctx.commit(kept, rejected, inputs=len(batch.chunk), meta=meta)
+        ctx.advance(len(batch.chunk))
