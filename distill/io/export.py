@@ -142,7 +142,7 @@ def _write(rows: list[dict[str, Any]], fmt: ExportFormat, path: Path) -> None:
         with pa.OSFile(str(tmp / DATA_FILE), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             writer.write_table(table)
         info = {"citation": "", "description": "", "features": features, "homepage": "", "license": ""}
-        state = {
+        state: dict[str, Any] = {
             "_data_files": [{"filename": DATA_FILE}],
             "_fingerprint": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16],
             "_format_columns": None,
