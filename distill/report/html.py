@@ -17,7 +17,7 @@ from distill.io.store import as_dict, atomic_write
 from distill.layout import REPORT_FILE
 from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
 from distill.report.eval import Evaluation, is_number
-from distill.report.markup import Html, empty, esc, no_plots_note, num, plot, pre, section, table
+from distill.report.markup import Html, bars, empty, esc, no_plots_note, num, plot, pre, section, table
 
 _TOP_REASONS = 15
 
@@ -27,6 +27,14 @@ header,main{max-width:1100px;margin:0 auto;padding:0 20px}
 header{padding-top:18px}
 h1{font-size:22px;margin:8px 0}h2{font-size:18px;border-bottom:2px solid #d5d9e0;padding-bottom:4px}
 h3{font-size:15px;margin:18px 0 6px}
+figure.bars{margin:0;padding:8px 12px;background:#fff;border:1px solid #e3e6eb;flex:1 1 420px;font-size:12px}
+figure.bars figcaption{font-weight:600;margin-bottom:6px}
+.legend{font-weight:400;margin-left:12px}.legend span{margin-right:10px}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:-1px}
+.bar{display:flex;align-items:center;gap:8px;margin:3px 0}
+.bar-label{flex:0 0 34%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;text-align:right}
+.bar-track{flex:1;display:flex;align-items:center;min-width:0}
+.bar-track span{display:block;height:14px;min-width:1px}.bar-track em{font-style:normal;padding-left:6px;white-space:nowrap}
 section{background:#fff;border:1px solid #e1e4e8;border-radius:6px;padding:4px 18px 14px;margin:16px 0}
 nav a{margin-right:14px;color:#3566a8}
 table{border-collapse:collapse;margin:8px 0;font-size:13px;display:block;overflow-x:auto;max-width:100%}
@@ -122,22 +130,30 @@ def _funnel(data: ReportData) -> str:
     edits = [(r.stage, *_split(reason), n) for r in data.funnel for reason, n in r.edits.items()]
     top = sorted(reasons, key=lambda x: -x[3])[:_TOP_REASONS]
     charts = [
-        plot(
-            plots.funnel_png,
-            "records kept and rejected per stage",
-            [(r.stage, r.totals["kept"], r.totals["rejected"]) for r in data.funnel],
+        bars(
+            "records per stage",
+            [
+                (
+                    r.stage,
+                    [(r.totals["kept"], plots.KEPT, "kept"), (r.totals["rejected"], plots.DROPPED, "rejected")],
+                    f"{r.totals['kept']}/{r.totals['kept'] + r.totals['rejected']}",
+                )
+                for r in data.funnel
+            ],
         )
     ]
     if top:
         charts.append(
-            plot(
-                plots.reasons_png,
-                "records dropped per reason",
-                [(f"{s} · {p}: {why}" if p else f"{s} · {why}", n) for s, p, why, n, _ in top],
+            bars(
+                "why records were dropped",
+                [
+                    (f"{s} · {p}: {why}" if p else f"{s} · {why}", [(n, plots.DROPPED, "dropped")], str(n))
+                    for s, p, why, n, _ in top
+                ],
             )
         )
     parts = [Html('<div class="plots">' + "".join(charts) + "</div>")]
-    parts += [no_plots_note(), stages, Html("<h3>Drop reasons</h3>")]
+    parts += [stages, Html("<h3>Drop reasons</h3>")]
     if reasons:
         parts.append(
             table(

@@ -53,39 +53,6 @@ def _short(label: str, width: int = 48) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
-def funnel_png(stages: Sequence[tuple[str, int, int]]) -> str:
-    """Stacked horizontal bars, one per stage: records kept and rejected of all that entered it."""
-    fig = _figure(7.5, 0.45 * len(stages) + 1.2)
-    ax = fig.add_subplot()
-    names = [_short(s) for s, _, _ in stages][::-1]
-    kept = [k for _, k, _ in stages][::-1]
-    rejected = [r for _, _, r in stages][::-1]
-    ax.barh(names, kept, color=KEPT, label="kept")
-    ax.barh(names, rejected, left=kept, color=DROPPED, label="rejected")
-    for y, (k, r) in enumerate(zip(kept, rejected)):
-        ax.text(k + r, y, f" {k}/{k + r}", va="center", fontsize=8)
-    ax.set_xlabel("records (entered or generated)")
-    _integer_x(ax)
-    ax.margins(x=0.12)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("records per stage", fontsize=10)
-    return _encode(fig)
-
-
-def reasons_png(reasons: Sequence[tuple[str, int]]) -> str:
-    """Horizontal bars of the most frequent drop reasons, labelled `stage · plugin: reason`."""
-    fig = _figure(7.5, 0.35 * len(reasons) + 1.2)
-    ax = fig.add_subplot()
-    labels = [_short(label, 60) for label, _ in reasons][::-1]
-    counts = [n for _, n in reasons][::-1]
-    ax.barh(labels, counts, color=DROPPED)
-    ax.set_xlabel("records dropped")
-    _integer_x(ax)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.set_title("why records were dropped", fontsize=10)
-    return _encode(fig)
-
-
 def loss_png(title: str, train: Sequence[tuple[float, float]], evaluation: Sequence[tuple[float, float]]) -> str:
     """One student step's loss against its trainer step; evaluation loss dashed when logged."""
     fig = _figure(5.2, 3.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -237,12 +238,25 @@ def test_plots_are_embedded_png_images(run_out):
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib not installed (pip install 'distill[report]'): the report has no plots")
     page = Page(write_report(run_out).read_text(encoding="utf-8"))
-    assert len(page.imgs["funnel"]) == 2  # records per stage, drop reasons
+    assert not page.imgs["funnel"]  # HTML bars: a report of data alone imports no plotting library
     assert len(page.imgs["evaluation"]) == 2  # one per metric
-    for src in page.imgs["funnel"] + page.imgs["evaluation"]:
+    for src in page.imgs["evaluation"]:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
+def test_the_funnel_draws_html_bars_for_every_stage_and_reason(run_out):
+    raw = write_report(run_out).read_text(encoding="utf-8")
+    funnel = raw[raw.index('<section id="funnel">') : raw.index("</section>", raw.index('<section id="funnel">'))]
+    assert funnel.count('<figure class="bars"') == 2  # records per stage, drop reasons
+    stages = [row for row in Page(raw).rows["funnel"] if len(row) == 8 and row[4].isdigit()]
+    assert len(stages) >= 3  # stage, kind, in, generated, kept, rejected, kept of all, status
+    for row in stages:
+        kept, rejected = int(row[4]), int(row[5])
+        assert f"<em>{kept}/{kept + rejected}</em>" in funnel
+    widths = [float(w) for w in re.findall(r'style="width:([0-9.]+)%', funnel)]
+    assert widths and max(widths) <= 100.0 and all(w > 0 for w in widths)
 
 
 def test_without_matplotlib_the_tables_stay(run_out, monkeypatch):
@@ -251,7 +265,8 @@ def test_without_matplotlib_the_tables_stay(run_out, monkeypatch):
     monkeypatch.setattr(report_plots, "available", lambda: False)
     page = Page(write_report(run_out).read_text(encoding="utf-8"))
     assert page.order == SECTIONS and not any(page.imgs.values())
-    assert "plots need matplotlib" in page.text["funnel"] and len(page.rows["funnel"]) > 3
+    assert "plots need matplotlib" in page.text["evaluation"] and len(page.rows["funnel"]) > 3
+    assert "plots need matplotlib" not in page.text["funnel"]  # its charts are HTML
 
 
 def test_missing_and_unreadable_parts_are_named_not_fatal(run_out, tmp_path):
