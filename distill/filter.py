@@ -113,7 +113,7 @@ class DistributedDedup:
     #: For a filter that `needs_whole_input`: the order in which the stage's records are
     #: decided (indices into the whole input); then nothing is restored on resume, as every
     #: record is decided again.
-    order: Callable[[list[Record]], list[int]] | None = None
+    order: Callable[[Sequence[Record]], list[int]] | None = None
 
 
 class Filter(Plugin):

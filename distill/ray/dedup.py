@@ -3,7 +3,8 @@
 A dedup filter describes how it groups records (`Filter.distributed`, a `DistributedDedup`);
 this module knows no filter, only the two groupings. Locally such a filter walks the records
 in order, each against an index of those kept before it. Here the decisions need no process that holds every record or
-signature (the driver still holds the stage's input, which the pipeline reads as the local runner does):
+signature (the driver walks the stage's input, a lazy sequence over its shards when the caller
+passes one, and puts entries in the object store a block at a time: `distill.ray.inputs`):
 
 * every *entry* (a record that reaches the filter, a record restored from committed shards, a
   seed) gets a rank: seeds lowest, then restored records in the order the local `restore` adds

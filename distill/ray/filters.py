@@ -33,17 +33,18 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from distill.errors import ConfigError, DistillError, PluginError
-from distill.executor.local import StageContext, guarded
+from distill.executor.local import Restored, StageContext, guarded
 from distill.filter import DistributedDedup, ExactKeys, Filter
-from distill.ray.dedup import NearCosts, entry_table, exact_drops, near_drops, project
-from distill.ray.shards import Decided, Row, dedup_entries, process_shard, restore_lists, run_segment, shard_schema
+from distill.ray.dedup import NearCosts, exact_drops, near_drops, project
+from distill.ray.inputs import entry_refs, input_dataset, walk
+from distill.ray.shards import Decided, Row, dedup_entries, process_shard, run_segment
 from distill.records import Record
 
 
@@ -140,7 +141,7 @@ def _settings() -> Iterator[None]:
 def run_filters_ray(
     ctx: StageContext,
     filters: list[Filter],
-    inputs: list[Record],
+    inputs: Sequence[Record],
     batch_size: int,
     options: Any = None,
     log: Callable[[str], None] = lambda m: None,
@@ -170,7 +171,9 @@ def run_filters_ray(
         guarded(filters[0], "prepare", lambda: filters[0].prepare(inputs), f"stage {ctx.stage!r}")
     store = ctx.store
     start = store.next_index
-    restored = restore_lists(filters, list(store.kept()), list(store.rejected())) if start else None
+    # what each filter passed in committed shards, read from them as it is walked (not listed)
+    position = {f.name: i for i, f in enumerate(filters)}
+    restored = [Restored(store, position, i) for i in range(len(filters))] if start else None
     tail = [(i, filters[i]) for i in range(split, len(filters))]
     for i, f in tail:
         if restored is not None:
@@ -211,11 +214,11 @@ def _run(
     ctx: StageContext,
     filters: list[Filter],
     planned: list[Planned],
-    inputs: list[Record],
+    inputs: Sequence[Record],
     batch_size: int,
     start: int,
     batches: int,
-    restored: list[list[Record]] | None,
+    restored: list[Restored] | None,
     tail: list[tuple[int, Filter]],
     run: RayRun,
 ) -> None:
@@ -232,7 +235,7 @@ def _run(
             started = time.perf_counter()
             dedup = planned[i][1]
             assert isinstance(dedup, DistributedDedup)
-            drops = _dedup(dedup, inputs, first, ds, pending, restored[i] if restored is not None else [], run)
+            drops = _dedup(dedup, inputs, first, ds, pending, restored[i] if restored is not None else None, run)
             pending.append(Decided(i, filters[i].name, filters[i].plugin_version, drops))
             run.seconds[f"{kinds[i]}-dedup[{i}]"] = time.perf_counter() - started
             i += 1
@@ -241,7 +244,7 @@ def _run(
         while j < len(kinds) and kinds[j] == "map":
             j += 1
         started = time.perf_counter()
-        source = ds if ds is not None else _input_dataset(inputs, first, batch_size)
+        source = ds if ds is not None else input_dataset(inputs, first, batch_size)
         segment = [(k, f) for k in range(i, j) if isinstance(f := planned[k][1], Filter)]
         ds = source.map_batches(
             partial(run_segment, stage=ctx.stage, batch_size=batch_size, pending=pending, filters=segment),
@@ -261,67 +264,53 @@ def _run(
     run.seconds["commit"] = time.perf_counter() - started
 
 
-def _input_dataset(inputs: list[Record], first: int, batch_size: int) -> Any:
-    """The uncommitted records as a dataset of one block per shard."""
-    import pyarrow as pa
-    import ray.data
-
-    tables = []
-    for lo in range(first, len(inputs), batch_size):
-        chunk = inputs[lo : lo + batch_size]
-        tables.append(
-            pa.table(
-                {
-                    "pos": range(lo, lo + len(chunk)),
-                    "rec": [r.to_json() for r in chunk],
-                    "at": [-1] * len(chunk),
-                    "error": [""] * len(chunk),
-                },
-                schema=shard_schema(),
-            )
-        )
-    return ray.data.from_arrow(tables)
-
-
 def _dedup(
     dedup: DistributedDedup,
-    inputs: list[Record],
+    inputs: Sequence[Record],
     first: int,
     ds: Any,
     pending: list[Decided],
-    restored: list[Record],
+    restored: Restored | None,
     run: RayRun,
 ) -> dict[int, str]:
     """One dedup filter's drops by stage position (positions from `first` on). Its entries: the
     live records (from the driver's `inputs`, or from `ds` once a batch step has changed them),
-    and on resume the committed records its local `restore` would get."""
+    and on resume the committed records its local `restore` would get. The driver walks its
+    records in stage order and puts their entries in the object store a block at a time."""
+    import numpy as np
     import ray.data
 
     started = time.perf_counter()
     read, against_seeds = dedup.read, dedup.against_seeds
     skip = frozenset(p for d in pending for p in d.drops)
     order: list[int] | None = None
+    refs: list[Any] = []
     if dedup.order is not None:  # decided in its order over the whole input (it is the first filter)
         order = list(dedup.order(inputs))
-        ranked = [project(inputs[p], read, against_seeds, k) for k, p in enumerate(order)]
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+        refs = entry_refs(project(r, read, against_seeds, int(rank[p])) for p, r in enumerate(inputs))
     elif ds is None:
-        ranked = [project(inputs[p], read, against_seeds, p) for p in range(first, len(inputs)) if p not in skip]
-    else:
-        ranked = []
-    if order is None:  # what `restore` gives the local filter on resume, in its order, below every new rank
-        ranked += [project(r, read, against_seeds, k - len(restored)) for k, r in enumerate(restored)]
-    step = 2000
-    tables = [entry_table(ranked[k : k + step]) for k in range(0, len(ranked), step)]
-    entries = ray.data.from_arrow(tables) if tables else None
+        live = (
+            project(r, read, against_seeds, p)
+            for p, r in enumerate(inputs[first:] if isinstance(inputs, list) else walk(inputs, first), first)
+            if p not in skip
+        )
+        refs = entry_refs(live)
+    size = len(order) if order is not None else len(inputs) - first
+    if order is None and restored is not None:  # what `restore` gives the local filter, below every new rank
+        count = len(restored)
+        refs += entry_refs(project(r, read, against_seeds, k - count) for k, r in enumerate(restored))
+        size += count
+    entries = ray.data.from_arrow_refs(refs) if refs else None
     run.seconds["driver-entries"] = run.seconds.get("driver-entries", 0.0) + time.perf_counter() - started
     if ds is not None:
-        live = ds.map_batches(
+        live_ds = ds.map_batches(
             partial(dedup_entries, read=read, against_seeds=against_seeds, skip=skip), batch_format="numpy"
         )
-        entries = live if entries is None else live.union(entries)
+        entries = live_ds if entries is None else live_ds.union(entries)
     if entries is None:
         return {}
-    size = len(ranked) + (len(inputs) - first if ds is not None else 0)
     g = dedup.grouping
     if isinstance(g, ExactKeys):
         parts = max(2 * run.cpus, math.ceil(size / 100_000))
@@ -351,7 +340,7 @@ def _commit(
 
 def _commit_from_driver(
     ctx: StageContext,
-    inputs: list[Record],
+    inputs: Sequence[Record],
     batch_size: int,
     start: int,
     batches: int,

@@ -74,7 +74,7 @@ def candidate_score(record: Record) -> float | None:
     return max(scores) if scores else None
 
 
-def best_first(records: list[Record]) -> list[int]:
+def best_first(records: Sequence[Record]) -> list[int]:
     """The order `keep: best` decides in: highest candidate score first, unscored last, ties
     to the earliest."""
     scores = [candidate_score(r) for r in records]
