@@ -436,3 +436,61 @@ def test_bad_executor_config_names_the_key(tmp_path, stage, expected):
     }
     with pytest.raises(ConfigError, match=expected):
         parse_config(cfg)
+
+
+def _interrupted(store: StageStore, after: int) -> None:
+    """Make `store` fail (as a killed run would) when it is about to commit shard `after`."""
+    commit = store.commit
+
+    def failing(*args, **kwargs):
+        if store.next_index >= after:
+            raise KeyboardInterrupt("killed")
+        return commit(*args, **kwargs)
+
+    store.commit = failing  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("keep", ["earliest", "best"])
+def test_near_dedup_streamed_from_shards_and_resumed_under_both_executors(ray_cluster, tmp_path, keep):
+    """The stage's input is a lazy `UpstreamRecords` over real shards (as the pipeline gives
+    it), near-dedup uses its bounded index locally, and a run killed after three shards resumes
+    (restoring from the committed shards): both executors write the same shards."""
+    from distill.io.upstream import UpstreamRecords
+
+    records, seeds = make_records(1500, seed=4)
+    upstream = StageStore(tmp_path / "in", "gen", "map", "digest")
+    for b in range(0, len(records), 200):
+        upstream.commit(records[b : b + 200], [], inputs=len(records[b : b + 200]))
+    upstream.finish({})
+    results = []
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        for attempt in ("killed", "resumed"):
+            f = near_filter(keep)
+            f.setup(PluginContext(base_dir=out, seeds=lambda: [s.model_copy(deep=True) for s in seeds]))
+            store = StageStore(out, "clean", "filter", "digest")
+            if attempt == "killed":
+                _interrupted(store, 3)
+            ctx = StageContext(stage="clean", store=store, run_seed=0, notify=lambda *a: None)
+            try:
+                if executor == "local":
+                    run_filters(ctx, [f], UpstreamRecords(upstream), 150)
+                else:
+                    from distill.ray.filters import run_filters_ray
+
+                    run_filters_ray(ctx, [f], UpstreamRecords(upstream), 150)
+            except KeyboardInterrupt:
+                assert attempt == "killed"
+            finally:
+                f.close()
+        store = StageStore(out, "clean", "filter", "digest")
+        store.finish({})
+        results.append(store)
+    local, remote = results
+    assert shards(remote) == shards(local)
+    assert sum(1 for r in local.rejected() if r.provenance.events[-1].plugin == "near-dedup") > 50
+
+
+def near_filter(keep: str) -> Filter:
+    cls = make_registry().get("filter", "near-dedup").cls
+    return cls(cls.Options(keep=keep, threshold=0.5), storage="disk")
