@@ -340,8 +340,8 @@ def builtin_registry() -> Registry:
     """The registry shipped with distill, before any config's entries."""
     text = resources.files("distill").joinpath("data/licenses.yaml").read_text()
     # libyaml's loader where PyYAML has it: the pure-Python one takes a tenth of a second here, every run.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return Registry.model_validate(yaml.load(text, Loader=loader))
+    data = yaml.load(text, Loader=yaml.CSafeLoader) if hasattr(yaml, "CSafeLoader") else yaml.safe_load(text)
+    return Registry.model_validate(data)
 
 
 _ACTIVE: contextvars.ContextVar[Registry | None] = contextvars.ContextVar("distill_licenses", default=None)
