@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -129,6 +130,7 @@ class OpenAITeacher(Teacher):
         self._key: str | None = None
         self._client: Any = None
         self._runner: LoopThread | None = None
+        self._starting = threading.Lock()
         self._sem: asyncio.Semaphore | None = None
         self._budget: Budget | None = None
         self._rpm = TokenBucket(self.options.requests_per_minute) if self.options.requests_per_minute else None
@@ -169,6 +171,10 @@ class OpenAITeacher(Teacher):
         if self.options.logprobs:  # samples then carry logprobs: cached ones without must not match
             out["logprobs"] = True
         return out
+
+    def requests_in_flight(self) -> int:
+        """Every call shares the one loop and semaphore: overlapping calls keep `concurrency` busy."""
+        return self.options.concurrency
 
     def replica_options(self, index: int, count: int) -> OpenAITeacher.Options:
         """Concurrency, rate limits and spend caps are the teacher's totals: split (see _api_replicas)."""
@@ -214,8 +220,10 @@ class OpenAITeacher(Teacher):
         return text.replace(key, "***") if key and len(key) >= 4 else text
 
     def _start(self) -> LoopThread:
-        if self._runner is not None:
-            return self._runner
+        with self._starting:  # overlapping calls may arrive on several threads at once
+            return self._runner or self._start_loop()
+
+    def _start_loop(self) -> LoopThread:
         if self._key is None:
             self._read_key()
         if self._budget is None:

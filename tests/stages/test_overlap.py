@@ -192,3 +192,33 @@ def test_judge_batches_overlap_and_count_their_own_calls(tmp_path):
     slow_ends = sorted(end for q, _, end in teacher.log if "slow" in q)
     # the first slow judgement had not finished when the second batch's were being asked
     assert sum(s < slow_ends[0] for s in starts) > 8
+
+
+def test_the_openai_teacher_keeps_its_slots_busy_across_batches_through_a_real_server(tmp_path):
+    """The real client and a real HTTP server: a stub OpenAI-compatible upstream behind the fault
+    proxy, which holds each batch's first request for a second."""
+    from servers import FaultProxy, StubUpstream
+
+    from distill.plugin import PluginContext
+    from distill_plugins.teachers.openai import OpenAITeacher
+
+    inputs = records(12, 4)  # q000, q004, q008 ask slowly
+    with (
+        StubUpstream(latency=0.02) as upstream,
+        FaultProxy(upstream.base_url, delay_marker="slow", delay_seconds=1.0) as proxy,
+    ):
+        teacher = OpenAITeacher(model="distill-tiny", base_url=proxy.base_url, concurrency=4, max_tokens=8)
+        teacher.setup(PluginContext(base_dir=tmp_path, progress=False, state_dir=tmp_path / "state"))
+        try:
+            cache = RequestCache(tmp_path / "cache.sqlite")
+            store, caller = run(tmp_path, teacher, inputs, 4, cache)
+        finally:
+            teacher.close()
+        answered = sorted(proxy.stats.answered_at)
+    assert [s.kept for s in store.manifest.shards] == [4, 4, 4]
+    assert caller.stats.requests == 12 and cache.stats().entries == 12
+    # Every fast request (of all three batches) was answered while the first slow one was held;
+    # a runner waiting at batch boundaries would have had only its own batch's three by then.
+    assert sum(t < answered[0] + 0.9 for t in answered) >= 6, [round(t - answered[0], 2) for t in answered]
+    assert proxy.stats.max_in_flight <= 4
+    cache.close()
