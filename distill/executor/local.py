@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 from distill.errors import ConfigError, PluginError
 from distill.filter import Drop, Edit, Filter, Keep
 from distill.io.export import export_records
-from distill.io.store import StageStore
+from distill.io.store import StageStore, read_shards
 from distill.io.upstream import UpstreamRecords
 from distill.licenses import effective_tag
 from distill.ranker import Ranker
@@ -160,7 +160,9 @@ class Restored(Sequence[Record]):
     they select (a filter after the last drops none of them, so for it nothing is read)."""
 
     def __init__(self, store: StageStore, position: dict[str, int], index: int) -> None:
-        self._store, self._position, self._index = store, position, index
+        self._position, self._index = position, index
+        self._dir = store.dir  # the shards committed now: later commits are not what it kept
+        self._rejected_files = [s.rejected_file for s in store.manifest.shards]
         self._kept = UpstreamRecords(store)
         self._later: list[Record] | None = None if index < max(position.values(), default=-1) else []
 
@@ -168,7 +170,7 @@ class Restored(Sequence[Record]):
         if self._later is not None:
             yield from self._later
             return
-        for r in self._store.rejected():
+        for r in read_shards(self._dir, self._rejected_files):
             ev = next((e for e in reversed(r.provenance.events) if e.action == "dropped"), None)
             if (self._position.get(ev.plugin or "", -1) if ev else -1) > self._index:
                 yield r
