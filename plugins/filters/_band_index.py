@@ -26,6 +26,10 @@ Why this structure (measured on the bench corpus, 2 cores, num_perm 128, 25 band
   band's values exactly, as datasketch's key equality means), so a collision costs a read,
   never a different decision.
 
+Measured (benchmarks/results/dedup.json, streamed through the local runner from real shards,
+2 cores): 100k records 20 s / 237 MB peak RSS, 1M 250 s / 574 MB, 3M 898 s / 1,426 MB, with
+precision 0.998 and recall 0.991; the datasketch path needed 1,302 MB for 100k in a list.
+
 Entry ids are given in the order entries are added, as `SketchIndex` does; labels (what a drop
 reason names) are kept as one UTF-8 blob with offsets, not one `str` per entry.
 """
