@@ -31,7 +31,6 @@ import dataclasses
 import importlib.util
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from typing import Any
 from distill.errors import ConfigError, DistillError, PluginError
 from distill.executor.local import Restored, StageContext, guarded
 from distill.filter import DistributedDedup, ExactKeys, Filter
+from distill.ray.cluster import connect, remote_cause
 from distill.ray.dedup import NearCosts, exact_drops, near_drops, project
 from distill.ray.inputs import entry_refs, input_dataset, walk
 from distill.ray.shards import Decided, Row, dedup_entries, process_shard, run_segment
@@ -99,20 +99,6 @@ def _worker_copy(f: Filter) -> Filter | None:
     except Exception:
         return None
     return clone
-
-
-def connect(options: Any) -> int:
-    """Join the configured cluster, or start a local one, once per process (a process already
-    connected, by an earlier stage or by the caller, stays on its cluster); its CPU count."""
-    import ray
-
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-        if options is None or options.address is None:
-            ray.init(num_cpus=getattr(options, "num_cpus", None), **kwargs)
-        else:
-            ray.init(address=options.address, **kwargs)
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 @contextmanager
@@ -201,13 +187,6 @@ def run_filters_ray(
             f"stage's filter plugins installed on every node?)"
         ) from exc
     return run
-
-
-def remote_cause(exc: BaseException) -> str:
-    """The last `SomeError: message` line of a Ray error's remote traceback (the cause), else its type."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    lines = [line.strip() for line in text.splitlines() if re.match(r"\s*[\w.]+(Error|Exception)\b.*:", line)]
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _run(

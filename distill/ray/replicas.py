@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from distill.errors import ConfigError, PluginError
 from distill.plugin import Plugin, PluginContext
-from distill.ray.filters import connect
-from distill.ray.filters import remote_cause as cause
+from distill.ray.cluster import connect
+from distill.ray.cluster import remote_cause as cause
 
 T = TypeVar("T")
 

@@ -26,7 +26,6 @@ from distill.io.store import StageStore
 from distill.io.upstream import UpstreamRecords
 from distill.layout import EXPORT_DIR
 from distill.ranker import Judge
-from distill.ray.filters import run_filters_ray
 from distill.ray.rankers import start_replicas as start_rankers
 from distill.ray.teachers import start_replicas
 from distill.stages.context import RunContext, StageResult
@@ -242,7 +241,9 @@ def run_filter_stage(run: RunContext, i: int, stage: FilterStage, upstream: Stag
         ]
         try:
             if stage.executor == "ray":  # the same decisions and shards, on a Ray cluster
-                run_filters_ray(ctx, filters, list(inputs), stage.batch_size, stage.ray, run.log)
+                from distill.ray.filters import run_filters_ray  # numpy and pyarrow: only runs that ask
+
+                run_filters_ray(ctx, filters, inputs, stage.batch_size, stage.ray, run.log)
             else:
                 run_filters(ctx, filters, inputs, stage.batch_size)
         finally:

@@ -7,6 +7,10 @@ as it discovers an installed third-party package. Nothing here is imported by di
 `counting-echo` answers deterministically (the text depends only on the prompt, the request
 seed and the sample index) and appends one line per request it *starts* to the file named by
 $DISTILL_TEST_CALL_LOG, before it answers: a request killed half way still counts as paid for.
+
+An observer sleeps $DISTILL_TEST_EXPORT_PAUSE seconds after the export stage has committed its
+shard and before the stage is sealed: writing a small export takes a few milliseconds, too short
+a window to aim a kill at from another process.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from distill.hookspecs import hookimpl
 from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
 
 CALL_LOG = "DISTILL_TEST_CALL_LOG"
+EXPORT_PAUSE = "DISTILL_TEST_EXPORT_PAUSE"
+EXPORT_STAGE = "sft"
 
 
 def _log_call(text: str) -> None:
@@ -108,3 +114,10 @@ def register_teachers(register) -> None:
 @hookimpl
 def register_filters(register) -> None:
     register(SlowPass)
+
+
+@hookimpl
+def records_generated(stage, records) -> None:
+    pause = os.environ.get(EXPORT_PAUSE)
+    if pause and stage == EXPORT_STAGE:
+        time.sleep(float(pause))

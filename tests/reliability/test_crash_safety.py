@@ -43,6 +43,9 @@ pytestmark = pytest.mark.slow
 TRIALS = 12
 SEED = 8000
 PHASES = ("generate", "filter", "export")
+#: Seconds the test observer holds the export stage between its commit and its seal (see
+#: reliability_plugins): long enough for a kill aimed at the export to land inside it.
+EXPORT_PAUSE = 0.5
 #: Requests in flight at most: the generate stages' batch_size (self-instruct asks <= batch_size per round).
 BATCH = 4
 
@@ -74,7 +77,7 @@ def _aim(rng: random.Random, phase: str, out: Path):
     if phase == "filter":
         need = _shards(out, "clean") + rng.randint(0, 4)
         return (lambda: _shards(out, "clean") >= need), rng.uniform(0.0, 0.1), f"clean after {need} shards"
-    return (lambda: _complete(out, "clean")), rng.uniform(0.0, 1.0), "export"
+    return (lambda: _complete(out, "clean")), rng.uniform(0.0, EXPORT_PAUSE), "export"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +103,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(trial, tmp_path, plugi
     want, ref_calls = reference[cache]
     config = crash_config(tmp_path, cache=cache)
     out, calls_log, log = tmp_path / "out", tmp_path / "calls.log", tmp_path / "runs.log"
-    env = child_env(plugin_env, DISTILL_TEST_CALL_LOG=str(calls_log))
+    env = child_env(plugin_env, DISTILL_TEST_CALL_LOG=str(calls_log), DISTILL_TEST_EXPORT_PAUSE=str(EXPORT_PAUSE))
 
     kills, where, during = 0, [], []
     for attempt in range(rng.randint(1, 3)):
