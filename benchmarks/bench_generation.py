@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -178,10 +179,15 @@ def bare_loop(seeds: Path, out: Path, base_url: str, model: str, concurrency: in
             fh.write(json.dumps(row) + "\n")
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and the CPU seconds the command used (user + system, its children included):
+    on a machine the server shares, CPU a client spends is CPU the server does not get."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def pairs(
@@ -207,7 +213,8 @@ def pairs(
             else:
                 cmd = [sys.executable, __file__, "--bare", str(seeds), str(out), base_url, model]
                 cmd += ["--concurrency", str(args.concurrency), "--max-tokens", str(args.max_tokens)]
-            row[f"{side}_seconds"] = round(timed(cmd, env), 3)
+            wall, cpu = timed(cmd, env)
+            row[f"{side}_seconds"], row[f"{side}_cpu_seconds"] = round(wall, 3), round(cpu, 3)
         row["ratio"] = round(row["bare_seconds"] / row["distill_seconds"], 4)  # throughput ratio
         row["overhead_seconds"] = round(row["distill_seconds"] - row["bare_seconds"], 3)
         print(label, json.dumps(row), flush=True)
@@ -221,6 +228,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "bare_seconds_median": statistics.median(r["bare_seconds"] for r in rows),
         "throughput_ratio_median": statistics.median(r["ratio"] for r in rows),
         "overhead_seconds_median": statistics.median(r["overhead_seconds"] for r in rows),
+        "distill_cpu_seconds_median": statistics.median(r["distill_cpu_seconds"] for r in rows),
+        "bare_cpu_seconds_median": statistics.median(r["bare_cpu_seconds"] for r in rows),
         "runs": rows,
     }
 

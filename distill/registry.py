@@ -159,12 +159,15 @@ def _load_entry_points(reg: PluginRegistry, origins: dict, strict: bool) -> None
     allow = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
     eps = sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name)
     seen: set[str] = set()
+    read: dict[int, tuple[str | None, str | None]] = {}  # a package's METADATA is parsed on every access
     for ep in eps:
         if ep.name in seen or (allow is not None and ep.name not in allow):
             continue
         seen.add(ep.name)
         dist = getattr(ep, "dist", None)
-        origin = (dist.name if dist else None, dist.version if dist else None)
+        if id(dist) not in read:
+            read[id(dist)] = (dist.name, dist.version) if dist else (None, None)
+        origin = read[id(dist)]
         try:
             module = ep.load()
         except Exception as exc:
