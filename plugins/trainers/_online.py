@@ -179,7 +179,7 @@ class DistillationTrainer(Trainer):
         o = self.options
         ds = load_data(job, self.name, "prompt")
         model, tok = load_student(job, self.name, o)
-        path = _model_ref(o.teacher, job, self.context.base_dir, self.name, "teacher")
+        path = self.teacher_path(job)
         ttok = load_tokenizer(path, self.name, role="teacher")
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.hardware.precision)
         teacher = load_model(path, self.name, role="teacher", dtype=half or torch.float32)
@@ -200,9 +200,7 @@ class DistillationTrainer(Trainer):
             },
             progress=self.context.progress,
         )
-        TRLDistillationTrainer = import_trl("DistillationTrainer")
-
-        trainer = TRLDistillationTrainer(
+        trainer = self.trl_trainer(
             model=model,
             teacher_model=teacher,
             args=config,
@@ -210,4 +208,16 @@ class DistillationTrainer(Trainer):
             processing_class=tok,
             peft_config=peft_config(o),
         )
-        return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge), influences=[("teacher", str(path))])
+        return finish(trainer, job, run(trainer, job), o, merge=bool(o.merge), influences=self.influences(path))
+
+    def teacher_path(self, job: TrainJob) -> Path:
+        """The teacher's folder, resolved like every model reference in a train stage."""
+        return _model_ref(self.options.teacher, job, self.context.base_dir, self.name, "teacher")
+
+    def trl_trainer(self, **kwargs: Any) -> Any:
+        """TRL's trainer; a subclass (context distillation) swaps in its own loss here."""
+        return import_trl("DistillationTrainer")(**kwargs)
+
+    def influences(self, teacher: Path) -> list[tuple[str, str]]:
+        """What the model card records as having shaped the model besides the data."""
+        return [("teacher", str(teacher))]
