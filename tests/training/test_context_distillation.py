@@ -8,12 +8,16 @@ tiny model, train a few real steps, and run a config with the trainer through th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import require_ml
 from pydantic import ValidationError
-from util import config_dict, pipeline
+from util import config_dict, pipeline, registry
 
+from distill.config.loader import parse_config, validate_plugin_options
+from distill.errors import ConfigError
 from distill.plugin import PluginContext
 from distill.testing import make_record
 from distill.trainer import DatasetRef, TrainStep
@@ -54,6 +58,17 @@ def test_the_context_goes_first_and_joins_an_existing_system_message():
     assert with_context(own, "ctx")[0] == {"role": "system", "content": "ctx\n\nbe brief"}
     assert own[0]["content"] == "be brief"  # the student's prompt is left alone
     assert with_context("hi", "ctx") == "ctx\n\nhi"
+
+
+def test_the_docs_example_is_a_valid_train_stage(tmp_path):
+    doc = (Path(__file__).parents[2] / "docs" / "context-distillation.md").read_text()
+    stages = yaml.safe_load(doc.split("```yaml\n")[1].split("```")[0])
+    cfg = config_dict(tmp_path)
+    cfg["stages"] = cfg["stages"][:2] + stages
+    validate_plugin_options(parse_config(cfg), registry())
+    stages[1]["steps"][0]["options"]["system_prompt"] = ""
+    with pytest.raises(ConfigError, match="system_prompt"):
+        validate_plugin_options(parse_config(cfg), registry())
 
 
 # ----------------------------------------------------------------------------- the loss
