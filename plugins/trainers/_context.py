@@ -14,6 +14,7 @@ last `K` positions; the last `K` hidden states before the final one predict the 
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,12 @@ class ContextDistillationTrainer(DistillationTrainer):
         return context_trainer_class()(system_prompt=self.options.system_prompt, prefix=self.options.prefix, **kwargs)
 
     def influences(self, teacher: Path) -> list[tuple[str, str]]:
-        context = f"system_prompt: {self.options.system_prompt!r}"
-        if self.options.prefix is not None:
-            context += f"; prefix: {self.options.prefix!r}"
-        return [*super().influences(teacher), ("teacher-context", context)]
+        """The context by length and digest: the full text is in the lineage's options, and an
+        influence's id must stay short (the lineage first asks whether it names a folder)."""
+        o = self.options
+        text = o.system_prompt + ("" if o.prefix is None else "\0" + o.prefix)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        context = f"system prompt of {len(o.system_prompt)} chars"
+        if o.prefix is not None:
+            context += f" and prefix of {len(o.prefix)} chars"
+        return [*super().influences(teacher), ("teacher-context", f"{context}, sha256 {digest}")]

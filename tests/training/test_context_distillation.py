@@ -26,7 +26,7 @@ from distill_plugins.trainers import ContextDistillationTrainer
 from distill_plugins.trainers._context import left_pad, teacher_prompt_ids, with_context
 
 FAST = {"batch_size": 2, "learning_rate": 1e-4, "logging_steps": 1, "save_steps": 100}
-CONTEXT = "You are Acme's support bot. Always answer in French."
+CONTEXT = "You are Acme's support bot. Always answer in French. " * 6  # longer than a file name may be
 
 
 def _need_trl() -> None:
@@ -177,7 +177,7 @@ def test_a_few_steps_train_the_student_without_the_context(tmp_path, tiny_model_
     marker = json.loads((result.model_path / "distill-model.json").read_text())
     roles = {i["role"]: i["id"] for i in marker["influences"]}
     assert roles["teacher"] == "distill-tiny-llama"  # the student's own starting model
-    assert roles["teacher-context"] == f"system_prompt: {CONTEXT!r}; prefix: 'Bonjour! '"
+    assert roles["teacher-context"].startswith(f"system prompt of {len(CONTEXT)} chars and prefix of 9 chars, sha256 ")
 
 
 @pytest.mark.slow
