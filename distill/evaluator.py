@@ -51,6 +51,11 @@ class Contender:
     model_path: Path | None = None
     #: The system prompt it answered with (None: none, as a student is meant to be used).
     system_prompt: str | None = None
+    #: The start of every answer it was given (assistant prefill), as a teacher wrote the data.
+    prefix: str | None = None
+    #: Answers sampled per item; above 1, `ranker` chose among them at inference time.
+    best_of: int = 1
+    ranker: str | None = None
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 #: Output folder (`OUT/`)
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
+#: Written by an ablation (benchmarks/bench_distillation.py) beside each run it made: the report shows it.
+ABLATION_FILE = "ablation.json"
 STAGES_DIR = "stages"
 EXPORT_DIR = "export"
 MODELS_DIR = "models"

@@ -57,6 +57,18 @@ def in_order(requests: list[ChatRequest], results: Iterator[tuple[int, list[Samp
     return out
 
 
+def prefilled(prefix: str | None, text: str) -> str:
+    """The whole answer to a request whose last message was an assistant `prefix` (prefill).
+
+    An engine returns what follows the prefix; the answer is both. An engine that echoes the
+    prefix back is not prefixed twice."""
+    if not prefix:
+        return text.strip()
+    if text.lstrip().startswith(prefix):
+        return text.strip()
+    return (prefix + (text if text[:1].isspace() or not text else " " + text)).strip()
+
+
 class Teacher(Plugin):
     """Turns chat requests into completions. Subclasses implement `generate` and `model_info`."""
 

@@ -12,7 +12,7 @@ from distill.hookspecs import hookimpl
 from distill.plugin import Options
 from distill.records import Candidate, Message, Record
 from distill.task import ExpandTask, MapTask, PassThrough, Proposal, Reject
-from distill.teacher import Sample
+from distill.teacher import Sample, prefilled
 
 
 class ResponseTask(MapTask):
@@ -55,7 +55,7 @@ class ResponseTask(MapTask):
         return prompt
 
     def apply(self, record: Record, samples: list[Sample], generator: int) -> Record | Reject:
-        texts = [self._answer(s.text) for s in samples]
+        texts = [prefilled(self.options.prefix, s.text) for s in samples]
         usable = [i for i, s in enumerate(samples) if len(s.text.strip()) >= max(1, self.options.min_chars)]
         if not usable:
             return Reject("empty response")
@@ -75,16 +75,6 @@ class ResponseTask(MapTask):
             ]
         record.metadata["finish_reason"] = samples[first].finish_reason
         return record
-
-    def _answer(self, text: str) -> str:
-        """The engine returns what follows the prefix; the answer is both. An engine that echoes the
-        prefix back is not prefixed twice."""
-        prefix = self.options.prefix
-        if not prefix:
-            return text.strip()
-        if text.lstrip().startswith(prefix):
-            return text.strip()
-        return (prefix + (text if text[:1].isspace() or not text else " " + text)).strip()
 
 
 DEFAULT_PROMPT = (

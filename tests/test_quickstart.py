@@ -4,7 +4,7 @@ prompted teacher, the audit, the cards and the report, in one `distill run`.
 
 This is the project's promise in one test: the student, answering *without* the system
 prompt, must follow the task's rubric on held-out questions far better than the base model
-and better than the teacher that wrote its data with the prompt.
+and better than the teacher measured exactly as it wrote the data (system prompt and prefix).
 """
 
 from __future__ import annotations
@@ -84,7 +84,17 @@ def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_mo
         f"\nquickstart: {seconds:.0f} s; rubric {rubric}; perplexity {scores['perplexity']}; "
         f"win rate {scores['judge-win-rate']}"
     )
-    assert rubric["student"] >= 0.8 and rubric["base"] <= 0.2 and rubric["student"] > rubric["teacher"], rubric
+    # The teacher is measured as it wrote the data (system prompt and prefix), and its best-of-4
+    # ceiling uses the rubric at inference time; the student answers with neither.
+    contenders = {c["name"]: c for c in ev["contenders"]}
+    assert list(contenders) == ["base", "teacher", "teacher-best-of-4", "student"]
+    assert contenders["teacher"]["system_prompt"] and contenders["teacher"]["prefix"] == "Acme Support:"
+    assert contenders["teacher-best-of-4"]["best_of"] == 4 and contenders["teacher-best-of-4"]["ranker"]
+    assert not contenders["student"]["system_prompt"] and contenders["student"]["prefix"] is None
+    assert all(it["answers"]["teacher"].startswith("Acme Support:") for it in ev["items"])
+    assert rubric["student"] >= 0.8 and rubric["base"] <= 0.2, rubric
+    assert rubric["student"] > rubric["teacher"] and rubric["student"] > rubric["base"], rubric
+    assert rubric["teacher-best-of-4"] >= rubric["teacher"], rubric  # the ranker only ever picks a better answer
     assert scores["perplexity"]["student"] < scores["perplexity"]["base"]
 
     page = (out / "report.html").read_text()

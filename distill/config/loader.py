@@ -116,6 +116,7 @@ class Config(StrictModel):
                 wanted.append((f"stages[{i}].teacher", s.teacher))
             elif isinstance(s, EvaluateStage):
                 wanted.extend((f"stages[{i}].contenders[{j}].teacher", c.teacher) for j, c in enumerate(s.contenders))
+                wanted.extend((f"stages[{i}].contenders[{j}].judge", c.judge) for j, c in enumerate(s.contenders))
             for where, key in wanted:
                 if key is not None and key not in self.teachers:
                     hint = suggest(key, list(self.teachers))
@@ -329,6 +330,11 @@ def validate_plugin_options(loaded: LoadedConfig, registry: Any) -> dict[str, An
             )
         elif isinstance(s, EvaluateStage):
             refs.extend((f"stages[{i}].evaluators[{j}]", "evaluator", e) for j, e in enumerate(s.evaluators))
+            refs.extend(
+                (f"stages[{i}].contenders[{j}].ranker", "ranker", c.ranker)
+                for j, c in enumerate(s.contenders)
+                if c.ranker is not None
+            )
     validated: dict[str, Any] = {}
     errors: list[str] = stage_ref_errors(cfg, registry)
     licenses = loaded.license_registry()

@@ -226,6 +226,20 @@ class Contender(StrictModel):
         description="Sent before every question (the prompted teacher); "
         "default none, as a student is meant to be used.",
     )
+    prefix: str | None = Field(
+        None,
+        description="Start every answer with this text (assistant prefill), as the `response` task's "
+        "`prefix` does: a teacher is then evaluated exactly as it wrote the data.",
+    )
+    best_of: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Sample this many answers per question and keep the one `ranker` scores highest: "
+        "the ceiling of the teacher *system*, which uses the ranker at inference time.",
+    )
+    ranker: PluginRef | None = Field(None, description="What picks the best of `best_of` answers.")
+    judge: str | None = Field(None, description="Key in `teachers` of the judge model, for a ranker that needs one.")
 
     @model_validator(mode="after")
     def _one_source(self) -> Contender:
@@ -235,6 +249,12 @@ class Contender(StrictModel):
                 f"contender {self.name!r} needs exactly one of model, teacher, student "
                 f"(got {', '.join(given) or 'none'})"
             )
+        if self.best_of > 1 and self.ranker is None:
+            raise ValueError(f"contender {self.name!r}: best_of {self.best_of} needs a `ranker` to choose with")
+        if self.ranker is not None and self.best_of == 1:
+            raise ValueError(f"contender {self.name!r}: a `ranker` chooses among answers; set best_of > 1")
+        if self.judge is not None and self.ranker is None:
+            raise ValueError(f"contender {self.name!r}: `judge` lends a model to a `ranker`; set one")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ValueError(f"contender name {self.name!r} must be letters, digits, '.', '_' or '-'")
         return self

@@ -27,6 +27,7 @@ from distill.io.store import StageManifest, as_dict, read_shards
 from distill.layout import AUDIT_JSON, DATASET_SIDECAR, MANIFEST, MODEL_MARKER, RUN_FILE
 from distill.licenses import active
 from distill.registry import make_registry
+from distill.report.ablation import Ablation, load_ablation
 from distill.report.eval import Evaluation, evaluations, is_number
 
 #: Records shown in the samples section.
@@ -75,6 +76,7 @@ class ReportData:
     funnel: list[Any] = field(default_factory=list)  # distill.io.inspect.StageReport
     training: list[TrainingRun] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
+    ablation: Ablation | None = None
     audits: list[AuditEntry] = field(default_factory=list)
     samples: list[Any] = field(default_factory=list)  # distill.records.Record
     samples_from: str | None = None
@@ -102,6 +104,7 @@ def gather(root: Path) -> ReportData:
     data.training = _training(root, config)
     data.evaluations = evaluations(root, {n: i for i, (n, _, _) in enumerate(_stage_names(config))}, data.problems)
     data.audits = _audits(root, data.funnel, data.problems)
+    data.ablation = load_ablation(root, data.problems)
     _samples(root, data)
     return data
 

@@ -62,6 +62,9 @@ class _Contender(_Loose):
     kind: str | None = None
     model: str | None = None
     system_prompt: Any = None
+    prefix: str | None = None
+    best_of: int = 1
+    ranker: str | None = None
 
 
 class _Metric(_Loose):

@@ -15,6 +15,7 @@ from typing import Any
 import distill.report.plots as plots
 from distill.io.store import as_dict, atomic_write
 from distill.layout import REPORT_FILE
+from distill.report.ablation import Ablation, ablation_part
 from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
 from distill.report.eval import Evaluation, is_number
 from distill.report.markup import Html, bars, empty, esc, no_plots_note, num, plot, pre, section, table
@@ -86,7 +87,13 @@ def render(data: ReportData) -> str:
         else ""
     )
     body = "\n".join(
-        [_funnel(data), _training(data.training), _evaluation(data.evaluations), _audit(data.audits), _samples(data)]
+        [
+            _funnel(data),
+            _training(data.training),
+            _evaluation(data.evaluations, data.ablation),
+            _audit(data.audits),
+            _samples(data),
+        ]
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -243,10 +250,10 @@ def _training(runs: list[TrainingRun]) -> str:
     return section("training", "Training", *parts)
 
 
-def _evaluation(evals: list[Evaluation]) -> str:
+def _evaluation(evals: list[Evaluation], ablation: Ablation | None) -> str:
     if not evals:
-        return section("evaluation", "Evaluation", empty("no evaluation in this run"))
-    return section("evaluation", "Evaluation", *[_one_eval(ev) for ev in evals])
+        return section("evaluation", "Evaluation", empty("no evaluation in this run"), ablation_part(ablation))
+    return section("evaluation", "Evaluation", *[_one_eval(ev) for ev in evals], ablation_part(ablation))
 
 
 def _one_eval(ev: Evaluation) -> str:
@@ -261,9 +268,15 @@ def _one_eval(ev: Evaluation) -> str:
         head,
         Html(f"<p>held-out data: {esc(ev.data or '–')}; {ev.items} items</p>"),
         table(
-            ["contender", "kind", "model", "system prompt"],
+            ["contender", "kind", "model", "system prompt", "answers"],
             [
-                (c["name"], c.get("kind") or "–", c.get("model") or "–", _yes_no(c.get("system_prompt")))
+                (
+                    c["name"],
+                    c.get("kind") or "–",
+                    c.get("model") or "–",
+                    _yes_no(c.get("system_prompt")),
+                    _how_it_answers(c),
+                )
                 for c in ev.contenders
             ],
         ),
@@ -468,3 +481,11 @@ def write_report(out: Path) -> Path:
     path = out / REPORT_FILE
     atomic_write(path, render(gather(out)).encode("utf-8"))
     return path
+
+
+def _how_it_answers(c: dict[str, Any]) -> str:
+    """A prefill or a ranker at inference time changes what a score means: say so beside it."""
+    parts = [f"begin with {c['prefix']!r}"] if c.get("prefix") else []
+    if (c.get("best_of") or 1) > 1:
+        parts.append(f"best of {c['best_of']} by {c.get('ranker') or 'a ranker'} (a ranker at inference time)")
+    return "; ".join(parts) or "as asked"

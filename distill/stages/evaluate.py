@@ -25,10 +25,12 @@ from distill.io.store import StageStore, atomic_write
 from distill.layout import EVAL_DIR, EVAL_FILE, MODEL_MARKER
 from distill.models.folders import library_bars_off, local_model_folder, resolve_model_path
 from distill.plugin import PluginContext
-from distill.records import Message
+from distill.ranker import Judge
+from distill.records import Candidate, Message, Record
 from distill.seeding import derive_seed
 from distill.stages.context import RunContext
-from distill.teacher import ChatRequest
+from distill.task import Reject
+from distill.teacher import ChatRequest, prefilled
 from distill.training.adapters import merged_folder
 
 if TYPE_CHECKING:
@@ -72,7 +74,7 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
             done = {}
         if done.get("digest") == digest:
             return _result(stage.name, path, done, skipped=True, seconds=time.monotonic() - started)
-    contenders = [_answer(run, i, stage, c, models[c.name], items) for c in stage.contenders]
+    contenders = [_answer(run, i, stage, c, j, models[c.name], items) for j, c in enumerate(stage.contenders)]
     ctx = EvalContext(base_dir=run.loaded.base_dir, teacher=lambda key: _caller(run, key), progress=run.progress)
     metrics: list[dict[str, Any]] = []
     per_metric: dict[str, EvalScores] = {}
@@ -107,7 +109,15 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
         "data": str(stage.held_out.path),
         "rejected": [{"where": r.provenance.events[-1].reason} for r in load.rejected],
         "contenders": [
-            {"name": c.name, "kind": c.kind, "model": c.model, "system_prompt": c.system_prompt is not None}
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "model": c.model,
+                "system_prompt": c.system_prompt is not None,
+                "prefix": c.prefix,
+                "best_of": c.best_of,
+                "ranker": c.ranker,
+            }
             for c in contenders
         ],
         "metrics": metrics,
@@ -202,7 +212,7 @@ def _caller(run: RunContext, key: str) -> TeacherCaller:
 
 
 def _answer(
-    run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None, items: list[EvalItem]
+    run: RunContext, i: int, stage: EvaluateStage, c: Any, j: int, folder: str | None, items: list[EvalItem]
 ) -> Contender:
     if c.teacher is not None:
         teacher = run.teacher(c.teacher)
@@ -220,26 +230,74 @@ def _answer(
     try:
         caller = TeacherCaller(teacher, run.request_cache())
         system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
+        prefill = [Message(role="assistant", content=c.prefix)] if c.prefix else []
         requests = [
             ChatRequest(
-                messages=system + it.messages, n=1, seed=derive_seed(run.config.seed, stage.name, "answer", it.id)
+                messages=system + it.messages + prefill,
+                n=c.best_of,
+                seed=derive_seed(run.config.seed, stage.name, "answer", it.id),
             )
             for it in items
         ]
-        run.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions")
+        best_of = f", best of {c.best_of}" if c.best_of > 1 else ""
+        run.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions{best_of}")
         samples = caller(requests, f"stage {stage.name!r}, contender {c.name!r}")
         model = teacher.model_info().model
     finally:
         if owned:
             teacher.close()
+    answers = [[prefilled(c.prefix, x.text) for x in s] for s in samples]
+    chosen = _best_of(run, i, stage, c, j, items, answers) if c.best_of > 1 else [a[0] if a else "" for a in answers]
     return Contender(
         name=c.name,
         kind=c.kind,
         model=model,
-        answers=[s[0].text if s else "" for s in samples],
+        answers=chosen,
         model_path=_weights(run, folder, teacher),
         system_prompt=c.system_prompt,
+        prefix=c.prefix,
+        best_of=c.best_of,
+        ranker=c.ranker.plugin if c.ranker else None,
     )
+
+
+def _best_of(
+    run: RunContext, i: int, stage: EvaluateStage, c: Any, j: int, items: list[EvalItem], answers: list[list[str]]
+) -> list[str]:
+    """Each item's answer the contender's ranker scores highest (the first of equals).
+
+    The ranker sees what it would see in use: the question as asked (system prompt included) and
+    the answers, never the held-out reference or tags."""
+    where = f"stages[{i}].contenders[{j}].ranker"
+    ranker = run.make_plugin("ranker", c.ranker.plugin, where)
+    try:
+        judge = None
+        if ranker.needs_judge:
+            if c.judge is None:
+                raise ConfigError(f"{where}: the {c.ranker.plugin!r} ranker needs a judge; set `judge:` to a teacher")
+            judge = Judge(TeacherCaller(run.teacher(c.judge), run.request_cache()), f"stage {stage.name!r}, {c.name}")
+        system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
+        records = [
+            Record(id=it.id, messages=system + it.messages, candidates=[Candidate(content=a) for a in texts])
+            for it, texts in zip(items, answers)
+        ]
+        try:
+            scores = ranker.score_batch(records, judge)
+        except DistillError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"ranker plugin {c.ranker.plugin!r} ({where}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+    finally:
+        ranker.close()
+    chosen = []
+    for texts, s in zip(answers, scores):
+        if isinstance(s, Reject) or not texts:
+            chosen.append(texts[0] if texts else "")
+        else:
+            chosen.append(texts[max(range(len(texts)), key=lambda k: (s[k], -k))])
+    return chosen
 
 
 def _engine(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str | None) -> Any:

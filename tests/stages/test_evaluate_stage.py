@@ -239,3 +239,64 @@ def test_a_trained_student_is_measured_against_its_base(tmp_path, tiny_model_dir
     assert ppl["student"] < ppl["base"], ppl  # trained on answers of this form
     assert set(ev.metrics["judge-win-rate"]) == {"student", "teacher"}
     assert pipeline(cfg).run().evaluations[0].skipped
+
+
+def test_a_teacher_answers_as_it_wrote_the_data_and_best_of_n_uses_its_ranker(tmp_path):
+    """`prefix` prefills every answer as the response task does; `best_of` samples n answers and
+    keeps the one the ranker scores highest (here the longest), and the results say so."""
+    cfg = _cfg(tmp_path)
+    cfg["stages"][-1]["contenders"] = [
+        {"name": "plain", "teacher": "writer"},
+        {"name": "prefixed", "teacher": "writer", "prefix": "Acme Support:"},
+        {
+            "name": "best",
+            "teacher": "writer",
+            "prefix": "Acme Support:",
+            "best_of": 3,
+            "ranker": {
+                "plugin": "reward-function",
+                "options": {"function": "reward_fns:prefers_short", "kwargs": {"penalty": -1}},
+            },
+        },
+    ]
+    cfg["stages"][-1]["evaluators"] = [{"plugin": "rubric", "options": {"function": "reward_fns:acme_rubric"}}]
+    [ev] = pipeline(cfg).run().evaluations
+    doc = json.loads(ev.path.read_text())
+    assert ev.metrics["rubric"] == {"plain": 0.0, "prefixed": 1.0, "best": 1.0}
+    assert [(c["prefix"], c["best_of"], c["ranker"]) for c in doc["contenders"]] == [
+        (None, 1, None),
+        ("Acme Support:", 1, None),
+        ("Acme Support:", 3, "reward-function"),
+    ]
+    for it in doc["items"]:
+        plain, prefixed, best = (it["answers"][k] for k in ("plain", "prefixed", "best"))
+        assert prefixed.startswith("Acme Support: Answer ") and not plain.startswith("Acme")
+        assert best.endswith("and more and more"), best  # the third sample, the ranker's choice
+    # one request per item, asking for three samples: the cache holds them for a re-run
+    EchoTeacher.calls.clear()
+    cfg["stages"][-1]["worst"] = 1
+    again = pipeline(cfg).run().evaluations[0]
+    assert not again.skipped and EchoTeacher.calls == [] and again.metrics == ev.metrics
+    from distill.report.html import write_report
+
+    page = write_report(tmp_path / "out").read_text()
+    assert "begin with &#x27;Acme Support:&#x27;" in page or "begin with 'Acme Support:'" in page
+    assert "best of 3 by reward-function (a ranker at inference time)" in page
+
+
+@pytest.mark.parametrize(
+    ("contender", "message"),
+    [
+        ({"best_of": 4}, "best_of 4 needs a `ranker`"),
+        ({"ranker": {"plugin": "reward-function"}}, "set best_of > 1"),
+        (
+            {"best_of": 2, "ranker": {"plugin": "judge"}, "judge": "nobody"},
+            "contenders[0].judge: no teacher named 'nobody'",
+        ),
+        ({"best_of": 2, "ranker": {"plugin": "reward-functon"}}, "contenders[0].ranker.plugin"),
+    ],
+)
+def test_a_best_of_contender_without_a_usable_ranker_is_a_config_error(tmp_path, contender, message):
+    cfg = _cfg(tmp_path)
+    cfg["stages"][-1]["contenders"] = [{"name": "t", "teacher": "writer", **contender}]
+    assert message in _errors(cfg)
