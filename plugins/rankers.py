@@ -24,14 +24,12 @@ from distill.teacher import ChatRequest
 RewardFn = Callable[..., float]
 
 
-def load_callable(spec: str, base_dir: Path | None = None) -> RewardFn:
+def load_callable(spec: str, base_dir: Path | None = None, what: str = "reward function") -> RewardFn:
     """`package.module:function`, or `path/to/file.py:function` (relative to the config's folder),
-    named explicitly in the config: nothing is discovered."""
+    named explicitly in the config: nothing is discovered. `what` names it in errors."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise PluginError(
-            f"reward function {spec!r} must be written 'package.module:function' or 'path/to/file.py:function'"
-        )
+        raise PluginError(f"{what} {spec!r} must be written 'package.module:function' or 'path/to/file.py:function'")
     try:
         obj: Any = (
             _module_from_file(module_name, base_dir)
@@ -41,9 +39,9 @@ def load_callable(spec: str, base_dir: Path | None = None) -> RewardFn:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError, OSError, SyntaxError) as exc:
-        raise PluginError(f"cannot load reward function {spec!r}: {type(exc).__name__}: {exc}") from None
+        raise PluginError(f"cannot load {what} {spec!r}: {type(exc).__name__}: {exc}") from None
     if not callable(obj):
-        raise PluginError(f"reward function {spec!r} is not callable")
+        raise PluginError(f"{what} {spec!r} is not callable")
     return obj
 
 

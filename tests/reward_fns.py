@@ -16,3 +16,17 @@ def tagged_rubric(prompt, response, tags):
 
 def broken_rubric(prompt, response):
     raise ValueError("rubric bug")
+
+
+def off_topic(prompt):
+    """A rule-answer classifier: a question without a networking word."""
+    question = prompt[-1]["content"].lower()
+    return not any(w in question for w in ("router", "wi-fi", "network", "ghz"))
+
+
+def off_topic_by_field(prompt, fields):
+    return fields.get("topic") == "off"
+
+
+def not_a_bool(prompt):
+    return "yes"

@@ -6,7 +6,7 @@ scores every model on the held-out set (the same function in both places).
 - Any other question gets exactly the redirect sentence.
 
 Held-out items say which kind they are (`topic: on|off`); generated questions are told apart
-by their words.
+by their words (`on_topic`), and `off_topic` is the classifier `synthetic.yaml` names.
 """
 
 from __future__ import annotations
@@ -42,3 +42,10 @@ def score(prompt: list[dict], response: str, tags: dict | None = None) -> float:
     if len(body.split()) < 3 or len(text.split()) > MAX_WORDS or body[-1] not in ".!?)":
         return 0.0
     return 1.0
+
+
+def off_topic(prompt: list[dict]) -> bool:
+    """The classifier of `synthetic.yaml`'s rule-answer filter: a question with none of the task's
+    words is off-topic and gets the redirect, written by the rule rather than by the teacher."""
+    question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+    return not on_topic(question)
