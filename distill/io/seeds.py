@@ -52,6 +52,11 @@ class SeedSource(BaseModel):
     prompt_field: str | None = Field(None, description=f"Default: first present of {', '.join(PROMPT_FIELDS)}.")
     response_field: str | None = Field(None, description=f"Default: first present of {', '.join(RESPONSE_FIELDS)}.")
     system_field: str | None = Field(None, description="Column holding a system prompt, if any.")
+    prompts_only: bool = Field(
+        False,
+        description="Read prompts only: no column is read as an answer, so none of this set's "
+        "answers reaches training (a run that learns from generated answers alone).",
+    )
     limit: int | None = Field(None, ge=1, description="Stop after this many good seed records.")
 
     @field_validator("license")
@@ -66,6 +71,8 @@ class SeedSource(BaseModel):
 
     @model_validator(mode="after")
     def _default_name(self) -> SeedSource:
+        if self.prompts_only and self.response_field is not None:
+            raise ValueError("prompts_only reads no answer: remove response_field, or prompts_only")
         if self.name is None:
             self.name = self.path.stem or self.path.name or "seeds"
         return self
@@ -89,6 +96,8 @@ class _Fields:
     system: str | None
     #: The prompt field was picked automatically (enables the alpaca instruction+input rule).
     auto_prompt: bool
+    #: No column is an answer (`prompts_only`).
+    no_response: bool = False
 
 
 def load_seeds(src: SeedSource, base_dir: Path | None = None) -> SeedLoad:
@@ -103,7 +112,9 @@ def load_seeds(src: SeedSource, base_dir: Path | None = None) -> SeedLoad:
             "(use: unspecified), so no dataset built from them can be cleared for release; "
             "set `license:` on the seed source to the SPDX expression it was published under"
         )
-    fields = _Fields(src.prompt_field, src.response_field, src.system_field, src.prompt_field is None)
+    fields = _Fields(
+        src.prompt_field, src.response_field, src.system_field, src.prompt_field is None, src.prompts_only
+    )
     unit = "line" if fmt in ("jsonl", "csv") else "row"
     skipped_columns: set[str] = set()
     seen = 0
@@ -291,7 +302,7 @@ def _resolve_columns(path: Path, columns: list[str], fields: _Fields) -> None:
                 f"seed file {path}: no prompt column (looked for {', '.join(PROMPT_FIELDS)}; "
                 f"columns: {have}); set `prompt_field:`"
             )
-    if fields.response is None:
+    if fields.response is None and not fields.no_response:
         fields.response = next((c for c in RESPONSE_FIELDS if c in columns), None)
 
 
@@ -303,7 +314,9 @@ def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields, 
     if prompt_key is None or row.get(prompt_key) is None:
         looked = repr(prompt_key) if prompt_key else f"looked for {', '.join(PROMPT_FIELDS)}"
         raise _Reject(f"missing prompt field: {looked}")
-    response_key = fields.response or next((k for k in RESPONSE_FIELDS if row.get(k) is not None), None)
+    response_key = (
+        None if fields.no_response else fields.response or next((k for k in RESPONSE_FIELDS if row.get(k) is not None), None)
+    )
     used = {prompt_key, response_key, fields.system}
     system = _text(row, fields.system, "system")
     response = _text(row, response_key, "response")
@@ -330,6 +343,10 @@ def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields, 
             messages.append(Message(role="assistant", content=response))
     else:
         raise _Reject(f"non-string content: field {prompt_key!r} is {_json_type(value)}")
+    if fields.no_response:  # not even as a field: no seed answer may reach a later stage
+        used.update(RESPONSE_FIELDS)
+        while messages and messages[-1].role == "assistant":
+            messages.pop()
     extra: dict[str, Any] = {}
     for k, v in row.items():
         if k in used:

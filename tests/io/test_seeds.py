@@ -34,6 +34,26 @@ def _pairs(records: list[Record]) -> list[list[tuple[str, str]]]:
 # --- formats ---
 
 
+def test_prompts_only_reads_no_answer_in_any_shape(tmp_path: Path) -> None:
+    """A run that must learn from generated answers alone: no seed answer reaches any stage, not
+    as a message and not as a field."""
+    f = _write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {"question": "2+2?", "answer": "4", "topic": "math"},
+            {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]},
+        ],
+    )
+    assert _pairs(_load(f).records)[0] == [("user", "2+2?"), ("assistant", "4")]  # by default the answer is read
+    load = _load(f, prompts_only=True)
+    assert not load.rejected
+    assert _pairs(load.records) == [[("user", "2+2?")], [("user", "Hi?")]]
+    assert load.records[0].metadata == {"seed_row": 1, "fields": {"topic": "math"}}
+    with pytest.raises(ValidationError, match="prompts_only reads no answer"):
+        SeedSource(path=f, prompts_only=True, response_field="answer")
+
+
+
 def test_jsonl_prompt_response(tmp_path: Path) -> None:
     f = _write_jsonl(
         tmp_path / "qa.jsonl", [{"prompt": "2+2?", "response": "4", "topic": "math"}, {"prompt": "Capital of France?"}]
