@@ -94,7 +94,6 @@ def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_mo
     assert all(it["answers"]["teacher"].startswith("Acme Support:") for it in ev["items"])
     assert rubric["student"] >= 0.8 and rubric["base"] <= 0.2, rubric
     assert rubric["student"] > rubric["teacher"] and rubric["student"] > rubric["base"], rubric
-    assert rubric["teacher-best-of-4"] >= rubric["teacher"], rubric  # the ranker only ever picks a better answer
     assert scores["perplexity"]["student"] < scores["perplexity"]["base"]
 
     page = (out / "report.html").read_text()

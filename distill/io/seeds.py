@@ -112,9 +112,7 @@ def load_seeds(src: SeedSource, base_dir: Path | None = None) -> SeedLoad:
             "(use: unspecified), so no dataset built from them can be cleared for release; "
             "set `license:` on the seed source to the SPDX expression it was published under"
         )
-    fields = _Fields(
-        src.prompt_field, src.response_field, src.system_field, src.prompt_field is None, src.prompts_only
-    )
+    fields = _Fields(src.prompt_field, src.response_field, src.system_field, src.prompt_field is None, src.prompts_only)
     unit = "line" if fmt in ("jsonl", "csv") else "row"
     skipped_columns: set[str] = set()
     seen = 0
@@ -315,7 +313,9 @@ def _record(row: dict[str, Any], n: int, name: str, expr: str, fields: _Fields, 
         looked = repr(prompt_key) if prompt_key else f"looked for {', '.join(PROMPT_FIELDS)}"
         raise _Reject(f"missing prompt field: {looked}")
     response_key = (
-        None if fields.no_response else fields.response or next((k for k in RESPONSE_FIELDS if row.get(k) is not None), None)
+        None
+        if fields.no_response
+        else fields.response or next((k for k in RESPONSE_FIELDS if row.get(k) is not None), None)
     )
     used = {prompt_key, response_key, fields.system}
     system = _text(row, fields.system, "system")

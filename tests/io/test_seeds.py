@@ -53,7 +53,6 @@ def test_prompts_only_reads_no_answer_in_any_shape(tmp_path: Path) -> None:
         SeedSource(path=f, prompts_only=True, response_field="answer")
 
 
-
 def test_jsonl_prompt_response(tmp_path: Path) -> None:
     f = _write_jsonl(
         tmp_path / "qa.jsonl", [{"prompt": "2+2?", "response": "4", "topic": "math"}, {"prompt": "Capital of France?"}]

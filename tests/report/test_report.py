@@ -208,7 +208,7 @@ def test_every_section_has_its_content_and_markup_stays_text(run_out):
 
     # evaluation: contenders, scores, the best marked, the worst cases from the file
     ev = page.rows["evaluation"]
-    assert ["teacher", "teacher", EVIL_MODEL, "yes"] in ev
+    assert ["teacher", "teacher", EVIL_MODEL, "yes", "as asked"] in ev
     assert ["rubric", "rubric", "higher", "answers start with the brand", "0.125", "0.45", "0.875"] in ev
     assert ["perplexity", "perplexity", "lower", "", "12.3", "–", "8.1"] in ev
     assert '<span class="best">0.875</span>' in raw and '<span class="best">8.1</span>' in raw
@@ -474,3 +474,33 @@ def test_a_trained_student_has_curves_metrics_and_its_audit(tmp_path, tiny_model
     assert "models/student/dpo/audit.json" in student[0][7]
     assert {r[0] for r in page.rows["audit"] if r[1] == "dataset"} == {"export/sft", "export/prefs"}
     assert "export prefs" in page.text["samples"]  # the last export
+
+
+def test_an_ablation_beside_the_run_is_shown_as_what_the_generated_data_added(run_out, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run_out, out)
+    arm = {"seeds": [0, 1, 2], "student_min": 0.7, "student_max": 0.9, "base_mean": 0.0}
+    ablation = {
+        "what": "the task trained two ways",
+        "this_run": {"arm": "b", "seed": 1},
+        "arms": [
+            {**arm, "arm": "(a) seed-answers", "student_mean": 0.8, "training_rows_mean": {"human": 70, "teacher": 0}},
+            {
+                **arm,
+                "arm": "(b) generated",
+                "student_mean": 0.85,
+                "teacher_as_it_wrote_the_data_mean": 0.3,
+                "training_rows_mean": {"human": 0, "teacher": 50, "rule": 40},
+            },
+        ],
+    }
+    (out / "ablation.json").write_text(json.dumps(ablation))
+    page = Page(write_report(out).read_text(encoding="utf-8"))
+    assert "What the generated data added" in page.text["evaluation"]
+    rows = [r for r in page.rows["evaluation"] if r and r[0].startswith("(")]
+    assert rows[0][:3] == ["(a) seed-answers", "", "human 70"]
+    assert rows[1][0] == "(b) generated (this run)" and rows[1][2] == "teacher 50, rule 40"
+    assert rows[1][3] == "0.85 (0.7–0.9)" and rows[1][4] == "0.3"
+    (out / "ablation.json").write_text('{"arms": [{"arm": "x"}]}')
+    page = Page(write_report(out).read_text(encoding="utf-8"))
+    assert "ablation.json cannot be read" in (out / "report.html").read_text()
