@@ -1,4 +1,4 @@
-"""The report's evaluation part: reading `OUT/eval/<stage>/eval.json`, which an `evaluate` stage writes.
+"""The report's evaluation section: `OUT/eval/<stage>/eval.json` (which an `evaluate` stage writes), read and shown.
 
 The file is read leniently (unknown keys ignored, missing ones defaulted) because it is
 another stage's output and may grow: the report shows what it understands, and a file it
@@ -16,7 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+import distill.report.plots as plots
 from distill.layout import EVAL_FILE
+from distill.report.ablation import Ablation, ablation_part
+from distill.report.markup import Html, empty, esc, no_plots_note, num, plot, pre, section, table
 
 #: Worst cases shown per metric and contender.
 WORST = 5
@@ -194,3 +197,106 @@ def as_text(value: Any) -> str:
     if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
         return "\n".join(f"{m.get('role', '?')}: {m['content']}" for m in value)
     return "" if value is None else json.dumps(value, default=str)
+
+
+def evaluation_section(evals: list[Evaluation], ablation: Ablation | None) -> str:
+    if not evals:
+        return section("evaluation", "Evaluation", empty("no evaluation in this run"), ablation_part(ablation))
+    return section("evaluation", "Evaluation", *[_one_eval(ev) for ev in evals], ablation_part(ablation))
+
+
+def _one_eval(ev: Evaluation) -> str:
+    head = f"<h3>{esc(ev.stage)} <small>({esc(ev.path)})</small></h3>"
+    if ev.problem:
+        return head + empty(ev.problem)
+    kinds = {c["name"]: c.get("kind") or "model" for c in ev.contenders}
+    names = [c["name"] for c in ev.contenders]
+    for m in ev.metrics:  # contenders a metric scores without listing them
+        names += [n for n in m["scores"] if n not in names]
+    parts = [
+        head,
+        Html(f"<p>held-out data: {esc(ev.data or '–')}; {ev.items} items</p>"),
+        table(
+            ["contender", "kind", "model", "system prompt", "answers"],
+            [
+                (
+                    c["name"],
+                    c.get("kind") or "–",
+                    c.get("model") or "–",
+                    yes_no(c.get("system_prompt")),
+                    _how_it_answers(c),
+                )
+                for c in ev.contenders
+            ],
+        ),
+    ]
+    charts, rows = [], []
+    for m in ev.metrics:
+        scores = [(n, kinds.get(n, "model"), float(m["scores"][n])) for n in names if is_number(m["scores"].get(n))]
+        if scores:
+            charts.append(
+                plot(plots.metric_png, f"{m['name']} per contender", m["name"], scores, m["higher_is_better"])
+            )
+        best = (max if m["higher_is_better"] else min)((s for _, _, s in scores), default=None)
+        cells = [
+            Html(f'<span class="best">{esc(num(m["scores"][n]))}</span>')
+            if best is not None and is_number(m["scores"].get(n)) and float(m["scores"][n]) == best
+            else m["scores"].get(n)
+            for n in names
+        ]
+        rows.append(
+            [
+                m["name"],
+                m.get("evaluator") or "–",
+                "higher" if m["higher_is_better"] else "lower",
+                m.get("description") or "",
+                *cells,
+            ]
+        )
+    parts.append(Html('<div class="plots">' + "".join(charts) + "</div>"))
+    parts.append(no_plots_note())
+    if rows:
+        parts.append(
+            table(["metric", "evaluator", "better", "description", *names], rows, numeric=range(4, 4 + len(names)))
+        )
+    else:
+        parts.append(empty("this evaluation has no metrics"))
+    parts.append("<h3>Error analysis: worst cases</h3>")
+    if ev.worst:
+        parts.append(
+            table(
+                ["metric", "contender", "item", "prompt", "reference", "answer", "score", "all contenders", "tags"],
+                [
+                    (
+                        w.metric,
+                        w.contender,
+                        w.id,
+                        pre(w.prompt),
+                        pre(w.reference) if w.reference else "–",
+                        pre(w.answer),
+                        w.score,
+                        ", ".join(f"{k}={num(v)}" for k, v in w.scores.items()),
+                        ", ".join(f"{k}={v}" for k, v in w.tags.items()) or "–",
+                    )
+                    for w in ev.worst
+                ],
+                numeric=(6,),
+            )
+        )
+    else:
+        parts.append(empty("no per-item scores to rank"))
+    return "\n".join(parts)
+
+
+def yes_no(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "no" if value in (None, "") else str(value)
+
+
+def _how_it_answers(c: dict[str, Any]) -> str:
+    """A prefill or a ranker at inference time changes what a score means: say so beside it."""
+    parts = [f"begin with {c['prefix']!r}"] if c.get("prefix") else []
+    if (c.get("best_of") or 1) > 1:
+        parts.append(f"best of {c['best_of']} by {c.get('ranker') or 'a ranker'} (a ranker at inference time)")
+    return "; ".join(parts) or "as asked"

@@ -10,14 +10,12 @@ Policy forbids scripts, so it stays inert even opened from a downloaded folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import distill.report.plots as plots
 from distill.io.store import as_dict, atomic_write
 from distill.layout import REPORT_FILE
-from distill.report.ablation import Ablation, ablation_part
 from distill.report.data import AuditEntry, ReportData, TrainingRun, gather
-from distill.report.eval import Evaluation, is_number
+from distill.report.eval import evaluation_section
 from distill.report.markup import Html, bars, empty, esc, no_plots_note, num, plot, pre, section, table
 
 _TOP_REASONS = 15
@@ -90,7 +88,7 @@ def render(data: ReportData) -> str:
         [
             _funnel(data),
             _training(data.training),
-            _evaluation(data.evaluations, data.ablation),
+            evaluation_section(data.evaluations, data.ablation),
             _audit(data.audits),
             _samples(data),
         ]
@@ -250,101 +248,6 @@ def _training(runs: list[TrainingRun]) -> str:
     return section("training", "Training", *parts)
 
 
-def _evaluation(evals: list[Evaluation], ablation: Ablation | None) -> str:
-    if not evals:
-        return section("evaluation", "Evaluation", empty("no evaluation in this run"), ablation_part(ablation))
-    return section("evaluation", "Evaluation", *[_one_eval(ev) for ev in evals], ablation_part(ablation))
-
-
-def _one_eval(ev: Evaluation) -> str:
-    head = f"<h3>{esc(ev.stage)} <small>({esc(ev.path)})</small></h3>"
-    if ev.problem:
-        return head + empty(ev.problem)
-    kinds = {c["name"]: c.get("kind") or "model" for c in ev.contenders}
-    names = [c["name"] for c in ev.contenders]
-    for m in ev.metrics:  # contenders a metric scores without listing them
-        names += [n for n in m["scores"] if n not in names]
-    parts = [
-        head,
-        Html(f"<p>held-out data: {esc(ev.data or '–')}; {ev.items} items</p>"),
-        table(
-            ["contender", "kind", "model", "system prompt", "answers"],
-            [
-                (
-                    c["name"],
-                    c.get("kind") or "–",
-                    c.get("model") or "–",
-                    _yes_no(c.get("system_prompt")),
-                    _how_it_answers(c),
-                )
-                for c in ev.contenders
-            ],
-        ),
-    ]
-    charts, rows = [], []
-    for m in ev.metrics:
-        scores = [(n, kinds.get(n, "model"), float(m["scores"][n])) for n in names if is_number(m["scores"].get(n))]
-        if scores:
-            charts.append(
-                plot(plots.metric_png, f"{m['name']} per contender", m["name"], scores, m["higher_is_better"])
-            )
-        best = (max if m["higher_is_better"] else min)((s for _, _, s in scores), default=None)
-        cells = [
-            Html(f'<span class="best">{esc(num(m["scores"][n]))}</span>')
-            if best is not None and is_number(m["scores"].get(n)) and float(m["scores"][n]) == best
-            else m["scores"].get(n)
-            for n in names
-        ]
-        rows.append(
-            [
-                m["name"],
-                m.get("evaluator") or "–",
-                "higher" if m["higher_is_better"] else "lower",
-                m.get("description") or "",
-                *cells,
-            ]
-        )
-    parts.append(Html('<div class="plots">' + "".join(charts) + "</div>"))
-    parts.append(no_plots_note())
-    if rows:
-        parts.append(
-            table(["metric", "evaluator", "better", "description", *names], rows, numeric=range(4, 4 + len(names)))
-        )
-    else:
-        parts.append(empty("this evaluation has no metrics"))
-    parts.append("<h3>Error analysis: worst cases</h3>")
-    if ev.worst:
-        parts.append(
-            table(
-                ["metric", "contender", "item", "prompt", "reference", "answer", "score", "all contenders", "tags"],
-                [
-                    (
-                        w.metric,
-                        w.contender,
-                        w.id,
-                        pre(w.prompt),
-                        pre(w.reference) if w.reference else "–",
-                        pre(w.answer),
-                        w.score,
-                        ", ".join(f"{k}={num(v)}" for k, v in w.scores.items()),
-                        ", ".join(f"{k}={v}" for k, v in w.tags.items()) or "–",
-                    )
-                    for w in ev.worst
-                ],
-                numeric=(6,),
-            )
-        )
-    else:
-        parts.append(empty("no per-item scores to rank"))
-    return "\n".join(parts)
-
-
-def _yes_no(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return "no" if value in (None, "") else str(value)
-
-
 def _verdict(v: str) -> Html:
     cls = v if v in ("cleared", "needs-acknowledgement", "blocked", "unreadable") else "unknown"
     return Html(f'<span class="verdict {cls}">{esc(v)}</span>')
@@ -481,11 +384,3 @@ def write_report(out: Path) -> Path:
     path = out / REPORT_FILE
     atomic_write(path, render(gather(out)).encode("utf-8"))
     return path
-
-
-def _how_it_answers(c: dict[str, Any]) -> str:
-    """A prefill or a ranker at inference time changes what a score means: say so beside it."""
-    parts = [f"begin with {c['prefix']!r}"] if c.get("prefix") else []
-    if (c.get("best_of") or 1) > 1:
-        parts.append(f"best of {c['best_of']} by {c.get('ranker') or 'a ranker'} (a ranker at inference time)")
-    return "; ".join(parts) or "as asked"

@@ -229,11 +229,10 @@ def _answer(
         owned = True
     try:
         caller = TeacherCaller(teacher, run.request_cache())
-        system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
         prefill = [Message(role="assistant", content=c.prefix)] if c.prefix else []
         requests = [
             ChatRequest(
-                messages=system + it.messages + prefill,
+                messages=_asked(c, it) + prefill,
                 n=c.best_of,
                 seed=derive_seed(run.config.seed, stage.name, "answer", it.id),
             )
@@ -261,6 +260,11 @@ def _answer(
     )
 
 
+def _asked(c: Any, it: EvalItem) -> list[Message]:
+    """The question as this contender is asked it: its system prompt, if any, then the item."""
+    return ([Message(role="system", content=c.system_prompt)] if c.system_prompt else []) + it.messages
+
+
 def _best_of(
     run: RunContext, i: int, stage: EvaluateStage, c: Any, j: int, items: list[EvalItem], answers: list[list[str]]
 ) -> list[str]:
@@ -276,9 +280,8 @@ def _best_of(
             if c.judge is None:
                 raise ConfigError(f"{where}: the {c.ranker.plugin!r} ranker needs a judge; set `judge:` to a teacher")
             judge = Judge(TeacherCaller(run.teacher(c.judge), run.request_cache()), f"stage {stage.name!r}, {c.name}")
-        system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
         records = [
-            Record(id=it.id, messages=system + it.messages, candidates=[Candidate(content=a) for a in texts])
+            Record(id=it.id, messages=_asked(c, it), candidates=[Candidate(content=a) for a in texts])
             for it, texts in zip(items, answers)
         ]
         try:
