@@ -1,9 +1,10 @@
 """What the generated data adds: the quickstart task's student trained four ways, three run seeds each.
 
 Arms, all from `examples/quickstart/synthetic.yaml` (the same teachers, filters, held-out set
-and evaluation; (a)-(c) train with the same SFT settings):
+and evaluation; (a)-(c) train with the same SFT settings, (b) and (c) then with the same DPO step):
 
-- (a) `seed-answers`: the 70 seed questions with their human-written answers, nothing generated;
+- (a) `seed-answers`: the 70 seed questions with their human-written answers, nothing generated
+  (SFT only: without ranked candidates there are no preference pairs for the DPO step);
 - (b) `generated`: no human-written answer reaches training: seed and self-instruct questions,
   off-topic ones answered by the rule-answer filter, the rest by the teacher (best of 4 by the
   rubric, passing answers only): `synthetic.yaml` as shipped;
@@ -11,12 +12,12 @@ and evaluation; (a)-(c) train with the same SFT settings):
 - (d) `context-distillation`: (b)'s prompts, trained on-policy by the `context-distillation`
   trainer: the same model with the system prompt and prefix is the teacher, at the logit level.
 
-Every run is a whole `distill run` in a fresh process, with one request cache shared by all
-runs (an identical teacher request is paid once: (b), (c) and (d) of one seed share their
-generation). Each run's held-out rubric is read from its `eval.json`, with the teacher as it
-wrote the data (system prompt and prefix) and the untrained base beside it. The results go to
-`--out` and, as the table "what the generated data added", into every run's `ablation.json`
-and report page.
+Every run is a whole `distill run` in a fresh process. A run seed's arms share one request
+cache (an identical teacher request is paid once: (b), (c) and (d) of one seed share their
+generation); with `--jobs`, seeds run side by side, each with its own cache. Each run's
+held-out rubric is read from its `eval.json`, with the teacher as it wrote the data (system
+prompt and prefix) and the untrained base beside it. The results go to `--out` and, as the
+table "what the generated data added", into every run's `ablation.json` and report page.
 
     python benchmarks/bench_distillation.py --work /tmp/distill-ablation \
         --out benchmarks/results/distillation.json [--seeds 0 1 2] [--arms a b c d]
@@ -32,7 +33,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +59,9 @@ def arm_config(arm: str, seed: int, cache: Path) -> dict[str, Any]:
     if arm in ("a", "c"):
         del cfg["seeds"][0]["prompts_only"]
         cfg["seeds"][0]["response_field"] = "answer"
-    if arm == "a":
+    if arm == "a":  # nothing generated, nothing ranked: no preference pairs, so SFT alone
         cfg["stages"] = [stages[n] for n in ("sft", "student", "eval")]
+        stages["student"]["steps"] = [s for s in stages["student"]["steps"] if s["trainer"] == "sft"]
     if arm == "c":
         stages["redirects"]["filters"][0]["options"]["replace"] = False
     if arm == "d":
@@ -99,17 +103,19 @@ def training_rows(out: Path) -> dict[str, int]:
     return counts
 
 
-def run_arm(work: Path, arm: str, seed: int, cache: Path) -> dict[str, Any]:
+def run_arm(work: Path, arm: str, seed: int, cache: Path, threads: int | None) -> dict[str, Any]:
     folder = work / f"{arm}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("seeds.jsonl", "heldout.jsonl", "acme_rubric.py"):
         shutil.copy(EXAMPLE / name, folder / name)
     (folder / "config.yaml").write_text(yaml.safe_dump(arm_config(arm, seed, cache), sort_keys=False))
     started = time.monotonic()
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     done = subprocess.run(
         [sys.executable, "-m", "distill.cli", "run", str(folder / "config.yaml"), "--quiet"],
         capture_output=True,
         text=True,
+        env=env,
     )
     seconds = time.monotonic() - started
     if done.returncode != 0:
@@ -168,24 +174,49 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distillation.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run seeds side by side, each with cpus/jobs torch threads (small models use many cores poorly)",
+    )
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
-    cache = (a.work / "requests.sqlite").resolve()
-    runs = []
-    for seed in a.seeds:  # a seed's arms in a row: (b), (c), (d) reuse its generation from the cache
+    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
+
+    runs: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def write(final: bool) -> dict[str, Any]:
+        # Rewritten after every run, so a benchmark cut short still leaves what it measured.
+        result = {
+            "benchmark": "distillation ablation",
+            "what": "examples/quickstart/synthetic.yaml trained four ways; held-out rubric (40 items, half off-topic)",
+            "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "jobs": a.jobs, "threads_per_run": threads},
+            "complete": final,
+            "arms": summarise(sorted(runs, key=lambda r: (r["arm"], r["seed"]))),
+            "runs": [
+                {k: v for k, v in r.items() if k != "out"} for r in sorted(runs, key=lambda r: (r["seed"], r["arm"]))
+            ],
+        }
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
+    def one_seed(seed: int) -> None:
+        # A seed's arms in a row, with the seed's own request cache: (b), (c) and (d) reuse its
+        # generation; seeds never share a request, so their caches need not be shared either.
+        cache = (a.work / f"requests-seed{seed}.sqlite").resolve()
         for arm in a.arms:
-            run = run_arm(a.work.resolve(), arm, seed, cache)
-            runs.append(run)
+            run = run_arm(a.work.resolve(), arm, seed, cache, threads)
+            with lock:
+                runs.append(run)
+                write(final=False)
             print(json.dumps({k: run[k] for k in ("arm", "seed", "seconds", "rubric", "training_rows")}), flush=True)
-    result = {
-        "benchmark": "distillation ablation",
-        "what": "examples/quickstart/synthetic.yaml trained four ways; held-out rubric (40 items, half off-topic)",
-        "machine": {"arch": platform.machine(), "cpus": os.cpu_count()},
-        "arms": summarise(runs),
-        "runs": [{k: v for k, v in r.items() if k != "out"} for r in runs],
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        list(pool.map(one_seed, a.seeds))
+    result = write(final=True)
     for r in runs:  # every run's report shows the whole table
         out = Path(r["out"])
         (out / "ablation.json").write_text(

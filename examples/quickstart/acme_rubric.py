@@ -44,6 +44,15 @@ def score(prompt: list[dict], response: str, tags: dict | None = None) -> float:
     return 1.0
 
 
+def concise(prompt: list[dict], response: str, tags: dict | None = None) -> float:
+    """The ranker of `synthetic.yaml`: the rubric, with the shorter of two passing answers ranked
+    higher (a passing answer scores in (1, 2), a failing one 0), so `min_score: 1.0` still keeps
+    only passing answers. A student copies the length of what it trains on; answers near the
+    limit come out cut off when it answers greedily."""
+    passed = score(prompt, response, tags)
+    return passed * (1.0 + 1.0 / (1.0 + len(response.split())))
+
+
 def off_topic(prompt: list[dict]) -> bool:
     """The classifier of `synthetic.yaml`'s rule-answer filter: a question with none of the task's
     words is off-topic and gets the redirect, written by the rule rather than by the teacher."""

@@ -23,6 +23,7 @@ from distill.filter import KEEP, Decision, Drop, Edit, Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options, PluginContext
 from distill.records import Message, Record
+from distill.seeding import derive_seed
 from distill_plugins.rankers import is_file_spec, load_callable
 
 
@@ -47,6 +48,14 @@ class RuleAnswer(Filter):
         )
         otherwise: Literal["keep", "drop"] = Field(
             "keep", description="What happens to the records the rule does not answer."
+        )
+        keep_share: float = Field(
+            1.0,
+            gt=0.0,
+            le=1.0,
+            description="Share of the records the rule would answer that are kept (the rest are dropped): "
+            "when most generated questions are off-topic, a student trained on all of them learns to "
+            "redirect everything. Chosen by a hash of the record id, so a resumed run drops the same ones.",
         )
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
@@ -84,6 +93,8 @@ class RuleAnswer(Filter):
                 out.append(KEEP if o.otherwise == "keep" else Drop(f"not answered by rule: {o.when} did not pick it"))
             elif r.response() is not None and not o.replace:
                 out.append(KEEP)
+            elif o.keep_share < 1.0 and derive_seed("rule-answer", o.when, r.id) >= o.keep_share * 2**63:
+                out.append(Drop(f"rule {o.when} picked it; beyond keep_share {o.keep_share:g}"))
             else:
                 edited = r.model_copy(deep=True)
                 edited.messages = r.prompt() + [Message(role="assistant", content=o.answer)]

@@ -48,6 +48,21 @@ def test_negate_keep_answers_and_drop_the_rest():
     assert isinstance(dropped, Drop) and dropped.reason == "not answered by rule: reward_fns:off_topic did not pick it"
 
 
+def test_keep_share_drops_a_stable_part_of_what_the_rule_would_answer():
+    off = [make_record(f"What are the rules of game {i}?", None, row=i) for i in range(200)]
+    on = make_record("How do I reset my router?", None, row=999)
+    decisions = run_filter(_rule(keep_share=0.3), [*off, on])
+    kept = [d for d in decisions[:-1] if isinstance(d, Edit)]
+    dropped = [d for d in decisions[:-1] if isinstance(d, Drop)]
+    assert len(kept) + len(dropped) == 200 and 40 <= len(kept) <= 80
+    assert dropped[0].reason == "rule reward_fns:off_topic picked it; beyond keep_share 0.3"
+    assert decisions[-1] == KEEP  # records the rule does not pick are not sampled
+    again = run_filter(_rule(keep_share=0.3), list(reversed(off)))  # by record, not by position
+    assert sorted(d.record.id for d in again if isinstance(d, Edit)) == sorted(d.record.id for d in kept)
+    answered = make_record("What are the rules of chess?", "A seed's answer.", row=0)
+    assert run_filter(_rule(keep_share=0.01, replace=False), [answered])[0] == KEEP
+
+
 def test_a_function_that_takes_fields_sees_the_seed_fields():
     r = make_record("Anything at all?", None, row=0)
     r.metadata["fields"] = {"topic": "off"}
