@@ -1,9 +1,11 @@
 """The quickstart's figures: wall time of `distill run examples/quickstart/config.yaml` from an
 empty output with a cold request cache (the embedded model already converted, as after
-installation), and the held-out scores of the base model, the prompted teacher and the student.
+installation), and the held-out scores of the base model, the teacher as it wrote the data
+(system prompt and prefix), the teacher's best of 4 by the rubric (a ranker at inference time)
+and the student.
 
-Targets (issue 7): student rubric >= 0.8 without the system prompt, base <= 0.2, student above
-the prompted teacher, the whole run within 10 minutes on a 2-core CPU.
+Targets (issues 7 and 19): student rubric >= 0.8 without the system prompt, base <= 0.2, student
+above the teacher as it wrote the data, the whole run within 10 minutes on 2 quiet cores.
 
     python benchmarks/bench_quickstart.py --out benchmarks/results/quickstart.json
 """
