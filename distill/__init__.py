@@ -4,11 +4,39 @@ Importing this package stays light: no torch, vllm, transformers, trl, peft, ope
 datasets. Plugins import those inside the functions that need them.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from distill import deprecated
 from distill.records import Candidate, Event, Generator, LicenseTag, Message, Provenance, Record, Source
+
+if TYPE_CHECKING:
+    from distill.api import Run, run
 
 __version__ = "0.2.0.dev0"
 
 deprecated.install()
 
-__all__ = ["Candidate", "Event", "Generator", "LicenseTag", "Message", "Provenance", "Record", "Source", "__version__"]
+__all__ = [
+    "Candidate",
+    "Event",
+    "Generator",
+    "LicenseTag",
+    "Message",
+    "Provenance",
+    "Record",
+    "Run",
+    "Source",
+    "__version__",
+    "run",
+]
+
+_API = ("run", "Run")
+
+
+def __getattr__(name: str) -> Any:
+    """`distill.run` and `distill.Run` load the engine on first use, not on `import distill`."""
+    if name in _API:
+        import distill.api
+
+        return getattr(distill.api, name)
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")

@@ -129,10 +129,12 @@ class LoadedConfig(BaseModel):
     config: Config
     raw: dict[str, Any] = Field(description="Parsed YAML before interpolation: safe to store.")
     path: Path | None = None
+    #: Where relative paths resolve for a config that is not a file (`distill.run(dict)`).
+    folder: Path | None = None
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent if self.path else Path.cwd()
+        return self.path.parent if self.path else (self.folder or Path.cwd())
 
     def license_registry(self) -> Registry:
         """The built-in license registry with this config's `licenses:` entries merged in."""
@@ -207,7 +209,9 @@ def interpolated_values(data: Any) -> dict[str, str]:
     return found
 
 
-def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
+def parse_config(data: Any, path: Path | None = None, base_dir: Path | None = None) -> LoadedConfig:
+    """Validate parsed YAML (or the same data from Python). Relative paths resolve against the
+    file's folder, or `base_dir` for data that is not a file."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         where = f"{path}: " if path else ""
@@ -223,11 +227,12 @@ def parse_config(data: Any, path: Path | None = None) -> LoadedConfig:
         raise ConfigError(
             replace_values(format_validation_error(exc, Config, source=path), interpolated_values(raw))
         ) from None
-    if path is not None and not config.output.is_absolute():
-        config.output = path.parent / config.output
-    if path is not None and config.cache.path is not None and not config.cache.path.is_absolute():
-        config.cache.path = path.parent / config.cache.path
-    return LoadedConfig(config=config, raw=raw, path=path)
+    root = path.parent if path is not None else base_dir
+    if root is not None and not config.output.is_absolute():
+        config.output = root / config.output
+    if root is not None and config.cache.path is not None and not config.cache.path.is_absolute():
+        config.cache.path = root / config.cache.path
+    return LoadedConfig(config=config, raw=raw, path=path, folder=base_dir)
 
 
 def _license_registry(section: Any) -> Registry:
