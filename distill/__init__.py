@@ -10,7 +10,7 @@ from distill import deprecated
 from distill.records import Candidate, Event, Generator, LicenseTag, Message, Provenance, Record, Source
 
 if TYPE_CHECKING:
-    from distill.api import Run, run
+    from distill.api import Run, generate, run
 
 __version__ = "0.2.0.dev0"
 
@@ -27,14 +27,15 @@ __all__ = [
     "Run",
     "Source",
     "__version__",
+    "generate",
     "run",
 ]
 
-_API = ("run", "Run")
+_API = ("run", "Run", "generate")
 
 
 def __getattr__(name: str) -> Any:
-    """`distill.run` and `distill.Run` load the engine on first use, not on `import distill`."""
+    """`distill.run`, `distill.Run` and `distill.generate` load the engine on first use, not on `import distill`."""
     if name in _API:
         import distill.api
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from distill.config.loader import Config, LoadedConfig, load_config, parse_config
 from distill.errors import ConfigError, StoreError
-from distill.io.store import StageManifest, read_shards
+from distill.io.store import StageManifest, atomic_write, read_shards
 from distill.layout import EXPORT_DIR, MANIFEST, RUN_FILE, STAGES_DIR
 from distill.records import Record
 
@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 ConfigLike = str | os.PathLike[str] | Mapping[str, Any] | Config
 
-__all__ = ["ConfigLike", "Run", "load", "run"]
+__all__ = ["ConfigLike", "Run", "generate", "load", "run"]
+
+#: Where `generate` keeps the rows it was given, inside its output folder.
+GENERATE_INPUT = "input.jsonl"
 
 
 def load(config: ConfigLike, *, base_dir: str | os.PathLike[str] | None = None) -> LoadedConfig:
@@ -82,6 +85,55 @@ def run(
     )
     result = pipeline.run(until=until)
     return Run(result.output, loaded, result)
+
+
+def generate(
+    data: Iterable[Mapping[str, Any]] | datasets.Dataset,
+    *,
+    teacher: str | Mapping[str, Any],
+    output: str | os.PathLike[str],
+    task: str | Mapping[str, Any] = "response",
+    license: str | None = None,
+    name: str = "input",
+    prompt_field: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    cache: str | os.PathLike[str] | None = None,
+    plugins: Sequence[Any] = (),
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> datasets.Dataset:
+    """One generate stage over rows in memory, for a notebook: `data` (dicts or a `Dataset`)
+    are the seeds, `teacher` a plugin name or `{"plugin": ..., "options": {...}}`, `task` the
+    same for the task. Returns the generated records as a `Dataset` (see `Run.dataset`), each
+    row with its provenance and license tag. Calling it again with the same `output` resumes:
+    what was committed is not asked again. `license` is the SPDX expression the rows were
+    published under; without it they are `unspecified` and no release can be cleared."""
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in data)
+    if not rows:
+        raise ConfigError("distill.generate: `data` has no rows")
+    seeds = folder / GENERATE_INPUT
+    if not seeds.is_file() or seeds.read_text(encoding="utf-8") != rows:
+        atomic_write(seeds, rows.encode("utf-8"))
+    source: dict[str, Any] = {"path": GENERATE_INPUT, "name": name, "license": license, "prompt_field": prompt_field}
+    cfg: dict[str, Any] = {
+        "output": ".",
+        "seed": seed,
+        "seeds": [{k: v for k, v in source.items() if v is not None}],
+        "teachers": {"teacher": _ref(teacher)},
+        "stages": [
+            {"kind": "generate", "name": "generate", "teacher": "teacher", "task": _ref(task), "batch_size": batch_size}
+        ],
+    }
+    if cache is not None:
+        cfg["cache"] = {"path": str(Path(cache).resolve())}
+    return run(cfg, base_dir=folder, plugins=plugins, progress=progress, log=log).dataset("generate")
+
+
+def _ref(ref: str | Mapping[str, Any]) -> dict[str, Any]:
+    return {"plugin": ref} if isinstance(ref, str) else dict(ref)
 
 
 def _row(r: Record) -> dict[str, Any]:

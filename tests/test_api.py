@@ -106,3 +106,53 @@ def test_open_audit_and_report_a_finished_run(tmp_path):
     assert len(reports) == 1 and reports[0].verdict in ("cleared", "needs-ack", "blocked")
     assert json.loads((made.output / "run.json").read_text())  # the run was recorded as by the command
     assert run.report().is_file()
+
+
+def test_generate_from_rows_twice_pays_once(tmp_path):
+    """The notebook case: rows in memory, one generate stage, called again on the same output."""
+    rows = [
+        {"question": "How do I reset my router?", "topic": "on"},
+        {"question": "Why is my Wi-Fi slow?", "topic": "on"},
+    ]
+    kw = dict(
+        teacher={"plugin": "echo", "options": {"n": 2}},
+        output=tmp_path / "gen",
+        license="CC0-1.0",
+        cache=tmp_path / "requests.sqlite",
+    )
+    EchoTeacher.calls.clear()
+    first = distill.generate(rows, plugins=[FakePlugins()], progress=False, log=lambda m: None, **kw)
+    assert sum(EchoTeacher.calls) == 2 and first.num_rows == 2
+    assert first[0]["license"] == "CC0-1.0 AND Apache-2.0"  # the rows' terms and the teacher's
+    prov = json.loads(first[0]["provenance"])
+    assert prov["sources"][0] == {"dataset": "input", "row": 1, "license": "CC0-1.0"}  # line 1
+    assert [g["model"] for g in prov["generators"]]
+    EchoTeacher.calls.clear()
+    again = distill.generate(rows, plugins=[FakePlugins()], progress=False, log=lambda m: None, **kw)
+    assert EchoTeacher.calls == []
+    assert again["messages"] == first["messages"] and again["id"] == first["id"]
+    with pytest.raises(ConfigError, match="has no rows"):
+        distill.generate([], **kw)
+
+
+def test_generate_takes_a_dataset_and_a_real_teacher(tmp_path):
+    """A `datasets.Dataset` in, the `openai` teacher (real client) against a local server; the
+    second call is answered from the cache: the server sees no new request."""
+    datasets = pytest.importorskip("datasets")
+    from servers import StubUpstream
+
+    data = datasets.Dataset.from_list([{"prompt": f"Question {i}?"} for i in range(5)])
+    with StubUpstream(latency=0.01) as upstream:
+        kw = dict(
+            teacher={"plugin": "openai", "options": {"model": "distill-tiny", "base_url": upstream.base_url}},
+            output=tmp_path / "gen",
+            cache=tmp_path / "requests.sqlite",
+            license="MIT",
+            progress=False,
+            log=lambda m: None,
+        )
+        first = distill.generate(data, **kw)
+        assert upstream.answered == 5 and first.num_rows == 5
+        assert all(m[-1]["role"] == "assistant" for m in first["messages"])
+        distill.generate(data, **kw)
+        assert upstream.answered == 5
