@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from distill.plugin import Plugin
 from distill.records import Message, Record
@@ -38,6 +38,9 @@ class Proposal:
 
     messages: list[Message]
     parents: list[Record] = field(default_factory=list)
+    #: Stamped on every record made from this proposal's answers, so a task that works in
+    #: steps (Evol-Instruct's generations) finds its bookkeeping in the pool after a resume.
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(Plugin):

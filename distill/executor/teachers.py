@@ -153,6 +153,7 @@ def run_expand(
                     rejected.append(drop_record(raw, ctx.stage, task, parsed.reason))
                 for m, conv in enumerate(convs):
                     rec = _new_record(ctx, rnd, j, k, m, conv, sources, generator, task)
+                    rec.metadata = {**p.metadata, **rec.metadata}  # the core's keys win
                     verdict = task.accept(pool + kept, conv)
                     if isinstance(verdict, Reject):
                         rejected.append(drop_record(rec, ctx.stage, task, verdict.reason))

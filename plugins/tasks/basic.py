@@ -1,4 +1,4 @@
-"""First-party tasks: answer instructions, and grow new instructions from seeds (self-instruct)."""
+"""Answer instructions (`response`) and grow new instructions from seeds (`self-instruct`)."""
 
 from __future__ import annotations
 
