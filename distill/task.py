@@ -41,6 +41,8 @@ class Proposal:
     #: Stamped on every record made from this proposal's answers, so a task that works in
     #: steps (Evol-Instruct's generations) finds its bookkeeping in the pool after a resume.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Have the teacher continue the final message rather than answer it (`ChatRequest.continue_final`).
+    continue_final: bool = False
 
 
 class Task(Plugin):

@@ -23,6 +23,10 @@ class ChatRequest(BaseModel):
     #: Structured output: `{"type": "json_schema", "json_schema": {...}}` as in the OpenAI API.
     #: Teachers that cannot enforce it still receive it and the task validates the answer.
     response_format: dict[str, Any] | None = None
+    #: Continue the final message, whatever its role, instead of answering it: a final user
+    #: message (often empty) makes a chat model write the user's turn (Magpie). A final
+    #: assistant message is always continued (a prefix); this flag is for the other roles.
+    continue_final: bool = False
 
 
 class Sample(BaseModel):
@@ -67,6 +71,24 @@ def prefilled(prefix: str | None, text: str) -> str:
     if text.lstrip().startswith(prefix):
         return text.strip()
     return (prefix + (text if text[:1].isspace() or not text else " " + text)).strip()
+
+
+#: Marks where the final message's content ends while a chat template is rendered.
+_END = "\u2063distill-end-of-content\u2063"
+
+
+def continuation_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The chat template's text for `messages` up to the end of the final message's content,
+    with no end-of-turn after it: what a model continues to write that message itself.
+
+    `continue_final_message` in transformers finds the final content in the rendered text and
+    cuts after it, which an empty content (Magpie's user turn) defeats; a marker does not."""
+    last = messages[-1]
+    probe = [*messages[:-1], {**last, "content": last["content"] + _END}]
+    text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+    if _END not in text:
+        raise ValueError("the chat template dropped the final message's content; it cannot be continued")
+    return text[: text.rindex(_END)]
 
 
 class Teacher(Plugin):

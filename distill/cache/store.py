@@ -85,6 +85,8 @@ def key_parts(identity: dict[str, Any], sampling: dict[str, Any], request: ChatR
             "response_format": request.response_format,
         },
     }
+    if request.continue_final:  # only when set: keys made before the flag existed stay valid
+        parts["request"]["continue_final"] = True
     secret = secret_paths(sampling, f"teacher plugin {identity.get('plugin')!r}: sampling")
     if secret:
         raise PluginError(

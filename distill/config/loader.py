@@ -51,7 +51,8 @@ class Config(StrictModel):
     version: Literal[1] = 1
     output: Path = Field(description="Output directory; an existing one is resumed.")
     seed: int = Field(0, description="Run seed: every sampling decision derives from it.")
-    seeds: list[SeedSource] = Field(min_length=1)
+    #: Empty for a run whose first stage makes its own inputs (Magpie).
+    seeds: list[SeedSource] = Field(default_factory=list)
     teachers: dict[str, PluginRef] = Field(default_factory=dict)
     stages: list[Stage] = Field(min_length=1)
     plugins: PluginSettings = Field(default_factory=PluginSettings)

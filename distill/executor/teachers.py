@@ -134,7 +134,11 @@ def run_expand(
             task, "propose", lambda: task.propose(pool, count, rng), f"round {rnd} of stage {ctx.stage!r}"
         )
         requests = [
-            ChatRequest(messages=p.messages, seed=request_seed(ctx.run_seed, ctx.stage, rnd, j))
+            ChatRequest(
+                messages=p.messages,
+                seed=request_seed(ctx.run_seed, ctx.stage, rnd, j),
+                continue_final=p.continue_final,
+            )
             for j, p in enumerate(proposals)
         ]
         results = caller(requests, f"round {rnd} of stage {ctx.stage!r}")

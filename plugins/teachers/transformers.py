@@ -30,7 +30,7 @@ from distill.hookspecs import hookimpl
 from distill.models.folders import EMBEDDED, SAMPLING_FIELDS, local_model_folder, model_identity, resolve_model_path
 from distill.plugin import PluginContext
 from distill.seeding import derive_seed
-from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher
+from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, continuation_text
 
 
 class TransformersTeacher(Teacher):
@@ -165,9 +165,12 @@ class TransformersTeacher(Teacher):
         for i, req in enumerate(requests):
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
             prefill = messages[-1]["role"] == "assistant"  # continue a task's answer prefix
-            text = tok.apply_chat_template(
-                messages, add_generation_prompt=not prefill, continue_final_message=prefill, tokenize=False
-            )
+            if req.continue_final and not prefill:  # write the user's turn (Magpie)
+                text = continuation_text(tok, messages)
+            else:
+                text = tok.apply_chat_template(
+                    messages, add_generation_prompt=not prefill, continue_final_message=prefill, tokenize=False
+                )
             ids = tok(text, add_special_tokens=False)["input_ids"]
             prompt_tokens += len(ids)
             base = req.seed if req.seed is not None else derive_seed(opts.seed, messages)

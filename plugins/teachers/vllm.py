@@ -228,6 +228,8 @@ class VLLMTeacher(Teacher):
                 "vllm", request.seed if request.seed is not None else derive_seed(opts.seed, conversation)
             ),
         }
+        if request.continue_final and conversation[-1]["role"] != "assistant":
+            spec["continue_final"] = True  # the engine renders the template up to the turn itself
         constraint = _constraint(request.response_format)
         if constraint is not None and json.dumps(constraint, sort_keys=True) not in self._refused_schemas:
             spec["structured"] = constraint

@@ -211,3 +211,22 @@ def test_a_final_assistant_message_is_continued_not_answered_anew(tiny_model_dir
     assert teacher.usage.prompt_tokens - 2 * before == len(tok("Acme Support:", add_special_tokens=False).input_ids)
     assert not b[0].text.startswith("Acme Support:")  # the engine returns the continuation only
     teacher.close()
+
+
+def test_a_continued_user_turn_is_written_by_the_model(tiny_model_dir):
+    """Magpie: the prompt is the chat template up to the user's (empty) message, no end of turn
+    after it; the model writes the user's turn. Its prompt is exactly that text's tokens."""
+    from transformers import AutoTokenizer
+
+    from distill.teacher import continuation_text
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    messages = [{"role": "system", "content": "You help with routers."}, {"role": "user", "content": ""}]
+    text = continuation_text(tok, messages)
+    assert text.endswith("<|im_start|>user\n") and "You help with routers." in text
+    teacher = TransformersTeacher(model=str(tiny_model_dir), n=1, max_tokens=4, temperature=1.0)
+    req = ChatRequest(messages=[Message(**m) for m in messages], seed=1, n=1, continue_final=True)
+    (samples,) = teacher.generate([req])
+    assert teacher.usage.prompt_tokens == len(tok(text, add_special_tokens=False).input_ids)
+    assert samples[0].text  # the tiny model's words, whatever they are
+    teacher.close()

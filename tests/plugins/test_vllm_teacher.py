@@ -263,3 +263,19 @@ def test_a_final_assistant_message_is_continued_not_answered_anew(teacher):
     tok = AutoTokenizer.from_pretrained(folder)
     assert b[0].prompt_tokens - a[0].prompt_tokens == len(tok("Acme Support:", add_special_tokens=False).input_ids)
     assert not b[0].text.startswith("Acme Support:")  # the engine returns the continuation only
+
+
+def test_a_continued_user_turn_is_prompted_with_the_template_up_to_the_turn(teacher):
+    """Magpie on vLLM: the engine is given the rendered template ending inside the user turn."""
+    from transformers import AutoTokenizer
+
+    from distill.teacher import continuation_text
+
+    tok = AutoTokenizer.from_pretrained(teacher.options.model)
+    messages = [Message(role="user", content="")]
+    req = ChatRequest(messages=messages, seed=1, n=1, continue_final=True)
+    plain = ChatRequest(messages=[Message(role="user", content="Hi")], seed=1, n=1)
+    turn, answer = teacher.generate([req, plain])
+    text = continuation_text(tok, [{"role": "user", "content": ""}])
+    assert turn[0].prompt_tokens == len(tok(text, add_special_tokens=False).input_ids)
+    assert answer[0].prompt_tokens > turn[0].prompt_tokens  # "Hi", its end of turn and the reply header
