@@ -13,6 +13,7 @@ from distill.plugin import Options
 from distill.records import Candidate, Message, Record
 from distill.task import ExpandTask, MapTask, PassThrough, Proposal, Reject
 from distill.teacher import Sample, prefilled
+from distill_plugins.tasks.multi_turn import note_turn
 
 
 class ResponseTask(MapTask):
@@ -74,6 +75,8 @@ class ResponseTask(MapTask):
                 Candidate(content=texts[i], generator=generator, finish_reason=samples[i].finish_reason) for i in usable
             ]
         record.metadata["finish_reason"] = samples[first].finish_reason
+        if "turns" in record.metadata:  # a multi-turn conversation: say who wrote this answer
+            note_turn(record, "assistant", generator)
         return record
 
 
