@@ -58,6 +58,11 @@ class MapTask(Task):
         """Write the teacher's samples into the record (`generator` indexes provenance)."""
         raise NotImplementedError  # pragma: no cover
 
+    def response_format(self, record: Record) -> dict[str, Any] | None:
+        """Structured output for this record's request (`{"type": "json_schema", ...}` as in the
+        OpenAI API): teachers that can enforce it do; `apply` still validates what comes back."""
+        return None
+
 
 class ExpandTask(Task):
     #: Whether the input pool passes through to the output (self-instruct keeps its seeds).

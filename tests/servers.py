@@ -512,6 +512,7 @@ class StubUpstream:
         self.latency, self.jitter, self.model = latency, jitter, model
         self.rng = random.Random(seed)
         self.answered = 0
+        self.response_formats: list[dict] = []  # what requests asked for, when they asked
         self.latency_served = 0.0  # seconds of latency summed over the answers given
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -550,6 +551,14 @@ class StubUpstream:
             self.latency_served += seconds
 
 
+def _stub_content(body: dict, k: int) -> str:
+    """A structured-output request gets JSON with a string `answer` (odd samples break the
+    schema: a number), as a server enforcing nothing might; any other request gets text."""
+    if body.get("response_format"):
+        return json.dumps({"answer": k} if k % 2 else {"answer": f"stub answer {k}"})
+    return f"stub answer {k} (seed {body.get('seed')})"
+
+
 class _StubHandler(BaseHTTPRequestHandler):
     owner: StubUpstream
     protocol_version = "HTTP/1.1"
@@ -564,6 +573,9 @@ class _StubHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         if not self.path.endswith("/chat/completions"):
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
+        if body.get("response_format"):
+            with self.owner._lock:
+                self.owner.response_formats.append(body["response_format"])
         latency = self.owner._draw()
         time.sleep(latency)
         n = int(body.get("n") or 1)
@@ -571,7 +583,7 @@ class _StubHandler(BaseHTTPRequestHandler):
         choices = [
             {
                 "index": k,
-                "message": {"role": "assistant", "content": f"stub answer {k} (seed {body.get('seed')})"},
+                "message": {"role": "assistant", "content": _stub_content(body, k)},
                 "finish_reason": "stop",
                 "logprobs": None,
             }

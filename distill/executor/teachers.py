@@ -57,7 +57,10 @@ def _submit_map(
             kept.append(r)
         else:
             asked.append(r)
-            requests.append(ChatRequest(messages=built, seed=request_seed(ctx.run_seed, ctx.stage, r.id)))
+            fmt = guarded(task, "response_format", lambda: task.response_format(r), r)
+            requests.append(
+                ChatRequest(messages=built, seed=request_seed(ctx.run_seed, ctx.stage, r.id), response_format=fmt)
+            )
     pending = caller.submit(requests, f"batch {b} of stage {ctx.stage!r}")
     return MapBatch(b, chunk, kept, rejected, asked, pending)
 
