@@ -63,7 +63,6 @@ def main() -> int:
         "target_seconds": 600,
         "held_out_items": len(ev["items"]),
         "scores": scores,
-        "judge_details": next(m["details"] for m in ev["metrics"] if m["name"] == "judge-win-rate"),
         "stages": stages,
         "meets_targets": bool(
             rubric["student"] >= 0.8

@@ -161,8 +161,14 @@ class PerplexityEvaluator(Evaluator):
         ]
         scores: dict[str, float] = {}
         per_item: dict[str, list[float | None]] = {}
+        done: dict[tuple[str, str | None], tuple[list[float], list[int]]] = {}
         for c in wanted:
-            nll, tokens = self._score(c, [it for _, it in scored])
+            # Same weights, same system prompt: the same reference likelihoods (a teacher and its
+            # best-of-N are one model), computed once.
+            key = (str(c.model_path), c.system_prompt)
+            if key not in done:
+                done[key] = self._score(c, [it for _, it in scored])
+            nll, tokens = done[key]
             items_ppl: list[float | None] = [None] * len(items)
             for (k, _), (n, t) in zip(scored, zip(nll, tokens)):
                 items_ppl[k] = math.exp(n / t) if t else None
