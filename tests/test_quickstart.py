@@ -80,9 +80,7 @@ def test_the_quickstart_student_beats_its_prompted_teacher(tmp_path, embedded_mo
     assert len(ev["items"]) == 40 and sum(it["tags"]["topic"] == "off" for it in ev["items"]) == 20
     scores = {m["name"]: m["scores"] for m in ev["metrics"]}
     rubric = scores["rubric"]
-    print(
-        f"\nquickstart: {seconds:.0f} s; rubric {rubric}; perplexity {scores['perplexity']}"
-    )
+    print(f"\nquickstart: {seconds:.0f} s; rubric {rubric}; perplexity {scores['perplexity']}")
     # The teacher is measured as it wrote the data (system prompt and prefix), and its best-of-4
     # ceiling uses the rubric at inference time; the student answers with neither.
     contenders = {c["name"]: c for c in ev["contenders"]}
