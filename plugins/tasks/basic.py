@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -90,11 +90,37 @@ _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
 _PREFIX = re.compile(r"^(?:new\s+)?(?:request|question|instruction|task)\s*\d*\s*[:.-]\s*", re.I)
 
 
-def _normalise(text: str) -> str:
+def normalise(text: str) -> str:
+    """An instruction as compared for sameness: case, punctuation and spacing aside."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-class SelfInstructTask(ExpandTask):
+class InstructionPoolTask(ExpandTask):
+    """What the tasks that grow a pool of instructions share: `num_instructions` new ones, the
+    seeds passed through when `keep_inputs` is set, and a new instruction the pool already holds
+    (by `normalise`) rejected as a duplicate. Their options declare both fields."""
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.keep_inputs = self.options.keep_inputs
+
+    def target(self) -> int:
+        return self.options.num_instructions
+
+    @staticmethod
+    def instruction(record: Record) -> str:
+        """The record's last user message, whitespace collapsed; empty when it has none."""
+        users = [m.content for m in record.prompt() if m.role == "user"]
+        return " ".join(users[-1].split()) if users else ""
+
+    def accept(self, pool: list[Record], messages: list[Message]) -> Reject | None:
+        text = normalise(messages[-1].content)
+        if any(normalise(self.instruction(r)) == text for r in pool):
+            return Reject("duplicate: same instruction already in the pool")
+        return None
+
+
+class SelfInstructTask(InstructionPoolTask):
     """Self-instruct (Wang et al., 2023): few-shot prompts sampled from the pool yield new instructions.
 
     New instructions join the pool, so later rounds see earlier machine-written examples too,
@@ -113,17 +139,10 @@ class SelfInstructTask(ExpandTask):
         max_words: int = Field(120, ge=1)
         keep_inputs: bool = Field(True, description="Pass the seeds through to the output as well.")
 
-    def __init__(self, options: Options | None = None, **kwargs) -> None:
-        super().__init__(options, **kwargs)
-        self.keep_inputs = self.options.keep_inputs
-
-    def target(self) -> int:
-        return self.options.num_instructions
-
     def propose(self, pool: list[Record], count: int, rng: random.Random) -> list[Proposal]:
         o = self.options
-        seeds = [r for r in pool if "generated_by" not in r.metadata and self._instruction(r)]
-        made = [r for r in pool if "generated_by" in r.metadata and self._instruction(r)]
+        seeds = [r for r in pool if "generated_by" not in r.metadata and self.instruction(r)]
+        made = [r for r in pool if "generated_by" in r.metadata and self.instruction(r)]
         if not seeds and not made:
             return []
         n_prompts = max(1, -(-count // o.per_prompt))
@@ -132,7 +151,7 @@ class SelfInstructTask(ExpandTask):
             picked = rng.sample(seeds, min(o.seed_examples, len(seeds)))
             picked += rng.sample(made, min(o.generated_examples, len(made)))
             rng.shuffle(picked)
-            examples = "\n".join(f"{i}. {self._instruction(r)}" for i, r in enumerate(picked, 1))
+            examples = "\n".join(f"{i}. {self.instruction(r)}" for i, r in enumerate(picked, 1))
             text = o.prompt.format(
                 examples=examples,
                 count=o.per_prompt,
@@ -141,11 +160,6 @@ class SelfInstructTask(ExpandTask):
             )
             proposals.append(Proposal(messages=[Message(role="user", content=text)], parents=picked))
         return proposals
-
-    @staticmethod
-    def _instruction(record: Record) -> str:
-        users = [m.content for m in record.prompt() if m.role == "user"]
-        return " ".join(users[-1].split()) if users else ""
 
     def parse(self, proposal: Proposal, sample: Sample) -> list[list[Message]] | Reject:
         o = self.options
@@ -157,7 +171,7 @@ class SelfInstructTask(ExpandTask):
         items = numbered or [ln for ln in lines if not ln.endswith(":")][:1]
         if not items:
             return Reject("no instruction found: only preamble lines")
-        examples = {_normalise(self._instruction(p)) for p in proposal.parents}
+        examples = {normalise(self.instruction(p)) for p in proposal.parents}
         out, reasons = [], []
         for item in items[: o.per_prompt]:
             text = _PREFIX.sub("", item).strip().strip('"').strip()
@@ -166,17 +180,11 @@ class SelfInstructTask(ExpandTask):
                 reasons.append(f"too short: {words} words < {o.min_words}")
             elif words > o.max_words:
                 reasons.append(f"too long: {words} words > {o.max_words}")
-            elif _normalise(text) in examples:
+            elif normalise(text) in examples:
                 reasons.append("copied a few-shot example")
             else:
                 out.append([Message(role="user", content=text)])
         return out if out else Reject(reasons[0])
-
-    def accept(self, pool: list[Record], messages: list[Message]) -> Reject | None:
-        text = _normalise(messages[-1].content)
-        if any(_normalise(self._instruction(r)) == text for r in pool):
-            return Reject("duplicate: same instruction already in the pool")
-        return None
 
 
 @hookimpl

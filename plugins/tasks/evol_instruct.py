@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,8 +26,9 @@ from distill.filter import KEEP, Decision, Drop, Filter
 from distill.hookspecs import hookimpl
 from distill.plugin import Options
 from distill.records import Message, Record
-from distill.task import ExpandTask, Proposal, Reject
+from distill.task import Proposal, Reject
 from distill.teacher import Sample
+from distill_plugins.tasks.basic import InstructionPoolTask, normalise
 
 Method = Literal["constraints", "deepen", "concretize", "reasoning", "breadth"]
 
@@ -63,11 +64,10 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-class EvolInstructTask(ExpandTask):
+class EvolInstructTask(InstructionPoolTask):
     """New, harder and rarer instructions, evolved from the pool's over `generations`."""
 
     name = "evol-instruct"
-    keep_inputs = True
 
     class Options(Options):
         num_instructions: int = Field(20, ge=1, description="Evolved instructions to produce.")
@@ -85,23 +85,16 @@ class EvolInstructTask(ExpandTask):
         max_words: int = Field(300, ge=1, description="Longer outputs are not an instruction.")
         keep_inputs: bool = Field(True, description="Pass the seeds through to the output as well.")
 
-    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.keep_inputs = self.options.keep_inputs
-
-    def target(self) -> int:
-        return self.options.num_instructions
-
     def propose(self, pool: list[Record], count: int, rng: random.Random) -> list[Proposal]:
         o = self.options
         evolved = {r.metadata.get("evolved_from") for r in pool}
-        ready = [r for r in pool if r.id not in evolved and self._instruction(r) and _generation(r) < o.generations]
+        ready = [r for r in pool if r.id not in evolved and self.instruction(r) and _generation(r) < o.generations]
         rng.shuffle(ready)
         ready.sort(key=_generation)  # stable: the oldest generation first, random within it
         proposals = []
         for parent in ready[:count]:
             method = rng.choice(o.methods)
-            instruction = self._instruction(parent)
+            instruction = self.instruction(parent)
             text = (
                 IN_BREADTH.format(instruction=instruction)
                 if method == "breadth"
@@ -120,11 +113,6 @@ class EvolInstructTask(ExpandTask):
             )
         return proposals
 
-    @staticmethod
-    def _instruction(record: Record) -> str:
-        users = [m.content for m in record.prompt() if m.role == "user"]
-        return users[-1].strip() if users else ""
-
     def parse(self, proposal: Proposal, sample: Sample) -> list[list[Message]] | Reject:
         text = _LEAD.sub("", sample.text.strip()).strip().strip('"').strip()
         if not text:
@@ -133,19 +121,13 @@ class EvolInstructTask(ExpandTask):
             return Reject("elimination rule 4: copied the rewriting prompt's words")
         if len(text.split()) > self.options.max_words:
             return Reject(f"too long: {len(text.split())} words > {self.options.max_words}")
-        parent = set(_words(self._instruction(proposal.parents[0])))
+        parent = set(_words(self.instruction(proposal.parents[0])))
         new = [w for w in set(_words(text)) if w not in parent]
         if proposal.metadata.get("evol_method") != "breadth" and len(new) < self.options.min_new_words:
             return Reject("elimination rule 1: no information gain over the instruction it evolved from")
-        if " ".join(_words(text)) == " ".join(_words(self._instruction(proposal.parents[0]))):
+        if normalise(text) == normalise(self.instruction(proposal.parents[0])):
             return Reject("elimination rule 1: the same instruction as its parent")
         return [[Message(role="user", content=text)]]
-
-    def accept(self, pool: list[Record], messages: list[Message]) -> Reject | None:
-        text = " ".join(_words(messages[-1].content))
-        if any(" ".join(_words(self._instruction(r))) == text for r in pool):
-            return Reject("duplicate: same instruction already in the pool")
-        return None
 
 
 def _generation(record: Record) -> int:

@@ -11,29 +11,21 @@ from a `response` stage after this one, like any other instruction's.
 from __future__ import annotations
 
 import random
-import re
-from typing import Any
 
 from pydantic import Field
 
 from distill.hookspecs import hookimpl
 from distill.plugin import Options
 from distill.records import Message, Record
-from distill.task import ExpandTask, Proposal, Reject
+from distill.task import Proposal, Reject
 from distill.teacher import Sample
-
-_SPACE = re.compile(r"\s+")
-
-
-def _normalise(text: str) -> str:
-    return _SPACE.sub(" ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+from distill_plugins.tasks.basic import InstructionPoolTask
 
 
-class MagpieTask(ExpandTask):
+class MagpieTask(InstructionPoolTask):
     """New user instructions written by the model from an empty user turn."""
 
     name = "magpie"
-    keep_inputs = False
 
     class Options(Options):
         num_instructions: int = Field(20, ge=1, description="Instructions to produce.")
@@ -43,13 +35,6 @@ class MagpieTask(ExpandTask):
         min_words: int = Field(3, ge=1, description="Shorter outputs are not an instruction.")
         max_words: int = Field(200, ge=1)
         keep_inputs: bool = Field(False, description="Pass the run's seeds (if any) through to the output as well.")
-
-    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.keep_inputs = self.options.keep_inputs
-
-    def target(self) -> int:
-        return self.options.num_instructions
 
     def propose(self, pool: list[Record], count: int, rng: random.Random) -> list[Proposal]:
         # Every proposal is the same conversation; the core gives each its own sampling seed.
@@ -70,14 +55,6 @@ class MagpieTask(ExpandTask):
         if sample.finish_reason == "length":
             return Reject("cut off: the model did not end the user's turn within max_tokens")
         return [[Message(role="user", content=text)]]
-
-    def accept(self, pool: list[Record], messages: list[Message]) -> Reject | None:
-        text = _normalise(messages[-1].content)
-        for r in pool:
-            users = [m.content for m in r.prompt() if m.role == "user"]
-            if users and _normalise(users[-1]) == text:
-                return Reject("duplicate: same instruction already in the pool")
-        return None
 
 
 @hookimpl
