@@ -183,13 +183,21 @@ class Run:
 
     def stage_names(self) -> list[str]:
         """`seeds` and every stage with output, in the order they ran."""
-        folder = self.output / STAGES_DIR
-        found = [p.parent.name for p in folder.glob(f"*/{MANIFEST}")] if folder.is_dir() else []
-        return sorted(found, key=lambda n: (self._manifest(n).started_at.timestamp(), n))
+        return list(self._manifests())
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage: records in, generated, kept and rejected, as the stage's manifest has them."""
-        return {name: dict(self._manifest(name).stats.get("totals", {})) for name in self.stage_names()}
+        return {name: dict(m.stats.get("totals", {})) for name, m in self._manifests().items()}
+
+    def _manifests(self) -> dict[str, StageManifest]:
+        """Every stage's manifest, read once, in the order the stages ran."""
+        folder = self.output / STAGES_DIR
+        found = (
+            {p.parent.name: self._manifest(p.parent.name) for p in folder.glob(f"*/{MANIFEST}")}
+            if folder.is_dir()
+            else {}
+        )
+        return dict(sorted(found.items(), key=lambda kv: (kv[1].started_at.timestamp(), kv[0])))
 
     def records(self, stage: str, which: Literal["kept", "rejected"] = "kept") -> Iterator[Record]:
         """A stage's records with their provenance, in commit order."""
@@ -206,8 +214,9 @@ class Run:
         folder = self.output / EXPORT_DIR / name
         if folder.is_dir():
             return datasets.load_from_disk(str(folder))
-        if name not in self.stage_names():
-            known = ", ".join(self.stage_names()) or "none"
+        names = self.stage_names()
+        if name not in names:
+            known = ", ".join(names) or "none"
             raise StoreError(f"no stage or export named {name!r} in {self.output} (stages: {known})")
         return datasets.Dataset.from_list([_row(r) for r in self.records(name)])
 
