@@ -144,8 +144,10 @@ class Budget:
     def limited(self) -> bool:
         return self.max_total_tokens is not None or self.max_cost_usd is not None
 
-    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
-        return (prompt_tokens * (self.price_prompt or 0.0) + completion_tokens * (self.price_completion or 0.0)) / 1000
+    def cost(self, prompt_tokens: float, completion_tokens: float, price_factor: float = 1.0) -> float:
+        """Dollars at the configured prices, times `price_factor` (a batch API's discount)."""
+        dollars = prompt_tokens * (self.price_prompt or 0.0) + completion_tokens * (self.price_completion or 0.0)
+        return dollars * price_factor / 1000
 
     def exhausted(self) -> str | None:
         """Why no further request may be sent, or None."""
@@ -162,13 +164,16 @@ class Budget:
         return None
 
     def _would_exceed(self, estimate: float) -> bool:
+        return not self.fits(self.reserved + estimate)
+
+    def fits(self, pending: float, price_factor: float = 1.0) -> bool:
+        """Whether `pending` more tokens (an estimate) stay within the caps."""
         s = self.spent
-        pending = self.reserved + estimate
         if self.max_total_tokens is not None and s.total_tokens + pending > self.max_total_tokens:
-            return True
+            return False
         # Reserve dollars at the dearer of the two prices: the split is unknown in advance.
-        price = max(self.price_prompt or 0.0, self.price_completion or 0.0)
-        return self.max_cost_usd is not None and s.cost_usd + pending * price / 1000 > self.max_cost_usd
+        price = max(self.price_prompt or 0.0, self.price_completion or 0.0) * price_factor
+        return self.max_cost_usd is None or s.cost_usd + pending * price / 1000 <= self.max_cost_usd
 
     async def reserve(self, estimate: float) -> str | None:
         """Hold `estimate` tokens for a request about to be sent; returns the reason to stop
@@ -192,12 +197,12 @@ class Budget:
             self.reserved = max(0.0, self.reserved - estimate)
             self._released.set()
 
-    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, price_factor: float = 1.0) -> None:
         s = self.spent
         s.requests += 1
         s.prompt_tokens += prompt_tokens
         s.completion_tokens += completion_tokens
-        s.cost_usd += self.cost(prompt_tokens, completion_tokens)
+        s.cost_usd += self.cost(prompt_tokens, completion_tokens, price_factor)
         self._save()
 
     def _save(self) -> None:

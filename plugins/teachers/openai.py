@@ -25,14 +25,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
-
 from distill.errors import PluginError, TeacherUnavailable
 from distill.hookspecs import hookimpl
 from distill.models.folders import SAMPLING_FIELDS
 from distill.plugin import PluginContext
 from distill.seeding import derive_seed
-from distill.teacher import ChatRequest, ModelInfo, Sample, SamplingOptions, Teacher, in_order
+from distill.teacher import ChatRequest, ModelInfo, Sample, Teacher, in_order
+from distill_plugins.teachers._api_batch import BatchJobs, BatchSettings, Ledger, Outcome, request_body
 from distill_plugins.teachers._api_replicas import replica_options
 from distill_plugins.teachers._api_retry import (
     CallState,
@@ -52,9 +51,9 @@ from distill_plugins.teachers._api_support import (
     emit_as_completed,
     error_message,
 )
+from distill_plugins.teachers._openai_options import OpenAIOptions
 
 OPENAI_URL = "https://api.openai.com/v1"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FORMAT_REFUSED = re.compile(r"response_format|json_schema|guided|structured", re.I)
 
 
@@ -68,62 +67,7 @@ class OpenAITeacher(Teacher):
     name = "openai"
     requires = ("api",)
 
-    class Options(SamplingOptions):
-        model: str = Field(description="Model id as the server names it.")
-        base_url: str | None = Field(None, description="API root, e.g. http://127.0.0.1:8000/v1; default: OpenAI's.")
-        api_key_env: str = Field(
-            "OPENAI_API_KEY",
-            description="NAME of the environment variable that "
-            "holds the key (never the key itself). May be unset for a local base_url.",
-        )
-        license: str | None = Field(
-            None,
-            description="SPDX or LicenseRef of the model's terms. Default: "
-            "LicenseRef-OpenAI-Terms for OpenAI, else LicenseRef-Unspecified.",
-        )
-        revision: str | None = Field(None, description="Model snapshot, recorded in provenance.")
-        concurrency: int = Field(8, ge=1, description="Requests in progress at once (retries keep their slot).")
-        requests_per_minute: float | None = Field(None, gt=0)
-        tokens_per_minute: float | None = Field(
-            None,
-            gt=0,
-            description="Estimated from prompt length and max_tokens, corrected with the usage the server reports.",
-        )
-        max_retries: int = Field(6, ge=0, description="Retries per request after the first attempt.")
-        timeout: float = Field(60.0, gt=0, description="Seconds per attempt.")
-        backoff_base: float = Field(0.5, gt=0, description="First back-off bound in seconds (full jitter).")
-        backoff_max: float = Field(30.0, gt=0)
-        circuit_breaker: int = Field(
-            20, ge=1, description="Give up after this many consecutive requests failed all their retries."
-        )
-        max_total_tokens: int | None = Field(
-            None, ge=1, description="Stop once this many tokens (prompt + completion) were spent, across resumes."
-        )
-        max_cost_usd: float | None = Field(
-            None, gt=0, description="Stop once this much was spent, across resumes; needs the prices."
-        )
-        price_per_1k_prompt: float | None = Field(None, ge=0)
-        price_per_1k_completion: float | None = Field(None, ge=0)
-        logprobs: bool = Field(False, description="Ask for each generated token's log-probability.")
-        use_response_format: bool = Field(
-            True, description="Send a request's response_format; dropped automatically if the server rejects it."
-        )
-
-        @field_validator("api_key_env")
-        @classmethod
-        def _is_a_name(cls, value: str) -> str:
-            if not _ENV_NAME.match(value):
-                # Never echo the value: the likeliest mistake is pasting the key itself here.
-                raise ValueError("must be the NAME of an environment variable (letters, digits, _), not the key itself")
-            return value
-
-        @model_validator(mode="after")
-        def _prices_for_cost(self) -> OpenAITeacher.Options:
-            if self.max_cost_usd is not None and (
-                self.price_per_1k_prompt is None or self.price_per_1k_completion is None
-            ):
-                raise ValueError("max_cost_usd needs price_per_1k_prompt and price_per_1k_completion")
-            return self
+    Options = OpenAIOptions
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -141,6 +85,7 @@ class OpenAITeacher(Teacher):
         self._failures = 0  # consecutive requests that used up their retries
         self._send_response_format = self.options.use_response_format
         self._n_supported = True
+        self._jobs: BatchJobs | None = None
 
     def __repr__(self) -> str:
         return f"OpenAITeacher(model={self.options.model!r}, host={self._host()!r})"
@@ -173,10 +118,11 @@ class OpenAITeacher(Teacher):
         return out
 
     def requests_in_flight(self) -> int:
-        """Every call shares the one loop and semaphore: overlapping calls keep `concurrency` busy."""
-        return self.options.concurrency
+        """Every call shares the one loop and semaphore: overlapping calls keep `concurrency` busy.
+        In batch mode a whole batch is in flight: the core's chunks are gathered into it."""
+        return self.options.batch_max_requests if self.options.batch else self.options.concurrency
 
-    def replica_options(self, index: int, count: int) -> OpenAITeacher.Options:
+    def replica_options(self, index: int, count: int) -> OpenAIOptions:
         """Concurrency, rate limits and spend caps are the teacher's totals: split (see _api_replicas)."""
 
         context = getattr(self, "context", None)
@@ -242,6 +188,8 @@ class OpenAITeacher(Teacher):
                 timeout=self.options.timeout,
             )
             self._sem = asyncio.Semaphore(self.options.concurrency)
+            if self.options.batch:
+                self._jobs = self._batch_jobs()
 
         runner.run(make())
         self._runner = runner
@@ -253,11 +201,13 @@ class OpenAITeacher(Teacher):
             return
         if self._client is not None:
             try:
+                if self._jobs is not None:
+                    runner.run(self._jobs.close(), timeout=10)
                 runner.run(self._client.close(), timeout=10)
             except Exception:
                 pass
         runner.stop()
-        self._client = self._sem = None
+        self._client = self._sem = self._jobs = None
 
     # -- generating ------------------------------------------------------------------------
 
@@ -272,8 +222,15 @@ class OpenAITeacher(Teacher):
         yield from self._start().stream(lambda emit: self._run_batch(requests, emit))
 
     async def _run_batch(self, requests: list[ChatRequest], emit: Callable[[Any], None]) -> None:
-        tasks = [asyncio.create_task(self._request(i, r)) for i, r in enumerate(requests)]
+        ask = self._batched if self.options.batch else self._request
+        tasks = [asyncio.create_task(ask(i, r)) for i, r in enumerate(requests)]
         failed = await emit_as_completed(tasks, emit, _RequestFailed)
+        if failed and self.options.batch:
+            reasons = sorted({str(f) for f in failed})
+            raise TeacherUnavailable(
+                f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} requests were not answered "
+                f"by their batch (batch_failures: report): {'; '.join(reasons[:3])}"
+            )
         if failed:
             raise TeacherUnavailable(
                 f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} "
@@ -288,9 +245,9 @@ class OpenAITeacher(Teacher):
         async with self._sem:  # held through back-off too, so a dead server sees few requests
             return i, await self._samples_for(req, n, seed)
 
-    async def _samples_for(self, req: ChatRequest, n: int, seed: int) -> list[Sample]:
-        samples: list[Sample] = []
-        if n == 1 or self._n_supported:
+    async def _samples_for(self, req: ChatRequest, n: int, seed: int, got: list[Sample] | None = None) -> list[Sample]:
+        samples: list[Sample] = list(got or [])
+        if not samples and (n == 1 or self._n_supported):
             samples = await self._call(req, n, seed)
             if len(samples) < n:
                 self._n_supported = False  # remembered: later requests go one sample at a time
@@ -299,6 +256,64 @@ class OpenAITeacher(Teacher):
             samples.extend(await self._call(req, 1, seed if k == 0 else derive_seed(seed, k, bits=31)))
         self.usage.requests += 1
         return samples[:n]
+
+    # -- the Batch API -----------------------------------------------------------------------
+
+    def _batch_jobs(self) -> BatchJobs:
+        o = self.options
+        assert self._budget is not None
+
+        def count(prompt: int, completion: int) -> None:
+            self.usage.prompt_tokens += prompt
+            self.usage.completion_tokens += completion
+
+        settings = BatchSettings(
+            window=o.batch_window,
+            max_requests=o.batch_max_requests,
+            poll_interval=o.batch_poll_seconds,
+            completion_window=o.batch_completion_window,
+            price_factor=o.batch_price_factor,
+            where=f"openai teacher ({self._host()})",
+        )
+        state = getattr(getattr(self, "context", None), "state_dir", None)
+        return BatchJobs(self._client, Ledger(state), self._budget, settings, on_usage=count)
+
+    async def _batched(self, i: int, req: ChatRequest) -> tuple[int, list[Sample]]:
+        """One request through a batch; what the batch does not answer goes live or is reported."""
+        n = req.n or self.options.n
+        seed = req.seed if req.seed is not None else self.options.seed
+        body = request_body(self._kwargs(req, n, seed))
+        estimate, raw = self._estimator.estimate(req.messages, self.options.max_tokens, n)
+        assert self._jobs is not None
+        try:
+            outcome = await self._jobs.ask(body, estimate)
+        except asyncio.CancelledError:
+            self._jobs.forget(body)
+            raise
+        samples, error = self._batch_samples(outcome, raw)
+        if len(samples) >= n:
+            self.usage.requests += 1
+            return i, samples[:n]
+        if self.options.batch_failures == "report":
+            raise _RequestFailed(self._scrub(error or f"{len(samples)} of {n} samples"))
+        assert self._sem is not None
+        async with self._sem:
+            return i, await self._samples_for(req, n, seed, samples)
+
+    def _batch_samples(self, outcome: Outcome, raw: float) -> tuple[list[Sample], str | None]:
+        from openai.types.chat import ChatCompletion
+        from pydantic import ValidationError
+
+        if outcome.response is None:
+            return [], outcome.error
+        try:
+            parsed = chat_samples(ChatCompletion.model_validate(outcome.response))
+        except ValidationError as exc:
+            return [], f"malformed response in the batch output ({exc.error_count()} errors)"
+        if parsed is None:
+            return [], "no choices in the batch output"
+        self._estimator.observe(raw, parsed[1])
+        return parsed[0], None
 
     def _kwargs(self, req: ChatRequest, n: int, seed: int) -> dict[str, Any]:
         o = self.options
