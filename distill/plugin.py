@@ -44,6 +44,10 @@ class PluginContext:
     #: `executor: ray` runs its teacher in Ray actors): it must describe its model (identity,
     #: terms, sampling) and may check its options, but should not load weights or start an engine.
     remote_engine: bool = False
+    #: The run's log, for what a plugin should tell the person running it in words: a batch
+    #: submitted or still pending, a long wait. Scrubbed of secrets by the core's printer like
+    #: every other line. None outside a pipeline run.
+    log: Callable[[str], None] | None = None
 
 
 #: The options base class, under a name the `Plugin.Options` attribute does not shadow.

@@ -25,8 +25,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,38 @@ def vllm_engine(model_dir: Path, served_name: str, log: Path | None = None) -> E
             with open(log or os.devnull, "ab") as sink:
                 subprocess.run(cmd, check=True, stdout=sink, stderr=subprocess.STDOUT, env=env, timeout=900)
             return [json.loads(x) for x in dst.read_text().splitlines() if x.strip()]
+
+    return run
+
+
+def post_chat(base_url: str) -> Callable[[dict], dict]:
+    """Live requests answered by a real OpenAI-compatible server (a vLLM one)."""
+
+    def call(body: dict) -> dict:
+        request = urllib.request.Request(
+            f"{base_url}/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+
+    return call
+
+
+def server_engine(base_url: str, concurrency: int = 16) -> Engine:
+    """A batch answered by the same server that answers live requests, `concurrency` lines at a
+    time: live and batch mode then differ only in how requests travel, not in who answers."""
+    call = post_chat(base_url)
+
+    def one(line: dict) -> dict:
+        try:
+            response = {"status_code": 200, "request_id": "r", "body": call(line["body"])}
+        except urllib.error.HTTPError as exc:
+            response = {"status_code": exc.code, "request_id": "r", "body": {"error": {"message": str(exc)}}}
+        return {"id": "batch_req", "custom_id": line["custom_id"], "response": response, "error": None}
+
+    def run(lines: list[dict]) -> list[dict]:
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(one, lines))
 
     return run
 

@@ -118,6 +118,7 @@ class RunContext:
                     state_dir=state,
                     seeds=self.seed_records,
                     remote_engine=remote_engine,
+                    log=self.log,
                 )
             )
         except DistillError:

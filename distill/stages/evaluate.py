@@ -320,6 +320,7 @@ def _engine(run: RunContext, i: int, stage: EvaluateStage, c: Any, folder: str |
                 base_dir=run.loaded.base_dir,
                 progress=run.progress,
                 state_dir=run.output / "state" / f"{stage.name}.{c.name}",
+                log=run.log,
             )
         )
     except DistillError:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,8 @@ class BatchSettings:
     completion_window: str
     price_factor: float
     where: str  # "openai teacher (host)", for messages
+    #: Where progress lines go: the run's log (a batch can take hours; silence looks like a hang).
+    say: Callable[[str], None] = log.info
 
 
 @dataclass
@@ -259,9 +262,8 @@ class BatchJobs:
         )
         self.ledger.record({"file": file_id, "batch": batch.id})
         self.batches_created += 1
-        log.info(
-            "%s: batch %s submitted (%d requests)", self.settings.where, batch.id, len(self.ledger.file_ids[file_id])
-        )
+        count = len(self.ledger.file_ids[file_id])
+        self.settings.say(f"{self.settings.where}: batch {batch.id} submitted ({count} requests)")
 
     async def _adopt(self, file_id: str) -> str | None:
         """The batch made from `file_id` by a run killed before it wrote the batch down, if any."""
@@ -297,15 +299,20 @@ class BatchJobs:
         self._flush_soon()
 
     async def _poll(self, batch_id: str) -> Any:
-        status = None
+        """The batch once it is final; a line for the log when its status changes, and at most
+        once a minute while its count of answered requests grows."""
+        said: tuple[str, int] | None = None
+        last = 0.0
         while True:
             batch = await self.client.batches.retrieve(batch_id)
-            if batch.status != status:
-                status = batch.status
-                counts = batch.request_counts
-                done = f" ({counts.completed}/{counts.total})" if counts is not None else ""
-                log.info("%s: batch %s %s%s", self.settings.where, batch_id, status, done)
-            if status in FINAL:
+            counts = batch.request_counts
+            done = (counts.completed + counts.failed) if counts is not None else 0
+            now = time.monotonic()
+            if said is None or batch.status != said[0] or (done != said[1] and now - last >= 60):
+                total = f" ({done}/{counts.total} answered)" if counts is not None and counts.total else ""
+                self.settings.say(f"{self.settings.where}: batch {batch_id} {batch.status}{total}")
+                said, last = (batch.status, done), now
+            if batch.status in FINAL:
                 return batch
             await asyncio.sleep(self.settings.poll_interval)
 

@@ -225,7 +225,7 @@ class OpenAITeacher(Teacher):
         ask = self._batched if self.options.batch else self._request
         tasks = [asyncio.create_task(ask(i, r)) for i, r in enumerate(requests)]
         failed = await emit_as_completed(tasks, emit, _RequestFailed)
-        if failed and self.options.batch:
+        if failed and self.options.batch and self.options.batch_failures == "report":
             reasons = sorted({str(f) for f in failed})
             raise TeacherUnavailable(
                 f"openai teacher ({self._host()}): {len(failed)} of {len(requests)} requests were not answered "
@@ -275,7 +275,10 @@ class OpenAITeacher(Teacher):
             price_factor=o.batch_price_factor,
             where=f"openai teacher ({self._host()})",
         )
-        state = getattr(getattr(self, "context", None), "state_dir", None)
+        context = getattr(self, "context", None)
+        if context is not None and context.log is not None:
+            settings.say = context.log
+        state = getattr(context, "state_dir", None)
         return BatchJobs(self._client, Ledger(state), self._budget, settings, on_usage=count)
 
     async def _batched(self, i: int, req: ChatRequest) -> tuple[int, list[Sample]]:
