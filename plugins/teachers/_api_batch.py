@@ -36,6 +36,7 @@ from distill_plugins.teachers._api_support import Budget
 log = logging.getLogger("distill.teachers.batch")
 
 ENDPOINT = "/v1/chat/completions"
+ADOPT_SCAN = 1000
 #: Statuses after which a batch changes no more.
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -266,11 +267,18 @@ class BatchJobs:
         self.settings.say(f"{self.settings.where}: batch {batch.id} submitted ({count} requests)")
 
     async def _adopt(self, file_id: str) -> str | None:
-        """The batch made from `file_id` by a run killed before it wrote the batch down, if any."""
+        """The batch made from `file_id` by a run killed before it wrote the batch down, if any.
+
+        Looked for among the newest `ADOPT_SCAN` batches (listed newest first): it was created
+        moments after its file, and a resume rarely comes after a thousand more batches."""
+        seen = 0
         async for batch in self.client.batches.list(limit=100):
             if batch.input_file_id == file_id:
                 self.ledger.record({"file": file_id, "batch": batch.id})
                 return str(batch.id)
+            seen += 1
+            if seen >= ADOPT_SCAN:
+                break
         return None
 
     # -- waiting ---------------------------------------------------------------------------
@@ -293,8 +301,8 @@ class BatchJobs:
             raise
         except Exception as exc:  # each request waiting on this batch reports it
             self._settle(file_id, {}, f"batch for file {file_id} could not be followed: {type(exc).__name__}: {exc}")
-            return
-        self._settle(file_id, outcomes, f"batch {batch.id} ended {batch.status!r}{_errors(batch)}")
+        else:
+            self._settle(file_id, outcomes, f"batch {batch.id} ended {batch.status!r}{_errors(batch)}")
         self._reserved.pop(file_id, None)
         self._flush_soon()
 
