@@ -19,6 +19,9 @@ EVAL_DIR = "eval"
 STATE_DIR = "state"
 STALE_DIR = "stale"
 DAMAGED_DIR = "damaged"
+#: People's decisions on a stage's records (`OUT/review/<stage>/`), made with `distill review`.
+REVIEW_DIR = "review"
+DECISIONS_FILE = "decisions.jsonl"
 
 #: A stage folder (`OUT/stages/<stage>/`)
 MANIFEST = "manifest.json"

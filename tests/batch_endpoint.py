@@ -107,6 +107,11 @@ def vllm_engine(model_dir: Path, served_name: str, log: Path | None = None) -> E
                 "512",
                 "--seed",
                 "0",
+                # A whole batch arrives at once; a prompt split over two steps (chunked prefill)
+                # makes vLLM 0.32's CPU sampler fail every seeded request ("CPU Generator does
+                # not use offset"). A token budget above the batch's prompts keeps them whole.
+                "--max-num-batched-tokens",
+                "65536",
             ]
             env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
             with open(log or os.devnull, "ab") as sink:

@@ -19,6 +19,7 @@ from distill.cli.cache import cache_app
 from distill.cli.licenses import licenses_app
 from distill.cli.output import print_error
 from distill.cli.push import push_command
+from distill.cli.review import review_command
 from distill.config.loader import load_config
 from distill.config.schema import SCHEMAS, render
 from distill.errors import DistillError, StoreError, scrub
@@ -288,6 +289,7 @@ def _mount() -> None:
     app.add_typer(licenses_app, name="licenses", help="Which terms a model gets and why; the license registry.")
     app.command(name="audit")(audit_command)
     app.command(name="push")(push_command)
+    app.command(name="review")(review_command)
 
 
 _mount()

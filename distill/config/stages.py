@@ -145,6 +145,33 @@ class ExportStage(_Stage):
     format: Literal["sft", "preference"] = "sft"
 
 
+class ReviewStage(_Stage):
+    """People's decisions (made with `distill review OUT --stage <the stage before this one>`)
+    applied to the records before it: accepted kept, rejected dropped with the reviewer's
+    reason, rankings and choices as candidate scores, edits as `edited` events; the reviewers
+    are `human` models in provenance under `license`."""
+
+    kind: Literal["review"]
+    unreviewed: Literal["keep", "drop", "wait"] = Field(
+        "keep",
+        description="Records nobody decided on: `keep` them as they are, `drop` them, or `wait` "
+        "(the stage fails, saying how many are left, until every record has a decision).",
+    )
+    conflicts: Literal["drop", "latest"] = Field(
+        "drop",
+        description="Reviewers who disagree on a record (accept vs reject, or a different best "
+        "candidate): `drop` it, naming who said what, or follow whoever decided `latest`.",
+    )
+    reviewers: list[str] | None = Field(
+        None, description="Only these reviewers' decisions count (default: everyone's)."
+    )
+    license: str = Field(
+        "LicenseRef-Own-Work",
+        description="Terms of the reviewers' work (rankings, edits), audited like a model's: "
+        "by default your own; set it when annotators work under a contract or a data license.",
+    )
+
+
 class TrainStep(StrictModel):
     """One trainer run; a stage's steps form a chain, each starting from the previous output."""
 
@@ -308,7 +335,8 @@ class EvaluateStage(_Stage):
 
 
 Stage = Annotated[
-    GenerateStage | RankStage | FilterStage | ExportStage | TrainStage | EvaluateStage, Field(discriminator="kind")
+    GenerateStage | RankStage | FilterStage | ReviewStage | ExportStage | TrainStage | EvaluateStage,
+    Field(discriminator="kind"),
 ]
 
 

@@ -70,14 +70,22 @@ def open_store(run: RunContext, name: str, kind: str, digest: str) -> StageStore
     return store
 
 
-def finish(run: RunContext, store: StageStore, started: float, calls: dict[str, Any] | None = None) -> None:
-    """Check that no record was lost, seal the manifest, tell the observers."""
+def finish(
+    run: RunContext,
+    store: StageStore,
+    started: float,
+    calls: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Check that no record was lost, seal the manifest (with the stage's own `extra` figures),
+    tell the observers."""
     totals = store.manifest.totals()
     if totals["in"] + totals["generated"] != totals["kept"] + totals["rejected"]:
         raise AssertionError(f"stage {store.stage!r} lost records: {totals}")
     stats: dict[str, Any] = {"totals": totals, "reasons": dict(store.manifest.reasons())}
     if calls is not None:
         stats["calls"] = calls
+    stats.update(extra or {})
     store.finish(stats)
     run.registry.notify("stage_finished", stage=store.stage, stats=stats)
     run.result.stages.append(summary(store, skipped=False, seconds=time.monotonic() - started))
