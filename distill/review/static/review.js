@@ -14,6 +14,7 @@ let summary = null;   // the stage's records, as /api/records lists them
 let record = null;    // the record on screen
 let ranking = [];     // candidates ranked so far with shift+digit, best first
 let editing = null;   // null, "answer" or a candidate index
+let latest = 0;       // the newest refresh: an older one that answers late is not shown
 
 function reviewer() {
   return $("reviewer").value.trim() || meta("reviewer");
@@ -84,8 +85,8 @@ async function decide(action, extra = {}) {
   setPending([...pending(), decision]);
   if (await flush()) {
     status(`saved: ${action}`, true);
-    await refresh(record.id);
-    if (action === "accept" || action === "reject") move(1);
+    const shown = await refresh();
+    if (shown && shown === decision.record && (action === "accept" || action === "reject")) move(1);
   }
 }
 
@@ -249,7 +250,10 @@ function flag() {
 }
 
 async function refresh(id) {
-  summary = await getJSON(`/api/records?reviewer=${encodeURIComponent(reviewer())}`);
+  const mine = ++latest;
+  const listed = await getJSON(`/api/records?reviewer=${encodeURIComponent(reviewer())}`);
+  if (mine !== latest) return null;
+  summary = listed;
   $("progress").textContent = `${summary.reviewed} of ${summary.total} reviewed by ${summary.reviewer}`;
   const a = summary.agreement;
   $("agreement").textContent = a.verdict_pairs
@@ -257,11 +261,18 @@ async function refresh(id) {
       (a.verdict_kappa !== null ? ` (kappa ${a.verdict_kappa})` : "")
     : "";
   const target = id || location.hash.slice(1);
-  if (!target) return nextUnreviewedOrFirst();
+  if (!target) {
+    nextUnreviewedOrFirst();
+    return null;
+  }
   try {
-    show(await getJSON(`/api/records/${encodeURIComponent(target)}?reviewer=${encodeURIComponent(reviewer())}`));
+    const data = await getJSON(`/api/records/${encodeURIComponent(target)}?reviewer=${encodeURIComponent(reviewer())}`);
+    if (mine !== latest) return null;
+    show(data);
+    return data.id;
   } catch (error) {
     status(`cannot show ${target}: ${error.message}`, false);
+    return null;
   }
 }
 
