@@ -120,12 +120,13 @@ def main() -> None:
                     result = one_run(ep, server.model, mode, rows, work / f"{mode}-{rep}", args)
                     print(json.dumps(result), flush=True)
                     runs[mode].append(result)
-    if not args.no_run_batch:
-        runs["batch (vLLM run_batch)"] = []
-        with BatchEndpoint(vllm_engine(model_dir, SERVED_MODEL, work / "run_batch.log")) as ep:
-            result = one_run(ep, SERVED_MODEL, "batch (vLLM run_batch)", rows, work / "run-batch", args)
-            print(json.dumps(result), flush=True)
-            runs["batch (vLLM run_batch)"].append(result)
+        if not args.no_run_batch:  # lines its batch fails are retried live, on the same server
+            runs["batch (vLLM run_batch)"] = []
+            engine = vllm_engine(model_dir, SERVED_MODEL, work / "run_batch.log")
+            with BatchEndpoint(engine, live=post_chat(server.base_url)) as ep:
+                result = one_run(ep, server.model, "batch (vLLM run_batch)", rows, work / "run-batch", args)
+                print(json.dumps(result), flush=True)
+                runs["batch (vLLM run_batch)"].append(result)
 
     medians = {mode: summary(r) for mode, r in runs.items()}
     live = medians["live"]
