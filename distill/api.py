@@ -150,9 +150,12 @@ def _row(r: Record) -> dict[str, Any]:
 
 
 def _interactive() -> bool:
+    """Progress by default in a terminal and in a Jupyter kernel, whose stderr is no terminal:
+    there rich draws its bars in a widget, or writes text lines without ipywidgets
+    (`distill.io.progress.progress_console`)."""
     if sys.stderr.isatty():
         return True
-    return "ipykernel" in sys.modules  # tqdm.auto draws notebook widgets there
+    return "ipykernel" in sys.modules
 
 
 class Run:

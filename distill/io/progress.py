@@ -1,7 +1,14 @@
-"""Progress bars for long work: records done, rate, and time left, on stderr."""
+"""Progress bars for long work: records done, rate, and time left, on stderr.
+
+In a terminal they are rich's live bars. In a Jupyter kernel rich draws them in an ipywidgets
+`Output`; a kernel without ipywidgets gets plain text instead (see `progress_console`), as does
+any stderr that is not a terminal: one line per stage when it ends, and one every
+`TEXT_EVERY` seconds while it runs, so a long stage is not silent until it finishes.
+"""
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any
 
@@ -15,6 +22,34 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+#: Seconds between the progress lines a stage writes where no live bar can be drawn.
+TEXT_EVERY = 30.0
+
+
+def widgets_missing() -> bool:
+    """True in a Jupyter kernel (as rich detects one) that cannot draw rich's live display.
+
+    rich draws a notebook's live display in an ipywidgets `Output`; without ipywidgets it
+    only warns 'install "ipywidgets" for Jupyter support' and shows nothing until the stage
+    ends, and not even then. Plain text on stderr is better than that."""
+    if not Console().is_jupyter:
+        return False
+    try:
+        from IPython.display import display  # noqa: F401  (what rich's notebook display imports)
+        from ipywidgets import Output  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def progress_console() -> Console:
+    """The stderr console for progress displays: rich's own choice (a live terminal, a notebook
+    widget, or text for a file), except plain text in a notebook that has no ipywidgets, as
+    wide as rich would draw the widget (a file's 80 columns would squeeze the bar's figures)."""
+    if not widgets_missing():
+        return Console(stderr=True)
+    return Console(stderr=True, force_jupyter=False, width=Console(force_jupyter=True).width)
 
 
 class _Rate(TextColumn):
@@ -56,6 +91,8 @@ class StageProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self.stage, self.total = stage, total
+        #: When a stage's progress is text (no live display), when its last line was written.
+        self._text_at: float | None = None
 
     def __enter__(self) -> StageProgress:
         if self.enabled:
@@ -68,16 +105,22 @@ class StageProgress:
                 _Calls(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=progress_console(),
                 transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task(self.stage, total=self.total or None)
+            console = self._progress.console
+            if not console.is_interactive and not console.is_jupyter:  # rich writes text at the end only
+                self._text_at = time.monotonic()
         return self
 
     def advance(self, n: int) -> None:
         if self._progress is not None and self._task is not None and n:
             self._progress.advance(self._task, n)
+            if self._text_at is not None and time.monotonic() - self._text_at >= TEXT_EVERY:
+                self._text_at = time.monotonic()
+                self._progress.console.print(self._progress.get_renderable())
 
     def calls(self, stats: object) -> None:
         if self._progress is not None and self._task is not None:

@@ -308,8 +308,9 @@ class _Steps:
 
     def _ensure(self) -> Any:
         if self._progress is None and self.enabled:
-            from rich.console import Console
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            from distill.io.progress import progress_console
 
             self._progress = Progress(
                 SpinnerColumn(finished_text="[green]done"),
@@ -317,7 +318,7 @@ class _Steps:
                 BarColumn(),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=progress_console(),
                 transient=False,
             )
             self._progress.start()
