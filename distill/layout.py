@@ -19,6 +19,8 @@ EVAL_DIR = "eval"
 STATE_DIR = "state"
 STALE_DIR = "stale"
 DAMAGED_DIR = "damaged"
+#: TensorBoard logs (`tracking: {report_to: tensorboard}`): `OUT/tensorboard/<run name>/`.
+TENSORBOARD_DIR = "tensorboard"
 #: People's decisions on a stage's records (`OUT/review/<stage>/`), made with `distill review`.
 REVIEW_DIR = "review"
 DECISIONS_FILE = "decisions.jsonl"

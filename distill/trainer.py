@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -182,6 +183,38 @@ class Hardware:
         return args
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where a trainer reports its metrics: TRL's `report_to` and `run_name`, from the config's
+    `tracking:`, and the folder TensorBoard writes in, under the run's output folder (a step's
+    `trl_args` may still choose other trackers; their logs land there too)."""
+
+    report_to: tuple[str, ...] = ()
+    run_name: str | None = None
+    logging_dir: Path | None = None
+
+    def for_step(self, step: str) -> Tracking:
+        """The chain's settings for one of its steps: its own run name and folder."""
+        return Tracking(
+            self.report_to,
+            f"{self.run_name}/{step}" if self.run_name else None,
+            self.logging_dir / step if self.logging_dir is not None else None,
+        )
+
+    def trl_args(self, fields: set[str] | None = None) -> dict[str, Any]:
+        """The TRL config's fields; `logging_dir` only where the installed TRL still has it
+        (newer transformers read `TENSORBOARD_LOGGING_DIR`, see `environment`)."""
+        args: dict[str, Any] = {"report_to": list(self.report_to) or "none"}
+        if self.run_name:
+            args["run_name"] = self.run_name
+        if self.logging_dir is not None and fields and "logging_dir" in fields:
+            args["logging_dir"] = str(self.logging_dir)
+        return args
+
+    def environment(self) -> dict[str, str]:
+        return {"TENSORBOARD_LOGGING_DIR": str(self.logging_dir)} if self.logging_dir is not None else {}
+
+
 @dataclass
 class TrainJob:
     """Everything a trainer needs for one step."""
@@ -196,6 +229,11 @@ class TrainJob:
     resume_from: Path | None = None
     #: Earlier steps' outputs by step name, for options that name one (a reward model, a teacher).
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: Where the trainer's metrics go besides `training_log.json` (the config's `tracking:`).
+    tracking: Tracking = field(default_factory=Tracking)
+    #: Tell the run how far training is (`step`, `max_steps`, `loss`): printed at the run's log
+    #: interval where stderr is not a terminal. None: nobody is listening.
+    report: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +27,7 @@ from distill.config.loader import load_config
 from distill.config.schema import SCHEMAS, render
 from distill.errors import DistillError, StoreError, scrub
 from distill.io.inspect import inspect_output, to_json
+from distill.io.runlog import DEFAULT_INTERVAL, INTERVAL_ENV, LinePrinter, library_bars_hidden
 from distill.io.store import repair as repair_output
 from distill.io.store import repair_hint, write_failure
 from distill.layout import REPORT_FILE
@@ -45,34 +49,68 @@ def _fail(exc: DistillError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
     until: Annotated[str | None, typer.Option(help="Stop before this stage.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")] = False,
     strict_plugins: Annotated[bool, typer.Option(help="Fail if any installed plugin cannot load.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="How stderr reads when it is not a terminal: a line per stage start, end and progress "
+            "(text), or the same events as JSON lines (json, also in a terminal)."
+        ),
+    ] = LogFormat.text,
+    log_interval: Annotated[
+        float,
+        typer.Option(envvar=INTERVAL_ENV, min=0, help="Seconds between progress lines (0: none)."),
+    ] = DEFAULT_INTERVAL,
 ) -> None:
     """Run (or resume) the pipeline a config describes."""
 
-    try:
-        loaded = load_config(config)
-        registry = make_registry(strict=strict_plugins or loaded.config.plugins.strict or None)
-        _report_failures(registry)
-        result = Pipeline(
-            loaded,
-            registry,
-            progress=not quiet and sys.stderr.isatty(),
-            log=lambda m: err.print(scrub(m), markup=False, highlight=False),
-        ).run(until=until)
-    except DistillError as exc:
+    lines = log_format is LogFormat.json or not sys.stderr.isatty()
+    printer = LinePrinter(sys.stderr, log_format.value) if lines else None
+
+    def say(message: str) -> None:
+        if printer is not None:
+            printer.message(message)
+        else:
+            err.print(scrub(message), markup=False, highlight=False)
+
+    def fail(exc: DistillError) -> None:
+        if printer is not None and printer.fmt == "json":
+            printer.error(str(exc), exc.exit_code)
+            raise typer.Exit(exc.exit_code)
         _fail(exc)
+
+    try:
+        with library_bars_hidden() if lines else nullcontext():
+            loaded = load_config(config)
+            registry = make_registry(strict=strict_plugins or loaded.config.plugins.strict or None)
+            _report_failures(registry, say)
+            result = Pipeline(
+                loaded,
+                registry,
+                progress=not quiet and not lines,
+                log=say,
+                events=printer.event if printer is not None else None,
+                log_interval=None if quiet or not log_interval else log_interval,
+            ).run(until=until)
+    except DistillError as exc:
+        fail(exc)
         return
     except OSError as exc:  # the disk filled up, a folder became read-only: not a bug, say what and where
         where = Path(exc.filename) if getattr(exc, "filename", None) else config
-        _fail(StoreError(write_failure(where, exc)))
+        fail(StoreError(write_failure(where, exc)))
         return
     except KeyboardInterrupt:
-        err.print("interrupted: committed shards are kept; run the same command again to resume")
+        say("interrupted: committed shards are kept; run the same command again to resume")
         raise typer.Exit(130) from None
     _print_stages([(s.stage, s.kind, s.totals, "cached" if s.skipped else f"{s.seconds:.1f}s") for s in result.stages])
     if result.students:
@@ -92,14 +130,20 @@ def run(
                 )
         out.print(table)
     out.print(f"output: {result.output}", markup=False, highlight=False)
-    _write_report(result.output)
+    _write_report(result.output, say if printer is not None else None)
 
 
-def _write_report(output: Path) -> None:
+def _write_report(output: Path, say: Callable[[str], None] | None = None) -> None:
     """The run's HTML report; a failure here is a warning: the run itself succeeded."""
     try:
         path = write_report(output)
     except Exception as exc:
+        if say is not None:
+            say(
+                f"warning: could not write the report: {type(exc).__name__}: {exc} "
+                f"(retry with `distill report {output}`)"
+            )
+            return
         err.print(
             f"[yellow]warning:[/] could not write the report: {escape(scrub(f'{type(exc).__name__}: {exc}'))}"
             f" (retry with `distill report {escape(str(output))}`)",
@@ -254,8 +298,11 @@ def _short(value: object, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _report_failures(reg) -> None:
+def _report_failures(reg, say: Callable[[str], None] | None = None) -> None:
     for f in reg.failures:
+        if say is not None:
+            say(f"warning: plugin {f.plugin!r} ({f.package or 'no package'}) was skipped: {f.error}")
+            continue
         err.print(
             f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} ({escape(f.package or 'no package')}) "
             f"was skipped: {escape(f.error)}",

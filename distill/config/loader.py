@@ -28,6 +28,7 @@ from distill.config.stages import (
     TrainStage,
     stage_ref_errors,
 )
+from distill.config.tracking import TrackingSettings
 from distill.errors import ConfigError, suggest
 from distill.io.seeds import SeedSource
 from distill.licenses import LicenseOverride, ModelRule, Registry, active, builtin_registry, normalize
@@ -71,6 +72,10 @@ class Config(StrictModel):
         default_factory=ReleaseSettings,
         description="The release policy the cards written at export are "
         "audited against; `distill audit` flags override it.",
+    )
+    tracking: TrackingSettings = Field(
+        default_factory=TrackingSettings,
+        description="Experiment trackers: the trainers' metrics and every stage's figures.",
     )
 
     @field_validator("stages")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -22,6 +22,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from distill.io.runlog import LiveStage
+
+if TYPE_CHECKING:
+    from distill.cache.calls import CallStats
 
 #: Seconds between the progress lines a stage writes where no live bar can be drawn.
 TEXT_EVERY = 30.0
@@ -84,13 +89,16 @@ class _Calls(TextColumn):
 
 
 class StageProgress:
-    """One bar per stage; silent when disabled (tests, --quiet)."""
+    """One bar per stage; silent when disabled (tests, --quiet, stderr not a terminal)."""
 
-    def __init__(self, stage: str, total: int, enabled: bool = True) -> None:
+    def __init__(self, stage: str, total: int, enabled: bool = True, live: LiveStage | None = None) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
         self._task: Any = None
         self.stage, self.total = stage, total
+        self.live = live
+        if live is not None:
+            live.count(total or None)
         #: When a stage's progress is text (no live display), when its last line was written.
         self._text_at: float | None = None
 
@@ -116,13 +124,17 @@ class StageProgress:
         return self
 
     def advance(self, n: int) -> None:
+        if self.live is not None and n:
+            self.live.advance(n)
         if self._progress is not None and self._task is not None and n:
             self._progress.advance(self._task, n)
             if self._text_at is not None and time.monotonic() - self._text_at >= TEXT_EVERY:
                 self._text_at = time.monotonic()
                 self._progress.console.print(self._progress.get_renderable())
 
-    def calls(self, stats: object) -> None:
+    def calls(self, stats: CallStats) -> None:
+        if self.live is not None:
+            self.live.report({"requests": stats.requests, "cache_hits": stats.hits})
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, calls=stats)
 

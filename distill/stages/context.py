@@ -2,8 +2,9 @@
 
 A runner (`distill.stages.runners.RUNNERS`) sees the run only through it: the config and its
 output folder, the plugins it may make, the run's teachers (one started instance per
-`teachers.KEY`), the request cache, the license registry and release policy, and where to log
-and warn. The pipeline owns nothing a runner needs besides this object, so a new kind of
+`teachers.KEY`), the request cache, the license registry and release policy, where to log
+and warn, and the running stage's live figures (`run.live`: what the run's progress lines and
+its `stage_end` event say). The pipeline owns nothing a runner needs besides this object, so a new kind of
 stage is a new runner, not a new branch in the pipeline.
 """
 
@@ -20,8 +21,10 @@ from distill.audit.base import AuditReport, AuditRule, check_ack_rules
 from distill.audit.rules import make_rules
 from distill.cache.store import RequestCache, default_cache_path
 from distill.config.loader import Config, LoadedConfig
-from distill.errors import DistillError, PluginError
+from distill.errors import ConfigError, DistillError, PluginError
+from distill.io.runlog import Listener, LiveStage, RunLog
 from distill.io.store import StageStore
+from distill.io.tracking import PIPELINE_RUN, StageMetricsWriter, tensorboard_dir
 from distill.layout import STATE_DIR
 from distill.licenses import Registry
 from distill.models.terms import Terms, resolve_terms, unknown_warning
@@ -63,6 +66,8 @@ class RunContext:
         progress: bool = True,
         log: Callable[[str], None] | None = None,
         result: RunResult | None = None,
+        events: Listener | None = None,
+        log_interval: float | None = None,
     ) -> None:
         self.loaded = loaded
         self.registry = registry
@@ -82,6 +87,24 @@ class RunContext:
         self._terms: dict[int, Terms] = {}
         self._seed_cache: list[Record] | None = None
         self._cache: RequestCache | None = None
+        tracking = self.config.tracking
+        missing = tracking.missing_modules()
+        if missing:
+            raise ConfigError(f"tracking.report_to: not installed: {', '.join(missing)}")
+        #: The run's TensorBoard folder (`OUT/tensorboard/RUN/`): the stages' figures and the trainers' logs.
+        self.tracking_dir = tensorboard_dir(self.output, tracking.run_name or self.output.resolve().name)
+        self._stage_metrics: StageMetricsWriter | None = None
+        listeners = [events] if events is not None else []
+        if "tensorboard" in tracking.report_to:
+            self._stage_metrics = StageMetricsWriter(self.tracking_dir / PIPELINE_RUN)
+            listeners.append(self._stage_metrics)
+        #: Stage start and end events, and progress events every `log_interval` seconds for `events`.
+        self.events = RunLog(listeners, interval=log_interval if events is not None else None)
+
+    @property
+    def live(self) -> LiveStage:
+        """The running stage's figures: runners and their helpers say how far they are here."""
+        return self.events.live
 
     @property
     def config(self) -> Config:
@@ -109,6 +132,8 @@ class RunContext:
         """A plugin instance set up for this run; a failure to start names the plugin and where."""
         spec = self.registry.get(kind, name)
         plugin = spec.cls(self.options[where])
+        phase = self.live.phase_text
+        self.live.phase(f"starting {kind} {name!r}")  # loading a model can take minutes
         try:
             state = self.output / STATE_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", where)
             plugin.setup(
@@ -125,6 +150,8 @@ class RunContext:
             raise
         except Exception as exc:
             raise PluginError(f"{kind} plugin {name!r} ({where}) failed to start: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.live.phase(phase)
         return plugin
 
     def teacher(self, key: str, remote: bool = False) -> Any:
@@ -196,10 +223,12 @@ class RunContext:
         )
 
     def close(self) -> None:
-        """Close the run's teachers and its request cache."""
+        """Close the run's teachers, its request cache and its tracker files."""
         try:
             for t in self._teachers.values():
                 t.close()
         finally:
             if self._cache is not None:
                 self._cache.close()
+            if self._stage_metrics is not None:
+                self._stage_metrics.close()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.cache.calls import TeacherCaller
+from distill.cache.calls import Pending, TeacherCaller
 from distill.config.loader import digest_view
 from distill.config.stages import EvaluateStage
 from distill.errors import ConfigError, DistillError, PluginError
@@ -30,7 +31,7 @@ from distill.records import Candidate, Message, Record
 from distill.seeding import derive_seed
 from distill.stages.context import RunContext
 from distill.task import Reject
-from distill.teacher import ChatRequest, prefilled
+from distill.teacher import ChatRequest, Sample, prefilled
 from distill.training.adapters import merged_folder
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ class EvalResult:
 
 def run_evaluate_stage(run: RunContext, i: int, stage: EvaluateStage, upstream: StageStore) -> StageStore:
     """Score the contenders on held-out data; the records pass on unchanged."""
-    run.result.evaluations.append(evaluate(run, i, stage, run.result.students))
+    result = evaluate(run, i, stage, run.result.students)
+    run.result.evaluations.append(result)
+    run.live.finish("cached" if result.skipped else "done", metrics=result.metrics)
     return upstream
 
 
@@ -80,6 +83,7 @@ def evaluate(run: RunContext, i: int, stage: EvaluateStage, students: list[Any])
     per_metric: dict[str, EvalScores] = {}
     for j, ref in enumerate(stage.evaluators):
         where = f"stages[{i}].evaluators[{j}]"
+        run.live.phase(f"evaluator {ref.plugin!r}", reset=True)
         evaluator = run.make_plugin("evaluator", ref.plugin, where)
         run.log(f"stage {stage.name!r}: evaluator {ref.plugin!r}")
         try:
@@ -214,6 +218,7 @@ def _caller(run: RunContext, key: str) -> TeacherCaller:
 def _answer(
     run: RunContext, i: int, stage: EvaluateStage, c: Any, j: int, folder: str | None, items: list[EvalItem]
 ) -> Contender:
+    run.live.phase(f"contender {c.name!r}", reset=True)
     if c.teacher is not None:
         teacher = run.teacher(c.teacher)
         owned = False
@@ -240,7 +245,7 @@ def _answer(
         ]
         best_of = f", best of {c.best_of}" if c.best_of > 1 else ""
         run.log(f"stage {stage.name!r}: {c.name} answers {len(items)} held-out questions{best_of}")
-        samples = caller(requests, f"stage {stage.name!r}, contender {c.name!r}")
+        samples = _ask(run, caller, requests, f"stage {stage.name!r}, contender {c.name!r}")
         model = teacher.model_info().model
     finally:
         if owned:
@@ -258,6 +263,34 @@ def _answer(
         best_of=c.best_of,
         ranker=c.ranker.plugin if c.ranker else None,
     )
+
+
+def _ask(run: RunContext, caller: TeacherCaller, requests: list[ChatRequest], where: str) -> list[list[Sample]]:
+    """The requests in chunks, so the run's progress line can count answers; with a teacher that
+    serves overlapping calls the next chunks are in flight while one is read, as in a generate stage."""
+    size = max(16, caller.in_flight)
+    chunks = [requests[k : k + size] for k in range(0, len(requests), size)]
+    ahead = caller.lookahead(size)
+    run.live.count(len(requests), "answers")
+    window: deque[Pending] = deque()
+    following = 0
+    samples: list[list[Sample]] = []
+    try:
+        for k, chunk in enumerate(chunks):
+            while following < len(chunks) and following <= k + ahead:
+                window.append(caller.submit(chunks[following], where))
+                following += 1
+            samples += window.popleft().result()
+            run.live.advance(len(chunk))
+    except Exception:  # what was sent is paid for: let it finish into the cache
+        for left in window:
+            left.settle()
+        raise
+    except BaseException:
+        for left in window:
+            left.cancel()
+        raise
+    return samples
 
 
 def _asked(c: Any, it: EvalItem) -> list[Message]:

@@ -64,6 +64,7 @@ def open_store(run: RunContext, name: str, kind: str, digest: str) -> StageStore
     store.verify()
     if store.manifest.complete:
         run.result.stages.append(summary(store, skipped=True, seconds=0.0))
+        run.live.finish("cached", **stage_figures(store))
         return None
     if store.next_index:
         run.log(f"stage {name!r}: resuming after {store.next_index} committed shard(s)")
@@ -89,6 +90,14 @@ def finish(
     store.finish(stats)
     run.registry.notify("stage_finished", stage=store.stage, stats=stats)
     run.result.stages.append(summary(store, skipped=False, seconds=time.monotonic() - started))
+    run.live.finish("done", **stage_figures(store))
+
+
+def stage_figures(store: StageStore) -> dict[str, Any]:
+    """What a record stage's end event says: its counts, why records were rejected, and its
+    teacher calls (requests, cache hits, tokens), from the sealed manifest."""
+    m = store.manifest
+    return {**m.totals(), "reasons": dict(m.reasons()), **(m.stats.get("calls") or {})}
 
 
 def summary(store: StageStore, *, skipped: bool, seconds: float) -> StageResult:
@@ -108,7 +117,7 @@ def run_seeds(run: RunContext) -> StageStore:
     if store is None:
         return StageStore(run.output, "seeds", "seeds", digest)
     started = time.monotonic()
-    with StageProgress("seeds", len(config.seeds), run.progress) as bar:
+    with StageProgress("seeds", len(config.seeds), run.progress, run.live) as bar:
         ctx = stage_context(run, store, bar)
         for i, src in enumerate(config.seeds):
             if i < store.next_index:
@@ -160,7 +169,7 @@ def begin(run: RunContext, i: int, stage: Any, upstream: StageStore) -> tuple[St
 
 def work(run: RunContext, stage: Any, store: StageStore, started: float, total: int, body: Work) -> None:
     """`body` under the stage's progress bar, then the no-loss check and the sealed manifest."""
-    with StageProgress(stage.name, total, run.progress) as bar:
+    with StageProgress(stage.name, total, run.progress, run.live) as bar:
         calls = body(stage_context(run, store, bar), bar)
     finish(run, store, started, calls)
 

@@ -61,6 +61,7 @@ def job_for(run: RunContext, i: int, stage: TrainStage, raw: bool = False) -> An
         datasets = [(run.output / "export" / d).resolve() for d in s.data]
         steps.append(JobStep(name=s.name, trainer=s.trainer, options=options, datasets=datasets, student=s.student))
     student_license = run.licenses.normalize(stage.student_license) if stage.student_license else None
+    tracking = run.config.tracking
     return Job(
         student=stage.student,
         output=(run.output / "models" / stage.name).resolve(),
@@ -68,6 +69,9 @@ def job_for(run: RunContext, i: int, stage: TrainStage, raw: bool = False) -> An
         student_license=student_license,
         steps=steps,
         stale_dir=(run.output / "stale" / "models").resolve(),
+        report_to=tracking.report_to,
+        run_name=f"{tracking.run_name or run.tracking_dir.name}/{stage.name}",
+        logging_dir=(run.tracking_dir / stage.name).resolve(),
     )
 
 
@@ -77,7 +81,20 @@ def model_name(run: RunContext, stage: TrainStage) -> str:
 
 def run_train_stage(run: RunContext, i: int, stage: TrainStage, upstream: StageStore) -> StageStore:
     """Train the student on the run's exports; the records pass on unchanged."""
-    run.result.students.append(train_student(run, i, stage))
+    student = train_student(run, i, stage)
+    run.result.students.append(student)
+    steps = [
+        {
+            "step": name,
+            "global_step": r.global_step,
+            "final_loss": r.metrics.get("final_loss"),
+            "status": "cached" if r.skipped else "trained",
+        }
+        for name, r in student.steps
+    ]
+    run.live.finish(
+        "cached" if all(r.skipped for _, r in student.steps) else "done", steps=steps, audit=student.verdict
+    )
     return upstream
 
 
@@ -91,12 +108,13 @@ def train_student(run: RunContext, i: int, stage: TrainStage) -> StudentResult:
                 )
     job = job_for(run, i, stage)
     if stage.processes > 1:
+        run.live.phase(f"training under accelerate with {stage.processes} processes")
         trained = _launch(run, i, stage)
         results = run_job(job, run.loaded.base_dir, run.registry)  # every step is finished now: reads the markers
         for r in results:
             r.skipped = not trained.get(str(r.model_path), False)
     else:
-        results = run_job(job, run.loaded.base_dir, run.registry)
+        results = run_job(job, run.loaded.base_dir, run.registry, on_progress=run.live.report)
     final = results[-1]
     report = audit_student(run, stage, final.model_path)
     return StudentResult(

@@ -15,8 +15,11 @@ without GPUs the processes train on the CPU over gloo).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from distill.models.folders import library_bars_off, resolve_student
 from distill.plugin import Options, PluginContext
 from distill.records import LicenseTag
 from distill.registry import make_registry
-from distill.trainer import DatasetRef, TrainJob, TrainOptions, TrainResult, TrainStep, is_main_process
+from distill.trainer import DatasetRef, Tracking, TrainJob, TrainOptions, TrainResult, TrainStep, is_main_process
 from distill.training.adapters import merged_folder
 from distill.training.checkpoints import barrier, drop_incomplete_checkpoints, last_checkpoint
 from distill.training.hardware import estimate_params, plan_hardware
@@ -49,11 +52,16 @@ def train_chain(
     name: str | None = None,
     student_license: str | None = None,
     stale_dir: Path | None = None,
+    tracking: Tracking | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[TrainResult]:
     """Run `steps` in order into `output_dir/<step name>/`; a step finished in an earlier run is
     skipped, a killed one resumes from its last complete checkpoint. A step folder holding a run
     with other settings, data or student is refused, or, given `stale_dir` (a pipeline's, whose
-    upstream stages changed), moved there like any stale stage output: never deleted."""
+    upstream stages changed), moved there like any stale stage output: never deleted.
+
+    `tracking`: the chain's trackers, each step under its own name; `on_progress` hears each
+    step's `train_step`, `step`, `max_steps` and `loss` as training goes."""
 
     output_dir = Path(output_dir)
     results: list[TrainResult] = []
@@ -82,7 +90,9 @@ def train_chain(
             if done is not None:
                 result = done
             else:
-                result = _run_step(step, start, out, outputs, summary["fingerprint"])
+                result = _run_step(
+                    step, start, out, outputs, summary["fingerprint"], (tracking or Tracking()), on_progress
+                )
                 model_name = name or output_dir.name
                 if i < len(steps) - 1:
                     model_name = f"{model_name}-{step.name}"
@@ -144,7 +154,15 @@ def _finished(out: Path, fingerprint: str) -> TrainResult | None:
     )
 
 
-def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path], fingerprint: str) -> TrainResult:
+def _run_step(
+    step: TrainStep,
+    start: Path,
+    out: Path,
+    outputs: dict[str, Path],
+    fingerprint: str,
+    tracking: Tracking,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
     options = step.trainer.options
     assert isinstance(options, TrainOptions)
     if is_main_process():
@@ -168,9 +186,13 @@ def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path],
         hardware=hardware,
         resume_from=resume,
         outputs=dict(outputs),
+        tracking=tracking.for_step(step.name),
+        report=(lambda figures: on_progress({"train_step": step.name, **figures})) if on_progress else None,
     )
+    if on_progress is not None:
+        on_progress({"train_step": step.name, "step": None, "max_steps": None, "loss": None})
     try:
-        with library_bars_off():
+        with library_bars_off(), _environment(job.tracking.environment()):
             result = step.trainer.train(job)
     except DistillError:
         raise
@@ -181,6 +203,21 @@ def _run_step(step: TrainStep, start: Path, out: Path, outputs: dict[str, Path],
     result.resumed_from = str(resume) if resume is not None else None
     result.hardware = hardware
     return result
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Settings libraries read from the environment (TensorBoard's folder), for one step."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -213,6 +250,11 @@ class Job(Options):
     stale_dir: Path | None = None
     dataset_licenses: dict[str, LicenseTag] = Field(default_factory=dict, description="By dataset path.")
     steps: list[JobStep] = Field(min_length=1)
+    #: The trackers (`distill.trainer.Tracking`): each step reports under `run_name/STEP`, and
+    #: TensorBoard writes in `logging_dir/STEP`.
+    report_to: list[str] = Field(default_factory=list)
+    run_name: str | None = None
+    logging_dir: Path | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Job:
@@ -222,7 +264,9 @@ class Job(Options):
         return self
 
 
-def run_job(job: Job, base_dir: Path, registry: Any = None) -> list[TrainResult]:
+def run_job(
+    job: Job, base_dir: Path, registry: Any = None, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> list[TrainResult]:
     registry = registry or make_registry()
     steps = []
     for s in job.steps:
@@ -248,6 +292,8 @@ def run_job(job: Job, base_dir: Path, registry: Any = None) -> list[TrainResult]
         name=job.name,
         student_license=job.student_license,
         stale_dir=job.stale_dir,
+        tracking=Tracking(tuple(job.report_to), job.run_name, job.logging_dir),
+        on_progress=on_progress,
     )
 
 

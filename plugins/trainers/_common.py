@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distill.errors import ConfigError, PluginError
-from distill.trainer import TrainJob, TrainOptions, TrainResult, check_trl_args, import_trl, is_main_process
+from distill.trainer import (
+    TrainJob,
+    TrainOptions,
+    TrainResult,
+    check_trl_args,
+    import_trl,
+    is_main_process,
+    trl_config_fields,
+)
 from distill.training.adapters import load_model, load_tokenizer, merged_folder  # noqa: F401 - plugins' path
 
 _INSTALL = "pip install 'distill[train]'"
@@ -162,8 +171,9 @@ def peft_config(options: TrainOptions, task_type: str = "CAUSAL_LM") -> Any:
 def make_config(
     who: str, config_name: str, job: TrainJob, options: TrainOptions, specific: dict[str, Any], progress: bool = False
 ) -> Any:
-    """The TRL config: distill's shared options, the hardware plan, the trainer's own options,
-    then `trl_args` (which win). A value TRL rejects is a ConfigError naming the trainer."""
+    """The TRL config: distill's shared options, the hardware plan, the run's trackers, the
+    trainer's own options, then `trl_args` (which win). A value TRL rejects is a ConfigError
+    naming the trainer."""
     cls = import_trl(config_name)
     args: dict[str, Any] = {
         "output_dir": str(job.checkpoint_dir),
@@ -176,9 +186,9 @@ def make_config(
         "save_strategy": "steps",
         "save_steps": options.save_steps,
         "save_total_limit": options.save_total_limit,
-        "report_to": "none",
         "disable_tqdm": not progress,
         **job.hardware.trl_args(),
+        **job.tracking.trl_args(trl_config_fields(config_name)),
     }
     if options.learning_rate is not None:
         args["learning_rate"] = options.learning_rate
@@ -200,8 +210,28 @@ def run(trl_trainer: Any, job: TrainJob) -> Any:
         from transformers.trainer_callback import PrinterCallback
 
         trl_trainer.remove_callback(PrinterCallback)
+    if job.report is not None:
+        trl_trainer.add_callback(progress_callback(job.report))
     resume = str(job.resume_from) if job.resume_from is not None else None
     return trl_trainer.train(resume_from_checkpoint=resume)
+
+
+def progress_callback(report: Callable[[dict[str, Any]], None]) -> Any:
+    """A TrainerCallback that tells the run each optimizer step and each logged loss."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            report({"step": state.global_step, "max_steps": state.max_steps})
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            report({"step": state.global_step, "max_steps": state.max_steps})
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and isinstance(logs.get("loss"), (int, float)):
+                report({"loss": float(logs["loss"])})
+
+    return Progress()
 
 
 def finish(
