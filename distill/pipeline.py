@@ -96,7 +96,7 @@ class Pipeline:
             others = [t for t in self.config.tracking.report_to if t not in STAGE_TRACKERS]
             if others:
                 run.log(
-                    f"tracking: {', '.join(others)} get the trainers' metrics; the stages' figures "
+                    f"tracking: the trainers' metrics go to {', '.join(others)}; the stages' figures "
                     f"are written for {', '.join(STAGE_TRACKERS)} only"
                 )
             try:

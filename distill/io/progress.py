@@ -91,14 +91,16 @@ class _Calls(TextColumn):
 class StageProgress:
     """One bar per stage; silent when disabled (tests, --quiet, stderr not a terminal)."""
 
-    def __init__(self, stage: str, total: int, enabled: bool = True, live: LiveStage | None = None) -> None:
+    def __init__(
+        self, stage: str, total: int, enabled: bool = True, live: LiveStage | None = None, unit: str = "records"
+    ) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
         self._task: Any = None
         self.stage, self.total = stage, total
         self.live = live
         if live is not None:
-            live.count(total or None)
+            live.count(total or None, unit)
         #: When a stage's progress is text (no live display), when its last line was written.
         self._text_at: float | None = None
 

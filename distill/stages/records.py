@@ -117,7 +117,7 @@ def run_seeds(run: RunContext) -> StageStore:
     if store is None:
         return StageStore(run.output, "seeds", "seeds", digest)
     started = time.monotonic()
-    with StageProgress("seeds", len(config.seeds), run.progress, run.live) as bar:
+    with StageProgress("seeds", len(config.seeds), run.progress, run.live, "seed files") as bar:
         ctx = stage_context(run, store, bar)
         for i, src in enumerate(config.seeds):
             if i < store.next_index:
