@@ -4,8 +4,8 @@ A runner (`distill.stages.runners.RUNNERS`) sees the run only through it: the co
 output folder, the plugins it may make, the run's teachers (one started instance per
 `teachers.KEY`), the request cache, the license registry and release policy, where to log
 and warn, and the running stage's live figures (`run.live`: what the run's progress lines and
-its `stage_end` event say). The pipeline owns nothing a runner needs besides this object, so a new kind of
-stage is a new runner, not a new branch in the pipeline.
+its `stage_end` event say). The pipeline owns nothing a runner needs besides this object, so a
+new kind of stage is a new runner, not a new branch in the pipeline.
 """
 
 from __future__ import annotations

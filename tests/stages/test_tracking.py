@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_ml
 from reliability.harness import PLUGINS, child_env, crash_config, plugin_site
 from util import config_dict, pipeline
 
@@ -21,6 +20,12 @@ from distill.config.loader import parse_config
 from distill.errors import ConfigError
 from distill.io.store import StageManifest
 from distill.layout import MANIFEST, TENSORBOARD_DIR
+
+
+def _require_ml() -> None:
+    """As conftest's require_ml, without importing `conftest` by name (another folder's may shadow it)."""
+    for module in ("torch", "transformers"):
+        pytest.importorskip(module)
 
 
 def _scalars(folder: Path) -> dict[str, dict[int, float]]:
@@ -108,7 +113,7 @@ def test_the_stages_figures_go_to_tensorboard(tmp_path):
 
 
 def test_trl_gets_the_trackers_run_name_and_folder(tmp_path):
-    require_ml()
+    _require_ml()
     pytest.importorskip("trl")
     from distill.trainer import Hardware, Tracking, TrainJob
     from distill_plugins.trainers import SFTTrainer
@@ -128,7 +133,7 @@ def test_trl_gets_the_trackers_run_name_and_folder(tmp_path):
 
 @pytest.mark.slow  # trains a tiny model in a `distill run` subprocess
 def test_a_students_loss_and_the_stage_counts_in_tensorboard_and_the_log_lines(tmp_path, tiny_model_dir):
-    require_ml()
+    _require_ml()
     for module in ("trl", "peft", "tensorboard"):
         pytest.importorskip(module)
     path = crash_config(tmp_path, delay=0.0)
