@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ["evol_instruct", "magpie", "multi_turn", "structured"]
+EXAMPLES = ["evol_instruct", "magpie", "multi_turn", "structured", "structured-vllm"]
 
 
 def sample(record: object) -> dict:
@@ -31,9 +31,15 @@ def sample(record: object) -> dict:
 def run_example(name: str, work: Path) -> dict:
     import distill
 
-    folder = ROOT / "examples" / name
+    example, _, engine = name.partition("-")
+    folder = ROOT / "examples" / example
     config = yaml.safe_load((folder / "config.yaml").read_text())
     config["output"] = str(work / name)
+    if engine:  # the same config with the teacher on another engine (vllm enforces a schema)
+        for teacher in config["teachers"].values():
+            teacher["plugin"] = engine
+            teacher["options"].pop("batch_size", None)
+            teacher["options"]["max_model_len"] = 1024
     started = time.perf_counter()
     run = distill.run(config, base_dir=folder, progress=False, log=lambda m: None)
     seconds = time.perf_counter() - started
@@ -49,7 +55,8 @@ def run_example(name: str, work: Path) -> dict:
             "dropped_because": dict(reasons.most_common(6)),
             "samples": [sample(r) for r in kept[:3]],
         }
-    return {"example": f"examples/{name}/config.yaml", "seconds": round(seconds, 1), "stages": stages}
+    where = f"examples/{example}/config.yaml" + (f" with the teacher on {engine}" if engine else "")
+    return {"example": where, "seconds": round(seconds, 1), "stages": stages}
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ranked_config, with_review
+from review_run import ranked_config, with_review
 from util import pipeline
 
 from distill.api import Run

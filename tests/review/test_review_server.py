@@ -8,7 +8,10 @@ import re
 import uuid
 
 import pytest
+from review_run import decide, ranked_fixture  # noqa: F401 (the `ranked` fixture)
+from typer.testing import CliRunner
 
+from distill.cli.app import app
 from distill.errors import ConfigError
 from distill.review.server import ReviewServer
 from distill.review.view import StageRecords
@@ -113,11 +116,6 @@ def test_off_loopback_needs_a_token_traded_for_a_cookie(ranked):
 
 
 def test_the_command_names_the_stages_and_prints_agreement(ranked):
-    from conftest import decide
-    from typer.testing import CliRunner
-
-    from distill.cli.app import app
-
     _, out = ranked
     result = CliRunner().invoke(app, ["review", str(out), "--stage", "nope"])
     assert result.exit_code != 0 and "stages with records: seeds, instructions, responses, ranked" in result.output

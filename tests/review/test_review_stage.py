@@ -6,7 +6,7 @@ import json
 
 import datasets
 import pytest
-from conftest import decide, with_review
+from review_run import decide, ranked_fixture, with_review  # noqa: F401 (the `ranked` fixture)
 from util import pipeline
 
 from distill.api import Run

@@ -1,4 +1,5 @@
-"""A ranked run to review: questions, three echo answers each, scored by a reward function."""
+"""A ranked run to review (questions, three echo answers each, scored by a reward function), and
+decisions written as the page writes them."""
 
 from __future__ import annotations
 
@@ -35,14 +36,16 @@ def with_review(cfg: dict[str, Any], **review: Any) -> dict[str, Any]:
     return cfg
 
 
-@pytest.fixture
-def ranked(tmp_path: Path) -> tuple[dict[str, Any], Path]:
-    cfg = ranked_config(tmp_path)
-    pipeline(cfg).run()
-    return cfg, tmp_path / "out"
-
-
 def decide(out: Path, record: str, reviewer: str, action: str, **fields: Any) -> Decision:
     d = Decision(id=uuid.uuid4().hex, record=record, reviewer=reviewer, action=action, **fields)
     DecisionLog(decisions_path(out, "ranked")).append(d)
     return d
+
+
+@pytest.fixture(name="ranked")
+def ranked_fixture(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """A ranked run in `tmp_path`; test modules import this fixture by name (a conftest.py here
+    would shadow tests/conftest.py for the modules that import from it)."""
+    cfg = ranked_config(tmp_path)
+    pipeline(cfg).run()
+    return cfg, tmp_path / "out"
