@@ -80,9 +80,17 @@ def test_an_unknown_tracker_names_the_key_and_the_known_trackers(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "distill.cli", "run", str(path)], capture_output=True, text=True, timeout=120
     )
-    assert (
-        done.returncode == 2 and "tracking.report_to: unknown tracker 'wandbb' (did you mean 'wandb'?)" in done.stderr
+    assert done.returncode == 2
+    assert "tracking.report_to: unknown tracker 'wandbb' (did you mean 'wandb'?)" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", str(path), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+    [error] = [json.loads(line) for line in done.stderr.splitlines()]  # in JSON mode the error is an event too
+    assert (done.returncode, error["event"], error["exit_code"]) == (2, "error", 2)
+    assert "tracking.report_to: unknown tracker 'wandbb'" in error["message"]
 
 
 def test_a_tracker_that_is_not_installed_is_named_before_the_run_starts(tmp_path):
