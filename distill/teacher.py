@@ -120,6 +120,11 @@ class Teacher(Plugin):
         """
         yield from enumerate(self.generate(requests))
 
+    def cost_usd(self) -> float | None:
+        """Dollars this teacher has been charged so far, at the prices it was given; None when it
+        has no prices (a local model). The core reports the difference over each stage."""
+        return None
+
     def requests_in_flight(self) -> int:
         """How many requests this teacher serves at once across overlapping calls; 0 (the
         default) when calls must not overlap.

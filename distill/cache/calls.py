@@ -111,6 +111,22 @@ class TeacherCaller:
             "file_hash": info.file_hash,
         }
         self._sampling = self.teacher.sampling()
+        self._cost_before = self.teacher.cost_usd()
+        self._prompt_before = self._prompt_tokens()
+
+    def _prompt_tokens(self) -> int:
+        usage = getattr(self.teacher, "usage", None)  # a plugin that skipped Teacher.__init__ has none
+        return int(getattr(usage, "prompt_tokens", 0) or 0)
+
+    def figures(self) -> dict[str, Any]:
+        """The stage's teacher figures: calls and cache hits, tokens, and what it cost, where the
+        teacher knows its prices."""
+        out = self.stats.as_dict()
+        out["prompt_tokens"] = self._prompt_tokens() - self._prompt_before
+        cost = self.teacher.cost_usd()
+        if cost is not None:
+            out["cost_usd"] = round(cost - (self._cost_before or 0.0), 10)
+        return out
 
     def lookahead(self, batch_size: int) -> int:
         """How many batches past the one being used a runner should keep submitted so that the

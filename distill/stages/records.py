@@ -198,7 +198,7 @@ def run_generate_stage(run: RunContext, i: int, stage: GenerateStage, upstream: 
                 run_expand(ctx, task, caller, inputs, stage.batch_size)
             else:
                 raise ConfigError(f"stages[{i}].task: {task.name!r} is neither a map nor an expand task")
-            return caller.stats.as_dict()
+            return caller.figures()
 
         work(run, stage, store, started, task.target() if isinstance(task, ExpandTask) else len(inputs), body)
     finally:
@@ -235,7 +235,7 @@ def run_rank_stage(run: RunContext, i: int, stage: RankStage, upstream: StageSto
                 caller = TeacherCaller(teacher, run.request_cache(), on_progress=bar.calls)
                 judge = Judge(caller, f"stage {stage.name!r}")
             run_rank(ctx, ranker, judge, inputs, stage.batch_size)
-            return caller.stats.as_dict() if caller else None
+            return caller.figures() if caller else None
 
         work(run, stage, store, started, len(inputs), body)
     finally:

@@ -117,6 +117,13 @@ class OpenAITeacher(Teacher):
             out["logprobs"] = True
         return out
 
+    def cost_usd(self) -> float | None:
+        """What the budget charged, across resumes (live and batch prices): None without prices."""
+        o = self.options
+        if self._budget is None or o.price_per_1k_prompt is None or o.price_per_1k_completion is None:
+            return None
+        return self._budget.spent.cost_usd
+
     def requests_in_flight(self) -> int:
         """Every call shares the one loop and semaphore: overlapping calls keep `concurrency` busy.
         In batch mode a whole batch is in flight: the core's chunks are gathered into it."""

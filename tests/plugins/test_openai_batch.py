@@ -253,3 +253,29 @@ def test_killed_while_vllm_runs_the_batch_resumes_without_paying_twice(tmp_path,
         files = [f for f in endpoint.files if f not in {b["input_file_id"] for b in endpoint.batches.values()}]
         output = [json.loads(x) for f in files for x in endpoint.files[f].decode().splitlines()]
         assert all(x["response"]["body"]["model"] == "distill-tiny" for x in output)
+
+
+def test_a_stages_cost_reaches_its_manifest_and_tensorboard(tmp_path):
+    """The teacher's spend over a stage (batch prices here) is one of the stage's figures."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distill.config.loader import parse_config
+    from distill.pipeline import Pipeline
+    from distill.registry import make_registry
+
+    with BatchEndpoint(stub_engine()) as endpoint:
+        config = yaml.safe_load(write_config(tmp_path, endpoint.base_url, n=6, poll=0.05, temperature=0.0).read_text())
+        config["tracking"] = {"report_to": "tensorboard", "run_name": "priced"}
+        Pipeline(parse_config(config, base_dir=tmp_path), make_registry(), progress=False, log=lambda m: None).run()
+    manifest = json.loads((tmp_path / "out" / "stages" / "answers" / "manifest.json").read_text())
+    calls = manifest["stats"]["calls"]
+    budget = json.loads(next((tmp_path / "out" / "state").rglob("api-budget.json")).read_text())
+    # 6 answers of 10 prompt + 5 completion tokens at half of $0.00015 / $0.0006 per 1k
+    assert (
+        calls["cost_usd"] == pytest.approx(budget["cost_usd"]) == pytest.approx(6 * (10 * 0.00015 + 5 * 0.0006) / 2000)
+    )
+    assert calls["prompt_tokens"] == 60
+    acc = EventAccumulator(str(tmp_path / "out" / "tensorboard" / "priced" / "pipeline"))
+    acc.Reload()
+    assert acc.Scalars("answers/cost_usd")[0].value == pytest.approx(calls["cost_usd"], rel=1e-6)
