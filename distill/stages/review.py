@@ -52,7 +52,7 @@ def run_review_stage(run: RunContext, i: int, stage: ReviewStage, upstream: Stag
         )
     if waiting:
         run.log(f"stage {stage.name!r}: {len(waiting)} of {len(inputs)} records not reviewed ({stage.unreviewed} them)")
-    with StageProgress(stage.name, len(inputs), run.progress) as bar:
+    with StageProgress(stage.name, len(inputs), run.progress, run.live) as bar:
         ctx = stage_context(run, store, bar)
         for b in range(store.next_index, (len(inputs) + BATCH - 1) // BATCH):
             _commit(ctx, stage, inputs[b * BATCH : (b + 1) * BATCH], states)
