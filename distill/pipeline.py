@@ -15,10 +15,10 @@ from pathlib import Path
 
 from distill import __version__
 from distill.config.loader import LoadedConfig, validate_plugin_options
-from distill.config.tracking import STAGE_TRACKERS
 from distill.errors import ConfigError, StoreError
 from distill.io.runlog import Listener
 from distill.io.store import RunLock, write_json
+from distill.io.tracking import STAGE_TRACKERS
 from distill.layout import RUN_FILE
 from distill.licenses import Registry, active
 from distill.registry import PluginRegistry

@@ -32,8 +32,6 @@ TRACKER_MODULES: dict[str, str] = {
     "flyte": "flytekit",
 }
 TRACKERS = ("none", *TRACKER_MODULES)
-#: The trackers the pipeline's own stage figures are written to (the trainers' go to all).
-STAGE_TRACKERS = ("tensorboard",)
 
 
 class TrackingSettings(StrictModel):

@@ -3,21 +3,25 @@
 The trainers report to the trackers themselves (TRL's `report_to`). What only distill knows,
 each stage's counts, drop reasons and teacher calls, and each evaluation's scores, is written
 here when the stage ends, from its `stage_end` event (`distill.io.runlog`), beside the trainers'
-logs (`OUT/tensorboard/RUN/pipeline/` next to `OUT/tensorboard/RUN/STAGE/STEP/`), so one
-TensorBoard shows both. torch's `SummaryWriter` is used, or tensorboardX's where torch is not
-installed; either is imported when the first stage ends, never when distill is imported.
+runs (for TensorBoard `OUT/tensorboard/RUN/pipeline/` next to `OUT/tensorboard/RUN/STAGE/STEP/`),
+so one dashboard shows both. accelerate's trackers write them; they are imported when the
+first stage ends, never when distill is imported.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from distill.io.runlog import RunEvent
 from distill.layout import TENSORBOARD_DIR
 
+#: The trackers the pipeline's own stage figures are written to, through accelerate's tracker
+#: classes (the trainers' metrics go to every tracker transformers knows).
+STAGE_TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "dvclive", "swanlab")
 #: The folder of the pipeline's figures under a run's TensorBoard folder.
 PIPELINE_RUN = "pipeline"
 #: Figures of a stage_end event that are words, not measurements.
@@ -30,7 +34,7 @@ def tensorboard_dir(output: Path, run_name: str) -> Path:
 
 
 def stage_scalars(event: RunEvent) -> dict[str, float]:
-    """A finished stage's figures as TensorBoard tags: `STAGE/kept`, `STAGE/rejected/REASON`,
+    """A finished stage's figures as TensorBoard tags: `STAGE/kept`, `STAGE/dropped/REASON` (not under `STAGE/rejected`: a file store cannot hold a metric and a folder of the same name),
     `STAGE/requests`, an evaluation's `STAGE/METRIC/CONTENDER`, a student's `STAGE/STEP/final_loss`."""
     stage = event.stage or "run"
     out: dict[str, float] = {}
@@ -42,7 +46,7 @@ def stage_scalars(event: RunEvent) -> dict[str, float]:
         if isinstance(value, (int, float)):
             out[f"{stage}/{key}"] = float(value)
         elif key == "reasons" and isinstance(value, Mapping):
-            out.update({f"{stage}/rejected/{reason}": float(n) for reason, n in value.items()})
+            out.update({f"{stage}/dropped/{reason}": float(n) for reason, n in value.items()})
         elif key == "metrics" and isinstance(value, Mapping):
             for metric, scores in value.items():
                 out.update({f"{stage}/{metric}/{c}": float(v) for c, v in scores.items() if v is not None})
@@ -55,12 +59,21 @@ def stage_scalars(event: RunEvent) -> dict[str, float]:
 
 
 class StageMetricsWriter:
-    """A run log listener: each stage run to its end is written to TensorBoard (stages found
-    complete are not written again: the run that made them did)."""
+    """A run log listener: each stage run to its end is written to every tracker of the run that
+    accelerate can write to (stages found complete are not written again: the run that made
+    them did).
 
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self._writer: Any = None
+    accelerate's tracker classes do the talking to each service, so one code path serves them
+    all; names are chosen to land beside the trainers' runs: the project (wandb, trackio) or
+    experiment (mlflow) that transformers' own callbacks read from the environment, and the run
+    `RUN/pipeline` next to their `RUN/STAGE/STEP`. A tracker that fails is reported once in the
+    run log and left out; the figures are never a reason for a run to fail."""
+
+    def __init__(self, trackers: list[str], tensorboard_dir: Path, run_name: str, warn: Callable[[str], None]) -> None:
+        self.trackers = [t for t in trackers if t in STAGE_TRACKERS]
+        self.tensorboard_dir, self.run_name, self.warn = tensorboard_dir, run_name, warn
+        self._open: dict[str, Any] = {}
+        self._failed: set[str] = set()
 
     def __call__(self, event: RunEvent) -> None:
         if event.event != "stage_end" or event.figures.get("status") != "done":
@@ -68,24 +81,51 @@ class StageMetricsWriter:
         scalars = stage_scalars(event)
         if not scalars:
             return
-        writer = self._open()
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, 0)
-        writer.flush()
-
-    def _open(self) -> Any:
-        if self._writer is None:
-            import importlib
-
+        for name in self.trackers:
+            if name in self._failed:
+                continue
             try:
-                module = importlib.import_module("torch.utils.tensorboard")
-            except ImportError:
-                module = importlib.import_module("tensorboardX")
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = module.SummaryWriter(log_dir=str(self.log_dir))
-        return self._writer
+                tracker = self._tracker(name)
+                values = scalars if name == "tensorboard" else {_metric_name(k): v for k, v in scalars.items()}
+                tracker.log(values, step=0)
+                if name == "tensorboard":
+                    tracker.writer.flush()
+            except Exception as exc:
+                self._failed.add(name)
+                self.warn(f"tracking: the stages' figures could not be written to {name}: {type(exc).__name__}: {exc}")
+
+    def _tracker(self, name: str) -> Any:
+        if name not in self._open:
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+            cls = LOGGER_TYPE_TO_CLASS[name]
+            run = f"{self.run_name}/{PIPELINE_RUN}"
+            if name == "tensorboard":
+                self.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+                tracker = cls(PIPELINE_RUN, self.tensorboard_dir)
+            elif name == "mlflow":  # as transformers' callback: MLFLOW_EXPERIMENT_NAME, else MLflow's default
+                tracker = cls(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default", run_name=run)
+            elif name in ("wandb", "trackio"):
+                project = os.environ.get(f"{name.upper()}_PROJECT", "huggingface")
+                tracker = cls(project, name=run)
+            else:
+                tracker = cls(run)
+            start = getattr(tracker, "start", None)
+            if start is not None:
+                start()
+            self._open[name] = tracker
+        return self._open[name]
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for name, tracker in self._open.items():
+            try:
+                tracker.finish()
+            except Exception as exc:
+                self.warn(f"tracking: closing {name}: {type(exc).__name__}: {exc}")
+        self._open.clear()
+
+
+def _metric_name(tag: str) -> str:
+    """A tag as the services other than TensorBoard accept it (MLflow's rule is the strictest:
+    letters, digits, `_ - . : /` and spaces)."""
+    return re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", tag)

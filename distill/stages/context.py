@@ -24,7 +24,7 @@ from distill.config.loader import Config, LoadedConfig
 from distill.errors import ConfigError, DistillError, PluginError
 from distill.io.runlog import Listener, LiveStage, RunLog
 from distill.io.store import StageStore
-from distill.io.tracking import PIPELINE_RUN, StageMetricsWriter, tensorboard_dir
+from distill.io.tracking import STAGE_TRACKERS, StageMetricsWriter, tensorboard_dir
 from distill.layout import STATE_DIR
 from distill.licenses import Registry
 from distill.models.terms import Terms, resolve_terms, unknown_warning
@@ -95,8 +95,9 @@ class RunContext:
         self.tracking_dir = tensorboard_dir(self.output, tracking.run_name or self.output.resolve().name)
         self._stage_metrics: StageMetricsWriter | None = None
         listeners = [events] if events is not None else []
-        if "tensorboard" in tracking.report_to:
-            self._stage_metrics = StageMetricsWriter(self.tracking_dir / PIPELINE_RUN)
+        if any(t in STAGE_TRACKERS for t in tracking.report_to):
+            name = tracking.run_name or self.output.resolve().name
+            self._stage_metrics = StageMetricsWriter(tracking.report_to, self.tracking_dir, name, self.warn)
             listeners.append(self._stage_metrics)
         #: Stage start and end events, and progress events every `log_interval` seconds for `events`.
         self.events = RunLog(listeners, interval=log_interval if events is not None else None)

@@ -54,7 +54,7 @@ def _check_stage_figures(scalars: dict[str, dict[int, float]], out: Path) -> int
             assert scalars[f"{stage}/{key}"] == {0: n}, (stage, key)
             checked += 1
         for reason, n in m.reasons().items():
-            assert scalars[f"{stage}/rejected/{reason}"] == {0: n}
+            assert scalars[f"{stage}/dropped/{reason}"] == {0: n}
             checked += 1
         for key in ("requests", "cache_hits", "completion_tokens"):
             if key in m.stats.get("calls", {}):
@@ -111,7 +111,7 @@ def test_the_stages_figures_go_to_tensorboard(tmp_path):
     assert [p.name for p in runs.iterdir()] == ["acme_v1"]
     scalars = _scalars(runs / "acme_v1" / "pipeline")
     assert _check_stage_figures(scalars, out) >= 20
-    assert scalars["clean/rejected"][0] > 0 and scalars["clean/rejected/length: prompt too short"][0] > 0
+    assert scalars["clean/rejected"][0] > 0 and scalars["clean/dropped/length: prompt too short"][0] > 0
     assert scalars["instructions/requests"][0] > 0
     assert set(re.sub(r"/.*", "", t) for t in scalars) == {"seeds", "instructions", "responses", "clean", "sft"}
 
@@ -183,3 +183,30 @@ def test_a_students_loss_and_the_stage_counts_in_tensorboard_and_the_log_lines(t
     assert steps and [int(s) for s in steps] == sorted(int(s) for s in steps), text
     assert re.search(r"stage 'student' done in [\d.]+s: sft: 8 steps, final loss [\d.]+ \(trained\)", text)
     assert "Loading weights" not in text and "it/s]" not in text
+
+
+def test_the_stages_figures_go_to_mlflow_too(tmp_path, monkeypatch):
+    """The same figures through another tracker (MLflow's local file store): every tracker the
+    run reports to gets them, named `RUN/pipeline`, with tags MLflow accepts."""
+    pytest.importorskip("mlflow", reason="pip install mlflow-skinny (the dev extra) for the MLflow tracker test")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local folder, no database
+    cfg = config_dict(tmp_path, tracking={"report_to": "mlflow", "run_name": "acme"})
+    cfg["stages"][2]["filters"][0]["options"] = {"field": "prompt", "min_words": 8}
+    pipeline(cfg).run()
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (run,) = [r for r in runs if r.data.tags.get("mlflow.runName") == "acme/pipeline"]
+    metrics = run.data.metrics
+    checked = 0
+    for stage, m in _manifests(tmp_path / "out").items():
+        for key, n in m.totals().items():
+            assert metrics[f"{stage}/{key}"] == n, (stage, key)
+            checked += 1
+        for reason, n in m.reasons().items():
+            assert metrics[re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", f"{stage}/dropped/{reason}")] == n
+            checked += 1
+    assert checked >= 20 and metrics["clean/rejected"] > 0
+    assert not (tmp_path / "out" / TENSORBOARD_DIR / "acme" / "pipeline").exists()  # only where asked
