@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -69,10 +70,14 @@ def _mounted(path: Path):
 
 
 def _clean_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    text = " ".join(r.stderr.split())
+    """The error message, after the run log's lines (stderr is no terminal here) and nothing else."""
+    lines = r.stderr.splitlines()
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr
-    assert text.startswith("error:"), r.stderr
+    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    assert start is not None, r.stderr
+    assert all(re.match(r"\d\d:\d\d:\d\d stage ", line) for line in lines[:start]), r.stderr
+    text = " ".join(" ".join(lines[start:]).split())
     for n in needles:
         assert n in text, (n, r.stderr)
     return text
