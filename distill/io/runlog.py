@@ -13,7 +13,6 @@ events (`distill.io.tracking`): what a stage reported is formatted here and nowh
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from distill.environment import environment
 from distill.errors import scrub
 
 #: Event kinds, in the order a stage produces them; `message` is any other line of the run.
@@ -301,25 +301,19 @@ def library_bars_hidden() -> Iterator[None]:
     Set here, by the run that prints lines, and not when distill is imported: importing distill
     must change nothing. Libraries imported later read the environment; those imported
     already are told directly."""
-    saved = {k: os.environ.get(k) for k in BAR_SWITCHES}
-    os.environ.update(BAR_SWITCHES)
     undo: list[Callable[[], None]] = []
-    hf = sys.modules.get("transformers.utils.logging")
-    if hf is not None and hf.is_progress_bar_enabled():
-        hf.disable_progress_bar()
-        undo.append(hf.enable_progress_bar)
-    datasets = sys.modules.get("datasets")
-    if datasets is not None and not datasets.utils.are_progress_bars_disabled():
-        datasets.disable_progress_bars()
-        undo.append(datasets.enable_progress_bars)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        for f in undo:
-            with suppress(Exception):
-                f()
+    with environment(BAR_SWITCHES):
+        hf = sys.modules.get("transformers.utils.logging")
+        if hf is not None and hf.is_progress_bar_enabled():
+            hf.disable_progress_bar()
+            undo.append(hf.enable_progress_bar)
+        datasets = sys.modules.get("datasets")
+        if datasets is not None and not datasets.utils.are_progress_bars_disabled():
+            datasets.disable_progress_bars()
+            undo.append(datasets.enable_progress_bars)
+        try:
+            yield
+        finally:
+            for f in undo:
+                with suppress(Exception):
+                    f()

