@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from servers import serve, shut
+
 #: An engine: the input lines of a batch in, one output line per input line out.
 Engine = Callable[[list[dict]], list[dict]]
 
@@ -193,17 +195,13 @@ class BatchEndpoint:
         class Handler(_Handler):
             owner = endpoint
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="batch-endpoint", daemon=True).start()
+        self._server = serve(Handler, "batch-endpoint")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._release.set()
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        shut(server)
 
     # -- what the routes do ----------------------------------------------------------------
 

@@ -313,9 +313,7 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True).start()
+        self._server = serve(Handler, "fault-proxy")
         self._timer = threading.Timer(self.lifetime, self.stop)
         self._timer.daemon = True
         self._timer.start()
@@ -325,9 +323,7 @@ class FaultProxy:
         if self._timer is not None:
             self._timer.cancel()
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        shut(server)
 
     def _pick_fault(self, body: bytes = b"") -> str | None:
         with self._lock:
@@ -369,6 +365,20 @@ class _QuietServer(ThreadingHTTPServer):
         # A client that gave up (timeout, cancelled batch) closes its socket mid-answer: expected here.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+
+def serve(handler: type[BaseHTTPRequestHandler], name: str) -> ThreadingHTTPServer:
+    """A threaded server for `handler` on a free 127.0.0.1 port, serving on a daemon thread."""
+    server = _QuietServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
+def shut(server: ThreadingHTTPServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -528,16 +538,12 @@ class StubUpstream:
         class Handler(_StubHandler):
             owner = stub
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="stub-upstream", daemon=True).start()
+        self._server = serve(Handler, "stub-upstream")
         return self
 
     def __exit__(self, *exc: object) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        shut(server)
 
     def _draw(self) -> float:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,11 @@ def dump(folder: Path, cfg: dict[str, Any]) -> Path:
     p = folder / "config.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
+
+
+def chromium() -> str | None:
+    """The installed Chromium the browser tests drive (scripts/install.sh installs one, as root)."""
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome"):
+        if found := shutil.which(name):
+            return found
+    return None

@@ -19,7 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from util import QUESTIONS, config_dict, dump, pipeline, write_seeds
+from util import QUESTIONS, chromium, config_dict, dump, pipeline, write_seeds
 
 from distill.report.eval import _EvalFile, _worst
 from distill.report.html import write_report
@@ -315,16 +315,9 @@ def test_worst_cases_are_ranked_when_the_file_lists_none(tmp_path):
     assert [c.id for c in _worst(ev)][:2] == ["e1", "e2"]
 
 
-def _browser() -> str | None:
-    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
 @pytest.mark.slow  # starts a browser
 def test_the_report_renders_in_headless_chromium(run_out, tmp_path):
-    browser = _browser()
+    browser = chromium()
     if browser is None:
         pytest.skip(
             "no chromium-headless-shell or chromium binary on PATH (scripts/install.sh installs "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import pytest
 from review_run import ranked_config, with_review
-from util import pipeline
+from servers import free_port
+from util import chromium, pipeline
 
 from distill.api import Run
 from distill.review.decisions import DecisionLog, decisions_path
@@ -38,19 +38,6 @@ BROWSER_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-def browser_path() -> str | None:
-    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(out: Path, port: int, log: Path) -> subprocess.Popen:
@@ -71,7 +58,7 @@ def start_server(out: Path, port: int, log: Path) -> subprocess.Popen:
 @pytest.fixture
 def run_to_review(tmp_path):
     pytest.importorskip("playwright", reason="pip install playwright (the dev extra) to drive the browser")
-    if browser_path() is None:
+    if chromium() is None:
         pytest.skip("no chromium-headless-shell or chromium on PATH (scripts/install.sh installs it, as root)")
     cfg = ranked_config(tmp_path)
     seeds = Path(cfg["seeds"][0]["path"])
@@ -90,7 +77,7 @@ def test_reviewing_in_chromium_survives_a_killed_server(run_to_review, tmp_path)
     server = start_server(out, port, log)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=browser_path(), args=BROWSER_ARGS)
+            browser = p.chromium.launch(executable_path=chromium(), args=BROWSER_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             dialogs: list[str] = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
