@@ -11,10 +11,11 @@ their work like any other contribution.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from distill.records import Candidate, Generator, Record
-from distill.review.decisions import Decision, RecordReview, fold
+from distill.review.decisions import RecordReview
 
 HUMAN_PLUGIN = "human"
 
@@ -26,38 +27,24 @@ class Outcome:
     decided: bool
 
 
-def reviewer_states(
-    decisions: list[Decision], only: list[str] | None
-) -> dict[str, dict[str, tuple[RecordReview, float]]]:
-    """record id -> reviewer -> (their state, when they last decided), from the decisions file."""
-    grouped: dict[str, dict[str, list[Decision]]] = {}
-    for d in decisions:
-        if only is None or d.reviewer in only:
-            grouped.setdefault(d.record, {}).setdefault(d.reviewer, []).append(d)
-    return {
-        rid: {who: (fold(ds), max(d.time.timestamp() for d in ds)) for who, ds in by.items()}
-        for rid, by in grouped.items()
-    }
-
-
 def human(reviewer: str, role: Literal["generator", "judge", "editor"], license: str) -> Generator:
     return Generator(role=role, plugin=HUMAN_PLUGIN, model=f"human:{reviewer}", license=license)
 
 
 def apply_review(
     record: Record,
-    by: dict[str, tuple[RecordReview, float]],
+    by: dict[str, RecordReview],
     *,
     stage: str,
     conflicts: Literal["drop", "latest"],
     license: str,
 ) -> Outcome:
     """The record after its reviewers' decisions; `kept` False when they rejected it or disagreed."""
-    decided = {who: state for who, (state, _) in by.items() if state.decided}
+    decided = {who: state for who, state in by.items() if state.decided}
     if not decided:
         return Outcome(record, True, False)
     if conflicts == "latest":
-        last = max(decided, key=lambda who: by[who][1])
+        last = max(decided, key=lambda who: decided[who].last or datetime.min.replace(tzinfo=UTC))
         decided = {last: decided[last]}
     else:
         clash = _disagreement(decided)

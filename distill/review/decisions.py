@@ -70,6 +70,7 @@ class RecordReview(BaseModel):
     flagged: bool = False
     flag_reason: str | None = None
     decisions: int = 0
+    last: datetime | None = None  # when this reviewer last decided anything on the record
 
     @property
     def decided(self) -> bool:
@@ -80,6 +81,7 @@ def fold(decisions: Iterable[Decision]) -> RecordReview:
     state = RecordReview()
     for d in decisions:
         state.decisions += 1
+        state.last = d.time
         if d.action in ("accept", "reject"):
             state.verdict, state.reason = d.action, d.reason if d.action == "reject" else None
         elif d.action == "choose":
@@ -91,7 +93,7 @@ def fold(decisions: Iterable[Decision]) -> RecordReview:
         elif d.action in ("flag", "unflag"):
             state.flagged, state.flag_reason = d.action == "flag", d.reason if d.action == "flag" else None
         elif d.action == "clear":
-            state = RecordReview(decisions=state.decisions)
+            state = RecordReview(decisions=state.decisions, last=state.last)
     return state
 
 
@@ -147,12 +149,12 @@ class DecisionLog:
             self.decisions.append(decision)
             return True
 
-    def by_record(self, reviewer: str | None = None) -> dict[str, dict[str, RecordReview]]:
-        """record id -> reviewer -> their state on it (only `reviewer`'s when given)."""
+    def by_record(self, reviewers: list[str] | None = None) -> dict[str, dict[str, RecordReview]]:
+        """record id -> reviewer -> their state on it (only `reviewers`' when given)."""
         grouped: dict[str, dict[str, list[Decision]]] = {}
         with self._lock:
             for d in self.decisions:
-                if reviewer is None or d.reviewer == reviewer:
+                if reviewers is None or d.reviewer in reviewers:
                     grouped.setdefault(d.record, {}).setdefault(d.reviewer, []).append(d)
         return {rid: {who: fold(ds) for who, ds in by.items()} for rid, by in grouped.items()}
 

@@ -29,21 +29,25 @@ def stage_manifest(output: Path, stage: str) -> StageManifest:
 
 def reviewable_stages(output: Path) -> list[str]:
     """Stages with records, in the order they were started."""
+    return [m.stage for m in _record_stages(output)]
+
+
+def default_stage(output: Path) -> str:
+    """The last rank stage (its candidates are what people compare), else the last stage."""
+    stages = _record_stages(output)
+    if not stages:
+        raise StoreError(f"{output} has no stage with records to review; run the pipeline first")
+    ranked = [m for m in stages if m.kind == "rank"]
+    return (ranked or stages)[-1].stage
+
+
+def _record_stages(output: Path) -> list[StageManifest]:
     found = []
     for path in (Path(output) / STAGES_DIR).glob(f"*/{MANIFEST}"):
         m = StageManifest.model_validate_json(path.read_bytes())
         if m.kind in RECORD_KINDS and m.shards:
             found.append(m)
-    return [m.stage for m in sorted(found, key=lambda m: m.started_at)]
-
-
-def default_stage(output: Path) -> str:
-    """The last rank stage (its candidates are what people compare), else the last stage."""
-    stages = reviewable_stages(output)
-    if not stages:
-        raise StoreError(f"{output} has no stage with records to review; run the pipeline first")
-    ranked = [s for s in stages if stage_manifest(output, s).kind == "rank"]
-    return (ranked or stages)[-1]
+    return sorted(found, key=lambda m: m.started_at)
 
 
 class StageRecords:
@@ -125,7 +129,7 @@ class StageRecords:
             "events": [
                 {"stage": e.stage, "action": e.action, "plugin": e.plugin, "reason": e.reason} for e in prov.events
             ],
-            "mine": states.get(reviewer, RecordReview()).model_dump(),
+            "mine": states.get(reviewer, RecordReview()).model_dump(mode="json"),
             "others": {
                 who: s.model_dump(include={"verdict", "reason", "ranking", "flagged"})
                 for who, s in states.items()

@@ -16,8 +16,8 @@ from distill.executor.local import StageContext
 from distill.io.progress import StageProgress
 from distill.io.store import StageStore
 from distill.records import Record
-from distill.review.apply import apply_review, reviewer_states
-from distill.review.decisions import DecisionLog, agreement, decisions_path
+from distill.review.apply import apply_review
+from distill.review.decisions import DecisionLog, RecordReview, agreement, decisions_path
 from distill.stages.context import RunContext
 from distill.stages.digests import digest as stage_digest
 from distill.stages.digests import file_digest
@@ -40,10 +40,10 @@ def run_review_stage(run: RunContext, i: int, stage: ReviewStage, upstream: Stag
         return StageStore(run.output, stage.name, stage.kind, digest)
     started = time.monotonic()
     log = DecisionLog(path)
-    states = reviewer_states(log.decisions, stage.reviewers)
+    states = log.by_record(stage.reviewers)
     rescued = [r for r in upstream.rejected() if _accepted(states.get(r.id, {}))]
     inputs: list[Record] = [*upstream.kept(), *rescued]
-    waiting = [r.id for r in inputs if not any(s.decided for s, _ in states.get(r.id, {}).values())]
+    waiting = [r.id for r in inputs if not any(s.decided for s in states.get(r.id, {}).values())]
     if stage.unreviewed == "wait" and waiting:
         raise ReviewPending(
             f"stage {stage.name!r}: {len(waiting)} of {len(inputs)} records of stage {upstream.stage!r} have no "
@@ -62,13 +62,15 @@ def run_review_stage(run: RunContext, i: int, stage: ReviewStage, upstream: Stag
         "decisions": len(log.decisions),
         "rescued": len(rescued),
         "unreviewed": len(waiting),
-        "agreement": agreement({rid: {w: s for w, (s, _) in by.items()} for rid, by in states.items()}),
+        "agreement": agreement(states),
     }
     finish(run, store, started, extra={"review": review})
     return store
 
 
-def _commit(ctx: StageContext, stage: ReviewStage, chunk: list[Record], states: dict[str, Any]) -> None:
+def _commit(
+    ctx: StageContext, stage: ReviewStage, chunk: list[Record], states: dict[str, dict[str, RecordReview]]
+) -> None:
     kept: list[Record] = []
     rejected: list[Record] = []
     for record in chunk:
@@ -86,5 +88,5 @@ def _commit(ctx: StageContext, stage: ReviewStage, chunk: list[Record], states: 
     ctx.commit(kept, rejected, inputs=len(chunk))
 
 
-def _accepted(by: dict[str, Any]) -> bool:
-    return any(state.verdict == "accept" for state, _ in by.values())
+def _accepted(by: dict[str, RecordReview]) -> bool:
+    return any(state.verdict == "accept" for state in by.values())
