@@ -165,7 +165,6 @@ class BatchJobs:
     _watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # by file id
     _flusher: asyncio.Task[None] | None = None
     _reserved: dict[str, float] = field(default_factory=dict)  # by file id
-    batches_created: int = 0
 
     def ask(self, body: dict[str, Any], estimate: int) -> Awaitable[Outcome]:
         """The outcome of `body`: from the batch it was already sent in, or from a new one."""
@@ -262,7 +261,6 @@ class BatchJobs:
             metadata={"distill_file": file_id},
         )
         self.ledger.record({"file": file_id, "batch": batch.id})
-        self.batches_created += 1
         count = len(self.ledger.file_ids[file_id])
         self.settings.say(f"{self.settings.where}: batch {batch.id} submitted ({count} requests)")
 
